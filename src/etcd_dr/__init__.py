@@ -1,0 +1,1 @@
+"""etcd-dr: disaster recovery for etcd across sites."""

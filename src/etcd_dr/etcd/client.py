@@ -1,0 +1,445 @@
+"""EtcdClient: the asyncio etcd v3 client used by every part of etcd-dr."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from ._pb import etcd_dr_v3_pb2 as pb
+from .connection import ClientConfig, Connection, map_grpc_error
+from .endpoints import Endpoint
+from .errors import EtcdError, LeaseNotFound, Unavailable
+from .types import (
+    Compare,
+    DeleteResult,
+    Header,
+    KeyValue,
+    LeaseGrant,
+    LeaseInfo,
+    Member,
+    Op,
+    Permission,
+    PutResult,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    Status,
+    TxnResult,
+    prefix_range_end,
+    range_result,
+    txn_request,
+    txn_result,
+)
+from .watch import Watch
+
+_KV = "/etcdserverpb.KV/"
+_LEASE = "/etcdserverpb.Lease/"
+_MAINT = "/etcdserverpb.Maintenance/"
+_CLUSTER = "/etcdserverpb.Cluster/"
+_AUTH = "/etcdserverpb.Auth/"
+
+_PERM_NAMES = {0: "read", 1: "write", 2: "readwrite"}
+
+
+class EtcdClient:
+    """An etcd v3 client over one gRPC channel at a time, moving between endpoints on failure.
+
+    Keys and values are bytes. Reads retry on the next endpoint when one is unavailable; writes raise
+    Unavailable (outcome unknown) and leave retrying to the caller, who knows whether it is safe.
+    """
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self._conn = Connection(config)
+
+    async def __aenter__(self) -> EtcdClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The endpoint currently in use."""
+        return self._conn.endpoint
+
+    # ---- KV -------------------------------------------------------------------------------------
+
+    async def range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        revision: int = 0,
+        limit: int = 0,
+        sort_order: SortOrder = SortOrder.NONE,
+        sort_target: SortTarget = SortTarget.KEY,
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+    ) -> RangeResult:
+        req = pb.RangeRequest(
+            key=key,
+            range_end=range_end,
+            revision=revision,
+            limit=limit,
+            sort_order=pb.RangeRequest.SortOrder.ValueType(sort_order),
+            sort_target=pb.RangeRequest.SortTarget.ValueType(sort_target),
+            serializable=serializable,
+            keys_only=keys_only,
+            count_only=count_only,
+            min_mod_revision=min_mod_revision,
+            max_mod_revision=max_mod_revision,
+        )
+        resp = await self._conn.unary(_KV + "Range", req, pb.RangeResponse, idempotent=True)
+        return range_result(resp)
+
+    async def get(self, key: bytes, *, revision: int = 0) -> KeyValue | None:
+        r = await self.range(key, revision=revision)
+        return r.kvs[0] if r.kvs else None
+
+    async def get_prefix(self, prefix: bytes, *, revision: int = 0) -> RangeResult:
+        return await self.range(prefix, prefix_range_end(prefix), revision=revision)
+
+    async def range_pages(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        revision: int = 0,
+        page_size: int = 1000,
+        keys_only: bool = False,
+    ) -> AsyncIterator[RangeResult]:
+        """Read a range in pages, all at ONE revision (the first page's, when revision is 0), in key
+        order; each page's header.revision is that revision. Raises CompactedError if the revision is
+        compacted while paging (the caller then starts over at a newer revision)."""
+        if page_size <= 0:
+            raise ValueError("page_size must be positive")
+        start = key
+        while True:
+            page = await self.range(
+                start,
+                range_end,
+                revision=revision,
+                limit=page_size,
+                keys_only=keys_only,
+                sort_order=SortOrder.ASCEND,
+                sort_target=SortTarget.KEY,
+            )
+            if revision == 0:
+                revision = page.header.revision
+            elif page.header.revision != revision:
+                # Report the paging revision, not the current one, so that every page agrees.
+                page = RangeResult(
+                    Header(page.header.cluster_id, page.header.member_id, revision, page.header.raft_term),
+                    page.kvs,
+                    page.more,
+                    page.count,
+                )
+            yield page
+            if not page.more or not page.kvs:
+                return
+            # The smallest key after the last one returned.
+            start = page.kvs[-1].key + b"\0"
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
+        req = pb.PutRequest(key=key, value=value, lease=lease, prev_kv=prev_kv)
+        resp = await self._conn.unary(_KV + "Put", req, pb.PutResponse, idempotent=False)
+        return PutResult(
+            Header.from_pb(resp.header), KeyValue.from_pb(resp.prev_kv) if resp.HasField("prev_kv") else None
+        )
+
+    async def delete_range(
+        self, key: bytes, range_end: bytes = b"", *, prev_kv: bool = False
+    ) -> DeleteResult:
+        req = pb.DeleteRangeRequest(key=key, range_end=range_end, prev_kv=prev_kv)
+        resp = await self._conn.unary(_KV + "DeleteRange", req, pb.DeleteRangeResponse, idempotent=False)
+        return DeleteResult(
+            Header.from_pb(resp.header), resp.deleted, [KeyValue.from_pb(kv) for kv in resp.prev_kvs]
+        )
+
+    async def delete_prefix(self, prefix: bytes) -> DeleteResult:
+        return await self.delete_range(prefix, prefix_range_end(prefix))
+
+    async def txn(
+        self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        resp = await self._conn.unary(
+            _KV + "Txn", txn_request(compare, success, failure), pb.TxnResponse, idempotent=False
+        )
+        return txn_result(resp)
+
+    async def txn_raw(self, request: pb.TxnRequest) -> pb.TxnResponse:
+        """A txn from a prebuilt request (used by the mirror's hot path, which builds requests itself)."""
+        return await self._conn.unary(_KV + "Txn", request, pb.TxnResponse, idempotent=False)
+
+    async def compact(self, revision: int, *, physical: bool = False) -> Header:
+        req = pb.CompactionRequest(revision=revision, physical=physical)
+        resp = await self._conn.unary(_KV + "Compact", req, pb.CompactionResponse, idempotent=True)
+        return Header.from_pb(resp.header)
+
+    # ---- watch ----------------------------------------------------------------------------------
+
+    def watch(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+        fragment: bool = True,
+        retry_for: float | None = None,
+    ) -> Watch:
+        return Watch(
+            self._conn,
+            key,
+            range_end,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+            fragment=fragment,
+            retry_for=retry_for,
+        )
+
+    def watch_prefix(self, prefix: bytes, **kwargs: Any) -> Watch:
+        return self.watch(prefix, prefix_range_end(prefix), **kwargs)
+
+    # ---- leases ---------------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: int, lease_id: int = 0) -> LeaseGrant:
+        resp = await self._conn.unary(
+            _LEASE + "LeaseGrant",
+            pb.LeaseGrantRequest(ttl=ttl, id=lease_id),
+            pb.LeaseGrantResponse,
+            idempotent=False,
+        )
+        if resp.error:
+            raise EtcdError(
+                f"{self.config.role}: lease grant failed: {resp.error}", endpoint=str(self.endpoint)
+            )
+        return LeaseGrant(resp.id, resp.ttl)
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        await self._conn.unary(
+            _LEASE + "LeaseRevoke",
+            pb.LeaseRevokeRequest(id=lease_id),
+            pb.LeaseRevokeResponse,
+            idempotent=True,
+        )
+
+    async def lease_time_to_live(self, lease_id: int, *, keys: bool = False) -> LeaseInfo:
+        resp = await self._conn.unary(
+            _LEASE + "LeaseTimeToLive",
+            pb.LeaseTimeToLiveRequest(id=lease_id, keys=keys),
+            pb.LeaseTimeToLiveResponse,
+            idempotent=True,
+        )
+        return LeaseInfo(resp.id, resp.ttl, resp.granted_ttl, list(resp.keys))
+
+    async def leases(self) -> list[int]:
+        resp = await self._conn.unary(
+            _LEASE + "LeaseLeases", pb.LeaseLeasesRequest(), pb.LeaseLeasesResponse, idempotent=True
+        )
+        return [le.id for le in resp.leases]
+
+    def lease_keepalive(self) -> LeaseKeepAlive:
+        return LeaseKeepAlive(self._conn)
+
+    async def lease_keepalive_once(self, lease_id: int) -> int:
+        """Refresh a lease once; returns its new TTL. Raises LeaseNotFound when it is gone."""
+        async with self.lease_keepalive() as ka:
+            return await ka.refresh(lease_id)
+
+    # ---- cluster and maintenance ----------------------------------------------------------------
+
+    async def status(self, endpoint: Endpoint | None = None) -> Status:
+        """Status of the current endpoint, or of the given one (over a separate channel)."""
+        if endpoint is None:
+            ep = self.endpoint
+            resp = await self._conn.unary(
+                _MAINT + "Status", pb.StatusRequest(), pb.StatusResponse, idempotent=True
+            )
+            ep = self._conn.endpoint if self._conn.endpoint != ep else ep
+        else:
+            ep = endpoint
+            resp = await self._on_endpoint(endpoint, _MAINT + "Status", pb.StatusRequest(), pb.StatusResponse)
+        return Status(
+            endpoint=str(ep),
+            header=Header.from_pb(resp.header),
+            version=resp.version,
+            db_size=resp.db_size,
+            leader=resp.leader,
+            raft_index=resp.raft_index,
+            raft_term=resp.raft_term,
+            raft_applied_index=resp.raft_applied_index,
+            errors=list(resp.errors),
+            db_size_in_use=resp.db_size_in_use,
+            is_learner=resp.is_learner,
+        )
+
+    async def statuses(self) -> dict[Endpoint, Status | EtcdError]:
+        """Status of every configured endpoint, concurrently; an unreachable one maps to its error."""
+
+        async def one(ep: Endpoint) -> Status | EtcdError:
+            try:
+                return await self.status(ep)
+            except EtcdError as e:
+                return e
+
+        results = await asyncio.gather(*(one(ep) for ep in self.config.endpoints))
+        return dict(zip(self.config.endpoints, results, strict=True))
+
+    async def hash_kv(self, endpoint: Endpoint, revision: int = 0) -> tuple[int, int, Header]:
+        """(hash, compact_revision, header) of one member's keyspace up to revision."""
+        resp = await self._on_endpoint(
+            endpoint, _MAINT + "HashKV", pb.HashKVRequest(revision=revision), pb.HashKVResponse
+        )
+        return resp.hash, resp.compact_revision, Header.from_pb(resp.header)
+
+    async def alarms(self) -> list[tuple[int, str]]:
+        resp = await self._conn.unary(
+            _MAINT + "Alarm", pb.AlarmRequest(action=pb.AlarmRequest.GET), pb.AlarmResponse, idempotent=True
+        )
+        return [(a.member_id, pb.AlarmType.Name(a.alarm)) for a in resp.alarms]
+
+    async def member_list(self) -> list[Member]:
+        resp = await self._conn.unary(
+            _CLUSTER + "MemberList", pb.MemberListRequest(), pb.MemberListResponse, idempotent=True
+        )
+        return [
+            Member(m.id, m.name, list(m.peer_urls), list(m.client_urls), m.is_learner) for m in resp.members
+        ]
+
+    async def _on_endpoint(self, endpoint: Endpoint, method: str, request: Any, response_type: Any) -> Any:
+        channel = self._conn.open_channel(endpoint)
+        try:
+            if self.config.user is not None and not self._conn.metadata():
+                await self._conn.authenticate()
+            fn = channel.unary_unary(
+                method,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+            timeout = self.config.dial_timeout
+            try:
+                return await fn(
+                    request, timeout=timeout, metadata=self._conn.metadata(), wait_for_ready=False
+                )
+            except grpc.RpcError as e:
+                raise map_grpc_error(e, str(endpoint), self.config.role, timeout) from None
+        finally:
+            await channel.close(grace=None)
+
+    # ---- auth -----------------------------------------------------------------------------------
+
+    async def authenticate(self) -> None:
+        await self._conn.authenticate()
+
+    async def role_list(self) -> list[str]:
+        resp = await self._conn.unary(
+            _AUTH + "RoleList", pb.AuthRoleListRequest(), pb.AuthRoleListResponse, idempotent=True
+        )
+        return list(resp.roles)
+
+    async def role_get(self, role: str) -> list[Permission]:
+        resp = await self._conn.unary(
+            _AUTH + "RoleGet", pb.AuthRoleGetRequest(role=role), pb.AuthRoleGetResponse, idempotent=True
+        )
+        return [Permission(_PERM_NAMES.get(p.perm_type, "read"), p.key, p.range_end) for p in resp.perm]
+
+    async def role_grant_permission(self, role: str, perm: Permission) -> None:
+        perm_type = {v: k for k, v in _PERM_NAMES.items()}[perm.perm_type]
+        req = pb.AuthRoleGrantPermissionRequest(
+            name=role,
+            perm=pb.Permission(
+                perm_type=pb.Permission.Type.ValueType(perm_type), key=perm.key, range_end=perm.range_end
+            ),
+        )
+        await self._conn.unary(
+            _AUTH + "RoleGrantPermission", req, pb.AuthRoleGrantPermissionResponse, idempotent=True
+        )
+
+    async def role_revoke_permission(self, role: str, key: bytes, range_end: bytes = b"") -> None:
+        req = pb.AuthRoleRevokePermissionRequest(role=role, key=key, range_end=range_end)
+        await self._conn.unary(
+            _AUTH + "RoleRevokePermission", req, pb.AuthRoleRevokePermissionResponse, idempotent=True
+        )
+
+    async def user_list(self) -> list[str]:
+        resp = await self._conn.unary(
+            _AUTH + "UserList", pb.AuthUserListRequest(), pb.AuthUserListResponse, idempotent=True
+        )
+        return list(resp.users)
+
+    async def user_get(self, name: str) -> list[str]:
+        resp = await self._conn.unary(
+            _AUTH + "UserGet", pb.AuthUserGetRequest(name=name), pb.AuthUserGetResponse, idempotent=True
+        )
+        return list(resp.roles)
+
+
+class LeaseKeepAlive:
+    """One LeaseKeepAlive stream for refreshing any number of leases, one request at a time.
+
+    A broken stream is opened again on the next refresh; a lease that is gone raises LeaseNotFound.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._call: Any = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> LeaseKeepAlive:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    async def refresh(self, lease_id: int) -> int:
+        async with self._lock:
+            endpoint = str(self._conn.endpoint)
+            try:
+                if self._call is None:
+                    if self._conn.config.user is not None and not self._conn.metadata():
+                        await self._conn.authenticate()
+                    fn = self._conn.stream(
+                        _LEASE + "LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse
+                    )
+                    self._call = fn(metadata=self._conn.metadata())
+                await self._call.write(pb.LeaseKeepAliveRequest(id=lease_id))
+                resp = await asyncio.wait_for(self._call.read(), self._conn.config.request_timeout)
+            except grpc.RpcError as e:
+                await self.close()
+                raise map_grpc_error(e, endpoint, self._conn.config.role) from None
+            except (TimeoutError, asyncio.InvalidStateError):
+                await self.close()
+                raise Unavailable(
+                    f"{self._conn.config.role} endpoint {endpoint}: lease keepalive timed out",
+                    endpoint=endpoint,
+                ) from None
+            if resp is grpc.aio.EOF:
+                await self.close()
+                raise Unavailable(
+                    f"{self._conn.config.role} endpoint {endpoint}: keepalive stream closed",
+                    endpoint=endpoint,
+                )
+            if resp.ttl <= 0:
+                raise LeaseNotFound(
+                    f"lease {lease_id:x} not found on {self._conn.config.role}", endpoint=endpoint
+                )
+            ttl: int = resp.ttl
+            return ttl

@@ -1,0 +1,421 @@
+"""Channel, TLS and auth handling: one gRPC channel at a time, moved to the next endpoint on failure.
+
+grpc's own multi-address load balancing is not used because every etcd endpoint may be a different
+host name that TLS must verify separately, and because we want to know (and log) which endpoint failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from ._pb import etcd_dr_v3_pb2 as pb
+from .endpoints import Endpoint, parse_endpoints
+from .errors import (
+    AuthError,
+    CompactedError,
+    ConfigError,
+    EtcdError,
+    FutureRevisionError,
+    InvalidRequest,
+    LeaseExists,
+    LeaseNotFound,
+    NoSpaceError,
+    PermissionDenied,
+    RequestTooLargeError,
+    TLSConfigError,
+    TLSError,
+    TooManyOpsError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+# gRPC message size limits on our side. etcd bounds requests itself (--max-request-bytes, 1.5 MiB by
+# default) and answers "request is too large"; responses are bounded by our paging, so a generous
+# receive limit only guards against a runaway response.
+MAX_RECEIVE_BYTES = 512 * 1024 * 1024
+MAX_SEND_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """PEM files for TLS; any of them may be None (server-only TLS with the system roots, or no client
+    certificate)."""
+
+    cacert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    endpoints: tuple[Endpoint, ...]
+    tls: TLSConfig | None = None
+    user: str | None = None
+    password: str | None = None
+    dial_timeout: float = 5.0
+    request_timeout: float = 30.0
+    keepalive_time: float = 10.0
+    keepalive_timeout: float = 5.0
+    # How error messages name this connection's flags ("" for the source, "dest-" for the destination).
+    flag_prefix: str = ""
+    # Who this cluster is in messages: "source", "destination", "etcd".
+    role: str = "etcd"
+    extra_options: tuple[tuple[str, Any], ...] = field(default=())
+
+    @classmethod
+    def create(
+        cls,
+        endpoints: str | Sequence[str],
+        *,
+        cacert: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        insecure_transport: bool | None = None,
+        **kwargs: Any,
+    ) -> ClientConfig:
+        """Build a config from etcdctl-style values; `user` may be "name:password" as in etcdctl."""
+        eps = parse_endpoints(endpoints if isinstance(endpoints, str) else list(endpoints))
+        if user is not None and password is None and ":" in user:
+            user, password = user.split(":", 1)
+        if user is not None and not user:
+            raise ConfigError("--user is empty")
+        any_https = any(e.scheme == "https" for e in eps)
+        use_tls = any_https or any(x is not None for x in (cacert, cert, key))
+        if insecure_transport:
+            use_tls = any_https
+        tls = (
+            TLSConfig(
+                Path(cacert) if cacert is not None else None,
+                Path(cert) if cert is not None else None,
+                Path(key) if key is not None else None,
+            )
+            if use_tls
+            else None
+        )
+        config = cls(endpoints=eps, tls=tls, user=user, password=password, **kwargs)
+        if tls is not None and (tls.cert is None) != (tls.key is None):
+            missing = "key" if tls.key is None else "cert"
+            raise TLSConfigError(
+                f"--{config.flag_prefix}cert and --{config.flag_prefix}key go together: "
+                f"--{config.flag_prefix}{missing} is missing"
+            )
+        return config
+
+    def with_role(self, role: str, flag_prefix: str) -> ClientConfig:
+        return replace(self, role=role, flag_prefix=flag_prefix)
+
+    @property
+    def endpoints_text(self) -> str:
+        return ",".join(str(e) for e in self.endpoints)
+
+
+def _read_pem(path: Path, flag: str, kind: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TLSConfigError(f"{flag} {path}: no such file", path=str(path)) from None
+    except IsADirectoryError:
+        raise TLSConfigError(f"{flag} {path}: is a directory, not a PEM file", path=str(path)) from None
+    except OSError as e:
+        raise TLSConfigError(f"{flag} {path}: cannot read: {e.strerror}", path=str(path)) from None
+    if b"-----BEGIN" not in data:
+        raise TLSConfigError(f"{flag} {path}: not a PEM {kind}", path=str(path))
+    return data
+
+
+def load_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
+    """Read and check the TLS files; every problem is reported naming the flag and the file."""
+    tls = config.tls
+    assert tls is not None
+    p = config.flag_prefix
+    root = _read_pem(tls.cacert, f"--{p}cacert", "certificate") if tls.cacert else None
+    chain = _read_pem(tls.cert, f"--{p}cert", "certificate") if tls.cert else None
+    key = _read_pem(tls.key, f"--{p}key", "private key") if tls.key else None
+    # Check here what grpc would only report as an opaque handshake failure later.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    if root is not None:
+        try:
+            x509.load_pem_x509_certificates(root)
+        except ValueError:
+            raise TLSConfigError(
+                f"--{p}cacert {tls.cacert}: not a valid PEM certificate", path=str(tls.cacert)
+            ) from None
+    if chain is not None and key is not None:
+        try:
+            cert_obj = x509.load_pem_x509_certificates(chain)[0]
+        except ValueError:
+            raise TLSConfigError(
+                f"--{p}cert {tls.cert}: not a valid PEM certificate", path=str(tls.cert)
+            ) from None
+        try:
+            key_obj = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as e:
+            raise TLSConfigError(
+                f"--{p}key {tls.key}: not a usable PEM private key ({e})", path=str(tls.key)
+            ) from None
+        if cert_obj.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) != key_obj.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ):
+            raise TLSConfigError(
+                f"--{p}cert {tls.cert} does not match --{p}key {tls.key}", path=str(tls.cert)
+            )
+    return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
+
+
+# ---- error mapping --------------------------------------------------------------------------------
+
+_TLS_HINTS = ("ssl", "handshake", "certificate", "tsi_", "tls", "wrong_version_number", "x509")
+_CONNECTION_HINTS = ("socket closed", "connection reset", "failed to connect", "connection refused", "eof")
+
+_BY_MESSAGE: list[tuple[str, type[EtcdError]]] = [
+    ("required revision has been compacted", CompactedError),
+    ("required revision is a future revision", FutureRevisionError),
+    ("too many operations in txn request", TooManyOpsError),
+    ("request is too large", RequestTooLargeError),
+    ("database space exceeded", NoSpaceError),
+    ("requested lease not found", LeaseNotFound),
+    ("lease already exists", LeaseExists),
+    ("permission denied", PermissionDenied),
+    ("authentication failed", AuthError),
+    ("user name is empty", AuthError),
+    ("user name not found", AuthError),
+    ("authentication is not enabled", AuthError),
+    ("duplicate key given in txn request", InvalidRequest),
+    ("key is not provided", InvalidRequest),
+]
+
+
+class InvalidToken(AuthError):
+    """The auth token expired or the server restarted: authenticate again and retry."""
+
+
+def map_grpc_error(
+    e: grpc.RpcError, endpoint: str, role: str = "etcd", timeout: float | None = None
+) -> EtcdError:
+    code = e.code() if hasattr(e, "code") else None
+    details = (e.details() if hasattr(e, "details") else None) or str(e)
+    low = details.lower()
+    where = f"{role} endpoint {endpoint}"
+    if "invalid auth token" in low:
+        return InvalidToken(f"{where}: {details}", endpoint=endpoint)
+    for pattern, cls in _BY_MESSAGE:
+        if pattern in low:
+            return cls(f"{where}: {details}", endpoint=endpoint)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in low:
+        return RequestTooLargeError(f"{where}: {details}", endpoint=endpoint)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if any(h in low for h in _TLS_HINTS):
+            return TLSError(f"{where}: TLS handshake failed: {_short(details)}", endpoint=endpoint)
+        return Unavailable(f"{where} unavailable: {_short(details)}", endpoint=endpoint)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        after = f" after {timeout:g} s" if timeout else ""
+        return Unavailable(f"{where}: request timed out{after}", endpoint=endpoint)
+    if code == grpc.StatusCode.CANCELLED:
+        return Unavailable(f"{where}: request cancelled ({_short(details)})", endpoint=endpoint)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthError(f"{where}: {details}", endpoint=endpoint)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(f"{where}: {details}", endpoint=endpoint)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequest(f"{where}: {details}", endpoint=endpoint)
+    return EtcdError(f"{where}: {code.name if code else 'error'}: {details}", endpoint=endpoint)
+
+
+def _short(details: str) -> str:
+    # grpc's connection errors are long and repetitive; keep the most specific part.
+    details = details.strip()
+    if "last error:" in details:
+        details = details.split("last error:", 1)[1].strip()
+    return details[:300]
+
+
+# ---- the connection -------------------------------------------------------------------------------
+
+M = TypeVar("M", bound=Message)
+
+
+class Connection:
+    """Holds the current channel, the auth token, and the rotation between endpoints."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self._index = 0
+        self._channel: grpc.aio.Channel | None = None
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._token: str | None = None
+        self._auth_lock = asyncio.Lock()
+        self._callables: dict[str, Any] = {}
+        self._closed = False
+        if config.tls is not None:
+            # Read the files now, so that a bad file is reported before any network activity.
+            self._credentials = load_credentials(config)
+
+    # channel management
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.config.endpoints[self._index]
+
+    def _options(self) -> list[tuple[str, Any]]:
+        c = self.config
+        return [
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            ("grpc.keepalive_time_ms", int(c.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(c.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Reconnect quickly: a replicator wants to be back within a second of the peer's return,
+            # not after grpc's default backoff of up to two minutes.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.enable_retries", 0),
+            *c.extra_options,
+        ]
+
+    def channel(self) -> grpc.aio.Channel:
+        if self._closed:
+            raise EtcdError("client is closed")
+        if self._channel is None:
+            target = self.endpoint.target
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(target, self._credentials, options=self._options())
+            else:
+                self._channel = grpc.aio.insecure_channel(target, options=self._options())
+            self._callables = {}
+        return self._channel
+
+    def open_channel(self, endpoint: Endpoint) -> grpc.aio.Channel:
+        """A separate channel to one given endpoint (for per-member status); the caller closes it."""
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(endpoint.target, self._credentials, options=self._options())
+        return grpc.aio.insecure_channel(endpoint.target, options=self._options())
+
+    async def rotate(self, failed: Endpoint | None = None) -> None:
+        """Move to the next endpoint (if `failed` is still the current one)."""
+        if failed is not None and failed != self.endpoint:
+            return  # another caller already moved on
+        old = self._channel
+        self._channel = None
+        self._callables = {}
+        if len(self.config.endpoints) > 1:
+            self._index = (self._index + 1) % len(self.config.endpoints)
+            log.info("%s: switching to endpoint %s", self.config.role, self.endpoint)
+        if old is not None:
+            await old.close(grace=None)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+            self._channel = None
+
+    # metadata and auth
+
+    def metadata(self, extra: Sequence[tuple[str, str]] = ()) -> tuple[tuple[str, str], ...]:
+        md = tuple(extra)
+        if self._token:
+            md = (*md, ("token", self._token))
+        return md
+
+    async def authenticate(self) -> None:
+        """Get a token for user/password (no-op without a user); also used when the token goes stale."""
+        c = self.config
+        if c.user is None:
+            return
+        async with self._auth_lock:
+            endpoint = self.endpoint
+            fn = self.channel().unary_unary(
+                "/etcdserverpb.Auth/Authenticate",
+                request_serializer=pb.AuthenticateRequest.SerializeToString,
+                response_deserializer=pb.AuthenticateResponse.FromString,
+            )
+            try:
+                resp = await fn(
+                    pb.AuthenticateRequest(name=c.user, password=c.password or ""),
+                    timeout=c.request_timeout,
+                )
+            except grpc.RpcError as e:
+                err = map_grpc_error(e, str(endpoint), c.role, c.request_timeout)
+                if isinstance(err, AuthError):
+                    raise AuthError(
+                        f"{c.role} endpoint {endpoint}: authentication failed for user {c.user!r} "
+                        f"(--{c.flag_prefix}user/--{c.flag_prefix}password): {e.details()}",
+                        endpoint=str(endpoint),
+                    ) from None
+                raise err from None
+            self._token = resp.token
+
+    # calls
+
+    def _callable(self, method: str, request: Message, response_type: type[M]) -> Any:
+        fn = self._callables.get(method)
+        if fn is None:
+            fn = self.channel().unary_unary(
+                method,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+            self._callables[method] = fn
+        return fn
+
+    async def unary(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        *,
+        idempotent: bool,
+        timeout: float | None = None,
+    ) -> M:
+        """Call a unary RPC. Reads (idempotent) move to the next endpoint and try again when one is
+        unavailable, once around the list; writes never retry here (their outcome is unknown)."""
+        c = self.config
+        timeout = timeout if timeout is not None else c.request_timeout
+        attempts = len(c.endpoints) if idempotent else 1
+        reauthed = False
+        if c.user is not None and self._token is None:
+            await self.authenticate()
+        while True:
+            endpoint = self.endpoint
+            fn = self._callable(method, request, response_type)
+            try:
+                resp: M = await fn(request, timeout=timeout, metadata=self.metadata(), wait_for_ready=False)
+                return resp
+            except grpc.RpcError as e:
+                err = map_grpc_error(e, str(endpoint), c.role, timeout)
+            if isinstance(err, InvalidToken) and not reauthed:
+                reauthed = True  # the request was rejected, not applied: safe to send again
+                await self.authenticate()
+                continue
+            if isinstance(err, Unavailable):
+                await self.rotate(endpoint)
+                attempts -= 1
+                if attempts > 0:
+                    log.debug("retrying on %s after: %s", self.endpoint, err)
+                    continue
+            raise err
+
+    def stream(self, method: str, request_type: type[Message], response_type: type[M]) -> Callable[..., Any]:
+        return self.channel().stream_stream(
+            method,
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )

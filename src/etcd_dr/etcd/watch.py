@@ -1,0 +1,213 @@
+"""A resumable watch stream.
+
+The rule that makes it safe for replication: after a broken stream, the watch is created again from
+(the last delivered event's mod_revision + 1), never from a response header's revision. etcd delivers
+all events of one revision in one response (or in fragments we join before delivering), so that point
+is always a revision boundary: nothing is lost and nothing is delivered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from ._pb import etcd_dr_v3_pb2 as pb
+from .connection import Connection, InvalidToken, map_grpc_error
+from .errors import CompactedError, EtcdError, TransientError, Unavailable, WatchCanceled
+from .types import Event, Header, WatchBatch
+
+log = logging.getLogger(__name__)
+
+WATCH_METHOD = "/etcdserverpb.Watch/Watch"
+# Ask the member to cancel our watch when it loses its leader, instead of leaving us on a partitioned
+# member that will never deliver anything again (etcd's clientv3 does the same).
+REQUIRE_LEADER = (("hasleader", "true"),)
+
+
+class _NoLeader(Unavailable):
+    """The member canceled the watch because it lost its leader: transient, resume elsewhere."""
+
+
+class Watch:
+    """Async iterator of WatchBatch. Retries transient faults by itself (for `retry_for` seconds of
+    continuous failure, forever when None) and raises CompactedError / WatchCanceled / other errors."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+        fragment: bool = True,
+        retry_for: float | None = None,
+    ) -> None:
+        self._conn = conn
+        self._key = key
+        self._range_end = range_end
+        self._next_revision = start_revision
+        self._prev_kv = prev_kv
+        self._progress_notify = progress_notify
+        self._fragment = fragment
+        self._retry_for = retry_for
+        self._call: Any = None
+        self._closed = False
+        self._pending: list[Event] = []
+        self._failing_since: float | None = None
+        self._backoff = 0.05
+        self.reconnects = 0
+
+    @property
+    def next_revision(self) -> int:
+        """The revision the watch would resume from: the last delivered event's mod_revision + 1."""
+        return self._next_revision
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __aenter__(self) -> Watch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._drop_call()
+
+    async def request_progress(self) -> None:
+        """Ask the server for a progress notification (delivered as an empty batch)."""
+        if self._call is not None:
+            # On failure the read side sees the broken stream and resumes.
+            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
+                await self._call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+
+    async def _drop_call(self) -> None:
+        call, self._call = self._call, None
+        self._pending = []  # fragments of a revision not fully received are asked for again
+        if call is not None:
+            call.cancel()
+
+    async def _open(self) -> None:
+        fn = self._conn.stream(WATCH_METHOD, pb.WatchRequest, pb.WatchResponse)
+        if self._conn.config.user is not None and not self._conn.metadata():
+            await self._conn.authenticate()
+        call = fn(metadata=self._conn.metadata(REQUIRE_LEADER))
+        self._call = call
+        await call.write(
+            pb.WatchRequest(
+                create_request=pb.WatchCreateRequest(
+                    key=self._key,
+                    range_end=self._range_end,
+                    start_revision=self._next_revision,
+                    progress_notify=self._progress_notify,
+                    prev_kv=self._prev_kv,
+                    fragment=self._fragment,
+                )
+            )
+        )
+
+    async def _failed(self, err: EtcdError) -> None:
+        """A transient failure: drop the stream, wait, move endpoint, and let the loop resume."""
+        endpoint = self._conn.endpoint
+        await self._drop_call()
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if self._retry_for is not None and now - self._failing_since > self._retry_for:
+            raise Unavailable(
+                f"watch on {self._conn.config.role} gave up after {self._retry_for:g} s: {err}",
+                endpoint=err.endpoint,
+            ) from err
+        log.warning(
+            "watch on %s %s broke (%s); resuming from revision %d",
+            self._conn.config.role,
+            endpoint,
+            err,
+            self._next_revision,
+        )
+        self.reconnects += 1
+        await self._conn.rotate(endpoint)
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, 2.0)
+
+    async def __anext__(self) -> WatchBatch:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            try:
+                if self._call is None:
+                    await self._open()
+                resp = await self._call.read()
+            except grpc.RpcError as e:
+                err = map_grpc_error(e, str(self._conn.endpoint), self._conn.config.role)
+                if isinstance(err, InvalidToken):
+                    await self._drop_call()
+                    await self._conn.authenticate()
+                    continue
+                if isinstance(err, TransientError):
+                    await self._failed(err)
+                    continue
+                raise err from None
+            except asyncio.InvalidStateError:
+                await self._failed(Unavailable("watch stream closed", endpoint=str(self._conn.endpoint)))
+                continue
+            if resp is grpc.aio.EOF:
+                await self._failed(
+                    Unavailable("server closed the watch stream", endpoint=str(self._conn.endpoint))
+                )
+                continue
+            try:
+                batch = self._handle(resp)
+            except _NoLeader as e:
+                await self._failed(e)
+                continue
+            if batch is not None:
+                self._failing_since = None
+                self._backoff = 0.05
+                return batch
+
+    def _handle(self, resp: pb.WatchResponse) -> WatchBatch | None:
+        endpoint = str(self._conn.endpoint)
+        if resp.compact_revision:
+            raise CompactedError(
+                f"watch on {self._conn.config.role} from revision {self._next_revision}: revisions up to "
+                f"{resp.compact_revision} have been compacted",
+                compact_revision=resp.compact_revision,
+                endpoint=endpoint,
+            )
+        if resp.canceled:
+            reason = resp.cancel_reason
+            if "no leader" in reason.lower():
+                # Transient: the member lost its leader. Raised here, handled by the caller's loop.
+                raise _NoLeader(f"{endpoint}: {reason}")
+            raise WatchCanceled(
+                f"watch on {self._conn.config.role} endpoint {endpoint} canceled: "
+                f"{reason or 'no reason given'}",
+                reason=reason,
+                endpoint=endpoint,
+            )
+        if resp.created:
+            if self._next_revision == 0:
+                # A watch "from now" starts after the revision the server created it at.
+                self._next_revision = resp.header.revision + 1
+            if not resp.events:
+                return None
+        events = [Event.from_pb(ev) for ev in resp.events]
+        if resp.fragment:
+            self._pending.extend(events)
+            return None
+        if self._pending:
+            events = self._pending + events
+            self._pending = []
+        if events:
+            self._next_revision = events[-1].kv.mod_revision + 1
+        return WatchBatch(Header.from_pb(resp.header), events)
