@@ -1,0 +1,57 @@
+"""Configuration objects built by the CLI (or by library users) and consumed by the library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import UsageError
+from .etcd import ClientConfig
+
+DEFAULT_STATE_PREFIX = b"/etcd-dr/"
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    source: ClientConfig
+    dest: ClientConfig
+    prefix: bytes = b""
+    # None: keys keep their names; b"" with --no-dest-prefix strips the prefix (make-mirror semantics).
+    dest_prefix: bytes | None = None
+    excludes: tuple[bytes, ...] = ()
+    max_txn_ops: int = 128
+    # Bytes of keys and values per destination txn; below etcd's default --max-request-bytes (1.5 MiB).
+    max_txn_bytes: int = 1024 * 1024
+    # Destination txns in flight during the initial copy.
+    inflight: int = 8
+    page_size: int = 1000
+    start_revision: int | None = None
+    once: bool = False
+    leases: Literal["mirror", "ignore"] = "mirror"
+    state_prefix: bytes = DEFAULT_STATE_PREFIX
+    # With --once: how long an endpoint may stay unreachable before the run fails.
+    timeout: float = 30.0
+    # How often an idle mirror records its progress (checkpoint-only txns) and logs a status line.
+    checkpoint_interval: float = 1.0
+    status_interval: float = 30.0
+    metrics_addr: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_txn_ops < 2:
+            raise UsageError(
+                f"--max-txn-ops {self.max_txn_ops}: must be at least 2 (one op is the checkpoint)"
+            )
+        if self.inflight < 1:
+            raise UsageError("--inflight must be at least 1")
+        if self.start_revision is not None and self.start_revision < 1:
+            raise UsageError(f"--rev {self.start_revision}: must be a positive revision")
+        if not self.state_prefix:
+            raise UsageError("--state-prefix must not be empty")
+        for e in self.excludes:
+            if not e:
+                raise UsageError("--exclude must not be empty (it would exclude every key)")
+
+    @property
+    def effective_dest_prefix(self) -> bytes:
+        return self.prefix if self.dest_prefix is None else self.dest_prefix

@@ -1,0 +1,27 @@
+"""Errors of the product layer (above the etcd client), each with the exit code the CLI maps it to."""
+
+from __future__ import annotations
+
+
+class EtcdDrError(Exception):
+    """Base: a failure with one clear line of explanation."""
+
+    exit_code = 2
+
+
+class UsageError(EtcdDrError):
+    """Bad flags or input files."""
+
+
+class Refused(EtcdDrError):
+    """The tool refuses to act because doing so would be unsafe (e.g. mirroring a cluster into itself)."""
+
+
+class CheckFailed(EtcdDrError):
+    """A check found a difference, or a precondition of a command does not hold."""
+
+    exit_code = 1
+
+
+class Fenced(EtcdDrError):
+    """Another writer changed this mirror's checkpoint: we are no longer the one allowed to write."""

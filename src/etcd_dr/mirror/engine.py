@@ -1,0 +1,317 @@
+"""The mirror: copy at revision R, then replay from R + 1; resume from the destination's checkpoint.
+
+Read top to bottom: `Mirror.run` connects and checks both clusters, then loops over `_cycle`, which reads
+the checkpoint and either copies (no checkpoint, an interrupted copy, or a source compacted past it)
+or replays from it. Retries, backoff and the status line wrap around that cycle, not through it:
+any doubt (a txn with an unknown outcome, a broken stream, a moved checkpoint) ends the cycle, and the
+next cycle starts again from what the destination's checkpoint says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from ..config import MirrorConfig
+from ..errors import Fenced, Refused
+from ..etcd import (
+    CompactedError,
+    Compare,
+    CompareResult,
+    EtcdClient,
+    Put,
+    Status,
+    TransientError,
+    Unavailable,
+)
+from .checkpoint import REPLAY, SYNC, Checkpoint, checkpoint_key, encode_key
+from .keys import KeyMapper, ranges_overlap
+from .replay import Replayer
+from .stats import MirrorStats
+from .sync import SyncResult, diff_sync
+
+log = logging.getLogger("etcd_dr.mirror")
+
+
+@dataclass
+class MirrorResult:
+    checkpoint: Checkpoint
+    copied: SyncResult | None
+
+
+class Mirror:
+    """Continuous (or, with `once`, one-shot) replication SOURCE -> DEST as configured."""
+
+    def __init__(self, config: MirrorConfig) -> None:
+        self.config = config
+        self.stats = MirrorStats()
+        self.mapper = KeyMapper.create(
+            config.prefix, config.effective_dest_prefix, config.excludes, config.state_prefix
+        )
+        self._source_id = 0
+        self._key = b""
+        self._rev_pending = config.start_revision
+        self._last_copy: SyncResult | None = None
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> MirrorResult:
+        async with EtcdClient(self.config.source) as source, EtcdClient(self.config.dest) as dest:
+            await self._preflight(source, dest)
+            status_task = asyncio.create_task(self._status_lines())
+            try:
+                return await self._loop(source, dest)
+            finally:
+                status_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await status_task
+
+    async def _loop(self, source: EtcdClient, dest: EtcdClient) -> MirrorResult:
+        target = self.stats.source_revision if self.config.once else None
+        backoff = 0.1
+        failing_since: float | None = None
+        while True:
+            try:
+                ckpt = await self._cycle(source, dest, target)
+                return MirrorResult(ckpt, self._last_copy)
+            except CompactedError as e:
+                self.stats.resyncs += 1
+                self.stats.errors["compacted"] += 1
+                log.warning("resync: the source compacted past the checkpoint (%s); copying again", e)
+                self._force_sync = True
+                continue
+            except Fenced as e:
+                self.stats.errors["fenced"] += 1
+                log.warning("restart from the destination's checkpoint: %s", e)
+            except TransientError as e:
+                self.stats.errors["unavailable"] += 1
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if self.config.once and now - failing_since > self.config.timeout:
+                    raise Unavailable(f"gave up after {self.config.timeout:g} s (--timeout): {e}") from e
+                log.warning("%s; retrying from the checkpoint in %.1f s", e, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            if self.stats.last_apply_time and time.time() - self.stats.last_apply_time < 10:
+                backoff, failing_since = 0.1, None  # it was making progress: a fresh fault
+
+    _force_sync = False
+
+    async def _cycle(self, source: EtcdClient, dest: EtcdClient, target: int | None) -> Checkpoint:
+        ckpt, raw = await self._read_checkpoint(dest)
+        if self._rev_pending is not None:
+            ckpt, raw = await self._start_at_revision(dest, ckpt, raw, self._rev_pending)
+            self._rev_pending = None
+        elif ckpt is None or ckpt.phase == SYNC or self._force_sync:
+            reason = (
+                "no checkpoint on the destination"
+                if ckpt is None
+                else "an earlier copy did not finish"
+                if ckpt.phase == SYNC
+                else f"the source compacted past the checkpoint (revision {ckpt.revision})"
+            )
+            log.info("copy: %s; copying the source at one revision", reason)
+            ckpt, raw = await self._copy(source, dest, ckpt, raw)
+            self._force_sync = False
+        else:
+            log.info("resuming from the checkpoint: source revision %d applied", ckpt.revision)
+        self.stats.applied_revision = ckpt.revision
+        if target is not None and ckpt.revision >= target:
+            return ckpt
+        replayer = Replayer(
+            source,
+            dest,
+            self.mapper,
+            self._key,
+            ckpt,
+            max_txn_ops=self.config.max_txn_ops,
+            max_txn_bytes=self.config.max_txn_bytes,
+            stats=self.stats,
+            stop_at=target,
+            checkpoint_interval=self.config.checkpoint_interval,
+            retry_for=self.config.timeout if self.config.once else None,
+        )
+        return await replayer.run()
+
+    # ---- the steps ------------------------------------------------------------------------------
+
+    async def _copy(
+        self, source: EtcdClient, dest: EtcdClient, previous: Checkpoint | None, raw: bytes | None
+    ) -> tuple[Checkpoint, bytes]:
+        src_key, src_end = self.mapper.source_range
+        counted = await source.range(src_key, src_end, count_only=True)
+        revision = counted.header.revision
+        self.stats.phase = "copy"
+        self.stats.copy_total = counted.count
+        self.stats.copy_done = 0
+        self.stats.source_revision = max(self.stats.source_revision, revision)
+        start = self._new_checkpoint(revision, SYNC)
+        start_raw = await self._write_checkpoint(dest, raw, start)
+        log.info("copy: %d source keys at revision %d", counted.count, revision)
+        t0 = time.monotonic()
+
+        def progress(r: SyncResult) -> None:
+            self.stats.copy_done = r.source_keys
+            rate = r.source_keys / max(time.monotonic() - t0, 1e-6)
+            left = max(counted.count - r.source_keys, 0)
+            log.info(
+                "copy: %d/%d keys (%.0f keys/s, about %.0f s left)",
+                r.source_keys,
+                counted.count,
+                rate,
+                left / max(rate, 1),
+            )
+
+        result = await diff_sync(
+            source,
+            dest,
+            self.mapper,
+            revision=revision,
+            guard=[Compare.value_(self._key, CompareResult.EQUAL, start_raw)],
+            max_txn_ops=self.config.max_txn_ops,
+            max_txn_bytes=self.config.max_txn_bytes,
+            inflight=self.config.inflight,
+            page_size=self.config.page_size,
+            on_progress=progress,
+            progress_every=5.0,
+        )
+        done = self._new_checkpoint(revision, REPLAY)
+        done_raw = await self._write_checkpoint(dest, start_raw, done)
+        self._last_copy = result
+        log.info(
+            "copy: done at revision %d in %.1f s: %d keys, %d written, %d removed, %d already equal "
+            "(%.0f keys/s)",
+            revision,
+            result.seconds,
+            result.source_keys,
+            result.puts,
+            result.deletes,
+            result.unchanged,
+            result.source_keys / max(result.seconds, 1e-6),
+        )
+        return done, done_raw
+
+    async def _start_at_revision(
+        self, dest: EtcdClient, ckpt: Checkpoint | None, raw: bytes | None, revision: int
+    ) -> tuple[Checkpoint, bytes]:
+        if ckpt is not None:
+            log.warning(
+                "--rev %d: replacing the checkpoint at source revision %d; events in between are %s",
+                revision,
+                ckpt.revision,
+                "skipped" if revision > ckpt.revision + 1 else "applied again",
+            )
+        else:
+            log.info("--rev %d: no initial copy; replaying from source revision %d", revision, revision)
+        new = self._new_checkpoint(revision - 1, REPLAY)
+        return new, await self._write_checkpoint(dest, raw, new)
+
+    def _new_checkpoint(self, revision: int, phase: str) -> Checkpoint:
+        return Checkpoint(
+            source_cluster_id=self._source_id,
+            source_prefix=self.config.prefix,
+            dest_prefix=self.mapper.dest_prefix,
+            revision=revision,
+            phase=phase,
+            updated=round(time.time(), 3),
+        )
+
+    async def _read_checkpoint(self, dest: EtcdClient) -> tuple[Checkpoint | None, bytes | None]:
+        kv = await dest.get(self._key)
+        if kv is None:
+            return None, None
+        try:
+            return Checkpoint.decode(kv.value), kv.value
+        except (ValueError, KeyError) as e:
+            raise Refused(
+                f"the checkpoint {encode_key(self._key)} on the destination is not readable ({e}); "
+                "remove it to copy from scratch"
+            ) from None
+
+    async def _write_checkpoint(self, dest: EtcdClient, previous: bytes | None, new: Checkpoint) -> bytes:
+        """Replace the checkpoint, only if it is still what we read (else another writer is active)."""
+        data = new.encode()
+        guard = (
+            Compare.create(self._key, CompareResult.EQUAL, 0)
+            if previous is None
+            else Compare.value_(self._key, CompareResult.EQUAL, previous)
+        )
+        result = await dest.txn([guard], [Put(self._key, data)])
+        if not result.succeeded:
+            raise Fenced("the checkpoint on the destination changed while the mirror was starting")
+        return data
+
+    # ---- checks and reporting ---------------------------------------------------------------------
+
+    async def _preflight(self, source: EtcdClient, dest: EtcdClient) -> None:
+        """Connect to both clusters; refuse a mirror into an overlapping range of the same cluster."""
+        src = await self._status_with_retry(source, "source")
+        dst = await self._status_with_retry(dest, "destination")
+        self._source_id = src.cluster_id
+        self.stats.source_revision = src.revision
+        if src.cluster_id == dst.cluster_id and ranges_overlap(
+            self.mapper.source_range, self.mapper.dest_range
+        ):
+            raise Refused(
+                f"source {self.config.source.endpoints_text} and destination "
+                f"{self.config.dest.endpoints_text} are the same cluster (cluster id {src.cluster_id:x}) "
+                "and the key ranges overlap: "
+                "mirroring a cluster into itself is refused"
+            )
+        self._key = checkpoint_key(
+            self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
+        )
+        log.info(
+            "source %s (cluster %x, etcd %s, revision %d) -> destination %s (cluster %x, etcd %s); "
+            "prefix %s -> %s",
+            self.config.source.endpoints_text,
+            src.cluster_id,
+            src.version,
+            src.revision,
+            self.config.dest.endpoints_text,
+            dst.cluster_id,
+            dst.version,
+            encode_key(self.config.prefix) or "(all keys)",
+            encode_key(self.mapper.dest_prefix) or "(all keys)",
+        )
+        if self.config.leases == "mirror":
+            log.info(
+                "leases: keys are written without their leases for now (lease mirroring is not built yet)"
+            )
+
+    async def _status_with_retry(self, client: EtcdClient, role: str) -> Status:
+        """The first contact: TLS and auth failures are fatal at once; unreachable endpoints are retried
+        (forever for the daemon, for --timeout with --once)."""
+        deadline = time.monotonic() + self.config.timeout
+        backoff = 0.2
+        while True:
+            try:
+                return await client.status()
+            except TransientError as e:
+                if self.config.once and time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"{role} unreachable for {self.config.timeout:g} s (--timeout): {e}"
+                    ) from e
+                log.warning("%s not reachable yet: %s; retrying in %.1f s", role, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _status_lines(self) -> None:
+        last_events = 0
+        while True:
+            await asyncio.sleep(self.config.status_interval)
+            s = self.stats
+            if s.phase != "replay":
+                continue
+            log.info(
+                "applied source revision %d (source at %d, %d behind); %d events in the last %g s",
+                s.applied_revision,
+                s.source_revision,
+                s.lag_revisions,
+                s.applied_events - last_events,
+                self.config.status_interval,
+            )
+            last_events = s.applied_events

@@ -1,0 +1,260 @@
+"""Replay: apply the source's watch events, revision by revision, each destination txn carrying the
+checkpoint of what it covers.
+
+The watch is on the whole source keyspace (filtered here), so that every source revision is seen, even
+those that touch no mirrored key: the checkpoint then tracks the source revision exactly, the lag is
+exact, and `--once` knows when it has caught up, without relying on progress notifications (which
+etcd < 3.4.31 / 3.5.13 may send ahead of undelivered events, etcd-io/etcd#15220).
+
+Consecutive revisions are grouped into one destination txn when more than one is waiting (the mirror is
+behind), so the replay rate follows what the destination can absorb, not the source's revision rate.
+A single revision is never split across txns unless it alone exceeds the txn limits; then it is applied
+in parts, each part recorded in the checkpoint, and the log says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import Fenced
+from ..etcd import Compare, CompareResult, Delete, EtcdClient, EventType, Put, WatchBatch
+from .checkpoint import Checkpoint
+from .keys import ALL_KEYS, KeyMapper
+from .stats import MirrorStats
+
+log = logging.getLogger("etcd_dr.mirror")
+
+DestOp = Put | Delete
+
+
+@dataclass
+class SourceRevision:
+    revision: int
+    ops: list[DestOp]  # mapped and filtered, in the source's order
+
+
+def _op_size(op: DestOp) -> int:
+    return len(op.key) + (len(op.value) if isinstance(op, Put) else 0)
+
+
+def chunk_ops(ops: Sequence[DestOp], max_ops: int, max_bytes: int) -> list[list[DestOp]]:
+    """Cut ops into consecutive chunks within the op and byte limits (an op over the byte limit goes
+    alone: the source accepted it, so a destination with the same limits accepts it too)."""
+    chunks: list[list[DestOp]] = []
+    cur: list[DestOp] = []
+    size = 0
+    for op in ops:
+        n = _op_size(op)
+        if cur and (len(cur) >= max_ops or size + n > max_bytes):
+            chunks.append(cur)
+            cur, size = [], 0
+        cur.append(op)
+        size += n
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+class Replayer:
+    def __init__(
+        self,
+        source: EtcdClient,
+        dest: EtcdClient,
+        mapper: KeyMapper,
+        checkpoint_key: bytes,
+        checkpoint: Checkpoint,
+        *,
+        max_txn_ops: int,
+        max_txn_bytes: int,
+        stats: MirrorStats,
+        stop_at: int | None = None,
+        checkpoint_interval: float = 1.0,
+        retry_for: float | None = None,
+        queue_batches: int = 64,
+    ) -> None:
+        self._source = source
+        self._dest = dest
+        self._mapper = mapper
+        self._key = checkpoint_key
+        self._ckpt = checkpoint
+        self._ckpt_bytes = checkpoint.encode()
+        self._max_ops = max_txn_ops - 1  # one op of every txn is the checkpoint
+        self._max_bytes = max_txn_bytes
+        self._stats = stats
+        self._stop_at = stop_at
+        self._interval = checkpoint_interval
+        self._retry_for = retry_for
+        self._queue: asyncio.Queue[list[SourceRevision] | BaseException] = asyncio.Queue(
+            maxsize=queue_batches
+        )
+        self._pending: deque[SourceRevision] = deque()
+        self._covered = checkpoint.revision  # every revision up to here is applied or has nothing to apply
+        self._last_write = time.monotonic()
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self._ckpt
+
+    # ---- reading the source -------------------------------------------------------------------
+
+    def _revisions(self, batch: WatchBatch) -> list[SourceRevision]:
+        out: list[SourceRevision] = []
+        skip = 0
+        for ev in batch.events:
+            rev = ev.kv.mod_revision
+            if not out or out[-1].revision != rev:
+                out.append(SourceRevision(rev, []))
+                # Resuming inside a revision applied in parts: drop the parts already applied.
+                skip = self._ckpt.split_done if rev == self._ckpt.split_revision else 0
+            dkey = self._mapper.to_dest(ev.kv.key)
+            if dkey is None:
+                continue
+            if skip:
+                skip -= 1
+                continue
+            if ev.type is EventType.PUT:
+                out[-1].ops.append(Put(dkey, ev.kv.value))
+            else:
+                out[-1].ops.append(Delete(dkey))
+        return out
+
+    async def _read(self) -> None:
+        start = self._ckpt.split_revision or self._ckpt.revision + 1
+        watch = self._source.watch(*ALL_KEYS, start_revision=start, retry_for=self._retry_for)
+        try:
+            async for batch in watch:
+                self._stats.source_revision = max(self._stats.source_revision, batch.header.revision)
+                if batch.events:
+                    await self._queue.put(self._revisions(batch))
+        except BaseException as e:  # handed to the applier, which raises it in the engine's loop
+            await self._queue.put(e)
+        finally:
+            await watch.close()
+
+    # ---- writing the destination --------------------------------------------------------------
+
+    async def _apply(self, ops: list[DestOp], ckpt: Checkpoint) -> None:
+        data = ckpt.encode()
+        guard = [Compare.value_(self._key, CompareResult.EQUAL, self._ckpt_bytes)]
+        result = await self._dest.txn(guard, [*ops, Put(self._key, data)])
+        if not result.succeeded:
+            raise Fenced(
+                f"the checkpoint {self._key.decode(errors='replace')} on the destination changed under the "
+                "mirror (another mirror, or a manual change)"
+            )
+        self._ckpt, self._ckpt_bytes = ckpt, data
+        self._last_write = time.monotonic()
+        s = self._stats
+        s.applied_revision = ckpt.revision
+        s.applied_events += len(ops)
+        s.applied_txns += 1
+        s.last_apply_time = time.time()
+
+    async def _apply_split(self, rev: SourceRevision) -> None:
+        base = self._ckpt.split_done if self._ckpt.split_revision == rev.revision else 0
+        chunks = chunk_ops(rev.ops, self._max_ops, self._max_bytes)
+        log.warning(
+            "source revision %d has %d mirrored ops (%d bytes), more than one destination txn holds "
+            "(--max-txn-ops %d, %d bytes): applying it in %d txns, so it is not atomic on the destination",
+            rev.revision,
+            len(rev.ops) + base,
+            sum(_op_size(o) for o in rev.ops),
+            self._max_ops + 1,
+            self._max_bytes,
+            len(chunks),
+        )
+        done = base
+        for i, chunk in enumerate(chunks):
+            done += len(chunk)
+            if i < len(chunks) - 1:
+                ckpt = self._ckpt.advanced(rev.revision - 1, split_revision=rev.revision, split_done=done)
+            else:
+                ckpt = self._ckpt.advanced(rev.revision)
+            await self._apply(chunk, ckpt)
+        self._covered = rev.revision
+
+    def _take_group(self) -> tuple[list[DestOp], int]:
+        """Take whole revisions from the front of the pending queue that fit in one txn; collapse the
+        ops per key (a txn may name a key once; the last op on a key gives the same final state)."""
+        ops: dict[bytes, DestOp] = {}
+        size = 0
+        last = self._covered
+        while self._pending:
+            rev = self._pending[0]
+            rsize = sum(_op_size(o) for o in rev.ops)
+            if ops and (len(ops) + len(rev.ops) > self._max_ops or size + rsize > self._max_bytes):
+                break
+            if not ops and (len(rev.ops) > self._max_ops or rsize > self._max_bytes):
+                break  # the caller applies this one in parts
+            for op in rev.ops:
+                ops.pop(op.key, None)  # keep the order of the last write to each key
+                ops[op.key] = op
+            size += rsize
+            last = rev.revision
+            self._pending.popleft()
+        return list(ops.values()), last
+
+    def _drain(self) -> None:
+        """Move what the reader has queued into pending, without waiting."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._pending.extend(item)
+            if sum(len(r.ops) for r in self._pending) > self._max_ops:
+                return
+
+    async def _wait(self) -> bool:
+        """Wait for source revisions; False when the checkpoint interval passed first."""
+        try:
+            item = await asyncio.wait_for(self._queue.get(), self._interval)
+        except TimeoutError:
+            return False
+        if isinstance(item, BaseException):
+            raise item
+        self._pending.extend(item)
+        return True
+
+    def _done(self) -> bool:
+        return self._stop_at is not None and self._covered >= self._stop_at and not self._pending
+
+    async def run(self) -> Checkpoint:
+        """Replay until `stop_at` is covered (then return the checkpoint) or forever."""
+        reader = asyncio.create_task(self._read())
+        self._stats.phase = "replay"
+        try:
+            while not self._done():
+                if not self._pending and not await self._wait():
+                    await self._checkpoint_if_behind()
+                    continue
+                self._drain()
+                ops, last = self._take_group()
+                if ops:
+                    await self._apply(ops, self._ckpt.advanced(last))
+                    self._covered = last
+                elif last > self._covered:
+                    self._covered = last  # revisions with nothing to mirror
+                    if time.monotonic() - self._last_write >= self._interval:
+                        await self._checkpoint_if_behind()
+                elif self._pending:
+                    await self._apply_split(self._pending.popleft())
+            await self._checkpoint_if_behind()
+            return self._ckpt
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _checkpoint_if_behind(self) -> None:
+        """Record revisions that had nothing to mirror, so a restart need not read them again."""
+        if self._covered > self._ckpt.revision:
+            await self._apply([], self._ckpt.advanced(self._covered))
