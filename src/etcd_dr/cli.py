@@ -1,0 +1,290 @@
+"""The command line: parse flags into config objects, call the library, map errors to exit codes.
+
+Flag names follow etcdctl (source = etcdctl's global flags, destination = the same with --dest-), so
+`etcdctl make-mirror` can be swapped for `etcd-dr mirror`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from . import __version__, logs
+from .config import DEFAULT_STATE_PREFIX, MirrorConfig
+from .errors import EtcdDrError
+from .etcd import ClientConfig, EtcdError
+
+log = logging.getLogger("etcd_dr")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _b(text: str) -> bytes:
+    # Keys given on the command line are UTF-8; undecodable argv bytes round-trip via surrogateescape.
+    return text.encode("utf-8", "surrogateescape")
+
+
+# ---- shared flags ------------------------------------------------------------------------------
+
+
+def source_options(f: F) -> F:
+    opts = [
+        click.option(
+            "--endpoints",
+            envvar="ETCDCTL_ENDPOINTS",
+            default="127.0.0.1:2379",
+            show_default=True,
+            help="Source endpoints, comma-separated (env ETCDCTL_ENDPOINTS).",
+        ),
+        click.option("--cacert", envvar="ETCDCTL_CACERT", help="Source CA bundle (env ETCDCTL_CACERT)."),
+        click.option("--cert", envvar="ETCDCTL_CERT", help="Source client certificate (env ETCDCTL_CERT)."),
+        click.option("--key", envvar="ETCDCTL_KEY", help="Source client key (env ETCDCTL_KEY)."),
+        click.option("--user", envvar="ETCDCTL_USER", help="Source user, USER or USER:PASSWORD."),
+        click.option("--password", envvar="ETCDCTL_PASSWORD", help="Source password."),
+        click.option(
+            "--dial-timeout", type=float, default=5.0, show_default=True, help="Seconds to connect."
+        ),
+        click.option(
+            "--command-timeout", type=float, default=30.0, show_default=True, help="Seconds per request."
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def dest_options(f: F) -> F:
+    opts = [
+        click.option("--dest-cacert", help="Destination CA bundle."),
+        click.option("--dest-cert", help="Destination client certificate."),
+        click.option("--dest-key", help="Destination client key."),
+        click.option("--dest-user", help="Destination user, USER or USER:PASSWORD."),
+        click.option("--dest-password", help="Destination password."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def prefix_options(f: F) -> F:
+    opts = [
+        click.option("--prefix", default="", help="Mirror only keys under this prefix."),
+        click.option("--dest-prefix", default=None, help="Rewrite --prefix to this on the destination."),
+        click.option(
+            "--no-dest-prefix",
+            is_flag=True,
+            help="Strip --prefix on the destination (make-mirror semantics).",
+        ),
+        click.option("--exclude", multiple=True, help="Never mirror keys under this prefix (repeatable)."),
+        click.option(
+            "--state-prefix",
+            default=DEFAULT_STATE_PREFIX.decode(),
+            show_default=True,
+            help="Where etcd-dr keeps its own keys; never mirrored.",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def source_config(kw: dict[str, Any]) -> ClientConfig:
+    return ClientConfig.create(
+        kw["endpoints"],
+        cacert=kw["cacert"],
+        cert=kw["cert"],
+        key=kw["key"],
+        user=kw["user"],
+        password=kw["password"],
+        dial_timeout=kw["dial_timeout"],
+        request_timeout=kw["command_timeout"],
+        role="source",
+        flag_prefix="",
+    )
+
+
+def dest_config(dest: str, kw: dict[str, Any]) -> ClientConfig:
+    return ClientConfig.create(
+        dest,
+        cacert=kw["dest_cacert"],
+        cert=kw["dest_cert"],
+        key=kw["dest_key"],
+        user=kw["dest_user"],
+        password=kw["dest_password"],
+        dial_timeout=kw["dial_timeout"],
+        request_timeout=kw["command_timeout"],
+        role="destination",
+        flag_prefix="dest-",
+    )
+
+
+def dest_prefix_of(kw: dict[str, Any]) -> bytes | None:
+    if kw["no_dest_prefix"] and kw["dest_prefix"] is not None:
+        raise click.UsageError("--dest-prefix and --no-dest-prefix exclude each other")
+    if kw["no_dest_prefix"]:
+        return b""
+    return None if kw["dest_prefix"] is None else _b(kw["dest_prefix"])
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="etcd-dr")
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def cli(log_level: str, log_format: str) -> None:
+    """Disaster recovery for etcd across sites: mirror, verify, switch over, fail over, fail back."""
+    logs.setup(log_level, log_format)
+
+
+@cli.command()
+@click.argument("dest")
+@source_options
+@dest_options
+@prefix_options
+@click.option(
+    "--max-txn-ops",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Ops per destination txn (the server's limit).",
+)
+@click.option(
+    "--rev", type=int, default=None, help="Start watching at this source revision (no initial copy)."
+)
+@click.option("--once", is_flag=True, help="Copy / catch up to the source revision seen at start, then exit.")
+@click.option("--leases", type=click.Choice(["mirror", "ignore"]), default="mirror", show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="With --once: seconds an endpoint may be unreachable.",
+)
+@click.option(
+    "--inflight", type=int, default=8, show_default=True, help="Destination txns in flight during the copy."
+)
+def mirror(dest: str, **kw: Any) -> None:
+    """Continuously mirror SOURCE (--endpoints) into DEST, exactly once, resumable."""
+    from .mirror import Mirror
+
+    config = MirrorConfig(
+        source=source_config(kw),
+        dest=dest_config(dest, kw),
+        prefix=_b(kw["prefix"]),
+        dest_prefix=dest_prefix_of(kw),
+        excludes=tuple(_b(e) for e in kw["exclude"]),
+        max_txn_ops=kw["max_txn_ops"],
+        inflight=kw["inflight"],
+        start_revision=kw["rev"],
+        once=kw["once"],
+        leases=kw["leases"],
+        state_prefix=_b(kw["state_prefix"]),
+        timeout=kw["timeout"],
+    )
+    result = run_async(Mirror(config).run())
+    log.info("done: source revision %d applied", result.checkpoint.revision)
+
+
+@cli.group()
+def pki() -> None:
+    """Certificates for etcd members and clients (replaces cfssl)."""
+
+
+@pki.command("init")
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Where ca.pem goes.")
+@click.option("--cn", default="etcd-dr CA", show_default=True)
+@click.option("--key-type", type=click.Choice(["ecdsa", "rsa"]), default="ecdsa", show_default=True)
+@click.option("--days", type=int, default=36500, show_default=True)
+def pki_init(directory: Path, cn: str, key_type: str, days: int) -> None:
+    """Create a CA: DIR/ca.pem and DIR/ca-key.pem."""
+    from . import pki as pki_lib
+
+    paths = pki_lib.init_ca(directory, cn=cn, key_type=key_type, days=days)
+    click.echo(f"wrote {paths.cert} and {paths.key}")
+
+
+@pki.command("issue")
+@click.option(
+    "--dir", "directory", required=True, type=click.Path(path_type=Path), help="The CA's directory."
+)
+@click.option("--profile", type=click.Choice(["server", "peer", "client"]), required=True)
+@click.option("--name", required=True, help="Writes DIR/NAME.pem and DIR/NAME-key.pem.")
+@click.option("--hosts", default="", help="IPs and DNS names, comma-separated (SANs).")
+@click.option("--days", type=int, default=3650, show_default=True)
+@click.option(
+    "--key-type", type=click.Choice(["ecdsa", "rsa"]), default=None, help="Default: the CSR's, else ecdsa."
+)
+@click.option("--csr", "csr", type=click.Path(path_type=Path), default=None, help="A cfssl CSR JSON file.")
+@click.option("--cn", default=None, help="Subject CN (default: NAME).")
+def pki_issue(
+    directory: Path,
+    profile: str,
+    name: str,
+    hosts: str,
+    days: int,
+    key_type: str | None,
+    csr: Path | None,
+    cn: str | None,
+) -> None:
+    """Issue a server, peer or client certificate signed by DIR's CA."""
+    from . import pki as pki_lib
+
+    paths = pki_lib.issue(
+        directory,
+        profile=profile,
+        name=name,
+        hosts=[h for h in hosts.split(",") if h.strip()],
+        days=days,
+        key_type=key_type,
+        csr_json=csr,
+        cn=cn,
+    )
+    click.echo(f"wrote {paths.cert} and {paths.key}")
+
+
+# ---- entry point -------------------------------------------------------------------------------
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    sys.stderr.flush()
+    print(f"etcd-dr: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .pki import PkiError
+
+    try:
+        cli.main(args=argv, prog_name="etcd-dr", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        raise SystemExit(2) from None
+    except click.ClickException as e:
+        fail(e.format_message())
+    except click.exceptions.Abort:
+        fail("interrupted", 130)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except EtcdDrError as e:
+        fail(str(e), e.exit_code)
+    except EtcdError as e:
+        fail(str(e))
+    except PkiError as e:
+        fail(str(e))
+    except Exception as e:  # a bug: say so in one line; the traceback goes to the debug log
+        logging.getLogger("etcd_dr").debug("unexpected error", exc_info=True)
+        fail(f"internal error: {type(e).__name__}: {e} (run with --log-level debug for details)")
