@@ -199,6 +199,18 @@ def mirror(dest: str, **kw: Any) -> None:
     log.info("done: source revision %d applied", result.checkpoint.revision)
 
 
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the clusters and the mirror running until Ctrl-C.")
+@click.option(
+    "--etcd-version", default=None, help="Use this etcd version (e.g. 3.4, 3.5); default: the newest found."
+)
+def demo(keep: bool, etcd_version: str | None) -> None:
+    """Two local TLS clusters, the mirror between them, and the procedure narrated."""
+    from .demo import run_demo
+
+    run_async(run_demo(lambda line: click.echo(line), keep=keep, version=etcd_version))
+
+
 @cli.group()
 def pki() -> None:
     """Certificates for etcd members and clients (replaces cfssl)."""

@@ -34,8 +34,13 @@ class TransientError(EtcdError):
 class Unavailable(TransientError):
     """No usable endpoint answered (connection refused or cut, no leader, timeout).
 
-    For a write this means "unknown outcome": the request may or may not have been applied.
+    For a write this means "unknown outcome": the request may or may not have been applied, unless
+    `maybe_applied` is False (the connection was never made, so nothing was sent).
     """
+
+    def __init__(self, message: str, *, endpoint: str | None = None, maybe_applied: bool = True) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.maybe_applied = maybe_applied
 
 
 class TLSError(EtcdError):
