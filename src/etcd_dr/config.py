@@ -24,7 +24,8 @@ class MirrorConfig:
     max_txn_bytes: int = 1024 * 1024
     # Destination txns in flight during the initial copy.
     inflight: int = 8
-    page_size: int = 1000
+    # Most keys per read page (pages are also cut to about 4 MiB of keys and values).
+    page_size: int = 10000
     start_revision: int | None = None
     once: bool = False
     leases: Literal["mirror", "ignore"] = "mirror"

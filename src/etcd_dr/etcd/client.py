@@ -116,23 +116,30 @@ class EtcdClient:
         *,
         revision: int = 0,
         page_size: int = 1000,
+        page_bytes: int | None = None,
         keys_only: bool = False,
     ) -> AsyncIterator[RangeResult]:
         """Read a range in pages, all at ONE revision (the first page's, when revision is 0), in key
         order; each page's header.revision is that revision. Raises CompactedError if the revision is
-        compacted while paging (the caller then starts over at a newer revision)."""
+        compacted while paging (the caller then starts over at a newer revision).
+
+        etcd walks the whole rest of the range on every limited request (to count it), so fewer, larger
+        pages are much cheaper: with `page_bytes`, the page grows up to `page_size` keys while keeping
+        about `page_bytes` of keys and values per page, judged by the pages so far.
+        """
         if page_size <= 0:
             raise ValueError("page_size must be positive")
+        limit = min(page_size, 1000) if page_bytes else page_size
         start = key
         while True:
             page = await self.range(
                 start,
                 range_end,
                 revision=revision,
-                limit=page_size,
+                limit=limit,
                 keys_only=keys_only,
-                sort_order=SortOrder.ASCEND,
-                sort_target=SortTarget.KEY,
+                # No sort order: etcd returns keys in key order anyway, and any explicit sort makes it
+                # read the WHOLE rest of the range for every page before cutting it to the limit.
             )
             if revision == 0:
                 revision = page.header.revision
@@ -147,6 +154,9 @@ class EtcdClient:
             yield page
             if not page.more or not page.kvs:
                 return
+            if page_bytes:
+                size = sum(len(kv.key) + len(kv.value) for kv in page.kvs)
+                limit = max(1, min(page_size, page_bytes * len(page.kvs) // max(size, 1)))
             # The smallest key after the last one returned.
             start = page.kvs[-1].key + b"\0"
 
@@ -177,9 +187,13 @@ class EtcdClient:
         )
         return txn_result(resp)
 
-    async def txn_raw(self, request: pb.TxnRequest) -> pb.TxnResponse:
-        """A txn from a prebuilt request (used by the mirror's hot path, which builds requests itself)."""
-        return await self._conn.unary(_KV + "Txn", request, pb.TxnResponse, idempotent=False)
+    async def txn_succeeded(self, compare: Sequence[Compare], success: Sequence[Op]) -> tuple[bool, int]:
+        """A txn whose op results the caller does not need: (succeeded, revision). The mirror's hot path
+        writes thousands of ops a second and would only throw the converted results away."""
+        resp = await self._conn.unary(
+            _KV + "Txn", txn_request(compare, success, ()), pb.TxnResponse, idempotent=False
+        )
+        return resp.succeeded, resp.header.revision
 
     async def compact(self, revision: int, *, physical: bool = False) -> Header:
         req = pb.CompactionRequest(revision=revision, physical=physical)
@@ -335,7 +349,9 @@ class EtcdClient:
                     request, timeout=timeout, metadata=self._conn.metadata(), wait_for_ready=False
                 )
             except grpc.RpcError as e:
-                raise map_grpc_error(e, str(endpoint), self.config.role, timeout) from None
+                raise map_grpc_error(
+                    e, str(endpoint), self.config.role, timeout, config=self.config
+                ) from None
         finally:
             await channel.close(grace=None)
 
@@ -424,7 +440,7 @@ class LeaseKeepAlive:
                 resp = await asyncio.wait_for(self._call.read(), self._conn.config.request_timeout)
             except grpc.RpcError as e:
                 await self.close()
-                raise map_grpc_error(e, endpoint, self._conn.config.role) from None
+                raise map_grpc_error(e, endpoint, self._conn.config.role, config=self._conn.config) from None
             except (TimeoutError, asyncio.InvalidStateError):
                 await self.close()
                 raise Unavailable(

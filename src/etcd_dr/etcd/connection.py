@@ -206,7 +206,12 @@ class InvalidToken(AuthError):
 
 
 def map_grpc_error(
-    e: grpc.RpcError, endpoint: str, role: str = "etcd", timeout: float | None = None
+    e: grpc.RpcError,
+    endpoint: str,
+    role: str = "etcd",
+    timeout: float | None = None,
+    *,
+    config: ClientConfig | None = None,
 ) -> EtcdError:
     code = e.code() if hasattr(e, "code") else None
     details = (e.details() if hasattr(e, "details") else None) or str(e)
@@ -221,8 +226,14 @@ def map_grpc_error(
         return RequestTooLargeError(f"{where}: {details}", endpoint=endpoint)
     if code == grpc.StatusCode.UNAVAILABLE:
         if any(h in low for h in _TLS_HINTS):
-            return TLSError(f"{where}: TLS handshake failed: {_short(details)}", endpoint=endpoint)
-        return Unavailable(f"{where} unavailable: {_short(details)}", endpoint=endpoint)
+            return TLSError(
+                f"{where}: TLS handshake failed{_tls_hint(low, config)}: {_short(details)}", endpoint=endpoint
+            )
+        # grpc says "failed to connect" when no connection was made: the request was never sent.
+        not_sent = "failed to connect" in low or "connection refused" in low
+        return Unavailable(
+            f"{where} unavailable: {_short(details)}", endpoint=endpoint, maybe_applied=not not_sent
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         after = f" after {timeout:g} s" if timeout else ""
         return Unavailable(f"{where}: request timed out{after}", endpoint=endpoint)
@@ -235,6 +246,22 @@ def map_grpc_error(
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequest(f"{where}: {details}", endpoint=endpoint)
     return EtcdError(f"{where}: {code.name if code else 'error'}: {details}", endpoint=endpoint)
+
+
+def _tls_hint(low: str, config: ClientConfig | None) -> str:
+    """Name the file a TLS handshake failure most likely comes from (grpc's message names none)."""
+    if config is None or config.tls is None:
+        return ""
+    tls, p = config.tls, config.flag_prefix
+    if "certificate_verify_failed" in low or "unable to get local issuer" in low:
+        if tls.cacert is None:
+            return f" (the server's certificate is not signed by a CA the system trusts; give --{p}cacert)"
+        return f" (the server's certificate is not signed by the CA in --{p}cacert {tls.cacert})"
+    if "bad_certificate" in low or "certificate_required" in low or "tsi_data_corrupted" in low:
+        if tls.cert is None:
+            return f" (the server wants a client certificate: give --{p}cert and --{p}key)"
+        return f" (the server rejected the client certificate --{p}cert {tls.cert})"
+    return ""
 
 
 def _short(details: str) -> str:
@@ -353,7 +380,7 @@ class Connection:
                     timeout=c.request_timeout,
                 )
             except grpc.RpcError as e:
-                err = map_grpc_error(e, str(endpoint), c.role, c.request_timeout)
+                err = map_grpc_error(e, str(endpoint), c.role, c.request_timeout, config=c)
                 if isinstance(err, AuthError):
                     raise AuthError(
                         f"{c.role} endpoint {endpoint}: authentication failed for user {c.user!r} "
@@ -400,13 +427,16 @@ class Connection:
                 resp: M = await fn(request, timeout=timeout, metadata=self.metadata(), wait_for_ready=False)
                 return resp
             except grpc.RpcError as e:
-                err = map_grpc_error(e, str(endpoint), c.role, timeout)
+                err = map_grpc_error(e, str(endpoint), c.role, timeout, config=c)
             if isinstance(err, InvalidToken) and not reauthed:
                 reauthed = True  # the request was rejected, not applied: safe to send again
                 await self.authenticate()
                 continue
             if isinstance(err, Unavailable):
                 await self.rotate(endpoint)
+                if not idempotent and not err.maybe_applied and attempts == 1:
+                    # A write that never left: safe to send to the next endpoint, once around the list.
+                    attempts = len(c.endpoints)
                 attempts -= 1
                 if attempts > 0:
                     log.debug("retrying on %s after: %s", self.endpoint, err)

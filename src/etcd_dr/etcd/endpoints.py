@@ -56,6 +56,7 @@ def parse_endpoint(text: str) -> Endpoint:
         if after and not after.startswith(":"):
             raise ConfigError(f"endpoint {raw!r}: expected ':port' after ']'")
         port_text = after[1:] if after else ""
+        has_colon = bool(after)
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
@@ -63,16 +64,20 @@ def parse_endpoint(text: str) -> Endpoint:
     elif rest.count(":") > 1:
         # A bare IPv6 literal without a port, e.g. ::1
         host, port_text = rest, ""
+        has_colon = False
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ConfigError(f"endpoint {raw!r}: not host:port (IPv6 addresses go in brackets)") from None
     else:
-        host, _, port_text = rest.partition(":")
+        host, colon, port_text = rest.partition(":")
+        has_colon = bool(colon)
         if not host:
             raise ConfigError(f"endpoint {raw!r}: missing host")
         if not _is_ipv4(host) and not _HOSTNAME.match(host):
             raise ConfigError(f"endpoint {raw!r}: {host!r} is not a valid host name or IP address")
+    if port_text == "" and has_colon:
+        raise ConfigError(f"endpoint {raw!r}: missing port after ':'")
     if port_text == "":
         port = DEFAULT_PORT
     else:

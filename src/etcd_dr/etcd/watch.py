@@ -34,6 +34,11 @@ class _NoLeader(Unavailable):
     """The member canceled the watch because it lost its leader: transient, resume elsewhere."""
 
 
+class _StaleToken(EtcdError):
+    """The member canceled the watch for want of a valid token (restarted member, expired token):
+    authenticate again and resume. etcd 3.4 says "invalid auth token", 3.5 says "permission denied"."""
+
+
 class Watch:
     """Async iterator of WatchBatch. Retries transient faults by itself (for `retry_for` seconds of
     continuous failure, forever when None) and raises CompactedError / WatchCanceled / other errors."""
@@ -63,6 +68,7 @@ class Watch:
         self._pending: list[Event] = []
         self._failing_since: float | None = None
         self._backoff = 0.05
+        self._reauthed = False  # re-authenticated since the last watch the server accepted
         self.reconnects = 0
 
     @property
@@ -148,7 +154,9 @@ class Watch:
                     await self._open()
                 resp = await self._call.read()
             except grpc.RpcError as e:
-                err = map_grpc_error(e, str(self._conn.endpoint), self._conn.config.role)
+                err = map_grpc_error(
+                    e, str(self._conn.endpoint), self._conn.config.role, config=self._conn.config
+                )
                 if isinstance(err, InvalidToken):
                     await self._drop_call()
                     await self._conn.authenticate()
@@ -170,6 +178,12 @@ class Watch:
             except _NoLeader as e:
                 await self._failed(e)
                 continue
+            except _StaleToken:
+                # Once per accepted watch: a real lack of permission still ends in WatchCanceled.
+                self._reauthed = True
+                await self._drop_call()
+                await self._conn.authenticate()
+                continue
             if batch is not None:
                 self._failing_since = None
                 self._backoff = 0.05
@@ -189,6 +203,9 @@ class Watch:
             if "no leader" in reason.lower():
                 # Transient: the member lost its leader. Raised here, handled by the caller's loop.
                 raise _NoLeader(f"{endpoint}: {reason}")
+            stale = "invalid auth token" in reason.lower() or "permission denied" in reason.lower()
+            if stale and self._conn.config.user is not None and not self._reauthed:
+                raise _StaleToken(f"{endpoint}: {reason}", endpoint=endpoint)
             raise WatchCanceled(
                 f"watch on {self._conn.config.role} endpoint {endpoint} canceled: "
                 f"{reason or 'no reason given'}",
@@ -196,6 +213,7 @@ class Watch:
                 endpoint=endpoint,
             )
         if resp.created:
+            self._reauthed = False
             if self._next_revision == 0:
                 # A watch "from now" starts after the revision the server created it at.
                 self._next_revision = resp.header.revision + 1

@@ -142,8 +142,8 @@ class Replayer:
     async def _apply(self, ops: list[DestOp], ckpt: Checkpoint) -> None:
         data = ckpt.encode()
         guard = [Compare.value_(self._key, CompareResult.EQUAL, self._ckpt_bytes)]
-        result = await self._dest.txn(guard, [*ops, Put(self._key, data)])
-        if not result.succeeded:
+        succeeded, _ = await self._dest.txn_succeeded(guard, [*ops, Put(self._key, data)])
+        if not succeeded:
             raise Fenced(
                 f"the checkpoint {self._key.decode(errors='replace')} on the destination changed under the "
                 "mirror (another mirror, or a manual change)"

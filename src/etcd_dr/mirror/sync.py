@@ -23,6 +23,8 @@ from .keys import KeyMapper
 
 log = logging.getLogger("etcd_dr.mirror")
 
+# Keys and values per read page: large pages are cheap for etcd, this bounds our memory per page.
+PAGE_BYTES = 4 * 1024 * 1024
 REPORT_FIRST = 10  # how many overwritten / removed keys are named in the log before a summary
 
 
@@ -48,7 +50,9 @@ async def _pages(
 
     async def reader() -> None:
         try:
-            async for page in client.range_pages(key, end, revision=revision, page_size=page_size):
+            async for page in client.range_pages(
+                key, end, revision=revision, page_size=page_size, page_bytes=PAGE_BYTES
+            ):
                 await queue.put(page.kvs)
             await queue.put(None)
         except BaseException as e:  # handed to the consumer, who re-raises it
@@ -114,8 +118,8 @@ class TxnPipeline:
 
     async def _send(self, ops: list[Put | Delete]) -> None:
         try:
-            result = await self._dest.txn(self._guard, ops)
-            if not result.succeeded:
+            succeeded, _ = await self._dest.txn_succeeded(self._guard, ops)
+            if not succeeded:
                 raise Fenced("the mirror's checkpoint changed during the copy: another mirror is writing")
             self.txns += 1
         finally:
