@@ -177,6 +177,7 @@ class Mirror:
             page_size=self.config.page_size,
             on_progress=progress,
             progress_every=5.0,
+            resync=previous is not None and previous.phase == REPLAY,
         )
         done = self._new_checkpoint(revision, REPLAY)
         done_raw = await self._write_checkpoint(dest, start_raw, done)

@@ -154,8 +154,15 @@ async def diff_sync(
     page_size: int,
     on_progress: ProgressFn | None = None,
     progress_every: float = 1.0,
+    resync: bool = False,
 ) -> SyncResult:
-    """Make dest's mapped range equal to source's range at `revision` (must be > 0)."""
+    """Make dest's mapped range equal to source's range at `revision` (must be > 0).
+
+    Keys it overwrites or removes are named in the log (the first few, then a count): as warnings on a
+    first copy, where they are data the destination had of its own; at info level on a `resync`, where
+    they are the source's own changes that the mirror could not replay.
+    """
+    level = logging.INFO if resync else logging.WARNING
     started = time.monotonic()
     result = SyncResult(revision=revision)
     pipeline = TxnPipeline(dest, guard, max_txn_ops, max_txn_bytes, inflight)
@@ -190,7 +197,8 @@ async def diff_sync(
             elif s is None or d.key < s[0]:
                 result.deletes += 1
                 if result.deletes <= REPORT_FIRST:
-                    log.warning(
+                    log.log(
+                        level,
                         "copy: removing destination key %s: the source does not have it at revision %d",
                         encode_key(d.key),
                         revision,
@@ -203,7 +211,8 @@ async def diff_sync(
                     result.puts += 1
                     result.overwritten += 1
                     if result.overwritten <= REPORT_FIRST:
-                        log.warning(
+                        log.log(
+                            level,
                             "copy: overwriting destination key %s: its value differs from the source's "
                             "at revision %d",
                             encode_key(d.key),
@@ -227,7 +236,8 @@ async def diff_sync(
         await dst_it.aclose()
     result.seconds = time.monotonic() - started
     if result.deletes > REPORT_FIRST or result.overwritten > REPORT_FIRST:
-        log.warning(
+        log.log(
+            level,
             "copy: in all %d destination keys removed and %d overwritten (first %d of each named above)",
             result.deletes,
             result.overwritten,

@@ -1,0 +1,342 @@
+"""The mirror engine against real etcd: copy, replay, prefixes, faults, kill -9, compaction, splits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etcd_dr import ClientConfig, Mirror, MirrorConfig
+from etcd_dr.errors import Refused
+from etcd_dr.etcd import Delete, EtcdClient, Put, prefix_range_end
+from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key
+from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.testing.cluster import EtcdCluster
+from etcd_dr.testing.history import check_exactly_once
+from etcd_dr.testing.workload import Workload
+
+STATE = b"/etcd-dr/"
+Factory = Callable[..., EtcdCluster]
+
+
+def cfg(src: EtcdCluster, dst: EtcdCluster, **kw: Any) -> MirrorConfig:
+    kw.setdefault("checkpoint_interval", 0.2)
+    return MirrorConfig(
+        source=ClientConfig.create(src.endpoints, role="source"),
+        dest=ClientConfig.create(dst.endpoints, role="destination", flag_prefix="dest-"),
+        **kw,
+    )
+
+
+def client(cluster: EtcdCluster) -> EtcdClient:
+    return EtcdClient(ClientConfig.create(cluster.endpoints))
+
+
+async def dump(c: EtcdClient, prefix: bytes = b"") -> dict[bytes, bytes]:
+    key, end = (prefix, prefix_range_end(prefix)) if prefix else (b"\0", b"\0")
+    return {kv.key: kv.value for kv in (await c.range(key, end)).kvs if not kv.key.startswith(STATE)}
+
+
+def mapped(src: dict[bytes, bytes], prefix: bytes, dest_prefix: bytes) -> dict[bytes, bytes]:
+    return {dest_prefix + k[len(prefix) :]: v for k, v in src.items() if k.startswith(prefix)}
+
+
+async def wait_equal(
+    s: EtcdClient, d: EtcdClient, prefix: bytes = b"", dest_prefix: bytes | None = None, timeout: float = 30
+) -> None:
+    dp = prefix if dest_prefix is None else dest_prefix
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        want = mapped(await dump(s, prefix), prefix, dp)
+        got = await dump(d, dp)
+        if want == got:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            missing = sorted(set(want) - set(got))[:5]
+            extra = sorted(set(got) - set(want))[:5]
+            diff = sorted(k for k in set(want) & set(got) if want[k] != got[k])[:5]
+            raise AssertionError(
+                f"not equal after {timeout} s: missing {missing} extra {extra} different {diff}"
+            )
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(config: MirrorConfig) -> AsyncIterator[Mirror]:
+    mirror = Mirror(config)
+    task = asyncio.create_task(mirror.run())
+    try:
+        yield mirror
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def the_checkpoint(d: EtcdClient, config: MirrorConfig, source_id: int) -> Checkpoint:
+    key = checkpoint_key(config.state_prefix, source_id, config.prefix, config.effective_dest_prefix)
+    kv = await d.get(key)
+    assert kv is not None, "no checkpoint on the destination"
+    return Checkpoint.decode(kv.value)
+
+
+async def test_copy_then_replay_removes_stale_keys(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        for i in range(500):
+            await s.put(b"/a/%04d" % i, b"v%d" % i)
+        await d.put(b"/a/stale", b"only on the destination")
+        await d.put(b"/a/0001", b"different on the destination")
+        config = cfg(src, dst, once=True)
+        result = await Mirror(config).run()
+        assert result.copied is not None
+        assert (result.copied.puts, result.copied.deletes, result.copied.overwritten) == (500, 1, 1)
+        assert await dump(d) == await dump(s)
+        status = await s.status()
+        ckpt = await the_checkpoint(d, config, status.cluster_id)
+        assert ckpt.revision == status.revision and ckpt.phase == "replay"
+        # Second run: nothing to copy again, only the new events are replayed.
+        await s.put(b"/a/new", b"1")
+        await s.delete_range(b"/a/0002")
+        again = await Mirror(config).run()
+        assert again.copied is None
+        assert await dump(d) == await dump(s)
+        assert again.checkpoint.revision == (await s.status()).revision
+
+
+@pytest.mark.parametrize(
+    ("dest_prefix", "landing"),
+    [(None, b"/app/"), (b"/copy/", b"/copy/"), (b"", b"")],
+    ids=["same-prefix", "dest-prefix", "no-dest-prefix"],
+)
+async def test_prefix_mapping(
+    etcd_cluster_factory: Factory, dest_prefix: bytes | None, landing: bytes
+) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        for i in range(20):
+            await s.put(b"/app/k%02d" % i, b"v")
+            await s.put(b"/other/k%02d" % i, b"not mirrored")
+        config = cfg(src, dst, prefix=b"/app/", dest_prefix=dest_prefix)
+        async with running(config):
+            await s.put(b"/app/late", b"x")
+            await s.delete_range(b"/app/k00")
+            await s.put(b"/other/late", b"x")
+            await wait_equal(s, d, b"/app/", landing)
+        got = await dump(d)
+        assert got == mapped(await dump(s, b"/app/"), b"/app/", landing)
+        assert not any(k.startswith(b"/other/") for k in got) or landing == b""
+        assert landing + b"late" in got and landing + b"k00" not in got
+
+
+async def test_excludes_and_state_prefix_not_mirrored(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        await s.put(b"/keep/a", b"1")
+        await s.put(b"/secret/a", b"1")
+        await s.put(STATE + b"something", b"source state")
+        await d.put(b"/secret/dest-own", b"left alone")
+        config = cfg(src, dst, excludes=(b"/secret/",))
+        async with running(config):
+            await s.put(b"/keep/b", b"2")
+            await s.put(b"/secret/b", b"2")
+            await wait_equal(s, d, b"/keep/")
+        got = await dump(d)
+        assert got == {b"/keep/a": b"1", b"/keep/b": b"2", b"/secret/dest-own": b"left alone"}
+        assert (await d.get(STATE + b"something")) is None
+
+
+async def test_random_workload_exactly_once(etcd_cluster_factory: Factory) -> None:
+    src = etcd_cluster_factory(name="src", extra_args=["--max-txn-ops=256"])
+    dst = etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        await Workload(s, seed=7).run(300)
+        config = cfg(src, dst, prefix=b"/app/", max_txn_ops=16)
+        async with running(config) as mirror:
+            await Workload(s, seed=8, max_txn=40).run(1500)
+            await wait_equal(s, d, b"/app/")
+            assert mirror.stats.applied_txns > 0
+        report = await check_exactly_once(
+            s, d, KeyMapper.create(b"/app/", None, (), STATE), _key(config, await s.status())
+        )
+        assert report.copies == 1 and report.replay_txns > 10 and report.source_ops_checked > 1000
+
+
+def _key(config: MirrorConfig, status: Any) -> bytes:
+    return checkpoint_key(config.state_prefix, status.cluster_id, config.prefix, config.effective_dest_prefix)
+
+
+async def test_source_txn_larger_than_max_txn_ops_is_split(
+    etcd_cluster_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = etcd_cluster_factory(name="src", extra_args=["--max-txn-ops=1000"])
+    dst = etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        await s.put(b"/x/seed", b"1")
+        config = cfg(src, dst, max_txn_ops=128)
+        async with running(config):
+            await wait_equal(s, d)
+            with caplog.at_level(logging.WARNING, logger="etcd_dr.mirror"):
+                await s.txn([], [Put(b"/x/big%04d" % i, b"v") for i in range(300)])
+                await wait_equal(s, d)
+        assert any("applying it in 3 txns" in r.getMessage() for r in caplog.records)
+        report = await check_exactly_once(
+            s, d, KeyMapper.create(b"", None, (), STATE), _key(config, await s.status())
+        )
+        assert report.source_ops_checked >= 300
+
+
+async def test_compaction_past_checkpoint_resyncs(
+    etcd_cluster_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        for i in range(100):
+            await s.put(b"/c/%03d" % i, b"v1")
+        config = cfg(src, dst, once=True)
+        await Mirror(config).run()
+        # While no mirror runs: changes and deletes, then the source compacts past the checkpoint.
+        for i in range(0, 100, 2):
+            await s.put(b"/c/%03d" % i, b"v2")
+        await s.delete_range(b"/c/05", prefix_range_end(b"/c/05"))
+        rev = (await s.put(b"/c/last", b"x")).header.revision
+        await s.compact(rev)
+        with caplog.at_level(logging.INFO, logger="etcd_dr.mirror"):
+            result = await Mirror(config).run()
+        assert result.copied is not None and result.copied.deletes == 10
+        # Only what differs is written again: 45 evens changed or new, 45 odd keys untouched.
+        assert (result.copied.puts, result.copied.unchanged) == (46, 45)
+        assert any("compacted past the checkpoint" in r.getMessage() for r in caplog.records)
+        assert await dump(d) == await dump(s)
+
+
+async def test_destination_down_for_a_while(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        config = cfg(src, dst, prefix=b"/app/")
+        async with running(config) as mirror:
+            await Workload(s, seed=3).run(100)
+            await wait_equal(s, d, b"/app/")
+            dst.pause(0)
+            await Workload(s, seed=4).run(200)
+            await asyncio.sleep(1.0)
+            dst.resume(0)
+            await wait_equal(s, d, b"/app/")
+            dst.kill(0)
+            await Workload(s, seed=5).run(200)
+            await asyncio.sleep(0.5)
+            dst.restart(0)
+            await wait_equal(s, d, b"/app/")
+            assert mirror.stats.errors["unavailable"] >= 1
+
+
+async def test_source_member_death_in_three_member_cluster(etcd_cluster_factory: Factory) -> None:
+    src = etcd_cluster_factory(3, name="src")
+    dst = etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        config = cfg(src, dst, prefix=b"/app/")
+        async with running(config):
+            await Workload(s, seed=11).run(100)
+            await wait_equal(s, d, b"/app/")
+            src.kill(0)
+            await Workload(s, seed=12).run(200)
+            await wait_equal(s, d, b"/app/")
+        report = await check_exactly_once(
+            s, d, KeyMapper.create(b"/app/", None, (), STATE), _key(config, await s.status())
+        )
+        assert report.copies == 1
+
+
+async def test_rev_starts_without_copy(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        await s.put(b"/p/before", b"not copied")
+        rev = (await s.put(b"/p/from", b"1")).header.revision
+        await s.put(b"/p/after", b"2")
+        result = await Mirror(
+            cfg(src, dst, prefix=b"/p/", dest_prefix=b"/q/", start_revision=rev, once=True)
+        ).run()
+        assert result.copied is None
+        # The prefix is rewritten for --rev too (etcdctl 3.6 does not: etcd-io/etcd#22421).
+        assert await dump(d) == {b"/q/from": b"1", b"/q/after": b"2"}
+
+
+async def test_same_cluster_overlapping_is_refused(etcd_cluster_factory: Factory) -> None:
+    c = etcd_cluster_factory(name="one")
+    with pytest.raises(Refused, match="same cluster"):
+        await Mirror(cfg(c, c, prefix=b"/a/", dest_prefix=b"/a/b/")).run()
+    # Disjoint ranges of one cluster are fine.
+    async with client(c) as x:
+        await x.put(b"/a/k", b"v")
+        await Mirror(cfg(c, c, prefix=b"/a/", dest_prefix=b"/b/", once=True)).run()
+        assert (await x.get(b"/b/k")) is not None
+
+
+def _mirror_cmd(src: EtcdCluster, dst: EtcdCluster, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "etcd_dr", "mirror", ",".join(dst.endpoints),
+        "--endpoints", ",".join(src.endpoints), "--prefix", "/app/", *extra,
+    ]  # fmt: skip
+
+
+async def test_kill_9_at_random_points_then_exactly_once(
+    etcd_cluster_factory: Factory, tmp_path: Path
+) -> None:
+    src = etcd_cluster_factory(name="src", extra_args=["--max-txn-ops=256"])
+    dst = etcd_cluster_factory(name="dst")
+    rng = random.Random(42)
+    async with client(src) as s, client(dst) as d:
+        # A keyspace large enough that some kills land in the middle of the initial copy.
+        for i in range(0, 20000, 100):
+            await s.txn([], [Put(b"/app/bulk/%06d" % j, b"x" * 200) for j in range(i, i + 100)])
+        stop = asyncio.Event()
+        writer = asyncio.create_task(Workload(s, seed=9, max_txn=30).run(stop=stop, rate=400))
+        log_path = tmp_path / "mirror.log"
+        try:
+            with log_path.open("wb") as log:
+                for _ in range(6):
+                    proc = await asyncio.create_subprocess_exec(
+                        *_mirror_cmd(src, dst, "--max-txn-ops", "16"), stdout=log, stderr=log
+                    )
+                    await asyncio.sleep(rng.uniform(0.4, 2.0))
+                    proc.send_signal(signal.SIGKILL)
+                    await proc.wait()
+                stop.set()
+                await writer
+                done = await asyncio.create_subprocess_exec(
+                    *_mirror_cmd(src, dst, "--once"), stdout=log, stderr=log
+                )
+                assert await asyncio.wait_for(done.wait(), 120) == 0
+        finally:
+            stop.set()
+        await wait_equal(s, d, b"/app/", timeout=5)
+        status = await s.status()
+        key = checkpoint_key(STATE, status.cluster_id, b"/app/", b"/app/")
+        report = await check_exactly_once(s, d, KeyMapper.create(b"/app/", None, (), STATE), key)
+        assert report.replay_txns > 0
+        text = log_path.read_text()
+        assert "Traceback" not in text and "copy: " in text
+
+
+async def test_delete_workload_with_prefix_deletes_and_txn_deletes(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        config = cfg(src, dst)
+        async with running(config):
+            for i in range(50):
+                await s.put(b"/d/%02d" % i, b"v")
+            await s.txn(
+                [], [Delete(b"/d/00"), Put(b"/d/new", b"n"), Delete(b"/d/1", prefix_range_end(b"/d/1"))]
+            )
+            await s.delete_range(b"/d/2", prefix_range_end(b"/d/2"))
+            await wait_equal(s, d)
+        got = await dump(d)
+        assert b"/d/00" not in got and b"/d/15" not in got and b"/d/25" not in got and got[b"/d/new"] == b"n"
