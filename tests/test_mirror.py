@@ -302,11 +302,18 @@ async def test_kill_9_at_random_points_then_exactly_once(
         log_path = tmp_path / "mirror.log"
         try:
             with log_path.open("wb") as log:
-                for _ in range(6):
+                status = await s.status()
+                key = checkpoint_key(STATE, status.cluster_id, b"/app/", b"/app/")
+                for i in range(6):
                     proc = await asyncio.create_subprocess_exec(
                         *_mirror_cmd(src, dst, "--max-txn-ops", "16"), stdout=log, stderr=log
                     )
-                    await asyncio.sleep(rng.uniform(0.4, 2.0))
+                    if i == 0:
+                        # The first kill lands in the middle of the initial copy, for sure.
+                        await _wait_for_phase(d, key, "sync")
+                        await asyncio.sleep(0.1)
+                    else:
+                        await asyncio.sleep(rng.uniform(0.4, 2.0))
                     proc.send_signal(signal.SIGKILL)
                     await proc.wait()
                 stop.set()
@@ -318,12 +325,24 @@ async def test_kill_9_at_random_points_then_exactly_once(
         finally:
             stop.set()
         await wait_equal(s, d, b"/app/", timeout=5)
-        status = await s.status()
-        key = checkpoint_key(STATE, status.cluster_id, b"/app/", b"/app/")
         report = await check_exactly_once(s, d, KeyMapper.create(b"/app/", None, (), STATE), key)
         assert report.replay_txns > 0
         text = log_path.read_text()
-        assert "Traceback" not in text and "copy: " in text
+        assert "Traceback" not in text
+        # The copy cut short was done again as a diff: what the first run had written was not rewritten.
+        assert "an earlier copy did not finish" in text
+        redo = next(line for line in text.splitlines() if "copy: done" in line)
+        assert int(redo.split(" removed, ")[1].split(" already equal")[0]) > 0, redo
+
+
+async def _wait_for_phase(d: EtcdClient, key: bytes, phase: str, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        kv = await d.get(key)
+        if kv is not None and Checkpoint.decode(kv.value).phase == phase:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the mirror never reached phase {phase}")
 
 
 async def test_delete_workload_with_prefix_deletes_and_txn_deletes(etcd_cluster_factory: Factory) -> None:
