@@ -308,10 +308,11 @@ class Mirror:
             if s.phase != "replay":
                 continue
             log.info(
-                "applied source revision %d (source at %d, %d behind); %d events in the last %g s",
+                "applied source revision %d (source at %d, %d behind, %.1f s); %d events in the last %g s",
                 s.applied_revision,
                 s.source_revision,
                 s.lag_revisions,
+                s.lag_seconds,
                 s.applied_events - last_events,
                 self.config.status_interval,
             )

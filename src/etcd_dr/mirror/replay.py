@@ -129,9 +129,10 @@ class Replayer:
         watch = self._source.watch(*ALL_KEYS, start_revision=start, retry_for=self._retry_for)
         try:
             async for batch in watch:
-                self._stats.source_revision = max(self._stats.source_revision, batch.header.revision)
                 if batch.events:
+                    self._stats.received(batch.events[-1].kv.mod_revision)
                     await self._queue.put(self._revisions(batch))
+                self._stats.source_revision = max(self._stats.source_revision, batch.header.revision)
         except BaseException as e:  # handed to the applier, which raises it in the engine's loop
             await self._queue.put(e)
         finally:
@@ -151,7 +152,7 @@ class Replayer:
         self._ckpt, self._ckpt_bytes = ckpt, data
         self._last_write = time.monotonic()
         s = self._stats
-        s.applied_revision = ckpt.revision
+        s.applied(ckpt.revision)
         s.applied_events += len(ops)
         s.applied_txns += 1
         s.last_apply_time = time.time()
@@ -243,6 +244,7 @@ class Replayer:
                     self._covered = last
                 elif last > self._covered:
                     self._covered = last  # revisions with nothing to mirror
+                    self._stats.applied(last)
                     if time.monotonic() - self._last_write >= self._interval:
                         await self._checkpoint_if_behind()
                 elif self._pending:
