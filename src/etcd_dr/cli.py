@@ -195,7 +195,10 @@ def mirror(dest: str, **kw: Any) -> None:
         state_prefix=_b(kw["state_prefix"]),
         timeout=kw["timeout"],
     )
-    result = run_async(Mirror(config).run())
+    from .progress import with_copy_progress
+
+    mirror = Mirror(config)
+    result = run_async(with_copy_progress(mirror.stats, mirror.run()))
     log.info("done: source revision %d applied", result.checkpoint.revision)
 
 

@@ -153,8 +153,13 @@ class Mirror:
         log.info("copy: %d source keys at revision %d", counted.count, revision)
         t0 = time.monotonic()
 
+        last_line = [t0]
+
         def progress(r: SyncResult) -> None:
             self.stats.copy_done = r.source_keys
+            if time.monotonic() - last_line[0] < 5.0:
+                return
+            last_line[0] = time.monotonic()
             rate = r.source_keys / max(time.monotonic() - t0, 1e-6)
             left = max(counted.count - r.source_keys, 0)
             log.info(
@@ -176,7 +181,7 @@ class Mirror:
             inflight=self.config.inflight,
             page_size=self.config.page_size,
             on_progress=progress,
-            progress_every=5.0,
+            progress_every=0.25,
             resync=previous is not None and previous.phase == REPLAY,
         )
         done = self._new_checkpoint(revision, REPLAY)
