@@ -1,0 +1,964 @@
+"""Side-by-side benchmark: `etcdctl make-mirror` against `etcd-dr mirror`, same machine, same real etcd.
+
+    .venv/bin/python -m bench.mirror_bench [--quick] [--etcd-version 3.4|3.5] [--only NAME[,NAME..]]
+
+Every scenario starts fresh single-member source and destination clusters for EACH tool (identical
+pairs, identical data), runs the tool as a subprocess exactly as a user would, watches the destination
+with our own client, and ends every process it started (by PID, in `finally`). Scenarios (--only):
+
+  copy      initial copy of 100,000 keys of 256 B: time until the destination has them all
+  replay    a source writer with 64 single-key puts in flight, 20,000 revisions: lag at load end and
+            the sustained apply rate
+  rss       peak RSS (and time) of etcd-dr's initial copy of 1,000,000 keys
+  distance  a 15 ms each-way delay proxy in front of the destination: initial copy of 10,000 keys
+            (make-mirror capped at 60 s, its rate extrapolated) and the lag after 1,000 writes
+
+It prints the machine, a line per measurement, and a final table; the same table goes to
+bench/results/<timestamp>.json. See docs/benchmarks.md for the figures and how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etcd_dr.etcd import ClientConfig, EtcdClient, Put, prefix_range_end
+from etcd_dr.testing import binaries as etcd_binaries
+from etcd_dr.testing.binaries import EtcdBinaries
+from etcd_dr.testing.cluster import EtcdCluster
+from etcd_dr.testing.proxy import FaultProxy
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+
+PREFIX = b"/bench/"
+DATA = PREFIX + b"data/"  # keys of the initial copies
+LOAD = PREFIX + b"load/"  # keys written by the replay load (each written once)
+READY = PREFIX + b"ready"  # written before the mirror starts: seen on the destination = caught up
+VALUE_SIZE = 256
+
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+READY_TIMEOUT = 60.0  # a mirror must have copied the one-key source by then
+DELAY_ONE_WAY = 0.015  # the distance scenario's proxy delay (30 ms round trip)
+
+SCENARIOS = ("copy", "replay", "rss", "distance")
+
+
+class BenchError(RuntimeError):
+    """A tool failed, or a result was wrong: the scenario's figures would mean nothing."""
+
+
+# ---- sizes ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    copy_keys: int = 100_000
+    copy_cap: float = 600.0  # make-mirror's copy is cut here (rate then extrapolated)
+    replay_writes: int = 20_000
+    replay_cap: float = 300.0  # wait at most this long after load end for the last write
+    rss_keys: int = 1_000_000
+    rss_mm_cap: float | None = 60.0  # make-mirror's 1M copy, capped; None: skipped
+    distance_keys: int = 10_000
+    distance_mm_cap: float = 60.0
+    distance_writes: int = 1_000
+    distance_replay_cap: float = 180.0
+    dr_timeout: float = 900.0  # an etcd-dr --once run must exit by then
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    copy_keys=10_000,
+    copy_cap=120.0,
+    replay_writes=2_000,
+    replay_cap=60.0,
+    rss_keys=100_000,
+    rss_mm_cap=None,
+    distance_keys=10_000,
+    distance_mm_cap=15.0,
+    distance_writes=300,
+    distance_replay_cap=60.0,
+    dr_timeout=300.0,
+)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def key_of(prefix: bytes, i: int) -> bytes:
+    return prefix + b"%08d" % i
+
+
+def value_of(i: int, size: int = VALUE_SIZE, salt: bytes = b"v") -> bytes:
+    head = b"%s%010d:" % (salt, i)
+    return (head * (size // len(head) + 1))[:size]
+
+
+async def load_keys(
+    client: EtcdClient, prefix: bytes, n: int, *, batch: int = 100, inflight: int = 8
+) -> float:
+    """Put keys 0..n-1 under prefix in txns of `batch` puts, `inflight` txns at once; seconds taken."""
+    t0 = time.monotonic()
+    starts = iter(range(0, n, batch))
+
+    async def worker() -> None:
+        for b in starts:  # shared iterator: each batch is taken by exactly one worker
+            ops = [Put(key_of(prefix, i), value_of(i)) for i in range(b, min(b + batch, n))]
+            ok, _ = await client.txn_succeeded([], ops)
+            if not ok:
+                raise BenchError("a load txn without compares did not succeed")
+
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    return time.monotonic() - t0
+
+
+async def count(client: EtcdClient, prefix: bytes) -> int:
+    return (await client.range(prefix, prefix_range_end(prefix), count_only=True)).count
+
+
+async def check_copy(client: EtcdClient, prefix: bytes, n: int) -> str:
+    """Check that the destination holds exactly keys 0..n-1 with their values (all of them up to
+    200,000 keys, else the count and 2,000 random keys). Returns what was checked."""
+    got = await count(client, prefix)
+    if got != n:
+        raise BenchError(f"destination has {got} keys under {prefix!r}, expected {n}")
+    if n <= 200_000:
+        i = 0
+        async for page in client.range_pages(prefix, prefix_range_end(prefix), page_size=10_000):
+            for kv in page.kvs:
+                if kv.key != key_of(prefix, i) or kv.value != value_of(i):
+                    raise BenchError(f"destination key {kv.key!r} (#{i}) is not what the source has")
+                i += 1
+        return f"all {n} keys and values equal"
+    rng = random.Random(1)
+    for i in rng.sample(range(n), 2000):
+        got_kv = await client.get(key_of(prefix, i))
+        if got_kv is None or got_kv.value != value_of(i):
+            raise BenchError(f"destination key #{i} missing or different")
+    return f"{n} keys, 2000 sampled values equal"
+
+
+# ---- processes -----------------------------------------------------------------------------------
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    # A developer's ETCDCTL_* / ETCD_* variables must not change what the tools run against.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
+    env.update(extra or {})
+    return env
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (all threads); 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    with contextlib.suppress(OSError, ValueError):
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
+        return (user + nice + system + irq + softirq + steal) / _TICK
+    return 0.0
+
+
+class Proc:
+    """A tool run as a subprocess; output to a log file; reaped with wait4 (for its own peak RSS);
+    stop() ends it by PID (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_dir / f"{name}.log"
+        self.returncode: int | None = None
+        self.maxrss_kb = 0  # from wait4 once reaped; from /proc VmHWM while it runs
+        self._cpu: float | None = None  # user + system seconds, from wait4 once reaped
+        with self.log_path.open("wb") as log:
+            self.started = time.monotonic()
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # a Ctrl-C reaches it through stop(), not on its own
+            )
+        self.pid = self.popen.pid
+
+    def poll(self) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        self.sample_rss()
+        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self.popen.returncode = self.returncode  # reaped here: Popen must not wait for it
+        self.maxrss_kb = max(self.maxrss_kb, usage.ru_maxrss)
+        self._cpu = usage.ru_utime + usage.ru_stime
+        return self.returncode
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far (all threads)."""
+        return self._cpu if self._cpu is not None else pid_cpu_seconds(self.pid)
+
+    def sample_rss(self) -> None:
+        """Read VmHWM (the kernel's own peak RSS) while the process lives."""
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.maxrss_kb = max(self.maxrss_kb, int(line.split()[1]))
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return self.maxrss_kb / 1024
+
+    async def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.poll()
+            if rc is not None or time.monotonic() >= deadline:
+                return rc
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        if await self.wait(STOP_GRACE) is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            await self.wait(STOP_GRACE)
+
+    def ensure_running(self) -> None:
+        rc = self.poll()
+        if rc is not None:
+            raise BenchError(f"{self.name} exited with code {rc}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def etcd_dr_path() -> str:
+    beside = Path(sys.executable).with_name("etcd-dr")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("etcd-dr")
+    if found is None:
+        raise BenchError("etcd-dr not found beside this Python nor on PATH: install the package")
+    return found
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where the clusters keep their data: None = the fixture's default (/dev/shm when there is one,
+    and etcd >= 3.5 started with --unsafe-no-fsync); a directory = a real disk, fsync on."""
+
+    data_dir: Path | None = None
+
+    def extra_args(self, bins: EtcdBinaries) -> tuple[str, ...]:
+        # The fixture turns fsync off for 3.5 (throwaway test data); on a disk, measure the real thing.
+        # etcd's flags are Go flags: the last occurrence wins.
+        if self.data_dir is not None and bins.version_tuple >= (3, 5):
+            return ("--unsafe-no-fsync=false",)
+        return ()
+
+    def describe(self, bins: EtcdBinaries) -> str:
+        if self.data_dir is None:
+            shm = Path("/dev/shm").is_dir()
+            where = "/dev/shm (tmpfs)" if shm else tempfile.gettempdir()
+            fsync = "off (--unsafe-no-fsync)" if bins.version_tuple >= (3, 5) else "on"
+            return f"{where}, fsync {fsync}"
+        return f"{self.data_dir} (--data-dir), fsync on"
+
+
+@dataclass
+class Tools:
+    bins: EtcdBinaries
+    log_dir: Path
+    etcd_dr: str
+    storage: Storage = field(default_factory=Storage)
+    runs: int = 0
+
+    def make_mirror(self, tag: str, src: str, dest: str) -> Proc:
+        self.runs += 1
+        return Proc(
+            f"{self.runs:02d}-{tag}-make-mirror",
+            [str(self.bins.etcdctl), "make-mirror", "--endpoints", src, dest],
+            child_env({"ETCDCTL_API": "3"}),
+            self.log_dir,
+        )
+
+    def mirror(self, tag: str, src: str, dest: str, *, once: bool) -> Proc:
+        self.runs += 1
+        argv = [self.etcd_dr, "mirror", dest, "--endpoints", src]
+        if once:
+            argv.append("--once")
+        return Proc(f"{self.runs:02d}-{tag}-etcd-dr", argv, child_env(), self.log_dir)
+
+
+# ---- clusters ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    src: EtcdCluster
+    dst: EtcdCluster
+    src_client: EtcdClient
+    dst_client: EtcdClient
+
+    @property
+    def src_addr(self) -> str:
+        return self.src.hostports[0]
+
+    @property
+    def dst_addr(self) -> str:
+        return self.dst.hostports[0]
+
+
+@contextlib.asynccontextmanager
+async def fresh_pair(tools: Tools, tag: str) -> AsyncIterator[Pair]:
+    """New single-member source and destination clusters."""
+    bins, storage = tools.bins, tools.storage
+    opts: dict[str, Any] = {"base_dir": storage.data_dir, "extra_args": storage.extra_args(bins)}
+    src = EtcdCluster(bins, 1, name=f"{tag}-src", **opts)
+    dst = EtcdCluster(bins, 1, name=f"{tag}-dst", **opts)
+    try:
+        await asyncio.to_thread(src.start)
+        await asyncio.to_thread(dst.start)
+        async with (
+            EtcdClient(ClientConfig.create(src.hostports[0])) as sc,
+            EtcdClient(ClientConfig.create(dst.hostports[0])) as dc,
+        ):
+            yield Pair(src, dst, sc, dc)
+    finally:
+        await asyncio.to_thread(dst.stop)
+        await asyncio.to_thread(src.stop)
+
+
+class OtherLoad:
+    """How much CPU the rest of the machine (not this bench, its tool, its etcd members) used during a
+    run, in cores: the machine is shared, and with few cores a busy neighbour skews a result."""
+
+    def __init__(self, pair: Pair, proc: Proc) -> None:
+        self._pair, self._proc = pair, proc
+        self._t0 = time.monotonic()
+        self._busy0 = machine_busy_seconds()
+        self._mine0 = self._mine()
+
+    def _mine(self) -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        members = [*self._pair.src.members, *self._pair.dst.members]
+        etcd = sum(pid_cpu_seconds(m.pid) for m in members if m.pid is not None)
+        return me.ru_utime + me.ru_stime + self._proc.cpu_seconds() + etcd
+
+    def cores(self) -> float:
+        others = (machine_busy_seconds() - self._busy0) - (self._mine() - self._mine0)
+        return max(others, 0.0) / max(time.monotonic() - self._t0, 1e-6)
+
+
+@contextlib.contextmanager
+def delay_proxy(target: str, one_way: float) -> Iterator[FaultProxy]:
+    proxy = FaultProxy.to(target)
+    try:
+        proxy.set_delay(one_way)
+        yield proxy
+    finally:
+        proxy.close()
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str
+    unit: str
+    make_mirror: float | None
+    etcd_dr: float | None
+    better: str = "lower"  # "lower" or "higher": which way is better, for the ratio
+    goal: str = "-"
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """How many times better etcd-dr is than make-mirror (> 1: etcd-dr better)."""
+        mm, dr = self.make_mirror, self.etcd_dr
+        if mm is None or dr is None or mm <= 0 or dr <= 0:
+            return None
+        return mm / dr if self.better == "lower" else dr / mm
+
+
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+    if unit == "MB":
+        return f"{v:.0f} MB"
+    if v >= 100:
+        return f"{v:,.0f} {unit}"
+    return f"{v:.1f} {unit}"
+
+
+def fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r:,.0f}x" if r >= 100 else f"{r:.1f}x"
+
+
+def table(rows: Sequence[Row]) -> str:
+    head = ["scenario", "make-mirror", "etcd-dr", "ratio", "goal", "met?"]
+    body = [
+        [
+            f"{r.scenario}: {r.metric}",
+            fmt(r.make_mirror, r.unit) + ("*" if "extrapolated" in r.note and r.make_mirror else ""),
+            fmt(r.etcd_dr, r.unit),
+            fmt_ratio(r.ratio),
+            r.goal,
+            "-" if r.met is None else ("yes" if r.met else "NO"),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(head, widths, strict=True))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in body]
+    return "\n".join(lines)
+
+
+# ---- measurements shared by the scenarios --------------------------------------------------------
+
+
+@dataclass
+class CopyRun:
+    seconds: float  # until the destination had every key (or until the cap)
+    keys: int  # keys on the destination at that moment
+    capped: bool
+    peak_rss_mb: float
+    cpu_seconds: float
+    engine_seconds: float | None = None  # etcd-dr's own "copy: done ... in X s"
+    other_cores: float = 0.0  # CPU the rest of the machine used meanwhile (see OtherLoad)
+    checked: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.keys / self.seconds
+
+
+async def copy_with_make_mirror(tools: Tools, tag: str, pair: Pair, dest: str, n: int, cap: float) -> CopyRun:
+    """make-mirror never exits: poll the destination's count until it has all n keys, or `cap` s."""
+    proc = tools.make_mirror(tag, pair.src_addr, dest)
+    others = OtherLoad(pair, proc)
+    try:
+        while True:
+            got = await count(pair.dst_client, DATA)
+            now = time.monotonic()
+            if got >= n or now - proc.started >= cap:
+                proc.sample_rss()
+                run = CopyRun(now - proc.started, got, got < n, proc.peak_rss_mb, proc.cpu_seconds())
+                run.other_cores = others.cores()
+                break
+            proc.ensure_running()
+            await asyncio.sleep(0.05)
+    finally:
+        await proc.stop()
+    if not run.capped:
+        run.checked = await check_copy(pair.dst_client, DATA, n)
+    return run
+
+
+def engine_copy_seconds(proc: Proc) -> float | None:
+    try:
+        text = proc.log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in reversed(text.splitlines()):
+        if "copy: done at revision" in line and " in " in line:
+            with contextlib.suppress(ValueError, IndexError):
+                return float(line.split(" in ", 1)[1].split(" s", 1)[0])
+    return None
+
+
+async def copy_with_etcd_dr(tools: Tools, tag: str, pair: Pair, dest: str, n: int, timeout: float) -> CopyRun:
+    """`etcd-dr mirror --once`: time until it exits 0, then check the destination."""
+    proc = tools.mirror(tag, pair.src_addr, dest, once=True)
+    others = OtherLoad(pair, proc)
+    try:
+        rc = await proc.wait(timeout)
+        elapsed = time.monotonic() - proc.started
+        other_cores = others.cores()
+        if rc is None:
+            raise BenchError(f"etcd-dr mirror --once still running after {timeout:g} s:\n{proc.log_tail()}")
+        if rc != 0:
+            raise BenchError(f"etcd-dr mirror --once exited with code {rc}:\n{proc.log_tail()}")
+    finally:
+        await proc.stop()
+    run = CopyRun(elapsed, n, False, proc.peak_rss_mb, proc.cpu_seconds(), engine_copy_seconds(proc))
+    run.other_cores = other_cores
+    run.checked = await check_copy(pair.dst_client, DATA, n)
+    return run
+
+
+@dataclass
+class LoadRun:
+    writes: int
+    write_seconds: float  # load start to the last put's reply
+    write_rate: float
+    behind_at_load_end: int  # writes not yet on the destination when the load ended
+    lag: float  # load end until the destination had the last write
+    catch_up_seconds: float  # load start until the destination had the last write
+    apply_rate: float
+    extrapolated: bool  # the last write never arrived within the cap: lag and rate extrapolated
+    peak_rss_mb: float
+    cpu_seconds: float  # the tool's CPU from load start until caught up (or the cap)
+    other_cores: float  # CPU the rest of the machine used meanwhile (see OtherLoad)
+
+
+async def wait_caught_up(proc: Proc, client: EtcdClient, key: bytes, value: bytes, timeout: float) -> float:
+    """Poll the destination until `key` has `value`; returns the moment. The tool must stay alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kv = await client.get(key)
+        now = time.monotonic()
+        if kv is not None and kv.value == value:
+            return now
+        proc.ensure_running()
+        if now >= deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.005)
+
+
+async def replay_load(proc: Proc, pair: Pair, writes: int, inflight: int, cap: float) -> LoadRun:
+    """With the mirror running and caught up: `writes` single-key puts (each a new key, so the
+    destination's key count under LOAD counts applied revisions), `inflight` at once, as fast as
+    the source takes them; then wait for the write with the highest revision on the destination."""
+    src, dst = pair.src_client, pair.dst_client
+    salt = b"w"
+    indices = iter(range(writes))
+    newest: dict[str, Any] = {"revision": 0, "key": b"", "value": b""}
+
+    async def writer() -> None:
+        for i in indices:
+            k, v = key_of(LOAD, i), value_of(i, salt=salt)
+            r = await src.put(k, v)
+            if r.header.revision > newest["revision"]:
+                newest.update(revision=r.header.revision, key=k, value=v)
+
+    cpu0 = proc.cpu_seconds()
+    others = OtherLoad(pair, proc)
+    t_start = time.monotonic()
+    await asyncio.gather(*(writer() for _ in range(inflight)))
+    t_end = time.monotonic()
+    behind = writes - await count(dst, LOAD)
+    key, value = bytes(newest["key"]), bytes(newest["value"])
+    extrapolated = False
+    try:
+        t_caught = await wait_caught_up(proc, dst, key, value, cap)
+        applied = writes
+    except TimeoutError:
+        # Never caught up within the cap: extrapolate at the rate it applied so far.
+        extrapolated = True
+        now = time.monotonic()
+        applied = await count(dst, LOAD)
+        rate = applied / (now - t_start)
+        t_caught = now + (writes - applied) / max(rate, 1e-9)
+    proc.sample_rss()
+    cpu = proc.cpu_seconds() - cpu0
+    other_cores = others.cores()
+    return LoadRun(
+        writes=writes,
+        write_seconds=t_end - t_start,
+        write_rate=writes / (t_end - t_start),
+        behind_at_load_end=behind,
+        lag=t_caught - t_end,
+        catch_up_seconds=t_caught - t_start,
+        apply_rate=writes / (t_caught - t_start),
+        extrapolated=extrapolated,
+        peak_rss_mb=proc.peak_rss_mb,
+        cpu_seconds=cpu,
+        other_cores=other_cores,
+    )
+
+
+async def replay_run(
+    tools: Tools, tag: str, pair: Pair, dest: str, which: str, writes: int, cap: float
+) -> LoadRun:
+    await pair.src_client.put(READY, b"1")
+    if which == "make-mirror":
+        proc = tools.make_mirror(tag, pair.src_addr, dest)
+    else:
+        proc = tools.mirror(tag, pair.src_addr, dest, once=False)
+    try:
+        try:
+            await wait_caught_up(proc, pair.dst_client, READY, b"1", READY_TIMEOUT)
+        except TimeoutError:
+            raise BenchError(f"{which} did not copy one key in {READY_TIMEOUT:g} s") from None
+        await asyncio.sleep(0.5)  # settle: the mirror is now watching, idle
+        return await replay_load(proc, pair, writes, 64, cap)
+    finally:
+        await proc.stop()
+
+
+def describe_load(which: str, r: LoadRun) -> str:
+    extra = " (EXTRAPOLATED: not caught up within the cap)" if r.extrapolated else ""
+    return (
+        f"  {which:<11}: source wrote {r.writes} revisions in {r.write_seconds:.2f} s "
+        f"({r.write_rate:,.0f}/s); {r.behind_at_load_end} behind at load end; lag at load end "
+        f"{r.lag:.3f} s; caught up {r.catch_up_seconds:.2f} s after load start "
+        f"({r.apply_rate:,.0f} rev/s){extra}; tool CPU {r.cpu_seconds:.1f} s, "
+        f"peak RSS {r.peak_rss_mb:.0f} MB; others used {r.other_cores:.2f} cores"
+    )
+
+
+def describe_copy(which: str, run: CopyRun, n: int) -> str:
+    capped = f" (CAPPED: {run.keys:,} of {n:,} keys; rate extrapolated)" if run.capped else ""
+    engine = f" (engine's own copy time {run.engine_seconds:.2f} s)" if run.engine_seconds else ""
+    return (
+        f"  {which:<11}: {run.keys:,} keys in {run.seconds:.2f} s ({run.rate:,.1f} keys/s){engine}{capped}; "
+        f"CPU {run.cpu_seconds:.1f} s, peak RSS {run.peak_rss_mb:.0f} MB; others used "
+        f"{run.other_cores:.2f} cores; {run.checked or 'not checked'}"
+    )
+
+
+# ---- the scenarios -------------------------------------------------------------------------------
+
+
+async def scenario_copy(tools: Tools, sizes: Sizes, res: Results) -> None:
+    n = sizes.copy_keys
+    say(f"\n== copy: initial copy of {n:,} keys of {VALUE_SIZE} B")
+    runs: dict[str, CopyRun] = {}
+    for which in ("make-mirror", "etcd-dr"):
+        async with fresh_pair(tools, "copy") as pair:
+            secs = await load_keys(pair.src_client, DATA, n, batch=100, inflight=8)
+            say(f"  loaded {n:,} keys into the source in {secs:.1f} s ({n / secs:,.0f} keys/s)")
+            if which == "make-mirror":
+                run = await copy_with_make_mirror(tools, "copy", pair, pair.dst_addr, n, sizes.copy_cap)
+            else:
+                run = await copy_with_etcd_dr(tools, "copy", pair, pair.dst_addr, n, sizes.dr_timeout)
+            runs[which] = run
+            say(describe_copy(which, run, n))
+    mm, dr = runs["make-mirror"], runs["etcd-dr"]
+    mm_secs = n / mm.rate if mm.capped else mm.seconds
+    row = Row(
+        "copy",
+        f"{n // 1000}k keys, time",
+        "s",
+        mm_secs,
+        dr.seconds,
+        goal=">= 30x",
+        note="make-mirror extrapolated from its rate at the cap" if mm.capped else "",
+    )
+    row.met = row.ratio is not None and row.ratio >= 30
+    res.rows.append(row)
+    res.rows.append(Row("copy", "rate", "keys/s", n / mm_secs, dr.rate, better="higher"))
+    res.details["copy"] = {k: asdict(v) for k, v in runs.items()}
+
+
+async def scenario_replay(tools: Tools, sizes: Sizes, res: Results) -> None:
+    w = sizes.replay_writes
+    say(f"\n== replay: mirror running, then {w:,} single-key puts, 64 in flight")
+    runs: dict[str, LoadRun] = {}
+    for which in ("make-mirror", "etcd-dr"):
+        async with fresh_pair(tools, "replay") as pair:
+            runs[which] = await replay_run(tools, "replay", pair, pair.dst_addr, which, w, sizes.replay_cap)
+            say(describe_load(which, runs[which]))
+    mm, dr = runs["make-mirror"], runs["etcd-dr"]
+    ext = "make-mirror extrapolated (not caught up within the cap)" if mm.extrapolated else ""
+    res.rows.append(
+        Row("replay", "source write rate", "rev/s", mm.write_rate, dr.write_rate, better="higher")
+    )
+    lag = Row("replay", "lag at load end", "s", mm.lag, dr.lag, goal="etcd-dr < 0.5 s", note=ext)
+    lag.met = dr.lag < 0.5 and not dr.extrapolated
+    rate = Row(
+        "replay", "sustained apply rate", "rev/s", mm.apply_rate, dr.apply_rate, "higher", ">= 3x", note=ext
+    )
+    rate.met = rate.ratio is not None and rate.ratio >= 3
+    res.rows += [lag, rate]
+    res.details["replay"] = {k: asdict(v) for k, v in runs.items()}
+
+
+async def scenario_rss(tools: Tools, sizes: Sizes, res: Results) -> None:
+    n = sizes.rss_keys
+    say(f"\n== rss: initial copy of {n:,} keys of {VALUE_SIZE} B, peak RSS")
+    runs: dict[str, CopyRun] = {}
+    order = ("make-mirror", "etcd-dr") if sizes.rss_mm_cap is not None else ("etcd-dr",)
+    for which in order:
+        async with fresh_pair(tools, "rss") as pair:
+            secs = await load_keys(pair.src_client, DATA, n, batch=100, inflight=16)
+            say(f"  loaded {n:,} keys into the source in {secs:.1f} s ({n / secs:,.0f} keys/s)")
+            if which == "make-mirror":
+                assert sizes.rss_mm_cap is not None
+                run = await copy_with_make_mirror(tools, "rss", pair, pair.dst_addr, n, sizes.rss_mm_cap)
+            else:
+                run = await copy_with_etcd_dr(tools, "rss", pair, pair.dst_addr, n, sizes.dr_timeout)
+            runs[which] = run
+            say(describe_copy(which, run, n))
+    dr = runs["etcd-dr"]
+    mm = runs.get("make-mirror")
+    note = "make-mirror: capped run, RSS over that part, time extrapolated" if mm and mm.capped else ""
+    rss = Row(
+        "rss",
+        f"{n // 1000}k keys, peak RSS",
+        "MB",
+        mm.peak_rss_mb if mm else None,
+        dr.peak_rss_mb,
+        goal="etcd-dr < 200 MB",
+        note=note,
+    )
+    rss.met = dr.peak_rss_mb < 200
+    mm_secs = (n / mm.rate if mm.capped else mm.seconds) if mm else None
+    res.rows.append(rss)
+    res.rows.append(Row("rss", f"{n // 1000}k keys, time", "s", mm_secs, dr.seconds, note=note))
+    res.details["rss"] = {k: asdict(v) for k, v in runs.items()}
+
+
+async def scenario_distance(tools: Tools, sizes: Sizes, res: Results) -> None:
+    n, w = sizes.distance_keys, sizes.distance_writes
+    rtt_ms = 2 * DELAY_ONE_WAY * 1000
+    say(f"\n== distance: {rtt_ms:.0f} ms round trip to the destination (delay proxy)")
+    say(f"  copy of {n:,} keys (make-mirror capped at {sizes.distance_mm_cap:g} s, rate extrapolated)")
+    copies: dict[str, CopyRun] = {}
+    for which in ("make-mirror", "etcd-dr"):
+        async with fresh_pair(tools, "dist") as pair:
+            await load_keys(pair.src_client, DATA, n, batch=100, inflight=8)
+            with delay_proxy(pair.dst_addr, DELAY_ONE_WAY) as proxy:
+                if which == "make-mirror":
+                    run = await copy_with_make_mirror(
+                        tools, "dist-copy", pair, proxy.address, n, sizes.distance_mm_cap
+                    )
+                else:
+                    run = await copy_with_etcd_dr(
+                        tools, "dist-copy", pair, proxy.address, n, sizes.dr_timeout
+                    )
+            copies[which] = run
+            say(describe_copy(which, run, n))
+    say(f"  replay of {w:,} single-key puts, 64 in flight")
+    loads: dict[str, LoadRun] = {}
+    for which in ("make-mirror", "etcd-dr"):
+        async with fresh_pair(tools, "dist") as pair:
+            with delay_proxy(pair.dst_addr, DELAY_ONE_WAY) as proxy:
+                loads[which] = await replay_run(
+                    tools, "dist-replay", pair, proxy.address, which, w, sizes.distance_replay_cap
+                )
+            say(describe_load(which, loads[which]))
+    mm, dr = copies["make-mirror"], copies["etcd-dr"]
+    copy = Row(
+        "distance",
+        f"{n // 1000}k keys copy rate",
+        "keys/s",
+        mm.rate,
+        dr.rate,
+        better="higher",
+        goal=">= 100x",
+        note="make-mirror extrapolated from the keys it copied in its capped run" if mm.capped else "",
+    )
+    copy.met = copy.ratio is not None and copy.ratio >= 100
+    lm, ld = loads["make-mirror"], loads["etcd-dr"]
+    lag = Row(
+        "distance",
+        f"{w} writes, lag at load end",
+        "s",
+        lm.lag,
+        ld.lag,
+        goal="etcd-dr < 1 s",
+        note="make-mirror extrapolated" if lm.extrapolated else "",
+    )
+    lag.met = ld.lag < 1.0 and not ld.extrapolated
+    rate = Row("distance", "replay apply rate", "rev/s", lm.apply_rate, ld.apply_rate, better="higher")
+    res.rows += [copy, lag, rate]
+    res.details["distance"] = {
+        "copy": {k: asdict(v) for k, v in copies.items()},
+        "replay": {k: asdict(v) for k, v in loads.items()},
+    }
+
+
+RUNNERS = {
+    "copy": scenario_copy,
+    "replay": scenario_replay,
+    "rss": scenario_rss,
+    "distance": scenario_distance,
+}
+
+
+# ---- machine facts, main -------------------------------------------------------------------------
+
+
+def _first_line(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, env=env, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else "?"
+
+
+def machine_facts(bins: EtcdBinaries, etcd_dr: str, storage: Storage) -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _first_line(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"]) not in ("?", "")
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "etcd": f"{bins.version} ({bins.etcd})",
+        "etcdctl": f"{_first_line([str(bins.etcdctl), 'version'], child_env({'ETCDCTL_API': '3'}))} "
+        f"({bins.etcdctl})",
+        "etcd_dr": f"{_first_line([etcd_dr, '--version'])} (git {commit}{', src modified' if dirty else ''})",
+        "etcd_data": storage.describe(bins),
+    }
+
+
+async def run(args: argparse.Namespace, storage: Storage) -> int:
+    sizes = QUICK if args.quick else FULL
+    bins = etcd_binaries.find(args.etcd_version)
+    only = [s for part in (args.only or []) for s in part.split(",") if s] or list(SCENARIOS)
+    unknown = [s for s in only if s not in SCENARIOS]
+    if unknown:
+        say(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        return 2
+    etcd_dr = etcd_dr_path()
+    facts = machine_facts(bins, etcd_dr, storage)
+    say("etcd-dr mirror vs etcdctl make-mirror" + (" (--quick)" if args.quick else ""))
+    for k, v in facts.items():
+        say(f"  {k:<9} {v}")
+    res = Results()
+    started = datetime.datetime.now(datetime.UTC)
+    with tempfile.TemporaryDirectory(prefix="etcd-dr-bench-") as tmp:
+        log_dir = Path(args.keep_logs) if args.keep_logs else Path(tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        tools = Tools(bins, log_dir, etcd_dr, storage)
+        for name in only:
+            t0 = time.monotonic()
+            try:
+                await RUNNERS[name](tools, sizes, res)
+            except (BenchError, TimeoutError, OSError, RuntimeError) as e:
+                res.errors[name] = str(e)
+                say(f"  {name}: FAILED: {e}")
+            say(f"  ({name} took {time.monotonic() - t0:.0f} s)")
+    say("\nratio = how many times better etcd-dr is (> 1: etcd-dr better); * = extrapolated")
+    say(table(res.rows))
+    for r in res.rows:
+        if r.note:
+            say(f"  note ({r.scenario}: {r.metric}): {r.note}")
+    for name, err in res.errors.items():
+        say(f"  {name}: FAILED: {err.splitlines()[0]}")
+    out = {
+        "started": started.isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "sizes": asdict(sizes),
+        "machine": facts,
+        "rows": [{**asdict(r), "ratio": r.ratio} for r in res.rows],
+        "details": res.details,
+        "errors": res.errors,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"{stamp}-etcd{bins.version}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    say(f"\nresults: {path.relative_to(ROOT)}")
+    return 1 if res.errors else 0
+
+
+async def main_async(args: argparse.Namespace, storage: Storage) -> int:
+    # SIGTERM ends the run like Ctrl-C does: through every `finally`, so no process is left behind.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run(args, storage)
+
+
+class _ProxyShutdownNoise(logging.Filter):
+    """FaultProxy.close() cancels its open connection handlers; Python 3.11's asyncio.streams then logs
+    "Exception in callback StreamReaderProtocol.connection_made...callback" with a CancelledError
+    traceback for each. Harmless (the bench has already stopped the tools), so kept out of the output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (
+            isinstance(exc, asyncio.CancelledError)
+            and "StreamReaderProtocol.connection_made" in record.getMessage()
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.mirror_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller counts: a smoke run of a few minutes")
+    p.add_argument("--etcd-version", default="3.4", help="etcd (and etcdctl) version to use: 3.4 or 3.5")
+    p.add_argument(
+        "--only", action="append", metavar="NAME", help=f"run only these scenarios ({', '.join(SCENARIOS)})"
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="keep the clusters' data under DIR (a real disk, fsync on) instead of /dev/shm",
+    )
+    p.add_argument("--keep-logs", metavar="DIR", help="write the tools' logs to DIR and keep them")
+    args = p.parse_args(argv)
+    logging.getLogger("asyncio").addFilter(_ProxyShutdownNoise())
+    storage = Storage(Path(args.data_dir).resolve() if args.data_dir else None)
+    if storage.data_dir is not None:
+        storage.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return asyncio.run(main_async(args, storage))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
