@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from ._pb import etcd_dr_v3_pb2 as pb
-from .connection import ClientConfig, Connection, map_grpc_error
+from .connection import ClientConfig, Connection, InvalidToken, map_grpc_error
 from .endpoints import Endpoint
 from .errors import EtcdError, LeaseNotFound, Unavailable
 from .types import (
@@ -344,14 +344,20 @@ class EtcdClient:
                 response_deserializer=response_type.FromString,
             )
             timeout = self.config.dial_timeout
-            try:
-                return await fn(
-                    request, timeout=timeout, metadata=self._conn.metadata(), wait_for_ready=False
-                )
-            except grpc.RpcError as e:
-                raise map_grpc_error(
-                    e, str(endpoint), self.config.role, timeout, config=self.config
-                ) from None
+            reauthed = False
+            while True:
+                try:
+                    return await fn(
+                        request, timeout=timeout, metadata=self._conn.metadata(), wait_for_ready=False
+                    )
+                except grpc.RpcError as e:
+                    err = map_grpc_error(e, str(endpoint), self.config.role, timeout, config=self.config)
+                if isinstance(err, InvalidToken) and not reauthed:
+                    # The member restarted and forgot our token (HashKV checks it): get a new one.
+                    reauthed = True
+                    await self._conn.authenticate()
+                    continue
+                raise err
         finally:
             await channel.close(grace=None)
 
@@ -427,32 +433,61 @@ class LeaseKeepAlive:
 
     async def refresh(self, lease_id: int) -> int:
         async with self._lock:
-            endpoint = str(self._conn.endpoint)
-            try:
-                if self._call is None:
-                    if self._conn.config.user is not None and not self._conn.metadata():
-                        await self._conn.authenticate()
-                    fn = self._conn.stream(
-                        _LEASE + "LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse
+            # A stream opened by an earlier refresh may have broken since (member restarted, connection
+            # dropped), or the member may be gone: a keepalive is idempotent, so it is sent once more,
+            # on a fresh stream, on the next endpoint when this one is unavailable.
+            retry = True
+            while True:
+                ep = self._conn.endpoint
+                endpoint = str(ep)
+                try:
+                    if self._call is None:
+                        if self._conn.config.user is not None and not self._conn.metadata():
+                            await self._conn.authenticate()
+                        fn = self._conn.stream(
+                            _LEASE + "LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse
+                        )
+                        self._call = fn(metadata=self._conn.metadata())
+                    await self._call.write(pb.LeaseKeepAliveRequest(id=lease_id))
+                    resp = await asyncio.wait_for(self._call.read(), self._conn.config.request_timeout)
+                except grpc.RpcError as e:
+                    await self.close()
+                    err = map_grpc_error(e, endpoint, self._conn.config.role, config=self._conn.config)
+                    if isinstance(err, Unavailable):
+                        await self._conn.rotate(ep)
+                    if retry:
+                        retry = False
+                        continue
+                    raise err from None
+                except asyncio.InvalidStateError:
+                    # The call had already ended (its connection broke since the last refresh).
+                    await self.close()
+                    await self._conn.rotate(ep)
+                    if retry:
+                        retry = False
+                        continue
+                    raise Unavailable(
+                        f"{self._conn.config.role} endpoint {endpoint}: keepalive stream broken",
+                        endpoint=endpoint,
+                    ) from None
+                except TimeoutError:
+                    await self.close()
+                    await self._conn.rotate(ep)
+                    raise Unavailable(
+                        f"{self._conn.config.role} endpoint {endpoint}: lease keepalive timed out",
+                        endpoint=endpoint,
+                    ) from None
+                if resp is grpc.aio.EOF:
+                    await self.close()
+                    await self._conn.rotate(ep)
+                    if retry:
+                        retry = False
+                        continue
+                    raise Unavailable(
+                        f"{self._conn.config.role} endpoint {endpoint}: keepalive stream closed",
+                        endpoint=endpoint,
                     )
-                    self._call = fn(metadata=self._conn.metadata())
-                await self._call.write(pb.LeaseKeepAliveRequest(id=lease_id))
-                resp = await asyncio.wait_for(self._call.read(), self._conn.config.request_timeout)
-            except grpc.RpcError as e:
-                await self.close()
-                raise map_grpc_error(e, endpoint, self._conn.config.role, config=self._conn.config) from None
-            except (TimeoutError, asyncio.InvalidStateError):
-                await self.close()
-                raise Unavailable(
-                    f"{self._conn.config.role} endpoint {endpoint}: lease keepalive timed out",
-                    endpoint=endpoint,
-                ) from None
-            if resp is grpc.aio.EOF:
-                await self.close()
-                raise Unavailable(
-                    f"{self._conn.config.role} endpoint {endpoint}: keepalive stream closed",
-                    endpoint=endpoint,
-                )
+                break
             if resp.ttl <= 0:
                 raise LeaseNotFound(
                     f"lease {lease_id:x} not found on {self._conn.config.role}", endpoint=endpoint

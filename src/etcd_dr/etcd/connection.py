@@ -301,12 +301,17 @@ class Connection:
 
     def _options(self) -> list[tuple[str, Any]]:
         c = self.config
-        return [
+        options = [
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ("grpc.keepalive_time_ms", int(c.keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", int(c.keepalive_timeout * 1000)),
-            ("grpc.keepalive_permit_without_calls", 1),
+            # Current grpc waits for a keepalive ping's ack this long (default 1 min), not for
+            # keepalive_timeout_ms: without it a silently dead connection is noticed after 70 s.
+            ("grpc.http2.ping_timeout_ms", int(c.keepalive_timeout * 1000)),
+            # Ping only while a call is open: etcd (grpc-go, PermitWithoutStream=false) counts pings on
+            # an idle connection as abuse and closes it with GOAWAY "too_many_pings" after three.
+            ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.http2.max_pings_without_data", 0),
             # Reconnect quickly: a replicator wants to be back within a second of the peer's return,
             # not after grpc's default backoff of up to two minutes.
@@ -314,8 +319,13 @@ class Connection:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.enable_retries", 0),
-            *c.extra_options,
+            # A channel of its own connections: grpc otherwise shares subchannels between channels to
+            # the same address, and a new channel to a member that just came back would inherit the
+            # old connection's failure (and its reconnect backoff) instead of dialing afresh.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
+        # grpc takes the first of repeated options: merge, so that extra_options really override.
+        return list({**dict(options), **dict(c.extra_options)}.items())
 
     def channel(self) -> grpc.aio.Channel:
         if self._closed:
@@ -418,6 +428,7 @@ class Connection:
         timeout = timeout if timeout is not None else c.request_timeout
         attempts = len(c.endpoints) if idempotent else 1
         reauthed = False
+        widened = False
         if c.user is not None and self._token is None:
             await self.authenticate()
         while True:
@@ -434,9 +445,13 @@ class Connection:
                 continue
             if isinstance(err, Unavailable):
                 await self.rotate(endpoint)
-                if not idempotent and not err.maybe_applied and attempts == 1:
-                    # A write that never left: safe to send to the next endpoint, once around the list.
-                    attempts = len(c.endpoints)
+                if not idempotent:
+                    if err.maybe_applied:
+                        raise err  # outcome unknown: never resend a write
+                    if not widened:
+                        # A write that never left: safe to send to the next endpoint, once around the list.
+                        widened = True
+                        attempts = len(c.endpoints)
                 attempts -= 1
                 if attempts > 0:
                     log.debug("retrying on %s after: %s", self.endpoint, err)
