@@ -908,6 +908,24 @@ async def test_auth_token_lost_on_member_restart(auth1: EtcdCluster) -> None:
     assert "after-2" in auth1.etcdctl("get", "/restart/k", "--print-value-only")
 
 
+async def test_auth_skips_a_dead_first_endpoint(auth1: EtcdCluster) -> None:
+    # Authentication is the first request: it must move on past an endpoint that is down, like any
+    # other read, rather than fail every call on that endpoint.
+    async with connect(["127.0.0.1:1", *auth1.endpoints], user="root", password="rootpw") as c:
+        await c.put(b"/deadfirst/k", b"v")
+        kv = await c.get(b"/deadfirst/k")
+        assert kv is not None and kv.value == b"v"
+        assert str(c.endpoint) == auth1.endpoints[0]
+        async with c.watch_prefix(b"/deadfirst/", start_revision=kv.mod_revision) as w:
+            batch = await asyncio.wait_for(anext(w), 10)
+        assert [e.kv.value for e in batch.events] == [b"v"]
+    # A watch is the first request: the same.
+    async with connect(["127.0.0.1:1", *auth1.endpoints], user="root", password="rootpw") as c:
+        async with c.watch_prefix(b"/deadfirst/", start_revision=kv.mod_revision, retry_for=5) as w:
+            batch = await asyncio.wait_for(anext(w), 10)
+        assert [e.kv.value for e in batch.events] == [b"v"]
+
+
 async def test_auth_per_member_calls_and_keepalive_after_restart(auth1: EtcdCluster) -> None:
     async with connect(auth1.endpoints, user="root", password="rootpw") as c:
         ep = c.config.endpoints[0]

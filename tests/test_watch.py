@@ -272,10 +272,12 @@ async def test_watch_compacted_revision(client: EtcdClient, prefix: bytes) -> No
     assert [(e.kv.value, e.kv.mod_revision) for e in events] == [(b"3", revs[3]), (b"4", revs[4])]
 
 
-async def test_watch_gives_up_after_retry_for(plain1: EtcdCluster) -> None:
-    # Nothing listens there: with retry_for the watch stops retrying and says so.
+@pytest.mark.parametrize("auth", [{}, {"user": "root", "password": "pw"}], ids=["plain", "auth"])
+async def test_watch_gives_up_after_retry_for(plain1: EtcdCluster, auth: dict[str, str]) -> None:
+    # Nothing listens there: with retry_for the watch stops retrying and says so. With a user, the
+    # failing request is the authentication, which the watch retries the same way.
     dead = plain1.endpoints[0].rsplit(":", 1)[0] + ":1"
-    async with connect(dead) as c:
+    async with connect(dead, **auth) as c:
         t0 = time.monotonic()
         with pytest.raises(Unavailable) as info:
             async with c.watch_prefix(b"/x/", start_revision=1, retry_for=1.0) as w:
@@ -403,6 +405,39 @@ async def test_watch_live_survives_cut_connections(etcd_cluster: EtcdCluster) ->
     assert len(written) > 200
     revs = check_against(reader.events, written)
     assert revs == sorted(written), "events lost, repeated or out of order"
+
+
+async def test_two_watches_on_one_client_survive_cuts(etcd_cluster: EtcdCluster) -> None:
+    # Watches share the client's channel: one watch's recovery (a new channel) must not cost the other
+    # watch an event, even when both break at once, again and again.
+    written: dict[bytes, list[int]] = {b"/a/": [], b"/b/": []}
+    with FaultProxy.to(etcd_cluster.endpoints[0]) as proxy:
+        async with connect(etcd_cluster.endpoints) as writer, connect(proxy.address) as c:
+            start = (await writer.put(b"/marker", b"x")).header.revision + 1
+            async with (
+                c.watch_prefix(b"/a/", start_revision=start) as wa,
+                c.watch_prefix(b"/b/", start_revision=start) as wb,
+            ):
+                readers = {b"/a/": Reader(wa), b"/b/": Reader(wb)}
+                try:
+                    for i in range(300):
+                        for p in written:
+                            written[p].append((await writer.put(p + b"%d" % (i % 10), b"v")).header.revision)
+                        if i % 60 == 30:
+                            assert proxy.cut() >= 1
+                            await asyncio.sleep(0.1)
+                        # The client also serves reads meanwhile.
+                        if i % 20 == 0:
+                            with contextlib.suppress(Unavailable):  # a read in flight during a cut
+                                await c.get(b"/a/0")
+                    for p, r in readers.items():
+                        await r.wait_for(written[p][-1])
+                finally:
+                    for r in readers.values():
+                        await r.stop()
+                assert wa.reconnects >= 3 and wb.reconnects >= 3
+    for p, r in readers.items():
+        assert [e.kv.mod_revision for e in r.events] == written[p], p
 
 
 async def test_watch_moves_to_another_member_when_its_member_dies(etcd_cluster3: EtcdCluster) -> None:

@@ -378,27 +378,35 @@ class Connection:
         if c.user is None:
             return
         async with self._auth_lock:
-            endpoint = self.endpoint
-            fn = self.channel().unary_unary(
-                "/etcdserverpb.Auth/Authenticate",
-                request_serializer=pb.AuthenticateRequest.SerializeToString,
-                response_deserializer=pb.AuthenticateResponse.FromString,
-            )
-            try:
-                resp = await fn(
-                    pb.AuthenticateRequest(name=c.user, password=c.password or ""),
-                    timeout=c.request_timeout,
+            attempts = len(c.endpoints)  # an unavailable endpoint moves on, once around the list
+            while True:
+                endpoint = self.endpoint
+                fn = self.channel().unary_unary(
+                    "/etcdserverpb.Auth/Authenticate",
+                    request_serializer=pb.AuthenticateRequest.SerializeToString,
+                    response_deserializer=pb.AuthenticateResponse.FromString,
                 )
-            except grpc.RpcError as e:
-                err = map_grpc_error(e, str(endpoint), c.role, c.request_timeout, config=c)
-                if isinstance(err, AuthError):
-                    raise AuthError(
-                        f"{c.role} endpoint {endpoint}: authentication failed for user {c.user!r} "
-                        f"(--{c.flag_prefix}user/--{c.flag_prefix}password): {e.details()}",
-                        endpoint=str(endpoint),
-                    ) from None
-                raise err from None
-            self._token = resp.token
+                try:
+                    resp = await fn(
+                        pb.AuthenticateRequest(name=c.user, password=c.password or ""),
+                        timeout=c.request_timeout,
+                    )
+                except grpc.RpcError as e:
+                    err = map_grpc_error(e, str(endpoint), c.role, c.request_timeout, config=c)
+                    if isinstance(err, AuthError):
+                        raise AuthError(
+                            f"{c.role} endpoint {endpoint}: authentication failed for user {c.user!r} "
+                            f"(--{c.flag_prefix}user/--{c.flag_prefix}password): {e.details()}",
+                            endpoint=str(endpoint),
+                        ) from None
+                    if isinstance(err, Unavailable):
+                        await self.rotate(endpoint)
+                        attempts -= 1
+                        if attempts > 0:
+                            continue
+                    raise err from None
+                self._token = resp.token
+                return
 
     # calls
 

@@ -69,6 +69,7 @@ class Watch:
         self._failing_since: float | None = None
         self._backoff = 0.05
         self._reauthed = False  # re-authenticated since the last watch the server accepted
+        self._reauth = False  # authenticate again before the next open
         self.reconnects = 0
 
     @property
@@ -103,9 +104,10 @@ class Watch:
             call.cancel()
 
     async def _open(self) -> None:
-        fn = self._conn.stream(WATCH_METHOD, pb.WatchRequest, pb.WatchResponse)
-        if self._conn.config.user is not None and not self._conn.metadata():
+        if self._conn.config.user is not None and (self._reauth or not self._conn.metadata()):
             await self._conn.authenticate()
+            self._reauth = False
+        fn = self._conn.stream(WATCH_METHOD, pb.WatchRequest, pb.WatchResponse)
         call = fn(metadata=self._conn.metadata(REQUIRE_LEADER))
         self._call = call
         await call.write(
@@ -159,12 +161,16 @@ class Watch:
                 )
                 if isinstance(err, InvalidToken):
                     await self._drop_call()
-                    await self._conn.authenticate()
+                    self._reauth = True  # done by _open, where a transient failure is retried
                     continue
                 if isinstance(err, TransientError):
                     await self._failed(err)
                     continue
                 raise err from None
+            except TransientError as err:
+                # From authenticate() in _open: no endpoint answered; retry like a broken stream.
+                await self._failed(err)
+                continue
             except asyncio.InvalidStateError:
                 await self._failed(Unavailable("watch stream closed", endpoint=str(self._conn.endpoint)))
                 continue
@@ -182,7 +188,7 @@ class Watch:
                 # Once per accepted watch: a real lack of permission still ends in WatchCanceled.
                 self._reauthed = True
                 await self._drop_call()
-                await self._conn.authenticate()
+                self._reauth = True
                 continue
             if batch is not None:
                 self._failing_since = None
