@@ -31,12 +31,13 @@ import random
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +310,7 @@ class Tools:
     log_dir: Path
     etcd_dr: str
     storage: Storage = field(default_factory=Storage)
+    quiet_wait: bool = True
     runs: int = 0
 
     def make_mirror(self, tag: str, src: str, dest: str) -> Proc:
@@ -371,7 +373,7 @@ class OtherLoad:
     """How much CPU the rest of the machine (not this bench, its tool, its etcd members) used during a
     run, in cores: the machine is shared, and with few cores a busy neighbour skews a result."""
 
-    def __init__(self, pair: Pair, proc: Proc) -> None:
+    def __init__(self, pair: Pair, proc: Proc | None) -> None:
         self._pair, self._proc = pair, proc
         self._t0 = time.monotonic()
         self._busy0 = machine_busy_seconds()
@@ -381,11 +383,33 @@ class OtherLoad:
         me = resource.getrusage(resource.RUSAGE_SELF)
         members = [*self._pair.src.members, *self._pair.dst.members]
         etcd = sum(pid_cpu_seconds(m.pid) for m in members if m.pid is not None)
-        return me.ru_utime + me.ru_stime + self._proc.cpu_seconds() + etcd
+        tool = self._proc.cpu_seconds() if self._proc is not None else 0.0
+        return me.ru_utime + me.ru_stime + tool + etcd
 
     def cores(self) -> float:
         others = (machine_busy_seconds() - self._busy0) - (self._mine() - self._mine0)
         return max(others, 0.0) / max(time.monotonic() - self._t0, 1e-6)
+
+
+QUIET_CORES = 0.3  # the rest of the machine counts as quiet below this many cores
+QUIET_MAX_WAIT = 60.0
+
+
+async def wait_quiet(tools: Tools, pair: Pair, proc: Proc | None = None) -> None:
+    """Before a measurement: wait (at most QUIET_MAX_WAIT s) until the rest of the machine has used
+    under QUIET_CORES cores for a second, so a neighbour's burst does not land in one tool's run."""
+    if not tools.quiet_wait:
+        return
+    t0 = time.monotonic()
+    while True:
+        probe = OtherLoad(pair, proc)
+        await asyncio.sleep(1.0)
+        cores = probe.cores()
+        waited = time.monotonic() - t0
+        if cores < QUIET_CORES or waited >= QUIET_MAX_WAIT:
+            if waited > 1.5:
+                say(f"  (waited {waited:.0f} s for a quiet machine; others now use {cores:.2f} cores)")
+            return
 
 
 @contextlib.contextmanager
@@ -409,8 +433,8 @@ class Row:
     make_mirror: float | None
     etcd_dr: float | None
     better: str = "lower"  # "lower" or "higher": which way is better, for the ratio
-    goal: str = "-"
-    met: bool | None = None
+    min_ratio: float | None = None  # goal: etcd-dr at least this many times better
+    max_dr: float | None = None  # goal: etcd-dr's figure below this
     note: str = ""
 
     @property
@@ -421,12 +445,54 @@ class Row:
             return None
         return mm / dr if self.better == "lower" else dr / mm
 
+    @property
+    def goal(self) -> str:
+        if self.min_ratio is not None:
+            return f">= {self.min_ratio:g}x"
+        if self.max_dr is not None:
+            return f"etcd-dr < {self.max_dr:g} {self.unit}"
+        return "-"
+
+    @property
+    def met(self) -> bool | None:
+        if self.min_ratio is not None:
+            return self.ratio is not None and self.ratio >= self.min_ratio
+        if self.max_dr is not None:
+            return self.etcd_dr is not None and self.etcd_dr < self.max_dr
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio, "goal": self.goal, "met": self.met}
+
+
+def median_rows(runs: Sequence[Sequence[Row]]) -> list[Row]:
+    """One row per (scenario, metric): the median of each tool's figure over the repeats."""
+    out: list[Row] = []
+    for i, row in enumerate(runs[0]):
+        same = [r[i] for r in runs if i < len(r) and r[i].metric == row.metric]
+
+        def med(values: list[float | None]) -> float | None:
+            vals = [v for v in values if v is not None]
+            return statistics.median(vals) if vals else None
+
+        notes = sorted({r.note for r in same if r.note})
+        out.append(
+            replace(
+                row,
+                make_mirror=med([r.make_mirror for r in same]),
+                etcd_dr=med([r.etcd_dr for r in same]),
+                note="; ".join(notes),
+            )
+        )
+    return out
+
 
 @dataclass
 class Results:
     rows: list[Row] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    repeats: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def say(text: str) -> None:
@@ -496,6 +562,7 @@ async def copy_with_make_mirror(tools: Tools, tag: str, pair: Pair, dest: str, n
     make-mirror puts the keys one by one in key order, so the last key's arrival is polled (a cheap
     get: counting 100,000s of keys 20 times a second would load the destination it writes to), then
     the count confirms it."""
+    await wait_quiet(tools, pair)
     proc = tools.make_mirror(tag, pair.src_addr, dest)
     others = OtherLoad(pair, proc)
     last = key_of(DATA, n - 1)
@@ -532,6 +599,7 @@ def engine_copy_seconds(proc: Proc) -> float | None:
 
 async def copy_with_etcd_dr(tools: Tools, tag: str, pair: Pair, dest: str, n: int, timeout: float) -> CopyRun:
     """`etcd-dr mirror --once`: time until it exits 0, then check the destination."""
+    await wait_quiet(tools, pair)
     proc = tools.mirror(tag, pair.src_addr, dest, once=True)
     others = OtherLoad(pair, proc)
     try:
@@ -657,7 +725,7 @@ async def replay_run(
             await wait_caught_up(proc, pair.dst_client, READY, b"1", READY_TIMEOUT)
         except TimeoutError:
             raise BenchError(f"{which} did not copy one key in {READY_TIMEOUT:g} s") from None
-        await asyncio.sleep(0.5)  # settle: the mirror is now watching, idle
+        await wait_quiet(tools, pair, proc)  # also lets the mirror settle: it is watching, idle
         return await replay_load(proc, pair, writes, 64, cap)
     finally:
         await proc.stop()
@@ -702,6 +770,7 @@ async def backlog_drain(
     then `etcd-dr mirror --once` resumes from the checkpoint and replays them: the replay's capacity
     when it is behind, which a live run cannot show once the mirror keeps up with the writer."""
     await write_puts(pair.src_client, BACKLOG, writes, 64)
+    await wait_quiet(tools, pair)
     proc = tools.mirror(tag, pair.src_addr, dest, once=True)
     try:
         rc = await proc.wait(timeout)
@@ -763,10 +832,9 @@ async def scenario_copy(tools: Tools, sizes: Sizes, res: Results) -> None:
         "s",
         mm_secs,
         dr.seconds,
-        goal=">= 30x",
+        min_ratio=30,
         note="make-mirror extrapolated from its rate at the cap" if mm.capped else "",
     )
-    row.met = row.ratio is not None and row.ratio >= 30
     res.rows.append(row)
     res.rows.append(Row("copy", "rate", "keys/s", n / mm_secs, dr.rate, better="higher"))
     res.details["copy"] = {k: asdict(v) for k, v in runs.items()}
@@ -798,12 +866,17 @@ async def scenario_replay(tools: Tools, sizes: Sizes, res: Results) -> None:
     res.rows.append(
         Row("replay", "source write rate", "rev/s", mm.write_rate, dr.write_rate, better="higher")
     )
-    lag = Row("replay", "lag at load end", "s", mm.lag, dr.lag, goal="etcd-dr < 0.5 s", note=ext)
-    lag.met = dr.lag < 0.5 and not dr.extrapolated
+    lag = Row("replay", "lag at load end", "s", mm.lag, dr.lag, max_dr=0.5, note=ext)
     rate = Row(
-        "replay", "sustained apply rate", "rev/s", mm.apply_rate, dr.apply_rate, "higher", ">= 3x", note=ext
+        "replay",
+        "sustained apply rate",
+        "rev/s",
+        mm.apply_rate,
+        dr.apply_rate,
+        "higher",
+        min_ratio=3,
+        note=ext,
     )
-    rate.met = rate.ratio is not None and rate.ratio >= 3
     capacity = Row(
         "replay",
         "capacity when behind",
@@ -845,10 +918,9 @@ async def scenario_rss(tools: Tools, sizes: Sizes, res: Results) -> None:
         "MB",
         mm.peak_rss_mb if mm else None,
         dr.peak_rss_mb,
-        goal="etcd-dr < 200 MB",
+        max_dr=200,
         note=note,
     )
-    rss.met = dr.peak_rss_mb < 200
     mm_secs = (n / mm.rate if mm.capped else mm.seconds) if mm else None
     res.rows.append(rss)
     res.rows.append(Row("rss", f"{n // 1000}k keys, time", "s", mm_secs, dr.seconds, note=note))
@@ -892,10 +964,9 @@ async def scenario_distance(tools: Tools, sizes: Sizes, res: Results) -> None:
         mm.rate,
         dr.rate,
         better="higher",
-        goal=">= 100x",
+        min_ratio=100,
         note="make-mirror extrapolated from the keys it copied in its capped run" if mm.capped else "",
     )
-    copy.met = copy.ratio is not None and copy.ratio >= 100
     lm, ld = loads["make-mirror"], loads["etcd-dr"]
     lag = Row(
         "distance",
@@ -903,10 +974,9 @@ async def scenario_distance(tools: Tools, sizes: Sizes, res: Results) -> None:
         "s",
         lm.lag,
         ld.lag,
-        goal="etcd-dr < 1 s",
+        max_dr=1.0,
         note="make-mirror extrapolated" if lm.extrapolated else "",
     )
-    lag.met = ld.lag < 1.0 and not ld.extrapolated
     rate = Row("distance", "replay apply rate", "rev/s", lm.apply_rate, ld.apply_rate, better="higher")
     res.rows += [copy, lag, rate]
     res.details["distance"] = {
@@ -980,16 +1050,27 @@ async def run(args: argparse.Namespace, storage: Storage) -> int:
     with tempfile.TemporaryDirectory(prefix="etcd-dr-bench-") as tmp:
         log_dir = Path(args.keep_logs) if args.keep_logs else Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
-        tools = Tools(bins, log_dir, etcd_dr, storage)
+        tools = Tools(bins, log_dir, etcd_dr, storage, quiet_wait=not args.no_quiet_wait)
         for name in only:
-            t0 = time.monotonic()
-            try:
-                await RUNNERS[name](tools, sizes, res)
-            except (BenchError, TimeoutError, OSError, RuntimeError) as e:
-                res.errors[name] = str(e)
-                say(f"  {name}: FAILED: {e}")
-            say(f"  ({name} took {time.monotonic() - t0:.0f} s)")
-    say("\nratio = how many times better etcd-dr is (> 1: etcd-dr better); * = extrapolated")
+            done: list[list[Row]] = []
+            for i in range(args.repeat):
+                t0 = time.monotonic()
+                if args.repeat > 1:
+                    say(f"\n-- {name}: run {i + 1} of {args.repeat}")
+                sub = Results()
+                try:
+                    await RUNNERS[name](tools, sizes, sub)
+                    done.append(sub.rows)
+                except (BenchError, TimeoutError, OSError, RuntimeError) as e:
+                    res.errors[f"{name} #{i + 1}"] = str(e)
+                    say(f"  {name}: FAILED: {e}")
+                res.details.setdefault(name, []).append(sub.details.get(name))
+                res.repeats.setdefault(name, []).append([r.as_json() for r in sub.rows])
+                say(f"  ({name} took {time.monotonic() - t0:.0f} s)")
+            if done:
+                res.rows += median_rows(done) if len(done) > 1 else done[0]
+    runs = f"median of {args.repeat} runs per figure; " if args.repeat > 1 else ""
+    say(f"\n{runs}ratio = how many times better etcd-dr is (> 1: etcd-dr better); * = extrapolated")
     say(table(res.rows))
     for r in res.rows:
         if r.note:
@@ -999,9 +1080,11 @@ async def run(args: argparse.Namespace, storage: Storage) -> int:
     out = {
         "started": started.isoformat(timespec="seconds"),
         "quick": args.quick,
+        "repeat": args.repeat,
         "sizes": asdict(sizes),
         "machine": facts,
-        "rows": [{**asdict(r), "ratio": r.ratio} for r in res.rows],
+        "rows": [r.as_json() for r in res.rows],
+        "repeats": res.repeats,
         "details": res.details,
         "errors": res.errors,
     }
@@ -1040,6 +1123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--etcd-version", default="3.4", help="etcd (and etcdctl) version to use: 3.4 or 3.5")
     p.add_argument(
         "--only", action="append", metavar="NAME", help=f"run only these scenarios ({', '.join(SCENARIOS)})"
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, metavar="N", help="run each scenario N times; report medians"
+    )
+    p.add_argument(
+        "--no-quiet-wait",
+        action="store_true",
+        help="do not wait for the rest of the machine to go quiet before each measurement",
     )
     p.add_argument(
         "--data-dir",
