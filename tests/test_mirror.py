@@ -313,7 +313,9 @@ async def test_kill_9_at_random_points_then_exactly_once(
                         await _wait_for_phase(d, key, "sync")
                         await asyncio.sleep(0.1)
                     else:
-                        await asyncio.sleep(rng.uniform(0.4, 2.0))
+                        # Then at random points of the replay (and of the catch-up right after a start).
+                        await _wait_for_phase(d, key, "replay")
+                        await asyncio.sleep(rng.uniform(0.0, 1.5))
                     proc.send_signal(signal.SIGKILL)
                     await proc.wait()
                 stop.set()
@@ -359,3 +361,59 @@ async def test_delete_workload_with_prefix_deletes_and_txn_deletes(etcd_cluster_
             await wait_equal(s, d)
         got = await dump(d)
         assert b"/d/00" not in got and b"/d/15" not in got and b"/d/25" not in got and got[b"/d/new"] == b"n"
+
+
+async def test_dropped_connections_on_both_sides(etcd_cluster_factory: Factory) -> None:
+    from etcd_dr.testing.proxy import FaultProxy
+
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    with FaultProxy.to(src.endpoints[0]) as sp, FaultProxy.to(dst.endpoints[0]) as dp:
+        config = MirrorConfig(
+            source=ClientConfig.create(sp.address, role="source"),
+            dest=ClientConfig.create(dp.address, role="destination", flag_prefix="dest-"),
+            prefix=b"/app/",
+            checkpoint_interval=0.2,
+        )
+        async with client(src) as s, client(dst) as d:
+            await Workload(s, seed=21).run(200)
+            async with running(config) as mirror:
+                stop = asyncio.Event()
+                writer = asyncio.create_task(Workload(s, seed=22, max_txn=20).run(stop=stop, rate=300))
+                cut = [0, 0]
+                for i in range(8):
+                    await asyncio.sleep(0.3)
+                    cut[i % 2] += (sp if i % 2 else dp).cut()
+                stop.set()
+                await writer
+                await wait_equal(s, d, b"/app/")
+                assert cut[0] >= 4 and cut[1] >= 4  # every cut broke live connections on both sides
+                assert mirror.stats.applied_txns > 0
+            report = await check_exactly_once(
+                s, d, KeyMapper.create(b"/app/", None, (), STATE), _key(config, await s.status())
+            )
+            assert report.copies == 1 and report.source_ops_checked > 100
+
+
+async def test_destination_leader_killed(etcd_cluster_factory: Factory) -> None:
+    src = etcd_cluster_factory(name="src")
+    dst = etcd_cluster_factory(3, name="dst")
+    async with client(src) as s, client(dst) as d:
+        config = cfg(src, dst, prefix=b"/app/")
+        async with running(config):
+            await Workload(s, seed=31).run(100)
+            await wait_equal(s, d, b"/app/")
+            stop = asyncio.Event()
+            writer = asyncio.create_task(Workload(s, seed=32).run(stop=stop, rate=300))
+            await asyncio.sleep(0.3)
+            leader = dst.leader()
+            assert leader is not None
+            dst.kill(leader)
+            await asyncio.sleep(1.0)
+            stop.set()
+            await writer
+            await wait_equal(s, d, b"/app/", timeout=60)
+            dst.restart(leader)
+        report = await check_exactly_once(
+            s, d, KeyMapper.create(b"/app/", None, (), STATE), _key(config, await s.status())
+        )
+        assert report.copies == 1

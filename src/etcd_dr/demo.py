@@ -6,7 +6,6 @@ removes its files on any exit, Ctrl-C included.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import tempfile
@@ -14,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .aio import cancel_and_wait
 from .config import MirrorConfig
 from .etcd import ClientConfig, EtcdClient, prefix_range_end
 from .mirror import Mirror
@@ -112,10 +112,7 @@ async def run_demo(say: Callable[[str], None], *, keep: bool = False, version: s
                     )
                 await asyncio.Event().wait()
     finally:
-        if mirror_task is not None:
-            mirror_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await mirror_task
+        await cancel_and_wait(mirror_task)
         for cl in clusters:
             cl.stop()
         shutil.rmtree(workdir, ignore_errors=True)

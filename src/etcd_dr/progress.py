@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -11,6 +10,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .aio import cancel_and_wait
 from .mirror import MirrorStats
 
 T = TypeVar("T")
@@ -52,6 +52,4 @@ async def with_copy_progress(stats: MirrorStats, work: Coroutine[Any, Any, T]) -
         if progress is not None:
             progress.stop()
         if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)

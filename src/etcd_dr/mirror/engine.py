@@ -10,11 +10,11 @@ next cycle starts again from what the destination's checkpoint says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
+from ..aio import cancel_and_wait
 from ..config import MirrorConfig
 from ..errors import Fenced, Refused
 from ..etcd import (
@@ -65,9 +65,7 @@ class Mirror:
             try:
                 return await self._loop(source, dest)
             finally:
-                status_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await status_task
+                await cancel_and_wait(status_task)
 
     async def _loop(self, source: EtcdClient, dest: EtcdClient) -> MirrorResult:
         target = self.stats.source_revision if self.config.once else None

@@ -15,13 +15,13 @@ in parts, each part recorded in the checkpoint, and the log says so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..aio import cancel_and_wait
 from ..errors import Fenced
 from ..etcd import Compare, CompareResult, Delete, EtcdClient, EventType, Put, WatchBatch
 from .checkpoint import Checkpoint
@@ -133,7 +133,7 @@ class Replayer:
                     self._stats.received(batch.events[-1].kv.mod_revision)
                     await self._queue.put(self._revisions(batch))
                 self._stats.source_revision = max(self._stats.source_revision, batch.header.revision)
-        except BaseException as e:  # handed to the applier, which raises it in the engine's loop
+        except Exception as e:  # handed to the applier, which raises it in the engine's loop
             await self._queue.put(e)
         finally:
             await watch.close()
@@ -252,9 +252,7 @@ class Replayer:
             await self._checkpoint_if_behind()
             return self._ckpt
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await cancel_and_wait(reader)
 
     async def _checkpoint_if_behind(self) -> None:
         """Record revisions that had nothing to mirror, so a restart need not read them again."""

@@ -10,12 +10,12 @@ Memory is bounded by the read-ahead pages and the txns in flight, not by the key
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from ..aio import cancel_and_wait
 from ..errors import Fenced
 from ..etcd import Compare, Delete, EtcdClient, KeyValue, Put
 from .checkpoint import encode_key
@@ -55,7 +55,7 @@ async def _pages(
             ):
                 await queue.put(page.kvs)
             await queue.put(None)
-        except BaseException as e:  # handed to the consumer, who re-raises it
+        except Exception as e:  # handed to the consumer, who re-raises it (a cancel is not caught)
             await queue.put(e)
 
     task = asyncio.create_task(reader())
@@ -68,9 +68,7 @@ async def _pages(
                 raise item
             yield item
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await cancel_and_wait(task)
 
 
 async def _items(pages: AsyncIterator[list[KeyValue]]) -> AsyncIterator[KeyValue]:
