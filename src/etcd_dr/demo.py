@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .aio import cancel_and_wait
 from .config import MirrorConfig
-from .etcd import ClientConfig, EtcdClient, prefix_range_end
+from .etcd import ClientConfig, EtcdClient, TransientError, prefix_range_end
 from .mirror import Mirror
 from .testing.binaries import EtcdBinaries, find
 from .testing.cluster import EtcdCluster
@@ -49,7 +49,24 @@ async def _wait_equal(src: EtcdClient, dst: EtcdClient, prefix: bytes, timeout: 
         await asyncio.sleep(0.02)
 
 
+async def _app_put(client: EtcdClient, key: bytes, value: bytes) -> None:
+    """The demo's application: a put retried while the cluster elects a new leader, as real clients do
+    (the same put twice leaves the same value)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await client.put(key, value)
+            return
+        except TransientError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def run_demo(say: Callable[[str], None], *, keep: bool = False, version: str | None = None) -> None:
+    # The narration says what happens; the mirror's own info lines would only repeat it.
+    for name in ("etcd_dr.mirror", "etcd_dr.etcd"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     binaries: EtcdBinaries = find(version)
     workdir = Path(tempfile.mkdtemp(prefix="etcd-dr-demo-"))
     clusters: list[EtcdCluster] = []
@@ -97,7 +114,7 @@ async def run_demo(say: Callable[[str], None], *, keep: bool = False, version: s
             say("6. A member of site A dies: the mirror moves to another member and loses nothing.")
             site_a.kill(0)
             for j in range(10, 20):
-                await a.put(b"/registry/services/svc-%d" % j, b"v1")
+                await _app_put(a, b"/registry/services/svc-%d" % j, b"v1")
             took = await _wait_equal(a, b, b"/registry/")
             say(f"   equal after {took * 1000:.0f} ms with member 0 of site A down.")
             site_a.restart(0)
