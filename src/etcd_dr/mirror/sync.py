@@ -12,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..aio import cancel_and_wait
 from ..errors import Fenced
-from ..etcd import Compare, Delete, EtcdClient, KeyValue, Put
+from ..etcd import Compare, Delete, EtcdClient, Put
 from .checkpoint import encode_key
+from .compare import Kind, compare_ranges
 from .keys import KeyMapper
 
 log = logging.getLogger("etcd_dr.mirror")
 
-# Keys and values per read page: large pages are cheap for etcd, this bounds our memory per page.
-PAGE_BYTES = 4 * 1024 * 1024
 REPORT_FIRST = 10  # how many overwritten / removed keys are named in the log before a summary
 
 
@@ -40,41 +38,6 @@ class SyncResult:
 
 
 ProgressFn = Callable[[SyncResult], None]
-
-
-async def _pages(
-    client: EtcdClient, key: bytes, end: bytes, revision: int, page_size: int
-) -> AsyncIterator[list[KeyValue]]:
-    """Pages of one range at one revision, read one page ahead of the consumer."""
-    queue: asyncio.Queue[list[KeyValue] | BaseException | None] = asyncio.Queue(maxsize=2)
-
-    async def reader() -> None:
-        try:
-            async for page in client.range_pages(
-                key, end, revision=revision, page_size=page_size, page_bytes=PAGE_BYTES
-            ):
-                await queue.put(page.kvs)
-            await queue.put(None)
-        except Exception as e:  # handed to the consumer, who re-raises it (a cancel is not caught)
-            await queue.put(e)
-
-    task = asyncio.create_task(reader())
-    try:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        await cancel_and_wait(task)
-
-
-async def _items(pages: AsyncIterator[list[KeyValue]]) -> AsyncIterator[KeyValue]:
-    async for page in pages:
-        for kv in page:
-            yield kv
 
 
 class TxnPipeline:
@@ -164,63 +127,44 @@ async def diff_sync(
     started = time.monotonic()
     result = SyncResult(revision=revision)
     pipeline = TxnPipeline(dest, guard, max_txn_ops, max_txn_bytes, inflight)
-    src_key, src_end = mapper.source_range
     dst_key, dst_end = mapper.dest_range
     # The destination is read at one revision too, so the comparison is against a consistent view.
     dest_rev = (await dest.range(dst_key, dst_end, count_only=True)).header.revision
-
-    async def mapped_source() -> AsyncGenerator[tuple[bytes, KeyValue]]:
-        async for kv in _items(_pages(source, src_key, src_end, revision, page_size)):
-            dkey = mapper.to_dest(kv.key)
-            if dkey is not None:
-                yield dkey, kv
-
-    async def dest_items() -> AsyncGenerator[KeyValue]:
-        async for kv in _items(_pages(dest, dst_key, dst_end, dest_rev, page_size)):
-            if not mapper.dest_is_protected(kv.key):
-                yield kv
-
-    src_it, dst_it = mapped_source(), dest_items()
-    s = await anext(src_it, None)
-    d = await anext(dst_it, None)
+    pairs = compare_ranges(
+        source, dest, mapper, source_revision=revision, dest_revision=dest_rev, page_size=page_size
+    )
     last_report = time.monotonic()
     try:
-        while s is not None or d is not None:
-            if d is None or (s is not None and s[0] < d.key):
-                assert s is not None
-                result.source_keys += 1
-                result.puts += 1
-                await pipeline.add(Put(s[0], s[1].value))
-                s = await anext(src_it, None)
-            elif s is None or d.key < s[0]:
-                result.deletes += 1
-                if result.deletes <= REPORT_FIRST:
-                    log.log(
-                        level,
-                        "copy: removing destination key %s: the source does not have it at revision %d",
-                        encode_key(d.key),
-                        revision,
-                    )
-                await pipeline.add(Delete(d.key))
-                d = await anext(dst_it, None)
-            else:
-                result.source_keys += 1
-                if s[1].value != d.value:
-                    result.puts += 1
-                    result.overwritten += 1
-                    if result.overwritten <= REPORT_FIRST:
+        async for batch in pairs:
+            for pair in batch:
+                if pair.kind is Kind.EQUAL:
+                    result.source_keys += 1
+                    result.unchanged += 1
+                elif pair.kind is Kind.EXTRA:
+                    result.deletes += 1
+                    if result.deletes <= REPORT_FIRST:
                         log.log(
                             level,
-                            "copy: overwriting destination key %s: its value differs from the source's "
-                            "at revision %d",
-                            encode_key(d.key),
+                            "copy: removing destination key %s: the source does not have it at revision %d",
+                            encode_key(pair.key),
                             revision,
                         )
-                    await pipeline.add(Put(s[0], s[1].value))
+                    await pipeline.add(Delete(pair.key))
                 else:
-                    result.unchanged += 1
-                s = await anext(src_it, None)
-                d = await anext(dst_it, None)
+                    assert pair.source is not None
+                    result.source_keys += 1
+                    result.puts += 1
+                    if pair.kind is Kind.DIFFERENT:
+                        result.overwritten += 1
+                        if result.overwritten <= REPORT_FIRST:
+                            log.log(
+                                level,
+                                "copy: overwriting destination key %s: its value differs from the source's "
+                                "at revision %d",
+                                encode_key(pair.key),
+                                revision,
+                            )
+                    await pipeline.add(Put(pair.key, pair.source.value))
             if on_progress is not None and time.monotonic() - last_report >= progress_every:
                 last_report = time.monotonic()
                 result.seconds = last_report - started
@@ -230,8 +174,7 @@ async def diff_sync(
         await pipeline.abort()
         raise
     finally:
-        await src_it.aclose()
-        await dst_it.aclose()
+        await pairs.aclose()
     result.seconds = time.monotonic() - started
     if result.deletes > REPORT_FIRST or result.overwritten > REPORT_FIRST:
         log.log(
