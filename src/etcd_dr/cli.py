@@ -203,6 +203,42 @@ def mirror(dest: str, **kw: Any) -> None:
 
 
 @cli.command()
+@click.argument("dest")
+@source_options
+@dest_options
+@prefix_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def verify(dest: str, as_json: bool, **kw: Any) -> None:
+    """Compare SOURCE and DEST: exit 0 equal, 1 different, 2 error."""
+    import json
+
+    from .errors import CheckFailed
+    from .mirror.checkpoint import encode_key
+    from .verify import verify as run_verify
+
+    config = MirrorConfig(
+        source=source_config(kw),
+        dest=dest_config(dest, kw),
+        prefix=_b(kw["prefix"]),
+        dest_prefix=dest_prefix_of(kw),
+        excludes=tuple(_b(e) for e in kw["exclude"]),
+        state_prefix=_b(kw["state_prefix"]),
+    )
+
+    def show(kind: str, key: bytes) -> None:
+        if not as_json:
+            click.echo(f"{kind} {encode_key(key)}")
+
+    result = run_async(run_verify(config, on_difference=show))
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        click.echo(result.summary())
+    if not result.equal:
+        raise SystemExit(CheckFailed.exit_code)
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Keep the clusters and the mirror running until Ctrl-C.")
 @click.option(
     "--etcd-version", default=None, help="Use this etcd version (e.g. 3.4, 3.5); default: the newest found."
