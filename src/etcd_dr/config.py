@@ -34,6 +34,8 @@ class MirrorConfig:
     timeout: float = 30.0
     # How often an idle mirror records its progress (checkpoint-only txns) and logs a status line.
     checkpoint_interval: float = 1.0
+    # How often the mirror writes its heartbeat on the source (0: never), for lag in seconds.
+    heartbeat_interval: float = 1.0
     status_interval: float = 30.0
     metrics_addr: str | None = None
     extra: dict[str, str] = field(default_factory=dict)

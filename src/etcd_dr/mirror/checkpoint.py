@@ -46,8 +46,12 @@ class Checkpoint:
     split_revision: int = 0
     split_done: int = 0
     updated: float = 0.0
+    # The source's wall-clock time of the newest applied heartbeat (0: none): lag in seconds.
+    source_time: float = 0.0
 
-    def advanced(self, revision: int, *, split_revision: int = 0, split_done: int = 0) -> Checkpoint:
+    def advanced(
+        self, revision: int, *, split_revision: int = 0, split_done: int = 0, source_time: float = 0.0
+    ) -> Checkpoint:
         return replace(
             self,
             revision=revision,
@@ -55,6 +59,7 @@ class Checkpoint:
             split_revision=split_revision,
             split_done=split_done,
             updated=round(time.time(), 3),
+            source_time=source_time or self.source_time,
         )
 
     def encode(self) -> bytes:
@@ -77,7 +82,13 @@ class Checkpoint:
             split_revision=int(d.get("split_revision", 0)),
             split_done=int(d.get("split_done", 0)),
             updated=float(d.get("updated", 0.0)),
+            source_time=float(d.get("source_time", 0.0)),
         )
+
+
+def heartbeat_key(state_prefix: bytes, dest_cluster_id: int) -> bytes:
+    """Where a mirror into the given destination writes its heartbeat on the source."""
+    return state_prefix + f"heartbeat/{dest_cluster_id:016x}".encode()
 
 
 def checkpoint_key(

@@ -18,16 +18,18 @@ from ..aio import cancel_and_wait
 from ..config import MirrorConfig
 from ..errors import Fenced, Refused
 from ..etcd import (
+    AuthError,
     CompactedError,
     Compare,
     CompareResult,
     EtcdClient,
+    EtcdError,
     Put,
     Status,
     TransientError,
     Unavailable,
 )
-from .checkpoint import REPLAY, SYNC, Checkpoint, checkpoint_key, encode_key
+from .checkpoint import REPLAY, SYNC, Checkpoint, checkpoint_key, encode_key, heartbeat_key
 from .keys import KeyMapper, ranges_overlap
 from .replay import Replayer
 from .stats import MirrorStats
@@ -53,6 +55,7 @@ class Mirror:
         )
         self._source_id = 0
         self._key = b""
+        self._heartbeat_key = b""
         self._rev_pending = config.start_revision
         self._last_copy: SyncResult | None = None
 
@@ -61,11 +64,14 @@ class Mirror:
     async def run(self) -> MirrorResult:
         async with EtcdClient(self.config.source) as source, EtcdClient(self.config.dest) as dest:
             await self._preflight(source, dest)
-            status_task = asyncio.create_task(self._status_lines())
+            helpers = [asyncio.create_task(self._status_lines())]
+            if self.config.heartbeat_interval > 0:
+                helpers.append(asyncio.create_task(self._heartbeats(source)))
             try:
                 return await self._loop(source, dest)
             finally:
-                await cancel_and_wait(status_task)
+                for task in helpers:
+                    await cancel_and_wait(task)
 
     async def _loop(self, source: EtcdClient, dest: EtcdClient) -> MirrorResult:
         target = self.stats.source_revision if self.config.once else None
@@ -129,6 +135,7 @@ class Mirror:
             max_txn_bytes=self.config.max_txn_bytes,
             stats=self.stats,
             stop_at=target,
+            heartbeat_key=self._heartbeat_key,
             checkpoint_interval=self.config.checkpoint_interval,
             retry_for=self.config.timeout if self.config.once else None,
         )
@@ -265,6 +272,7 @@ class Mirror:
                 "and the key ranges overlap: "
                 "mirroring a cluster into itself is refused"
             )
+        self._heartbeat_key = heartbeat_key(self.config.state_prefix, dst.cluster_id)
         self._key = checkpoint_key(
             self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
         )
@@ -302,6 +310,19 @@ class Mirror:
                 log.warning("%s not reachable yet: %s; retrying in %.1f s", role, e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _heartbeats(self, source: EtcdClient) -> None:
+        """Write the time on the source every interval; the replay carries the newest one it applied
+        into the checkpoint, which gives the lag in seconds. Optional: without write access, skipped."""
+        while True:
+            try:
+                await source.put(self._heartbeat_key, f"{time.time():.3f}".encode())
+            except AuthError as e:
+                log.info("heartbeat: no write access on the source (%s); lag in seconds is not measured", e)
+                return
+            except EtcdError as e:
+                log.debug("heartbeat: %s", e)
+            await asyncio.sleep(self.config.heartbeat_interval)
 
     async def _status_lines(self) -> None:
         last_events = 0

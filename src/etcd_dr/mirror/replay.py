@@ -37,6 +37,7 @@ DestOp = Put | Delete
 class SourceRevision:
     revision: int
     ops: list[DestOp]  # mapped and filtered, in the source's order
+    heartbeat: float = 0.0  # the source time this revision's heartbeat carries, if it has one
 
 
 def _op_size(op: DestOp) -> int:
@@ -61,6 +62,13 @@ def chunk_ops(ops: Sequence[DestOp], max_ops: int, max_bytes: int) -> list[list[
     return chunks
 
 
+def _parse_time(value: bytes) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0
+
+
 class Replayer:
     def __init__(
         self,
@@ -74,6 +82,7 @@ class Replayer:
         max_txn_bytes: int,
         stats: MirrorStats,
         stop_at: int | None = None,
+        heartbeat_key: bytes | None = None,
         checkpoint_interval: float = 1.0,
         retry_for: float | None = None,
         queue_batches: int = 64,
@@ -88,6 +97,8 @@ class Replayer:
         self._max_bytes = max_txn_bytes
         self._stats = stats
         self._stop_at = stop_at
+        self._heartbeat_key = heartbeat_key
+        self._heartbeat = 0.0  # newest heartbeat time covered but not yet in a written checkpoint
         self._interval = checkpoint_interval
         self._retry_for = retry_for
         self._queue: asyncio.Queue[list[SourceRevision] | BaseException] = asyncio.Queue(
@@ -114,6 +125,8 @@ class Replayer:
                 skip = self._ckpt.split_done if rev == self._ckpt.split_revision else 0
             dkey = self._mapper.to_dest(ev.kv.key)
             if dkey is None:
+                if ev.kv.key == self._heartbeat_key and ev.type is EventType.PUT:
+                    out[-1].heartbeat = _parse_time(ev.kv.value)
                 continue
             if skip:
                 skip -= 1
@@ -141,6 +154,8 @@ class Replayer:
     # ---- writing the destination --------------------------------------------------------------
 
     async def _apply(self, ops: list[DestOp], ckpt: Checkpoint) -> None:
+        if self._heartbeat and not ckpt.split_revision:
+            ckpt = ckpt.advanced(ckpt.revision, source_time=self._heartbeat)
         data = ckpt.encode()
         guard = [Compare.value_(self._key, CompareResult.EQUAL, self._ckpt_bytes)]
         succeeded, _ = await self._dest.txn_succeeded(guard, [*ops, Put(self._key, data)])
@@ -198,6 +213,7 @@ class Replayer:
                 ops[op.key] = op
             size += rsize
             last = rev.revision
+            self._heartbeat = max(self._heartbeat, rev.heartbeat)
             self._pending.popleft()
         return list(ops.values()), last
 
