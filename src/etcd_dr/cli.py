@@ -7,6 +7,7 @@ Flag names follow etcdctl (source = etcdctl's global flags, destination = the sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Coroutine
@@ -132,6 +133,21 @@ def dest_prefix_of(kw: dict[str, Any]) -> bytes | None:
     return None if kw["dest_prefix"] is None else _b(kw["dest_prefix"])
 
 
+def duration(text: str, flag: str) -> float:
+    """'90', '90s', '5m', '1h' -> seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = text.strip().lower()
+    scale = units.get(t[-1:])
+    number = t[:-1] if scale else t
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise click.UsageError(f"{flag} {text!r}: expected a duration like 30s, 5m or 1h") from None
+    if value < 0:
+        raise click.UsageError(f"{flag} {text!r}: must not be negative")
+    return value
+
+
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 
@@ -177,6 +193,14 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option(
     "--inflight", type=int, default=8, show_default=True, help="Destination txns in flight during the copy."
 )
+@click.option("--metrics-addr", default=None, help="Serve Prometheus /metrics and /healthz on HOST:PORT.")
+@click.option("--verify-every", default=None, help="Verify source and destination every DURATION (e.g. 10m).")
+@click.option(
+    "--heartbeat-interval",
+    default="1s",
+    show_default=True,
+    help="Write a heartbeat on the source this often, for lag in seconds (0: never).",
+)
 def mirror(dest: str, **kw: Any) -> None:
     """Continuously mirror SOURCE (--endpoints) into DEST, exactly once, resumable."""
     from .mirror import Mirror
@@ -194,11 +218,19 @@ def mirror(dest: str, **kw: Any) -> None:
         leases=kw["leases"],
         state_prefix=_b(kw["state_prefix"]),
         timeout=kw["timeout"],
+        metrics_addr=kw["metrics_addr"],
+        verify_every=duration(kw["verify_every"], "--verify-every") if kw["verify_every"] else None,
+        heartbeat_interval=duration(kw["heartbeat_interval"], "--heartbeat-interval"),
     )
     from .progress import with_copy_progress
 
     mirror = Mirror(config)
-    result = run_async(with_copy_progress(mirror.stats, mirror.run()))
+    with contextlib.ExitStack() as stack:
+        if config.metrics_addr:
+            from .metrics import MetricsServer
+
+            stack.enter_context(MetricsServer(config.metrics_addr, mirror.stats))
+        result = run_async(with_copy_progress(mirror.stats, mirror.run()))
     log.info("done: source revision %d applied", result.checkpoint.revision)
 
 
@@ -236,6 +268,34 @@ def verify(dest: str, as_json: bool, **kw: Any) -> None:
         click.echo(result.summary())
     if not result.equal:
         raise SystemExit(CheckFailed.exit_code)
+
+
+@cli.command()
+@click.argument("dest")
+@source_options
+@dest_options
+@prefix_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def status(dest: str, as_json: bool, **kw: Any) -> None:
+    """Both clusters' health, the mirror's revisions, lag, checkpoint age and compaction headroom."""
+    import json
+
+    from .status import status as run_status
+
+    config = MirrorConfig(
+        source=source_config(kw),
+        dest=dest_config(dest, kw),
+        prefix=_b(kw["prefix"]),
+        dest_prefix=dest_prefix_of(kw),
+        excludes=tuple(_b(e) for e in kw["exclude"]),
+        state_prefix=_b(kw["state_prefix"]),
+    )
+    report = run_async(run_status(config))
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        for line in report.lines():
+            click.echo(line)
 
 
 @cli.command()
@@ -305,6 +365,99 @@ def pki_issue(
         cn=cn,
     )
     click.echo(f"wrote {paths.cert} and {paths.key}")
+
+
+@pki.command("check")
+@click.option(
+    "--endpoints", default=None, help="Endpoints whose server certificates to check, comma-separated."
+)
+@click.option("--cacert", type=click.Path(path_type=Path), default=None, help="The CA they must chain to.")
+@click.option(
+    "--cert", type=click.Path(path_type=Path), default=None, help="Client certificate (mutual TLS)."
+)
+@click.option("--key", type=click.Path(path_type=Path), default=None, help="Client key.")
+@click.option(
+    "--cert-file",
+    "cert_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Check this certificate file instead of endpoints (repeatable).",
+)
+@click.option("--hosts", default="", help="With --cert-file: IPs / DNS names the SANs must include.")
+@click.option("--warn-days", type=int, default=30, show_default=True, help="Warn when fewer days are left.")
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (a certificate expiring soon).")
+@click.option("--dial-timeout", type=float, default=5.0, show_default=True, help="Seconds to connect.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def pki_check(
+    endpoints: str | None,
+    cacert: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    cert_files: tuple[Path, ...],
+    hosts: str,
+    warn_days: int,
+    strict: bool,
+    dial_timeout: float,
+    as_json: bool,
+) -> None:
+    """Check expiry, SANs and chain of endpoints' certificates (or files): exit 0 good, 1 problem, 2 error."""
+    from . import pki_check as lib
+    from .errors import CheckFailed, UsageError
+
+    if bool(endpoints) == bool(cert_files):
+        raise UsageError("give --endpoints (check what members present) or --cert-file (check files)")
+    if cert_files:
+        if cert is not None or key is not None:
+            raise UsageError("--cert / --key are for --endpoints; with --cert-file give only --cacert")
+        report = lib.check_files(
+            cert_files,
+            cacert=cacert,
+            hosts=[h.strip() for h in hosts.split(",") if h.strip()],
+            warn_days=warn_days,
+            strict=strict,
+        )
+    else:
+        if hosts:
+            raise UsageError("--hosts is for --cert-file; with --endpoints each endpoint's host is checked")
+        assert endpoints is not None
+        report = lib.check_endpoints(
+            endpoints,
+            cacert=cacert,
+            cert=cert,
+            key=key,
+            warn_days=warn_days,
+            timeout=dial_timeout,
+            strict=strict,
+        )
+    if as_json:
+        click.echo(report.json_text())
+    else:
+        for line in lib.format_human(report):
+            click.echo(line)
+    if report.exit_code == 2:
+        raise EtcdDrError(report.first_problem() or "a certificate could not be read")
+    if report.exit_code == 1:
+        raise SystemExit(CheckFailed.exit_code)
+
+
+@cli.command("render")
+@click.argument("topology_file", metavar="TOPOLOGY.yaml", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write into.")
+@click.option("--force", is_flag=True, help="Overwrite files a previous render wrote.")
+def render_cmd(topology_file: Path, out: Path, force: bool) -> None:
+    """etcd configuration and systemd units for every member of both sites, the mirror's unit, pki.sh."""
+    from . import render as render_lib
+    from .topology import TopologyError, load_topology
+
+    try:
+        files = render_lib.render(load_topology(topology_file), source=str(topology_file))
+    except TopologyError as e:
+        if len(e.problems) > 1:
+            for line in e.problems:
+                click.echo(line, err=True)
+        raise
+    written = render_lib.write_rendered(files, out, force=force)
+    click.echo(f"wrote {len(written)} files under {out}; what to copy where: {out / 'README.txt'}")
 
 
 # ---- entry point -------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ class MirrorConfig:
     checkpoint_interval: float = 1.0
     # How often the mirror writes its heartbeat on the source (0: never), for lag in seconds.
     heartbeat_interval: float = 1.0
+    compaction_poll_interval: float = 30.0
+    verify_every: float | None = None  # seconds between periodic verifications (None: never)
     status_interval: float = 30.0
     metrics_addr: str | None = None
     extra: dict[str, str] = field(default_factory=dict)

@@ -10,6 +10,7 @@ next cycle starts again from what the destination's checkpoint says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -64,9 +65,13 @@ class Mirror:
     async def run(self) -> MirrorResult:
         async with EtcdClient(self.config.source) as source, EtcdClient(self.config.dest) as dest:
             await self._preflight(source, dest)
-            helpers = [asyncio.create_task(self._status_lines())]
-            if self.config.heartbeat_interval > 0:
-                helpers.append(asyncio.create_task(self._heartbeats(source)))
+            helpers = [
+                asyncio.create_task(self._status_lines()),
+                asyncio.create_task(self._compaction(source)),
+            ]
+            if self.config.verify_every:
+                helpers.append(asyncio.create_task(self._verify_periodically()))
+            helpers.append(asyncio.create_task(self._heartbeats(source)))
             try:
                 return await self._loop(source, dest)
             finally:
@@ -93,6 +98,7 @@ class Mirror:
             except TransientError as e:
                 self.stats.errors["unavailable"] += 1
                 now = time.monotonic()
+                self.stats.failing_since = self.stats.failing_since or now
                 failing_since = failing_since or now
                 if self.config.once and now - failing_since > self.config.timeout:
                     raise Unavailable(f"gave up after {self.config.timeout:g} s (--timeout): {e}") from e
@@ -188,6 +194,7 @@ class Mirror:
             on_progress=progress,
             progress_every=0.25,
             resync=previous is not None and previous.phase == REPLAY,
+            stats=self.stats,
         )
         done = self._new_checkpoint(revision, REPLAY)
         done_raw = await self._write_checkpoint(dest, start_raw, done)
@@ -313,16 +320,50 @@ class Mirror:
 
     async def _heartbeats(self, source: EtcdClient) -> None:
         """Write the time on the source every interval; the replay carries the newest one it applied
-        into the checkpoint, which gives the lag in seconds. Optional: without write access, skipped."""
+        into the checkpoint, which gives the lag in seconds. Optional: without write access, it only
+        follows the source's revision (which the watch alone under-reports when the mirror is behind)."""
+        # A one-shot run writes none: it would only add source revisions for itself to catch up on.
+        write = self.config.heartbeat_interval > 0 and not self.config.once
         while True:
             try:
-                await source.put(self._heartbeat_key, f"{time.time():.3f}".encode())
+                if write:
+                    put = await source.put(self._heartbeat_key, f"{time.time():.3f}".encode())
+                    revision = put.header.revision
+                else:
+                    revision = (await source.range(self._heartbeat_key, count_only=True)).header.revision
+                self.stats.source_revision = max(self.stats.source_revision, revision)
             except AuthError as e:
+                if not write:
+                    return
                 log.info("heartbeat: no write access on the source (%s); lag in seconds is not measured", e)
-                return
+                write = False
             except EtcdError as e:
                 log.debug("heartbeat: %s", e)
-            await asyncio.sleep(self.config.heartbeat_interval)
+            await asyncio.sleep(self.config.heartbeat_interval or 1.0)
+
+    async def _compaction(self, source: EtcdClient) -> None:
+        """Follow the source's compaction point, for the headroom before a re-copy would be needed."""
+        while True:
+            with contextlib.suppress(EtcdError):
+                self.stats.source_compact_revision = await source.compact_revision()
+            await asyncio.sleep(self.config.compaction_poll_interval)
+
+    async def _verify_periodically(self) -> None:
+        from ..verify import verify
+
+        assert self.config.verify_every
+        while True:
+            await asyncio.sleep(self.config.verify_every)
+            try:
+                result = await verify(self.config)
+            except EtcdError as e:
+                log.warning("periodic verify failed: %s", e)
+                continue
+            self.stats.verify_mismatch = len(result.missing) + len(result.extra) + len(result.different)
+            if result.equal:
+                log.info("periodic verify: %s", result.summary())
+            else:
+                log.warning("periodic verify: %s", result.summary())
 
     async def _status_lines(self) -> None:
         last_events = 0

@@ -158,7 +158,9 @@ class Replayer:
             ckpt = ckpt.advanced(ckpt.revision, source_time=self._heartbeat)
         data = ckpt.encode()
         guard = [Compare.value_(self._key, CompareResult.EQUAL, self._ckpt_bytes)]
+        started = time.monotonic()
         succeeded, _ = await self._dest.txn_succeeded(guard, [*ops, Put(self._key, data)])
+        self._stats.observe_txn(time.monotonic() - started)
         if not succeeded:
             raise Fenced(
                 f"the checkpoint {self._key.decode(errors='replace')} on the destination changed under the "
@@ -171,6 +173,7 @@ class Replayer:
         s.applied_events += len(ops)
         s.applied_txns += 1
         s.last_apply_time = time.time()
+        s.failing_since = None
 
     async def _apply_split(self, rev: SourceRevision) -> None:
         base = self._ckpt.split_done if self._ckpt.split_revision == rev.revision else 0

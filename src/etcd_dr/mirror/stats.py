@@ -6,6 +6,9 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+# Upper bounds (seconds) of the destination txn duration histogram; the last is +Inf.
+TXN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+
 
 @dataclass
 class MirrorStats:
@@ -17,12 +20,27 @@ class MirrorStats:
     resyncs: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     last_apply_time: float = 0.0  # time.time() of the last applied txn
+    source_compact_revision: int = 0
+    verify_mismatch: int | None = None  # differences found by the last periodic verify
+    failing_since: float | None = None  # monotonic time of the first error since the last progress
+    txn_buckets: list[int] = field(default_factory=lambda: [0] * len(TXN_BUCKETS))
+    txn_seconds_sum: float = 0.0
     copy_total: int = 0
     copy_done: int = 0
     started: float = field(default_factory=time.time)
 
     # (source revision, monotonic time the mirror received it) of received, not yet applied revisions.
     _unapplied: deque[tuple[int, float]] = field(default_factory=deque)
+
+    def observe_txn(self, seconds: float) -> None:
+        for i, bound in enumerate(TXN_BUCKETS):
+            if seconds <= bound:
+                self.txn_buckets[i] += 1
+        self.txn_seconds_sum += seconds
+
+    @property
+    def compaction_headroom(self) -> int:
+        return self.applied_revision + 1 - self.source_compact_revision
 
     @property
     def lag_revisions(self) -> int:

@@ -20,6 +20,7 @@ from ..etcd import Compare, Delete, EtcdClient, Put
 from .checkpoint import encode_key
 from .compare import Kind, compare_ranges
 from .keys import KeyMapper
+from .stats import MirrorStats
 
 log = logging.getLogger("etcd_dr.mirror")
 
@@ -48,8 +49,15 @@ class TxnPipeline:
     """
 
     def __init__(
-        self, dest: EtcdClient, guard: Sequence[Compare], max_ops: int, max_bytes: int, inflight: int
+        self,
+        dest: EtcdClient,
+        guard: Sequence[Compare],
+        max_ops: int,
+        max_bytes: int,
+        inflight: int,
+        stats: MirrorStats | None = None,
     ) -> None:
+        self._stats = stats
         self._dest = dest
         self._guard = list(guard)
         self._max_ops = max_ops
@@ -79,7 +87,12 @@ class TxnPipeline:
 
     async def _send(self, ops: list[Put | Delete]) -> None:
         try:
+            started = time.monotonic()
             succeeded, _ = await self._dest.txn_succeeded(self._guard, ops)
+            if self._stats is not None:
+                self._stats.observe_txn(time.monotonic() - started)
+                self._stats.applied_txns += 1
+                self._stats.failing_since = None
             if not succeeded:
                 raise Fenced("the mirror's checkpoint changed during the copy: another mirror is writing")
             self.txns += 1
@@ -116,6 +129,7 @@ async def diff_sync(
     on_progress: ProgressFn | None = None,
     progress_every: float = 1.0,
     resync: bool = False,
+    stats: MirrorStats | None = None,
 ) -> SyncResult:
     """Make dest's mapped range equal to source's range at `revision` (must be > 0).
 
@@ -126,7 +140,7 @@ async def diff_sync(
     level = logging.INFO if resync else logging.WARNING
     started = time.monotonic()
     result = SyncResult(revision=revision)
-    pipeline = TxnPipeline(dest, guard, max_txn_ops, max_txn_bytes, inflight)
+    pipeline = TxnPipeline(dest, guard, max_txn_ops, max_txn_bytes, inflight, stats)
     dst_key, dst_end = mapper.dest_range
     # The destination is read at one revision too, so the comparison is against a consistent view.
     dest_rev = (await dest.range(dst_key, dst_end, count_only=True)).header.revision

@@ -1,0 +1,143 @@
+"""Prometheus metrics and /healthz for a running mirror, read from its MirrorStats at scrape time
+(so nothing in the engine knows about Prometheus)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .errors import UsageError
+from .mirror.stats import TXN_BUCKETS, MirrorStats
+
+log = logging.getLogger("etcd_dr.metrics")
+
+# /healthz fails when received source revisions have waited this long, or the mirror has been failing
+# this long without progress.
+UNHEALTHY_AFTER = 30.0
+
+
+class MirrorCollector(Collector):
+    def __init__(self, stats: MirrorStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield _gauge(
+            "etcd_dr_lag_revisions", "Source revisions not yet applied to the destination.", s.lag_revisions
+        )
+        yield _gauge(
+            "etcd_dr_lag_seconds",
+            "How long the oldest received, unapplied source revision has waited (0 when caught up).",
+            s.lag_seconds,
+        )
+        yield _gauge(
+            "etcd_dr_applied_revision", "Last source revision applied to the destination.", s.applied_revision
+        )
+        yield _gauge("etcd_dr_source_revision", "Newest source revision seen.", s.source_revision)
+        yield _counter(
+            "etcd_dr_applied_events", "Source events applied to the destination.", s.applied_events
+        )
+        yield _counter("etcd_dr_applied_txns", "Destination txns applied.", s.applied_txns)
+        yield _counter(
+            "etcd_dr_resyncs",
+            "Copies made again because the source compacted past the checkpoint.",
+            s.resyncs,
+        )
+        errors = CounterMetricFamily(
+            "etcd_dr_errors", "Faults the mirror met and retried, by kind.", labels=["kind"]
+        )
+        for kind in ("unavailable", "compacted", "fenced"):
+            errors.add_metric([kind], s.errors.get(kind, 0))
+        yield errors
+        yield _gauge(
+            "etcd_dr_compaction_headroom_revisions",
+            "Revisions between the source's compaction point and the checkpoint; "
+            "at 0 a restarted mirror must copy again.",
+            s.compaction_headroom,
+        )
+        hist = HistogramMetricFamily("etcd_dr_txn_duration_seconds", "Duration of destination txns.")
+        buckets = [
+            (("+Inf" if b == float("inf") else repr(b)), c)
+            for b, c in zip(TXN_BUCKETS, s.txn_buckets, strict=True)
+        ]
+        hist.add_metric([], buckets, s.txn_seconds_sum)
+        yield hist
+        if s.verify_mismatch is not None:
+            yield _gauge(
+                "etcd_dr_verify_mismatch", "Differences found by the last periodic verify.", s.verify_mismatch
+            )
+        phase = GaugeMetricFamily(
+            "etcd_dr_phase", "The mirror's phase (1 for the current one).", labels=["phase"]
+        )
+        for p in ("starting", "copy", "replay"):
+            phase.add_metric([p], 1.0 if s.phase == p else 0.0)
+        yield phase
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def health(stats: MirrorStats) -> tuple[bool, str]:
+    if stats.phase not in ("copy", "replay"):
+        return False, f"not applying (phase {stats.phase})"
+    if stats.failing_since is not None and time.monotonic() - stats.failing_since > UNHEALTHY_AFTER:
+        return False, f"failing for {time.monotonic() - stats.failing_since:.0f} s without progress"
+    if stats.lag_seconds > UNHEALTHY_AFTER:
+        return False, f"source revisions have waited {stats.lag_seconds:.0f} s to be applied"
+    return True, f"ok: {stats.phase}, applied source revision {stats.applied_revision}"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz on HOST:PORT in a background thread."""
+
+    def __init__(self, addr: str, stats: MirrorStats) -> None:
+        host, sep, port = addr.rpartition(":")
+        if not sep or not port.isdigit():
+            raise UsageError(f"--metrics-addr {addr!r}: expected HOST:PORT")
+        host = host.strip("[]") or "0.0.0.0"
+        registry = CollectorRegistry()
+        registry.register(MirrorCollector(stats))
+        metrics_app = make_wsgi_app(registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") == "/healthz":
+                ok, text = health(stats)
+                start_response(
+                    "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+                )
+                return [text.encode() + b"\n"]
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+        try:
+            self._server: WSGIServer = make_server(host, int(port), app, handler_class=_QuietHandler)
+        except OSError as e:
+            raise UsageError(f"--metrics-addr {addr}: cannot listen: {e.strerror}") from None
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+
+    def __enter__(self) -> MetricsServer:
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", *self._server.server_address[:2])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

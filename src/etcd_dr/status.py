@@ -1,0 +1,189 @@
+"""`etcd-dr status`: both clusters' health, and where the mirror stands: revisions, lag in revisions
+and seconds, checkpoint age, and the headroom left before the source compacts the checkpoint away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import MirrorConfig
+from .etcd import EtcdClient, EtcdError, Status
+from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key
+from .mirror.keys import KeyMapper
+
+
+@dataclass
+class MemberState:
+    endpoint: str
+    healthy: bool
+    version: str = ""
+    member_id: int = 0
+    is_leader: bool = False
+    revision: int = 0
+    db_size: int = 0
+    error: str = ""
+
+
+@dataclass
+class ClusterState:
+    role: str  # "source" / "destination"
+    endpoints: str
+    cluster_id: int = 0
+    revision: int = 0
+    compact_revision: int = 0
+    members: list[MemberState] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return any(m.healthy for m in self.members) and all(m.healthy for m in self.members)
+
+
+@dataclass
+class StatusReport:
+    source: ClusterState
+    dest: ClusterState
+    checkpoint: Checkpoint | None = None
+    now: float = field(default_factory=time.time)
+
+    @property
+    def applied_revision(self) -> int | None:
+        return self.checkpoint.revision if self.checkpoint and self.checkpoint.phase == REPLAY else None
+
+    @property
+    def lag_revisions(self) -> int | None:
+        applied = self.applied_revision
+        return None if applied is None else max(0, self.source.revision - applied)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        """0 when every source revision is applied; else how old the newest applied heartbeat is."""
+        if self.lag_revisions is None:
+            return None
+        if self.lag_revisions == 0:
+            return 0.0
+        if self.checkpoint is None or not self.checkpoint.source_time:
+            return None
+        return max(0.0, self.now - self.checkpoint.source_time)
+
+    @property
+    def checkpoint_age(self) -> float | None:
+        return None if self.checkpoint is None else max(0.0, self.now - self.checkpoint.updated)
+
+    @property
+    def compaction_headroom(self) -> int | None:
+        """Revisions between the source's compaction point and the checkpoint: at 0 or below, a
+        restarted mirror cannot resume and must copy again."""
+        applied = self.applied_revision
+        return None if applied is None else applied + 1 - self.source.compact_revision
+
+    def to_json(self) -> dict[str, Any]:
+        def cluster(c: ClusterState) -> dict[str, Any]:
+            return {
+                "endpoints": c.endpoints,
+                "cluster_id": f"{c.cluster_id:x}",
+                "revision": c.revision,
+                "compact_revision": c.compact_revision,
+                "healthy": c.healthy,
+                "members": [
+                    {
+                        "endpoint": m.endpoint,
+                        "healthy": m.healthy,
+                        "version": m.version,
+                        "member_id": f"{m.member_id:x}",
+                        "leader": m.is_leader,
+                        "revision": m.revision,
+                        "db_size": m.db_size,
+                        "error": m.error,
+                    }
+                    for m in c.members
+                ],
+            }
+
+        ck = self.checkpoint
+        return {
+            "source": cluster(self.source),
+            "destination": cluster(self.dest),
+            "checkpoint": None
+            if ck is None
+            else {
+                "phase": ck.phase,
+                "revision": ck.revision,
+                "source_prefix": encode_key(ck.source_prefix),
+                "dest_prefix": encode_key(ck.dest_prefix),
+                "updated": ck.updated,
+                "source_time": ck.source_time or None,
+            },
+            "applied_revision": self.applied_revision,
+            "lag_revisions": self.lag_revisions,
+            "lag_seconds": self.lag_seconds,
+            "checkpoint_age_seconds": self.checkpoint_age,
+            "compaction_headroom_revisions": self.compaction_headroom,
+        }
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for c in (self.source, self.dest):
+            out.append(
+                f"{c.role}: cluster {c.cluster_id:x}, revision {c.revision}, "
+                f"compacted at {c.compact_revision}, {'healthy' if c.healthy else 'UNHEALTHY'}"
+            )
+            for m in c.members:
+                if m.healthy:
+                    lead = ", leader" if m.is_leader else ""
+                    out.append(f"  {m.endpoint}: etcd {m.version}, revision {m.revision}{lead}")
+                else:
+                    out.append(f"  {m.endpoint}: DOWN ({m.error})")
+        ck = self.checkpoint
+        if ck is None:
+            out.append("mirror: no checkpoint on the destination (no mirror has run for this prefix)")
+        elif ck.phase != REPLAY:
+            out.append(f"mirror: initial copy in progress at source revision {ck.revision}")
+        else:
+            secs = self.lag_seconds
+            lag_s = "unknown (no heartbeat)" if secs is None else f"{secs:.1f} s"
+            age = self.checkpoint_age or 0.0
+            out.append(
+                f"mirror: applied source revision {ck.revision}; lag {self.lag_revisions} revisions, "
+                f"{lag_s}; checkpoint written {age:.1f} s ago"
+            )
+            out.append(f"compaction headroom: {self.compaction_headroom} revisions before a re-copy")
+        return out
+
+
+async def _cluster_state(client: EtcdClient, role: str) -> ClusterState:
+    state = ClusterState(role=role, endpoints=client.config.endpoints_text)
+    statuses = await client.statuses()
+    for ep, st in statuses.items():
+        if isinstance(st, Status):
+            state.members.append(
+                MemberState(str(ep), True, st.version, st.member_id, st.is_leader, st.revision, st.db_size)
+            )
+            state.cluster_id = st.cluster_id
+        else:
+            state.members.append(MemberState(str(ep), False, error=str(st)))
+    head = await client.range(b"\0", b"\0", count_only=True)
+    state.cluster_id = head.header.cluster_id
+    state.revision = head.header.revision
+    state.compact_revision = await client.compact_revision(state.revision)
+    return state
+
+
+async def status(config: MirrorConfig) -> StatusReport:
+    mapper = KeyMapper.create(
+        config.prefix, config.effective_dest_prefix, config.excludes, config.state_prefix
+    )
+    async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
+        src, dst = await asyncio.gather(_cluster_state(source, "source"), _cluster_state(dest, "destination"))
+        key = checkpoint_key(config.state_prefix, src.cluster_id, config.prefix, mapper.dest_prefix)
+        kv = await dest.get(key)
+        ckpt: Checkpoint | None = None
+        if kv is not None:
+            try:
+                ckpt = Checkpoint.decode(kv.value)
+            except (ValueError, KeyError) as e:
+                raise EtcdError(
+                    f"the checkpoint {encode_key(key)} on the destination is not readable: {e}"
+                ) from None
+        return StatusReport(src, dst, ckpt)
