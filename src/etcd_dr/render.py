@@ -1,0 +1,600 @@
+"""`etcd-dr render`: etcd configuration, systemd units, certificate script and install notes for every
+member of both sites of a topology (see topology.py).
+
+Output, under the --out directory::
+
+    README.txt                          what to run and copy where, host by host
+    <site>/pki.sh                       the `etcd-dr pki init/issue` commands for the site's certificates
+    <site>/<member>/etcd.conf.yml       etcd's configuration file (`etcd --config-file`)
+    <site>/<member>/etcd.service        systemd unit: Type=notify, Restart=always, LimitNOFILE=65536
+    <mirror site>/etcd-dr-mirror.service  systemd unit running `etcd-dr mirror` primary -> standby
+
+Every site has its own CA; a member trusts only its own site's CA (client and peer mutual TLS). The
+host running the mirror needs a CA and a client certificate of *both* sites: the cross-site client
+certificate bundles, made by each site's pki.sh (pki/<site>/ca.pem, mirror.pem, mirror-key.pem).
+
+Everything is computed first, then checked, then written: a refusal writes nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from . import pki
+from .errors import UsageError
+from .topology import Member, Site, Topology, TopologyError, expand, is_ip
+
+__all__ = [
+    "MIRROR_CLIENT_CN",
+    "CertRequest",
+    "Copy",
+    "RenderedFile",
+    "etcd_config",
+    "install_plan",
+    "make_pki",
+    "mirror_argv",
+    "pki_plan",
+    "render",
+    "write_rendered",
+]
+
+# The mirror's client certificates' CN: with etcd auth enabled it is the user the mirror acts as.
+MIRROR_CLIENT_CN = "etcd-dr-mirror"
+MIRROR_UNIT = "etcd-dr-mirror.service"
+RESTART_SEC = 5
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: PurePosixPath  # relative to the --out directory
+    content: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class CertRequest:
+    """One `etcd-dr pki issue` of a site's pki.sh."""
+
+    site: str
+    profile: str  # server | peer | client
+    name: str  # pki/<site>/<name>.pem and <name>-key.pem
+    hosts: tuple[str, ...]
+    cn: str
+    member: str | None = None
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A file to put on a host: `source` is relative to the --out directory."""
+
+    source: str
+    host: str
+    dest: str
+    site: str  # the site of the host it goes to
+    member: str | None  # None: the mirror host
+    private: bool = False  # a private key (mode 0600)
+
+
+# ---------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _url(host: str, port: int) -> str:
+    return f"https://{_url_host(host)}:{port}"
+
+
+def _member_paths(site_name: str, site: Site, member: Member) -> dict[str, str]:
+    def m(template: str) -> str:
+        return expand(template, site=site_name, member=member.name)
+
+    return {
+        "server_ca": m(site.tls.server.ca),
+        "server_cert": m(site.tls.server.cert),
+        "server_key": m(site.tls.server.key),
+        "peer_ca": m(site.tls.peer.ca),
+        "peer_cert": m(site.tls.peer.cert),
+        "peer_key": m(site.tls.peer.key),
+    }
+
+
+def _client_paths(site_name: str, site: Site) -> tuple[str, str, str]:
+    t = site.tls.mirror_client
+    return (
+        expand(t.ca, site=site_name),
+        expand(t.cert, site=site_name),
+        expand(t.key, site=site_name),
+    )
+
+
+def config_file_of(site_name: str, site: Site, member: Member) -> str:
+    """Where the member's etcd.conf.yml goes on its host."""
+    return expand(site.config_file, site=site_name, member=member.name)
+
+
+def unit_of(site_name: str, site: Site, member: Member) -> str:
+    """The member's systemd unit name on its host."""
+    return expand(site.unit_name, site=site_name, member=member.name)
+
+
+def client_endpoints(site: Site) -> list[str]:
+    """The members' client URLs (not client_dns: that name moves between the sites on failover)."""
+    return [_url(m.host, m.client_port) for m in site.members]
+
+
+def _cluster_token(site_name: str, site: Site) -> str:
+    return site.cluster_token if site.cluster_token is not None else f"etcd-{site_name}"
+
+
+def _systemd_arg(arg: str) -> str:
+    """Quote one ExecStart argument: systemd expands %specifiers and $VARIABLES, and splits on
+    whitespace; double quotes with C escapes keep the argument as it is."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if arg == "" or re.search(r"[\s\"'\\;]", arg):
+        arg = '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return arg
+
+
+def _exec_start(argv: Sequence[str], groups: Sequence[int] = ()) -> str:
+    """ExecStart=... with a line continuation before each index in `groups` (readability)."""
+    out = "ExecStart="
+    for i, arg in enumerate(argv):
+        if i > 0:
+            out += " \\\n    " if i in groups else " "
+        out += _systemd_arg(arg)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# etcd configuration and unit
+
+
+def etcd_config(topology: Topology, site_name: str, member: Member) -> dict[str, Any]:
+    """etcd's configuration-file settings for one member (keys as in etcd's etcd.conf.yml.sample)."""
+    site = topology.sites[site_name]
+    paths = _member_paths(site_name, site, member)
+    listen = member.effective_listen_ip
+    config: dict[str, Any] = {
+        "name": member.name,
+        "data-dir": member.effective_data_dir,
+        "listen-client-urls": _url(listen, member.client_port),
+        "advertise-client-urls": _url(member.host, member.client_port),
+        "listen-peer-urls": _url(listen, member.peer_port),
+        "initial-advertise-peer-urls": _url(member.host, member.peer_port),
+        "initial-cluster": ",".join(f"{m.name}={_url(m.host, m.peer_port)}" for m in site.members),
+        "initial-cluster-token": _cluster_token(site_name, site),
+        # Only read when the data dir is empty: restarts of a bootstrapped member ignore it.
+        "initial-cluster-state": "new",
+        "client-transport-security": {
+            "cert-file": paths["server_cert"],
+            "key-file": paths["server_key"],
+            "client-cert-auth": True,
+            "trusted-ca-file": paths["server_ca"],
+        },
+        "peer-transport-security": {
+            "cert-file": paths["peer_cert"],
+            "key-file": paths["peer_key"],
+            "client-cert-auth": True,
+            "trusted-ca-file": paths["peer_ca"],
+        },
+        # zap on both 3.4 and 3.5 (3.4's default logger is deprecated); stderr goes to the journal.
+        "logger": "zap",
+        "log-outputs": ["stderr"],
+    }
+    config.update(site.extra_flags)
+    return config
+
+
+def _etcd_conf_text(topology: Topology, site_name: str, member: Member, source: str) -> str:
+    where = config_file_of(site_name, topology.sites[site_name], member)
+    header = (
+        f"# etcd configuration of member {member.name} of site {site_name} ({member.host}).\n"
+        f"# Rendered by `etcd-dr render {source}`; install as {where}.\n"
+        "# etcd reads only this file when started with --config-file: flags and ETCD_* variables are\n"
+        "# ignored, so extra settings belong in the topology's extra_flags.\n"
+    )
+    body = yaml.safe_dump(etcd_config(topology, site_name, member), sort_keys=False, default_flow_style=False)
+    return header + body
+
+
+def _etcd_unit_text(topology: Topology, site_name: str, member: Member, source: str) -> str:
+    site = topology.sites[site_name]
+    lines = [
+        f"# etcd member {member.name} of site {site_name}: install as "
+        f"/etc/systemd/system/{unit_of(site_name, site, member)}",
+        f"# on {member.host}. Rendered by `etcd-dr render {source}`.",
+        "[Unit]",
+        f"Description=etcd member {member.name} (site {site_name})",
+        "Documentation=https://etcd.io/docs",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        # etcd tells systemd when it serves clients (after joining its cluster).
+        "Type=notify",
+    ]
+    if site.service_user is not None:
+        lines.append(f"User={site.service_user}")
+    lines += [
+        _exec_start([site.etcd_binary, "--config-file", config_file_of(site_name, site, member)]),
+        "Restart=always",
+        f"RestartSec={RESTART_SEC}",
+        "LimitNOFILE=65536",
+        # A new member waits for its peers before it notifies: do not give up on it early.
+        "TimeoutStartSec=0",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the mirror
+
+
+def mirror_argv(topology: Topology) -> list[str]:
+    """The `etcd-dr mirror` command line the mirror unit runs: primary -> standby."""
+    src_name, dst_name = topology.primary, topology.standby
+    src, dst = topology.sites[src_name], topology.sites[dst_name]
+    s_ca, s_cert, s_key = _client_paths(src_name, src)
+    d_ca, d_cert, d_key = _client_paths(dst_name, dst)
+    m = topology.mirror
+    argv = [
+        m.etcd_dr_binary,
+        "mirror",
+        ",".join(client_endpoints(dst)),
+        "--endpoints",
+        ",".join(client_endpoints(src)),
+        "--cacert",
+        s_ca,
+        "--cert",
+        s_cert,
+        "--key",
+        s_key,
+        "--dest-cacert",
+        d_ca,
+        "--dest-cert",
+        d_cert,
+        "--dest-key",
+        d_key,
+    ]
+    if m.prefix:
+        argv += ["--prefix", m.prefix]
+    if m.dest_prefix is not None:
+        if m.dest_prefix == "":
+            if m.prefix:
+                argv.append("--no-dest-prefix")
+        elif m.dest_prefix != m.prefix:
+            argv += ["--dest-prefix", m.dest_prefix]
+    for e in m.exclude:
+        argv += ["--exclude", e]
+    argv += ["--state-prefix", m.state_prefix]
+    argv += m.extra_args
+    return argv
+
+
+def _mirror_unit_text(topology: Topology, source: str) -> str:
+    argv = mirror_argv(topology)
+    # One continuation line per group: DEST, source, source TLS, destination TLS, prefixes, extra.
+    groups = [2, 3]
+    groups += [
+        i
+        for i, a in enumerate(argv)
+        if a in ("--cacert", "--dest-cacert", "--prefix", "--exclude", "--state-prefix")
+    ]
+    if topology.mirror.extra_args:
+        groups.append(len(argv) - len(topology.mirror.extra_args))
+    lines = [
+        f"# etcd-dr mirror, site {topology.primary} -> site {topology.standby}: install as",
+        f"# /etc/systemd/system/{MIRROR_UNIT} on {topology.mirror_host} (site {topology.mirror_site}).",
+        f"# Rendered by `etcd-dr render {source}`.",
+        "[Unit]",
+        f"Description=etcd-dr mirror {topology.primary} -> {topology.standby}",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=simple",
+    ]
+    if topology.mirror.service_user is not None:
+        lines.append(f"User={topology.mirror.service_user}")
+    lines += [
+        _exec_start(argv, sorted(set(groups))),
+        "Restart=always",
+        f"RestartSec={RESTART_SEC}",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# certificates
+
+
+def _san_hosts(*hosts: str | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for h in hosts:
+        if h is None:
+            continue
+        if is_ip(h) and ipaddress.ip_address(h).is_unspecified:
+            continue
+        if h.lower() not in (x.lower() for x in out):
+            out.append(h)
+    return tuple(out)
+
+
+def pki_plan(topology: Topology) -> dict[str, list[CertRequest]]:
+    """Per site: the certificates its pki.sh issues (after `pki init`), in order."""
+    plan: dict[str, list[CertRequest]] = {}
+    for site_name, site in topology.sites.items():
+        reqs: list[CertRequest] = []
+        for m in site.members:
+            listen = m.listen_ip
+            reqs.append(
+                CertRequest(
+                    site_name,
+                    "server",
+                    f"{m.name}-server",
+                    # The member's address, the site's client name, and loopback for etcdctl on the host.
+                    _san_hosts(m.host, listen, site.client_dns, "localhost", "127.0.0.1"),
+                    m.name,
+                    m.name,
+                )
+            )
+            reqs.append(
+                CertRequest(site_name, "peer", f"{m.name}-peer", _san_hosts(m.host, listen), m.name, m.name)
+            )
+        reqs.append(CertRequest(site_name, "client", "mirror", (), MIRROR_CLIENT_CN))
+        plan[site_name] = reqs
+    return plan
+
+
+def make_pki(topology: Topology, pki_root: Path, *, days: int = 3650) -> None:
+    """Do what every site's pki.sh does, with etcd_dr.pki: PKI_ROOT/<site>/{ca,<member>-server,...}."""
+    for site_name, reqs in pki_plan(topology).items():
+        d = Path(pki_root) / site_name
+        pki.init_ca(d, cn=f"{site_name} etcd CA")
+        for r in reqs:
+            pki.issue(d, profile=r.profile, name=r.name, hosts=r.hosts, cn=r.cn, days=days)
+
+
+def _pki_script(topology: Topology, site_name: str, source: str) -> str:
+    q = shlex.quote
+    lines = [
+        "#!/bin/sh",
+        f"# Certificates of site {site_name}: its CA, a server and a peer certificate per member, and the",
+        "# client certificate the mirror uses to reach this site. Run once, on a trusted machine, from the",
+        "# directory `etcd-dr render` wrote (see README.txt); existing files are never overwritten.",
+        f"# Rendered by `etcd-dr render {source}`.",
+        "set -eu",
+        'ETCD_DR="${ETCD_DR:-etcd-dr}"',
+        f'PKI_DIR="${{1:-pki/{site_name}}}"',
+        f'"$ETCD_DR" pki init --dir "$PKI_DIR" --cn {q(f"{site_name} etcd CA")}',
+    ]
+    for r in pki_plan(topology)[site_name]:
+        cmd = f'"$ETCD_DR" pki issue --dir "$PKI_DIR" --profile {r.profile} --name {q(r.name)} --cn {q(r.cn)}'
+        if r.hosts:
+            cmd += f" --hosts {q(','.join(r.hosts))}"
+        lines.append(cmd)
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# what goes where
+
+
+def install_plan(topology: Topology) -> list[Copy]:
+    """Every file to copy to a host: certificates (from pki/<site>/), configuration and units."""
+    plan: list[Copy] = []
+    for site_name, site in topology.sites.items():
+        for m in site.members:
+            p = _member_paths(site_name, site, m)
+            pki_dir = f"pki/{site_name}"
+            copies = [
+                (f"{pki_dir}/ca.pem", p["server_ca"], False),
+                *([(f"{pki_dir}/ca.pem", p["peer_ca"], False)] if p["peer_ca"] != p["server_ca"] else []),
+                (f"{pki_dir}/{m.name}-server.pem", p["server_cert"], False),
+                (f"{pki_dir}/{m.name}-server-key.pem", p["server_key"], True),
+                (f"{pki_dir}/{m.name}-peer.pem", p["peer_cert"], False),
+                (f"{pki_dir}/{m.name}-peer-key.pem", p["peer_key"], True),
+                (f"{site_name}/{m.name}/etcd.conf.yml", config_file_of(site_name, site, m), False),
+                (
+                    f"{site_name}/{m.name}/etcd.service",
+                    f"/etc/systemd/system/{unit_of(site_name, site, m)}",
+                    False,
+                ),
+            ]
+            plan += [Copy(src, m.host, dest, site_name, m.name, private) for src, dest, private in copies]
+    # The cross-site client certificate bundles: the mirror host reaches both sites.
+    host = topology.mirror_host
+    for site_name, site in topology.sites.items():
+        ca, cert, key = _client_paths(site_name, site)
+        plan.append(Copy(f"pki/{site_name}/ca.pem", host, ca, topology.mirror_site, None))
+        plan.append(Copy(f"pki/{site_name}/mirror.pem", host, cert, topology.mirror_site, None))
+        plan.append(Copy(f"pki/{site_name}/mirror-key.pem", host, key, topology.mirror_site, None, True))
+    plan.append(
+        Copy(
+            f"{topology.mirror_site}/{MIRROR_UNIT}",
+            host,
+            f"/etc/systemd/system/{MIRROR_UNIT}",
+            topology.mirror_site,
+            None,
+        )
+    )
+    return plan
+
+
+def _check_plan(topology: Topology, plan: Sequence[Copy], source: str) -> None:
+    """Two different files must not land on the same path of one host (members sharing a host need
+    {member} in their TLS paths, and data dirs of their own)."""
+    problems: list[str] = []
+    seen: dict[tuple[str, str], str] = {}
+    for c in plan:
+        key = (c.host.lower(), c.dest)
+        if key in seen and seen[key] != c.source:
+            problems.append(
+                f"{source}: {c.dest} on host {c.host} would receive both {seen[key]} and {c.source}: "
+                "give the members sharing this host paths of their own (e.g. with {member})"
+            )
+        seen.setdefault(key, c.source)
+    dirs: dict[tuple[str, str], str] = {}
+    for site_name, site in topology.sites.items():
+        for m in site.members:
+            key = (m.host.lower(), m.effective_data_dir)
+            here = f"sites.{site_name}.members {m.name}"
+            if key in dirs:
+                problems.append(
+                    f"{source}: {here}: data dir {m.effective_data_dir} on host {m.host} is also "
+                    f"the data dir of {dirs[key]}"
+                )
+            dirs.setdefault(key, here)
+    if problems:
+        raise TopologyError(problems)
+
+
+def _readme(topology: Topology, plan: Sequence[Copy], source: str) -> str:
+    primary, standby, ms = topology.primary, topology.standby, topology.mirror_site
+    other = primary if ms == standby else standby
+    out = [
+        f"Rendered by `etcd-dr render {source}`.",
+        "",
+        f'Two etcd sites: "{primary}" (primary) and "{standby}" (standby), each with its own CA and',
+        "mutual TLS for clients and peers. etcd-dr mirror copies the primary into the standby; it runs at",
+        f'site "{ms}" on host {topology.mirror_host}.',
+        "",
+        "1. Certificates. In this directory, on a trusted machine, once per site:",
+    ]
+    for s in topology.sites:
+        out.append(f"     sh {s}/pki.sh          # writes pki/{s}/ (keys 0600)")
+    out += [
+        "   (ETCD_DR=/path/to/etcd-dr if it is not on PATH.) Each site's CA signs its members' server and",
+        "   peer certificates and one client certificate for the mirror "
+        f"(CN {MIRROR_CLIENT_CN}; with etcd auth on,",
+        "   that is the user the mirror acts as).",
+        "",
+        "2. Copy to each member host (private keys mode 0600, owned by the user etcd runs as):",
+    ]
+    by_host: dict[tuple[str, str, str | None], list[Copy]] = {}
+    for c in plan:
+        by_host.setdefault((c.site, c.host, c.member), []).append(c)
+    for (site_of, host, member), copies in by_host.items():
+        if member is None:
+            continue
+        out.append(f"   site {site_of}, member {member}, host {host}:")
+        width = max(len(c.source) for c in copies)
+        out += [f"     {c.source.ljust(width)}  ->  {c.dest}" for c in copies]
+    out += [
+        "",
+        f"3. The cross-site client certificate bundles, to the mirror host {topology.mirror_host} "
+        f"(site {ms}):",
+        "   it needs a CA and a client certificate of BOTH sites; the ones of site "
+        f'"{other}" come from the other site.',
+    ]
+    for (_site, _host, member), copies in by_host.items():
+        if member is not None:
+            continue
+        width = max(len(c.source) for c in copies)
+        out += [f"     {c.source.ljust(width)}  ->  {c.dest}" for c in copies]
+    out += [
+        f'   For failback (the mirror running {standby} -> {primary}), site "{other}" needs the same two',
+        "   bundles on the host that will run the mirror then.",
+        "",
+        "4. Start. A new member waits for its peers, so start all members of a site together:",
+        "     systemctl daemon-reload && systemctl enable --now --no-block "
+        + " ".join(sorted({unit_of(n, s, m) for n, s in topology.sites.items() for m in s.members})),
+        "   then, on the mirror host:",
+        f"     systemctl daemon-reload && systemctl enable --now {MIRROR_UNIT}",
+        "",
+        "5. Check the certificates the members present (expiry, SANs, chain):",
+    ]
+    for site_name, site in topology.sites.items():
+        ca, cert, key = _client_paths(site_name, site)
+        out.append(
+            f"     etcd-dr pki check --endpoints {','.join(client_endpoints(site))} "
+            f"--cacert {ca} --cert {cert} --key {key}"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# render and write
+
+
+def render(topology: Topology, *, source: str = "topology.yaml") -> list[RenderedFile]:
+    """Every file of the rendered output, computed and checked, nothing written."""
+    plan = install_plan(topology)
+    _check_plan(topology, plan, source)
+    files: list[RenderedFile] = []
+    for site_name, site in topology.sites.items():
+        files.append(
+            RenderedFile(PurePosixPath(site_name, "pki.sh"), _pki_script(topology, site_name, source), 0o755)
+        )
+        for m in site.members:
+            d = PurePosixPath(site_name, m.name)
+            files.append(RenderedFile(d / "etcd.conf.yml", _etcd_conf_text(topology, site_name, m, source)))
+            files.append(RenderedFile(d / "etcd.service", _etcd_unit_text(topology, site_name, m, source)))
+    files.append(
+        RenderedFile(PurePosixPath(topology.mirror_site, MIRROR_UNIT), _mirror_unit_text(topology, source))
+    )
+    files.append(RenderedFile(PurePosixPath("README.txt"), _readme(topology, plan, source)))
+    return files
+
+
+def write_rendered(files: Sequence[RenderedFile], out: Path, *, force: bool = False) -> list[Path]:
+    """Write the files under OUT. Existing files are refused (all targets are checked before anything
+    is written) unless `force`; returns the paths written."""
+    out = Path(out)
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    targets = [out.joinpath(*f.path.parts) for f in files]
+    for t in targets:
+        # A parent that is a file (or a target that is a directory) cannot be fixed by --force.
+        for parent in t.relative_to(out).parents:
+            p = out / parent
+            if parent != Path(".") and os.path.lexists(p) and not p.is_dir():
+                raise UsageError(f"--out {out}: {p} exists and is not a directory")
+        if t.is_dir():
+            raise UsageError(f"--out {out}: {t} is a directory")
+    existing = [t for t in targets if os.path.lexists(t)]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise UsageError(
+            f"--out {out}: {existing[0]} already exists{more}; nothing written (use --force to overwrite)"
+        )
+    written: list[Path] = []
+    for f, t in zip(files, targets, strict=True):
+        try:
+            t.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=t.parent, prefix=f".{t.name}.")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(f.content)
+                os.chmod(tmp, f.mode)
+                os.replace(tmp, t)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write {t}: {e.strerror or e}") from None
+        written.append(t)
+    return written
