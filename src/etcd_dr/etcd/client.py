@@ -44,6 +44,23 @@ _AUTH = "/etcdserverpb.Auth/"
 _PERM_NAMES = {0: "read", 1: "write", 2: "readwrite"}
 
 
+# Keys are compared as numbers over their first _KEY_WIDTH bytes to guess page bounds.
+_KEY_WIDTH = 24
+
+
+def _key_int(key: bytes) -> int:
+    return int.from_bytes(key[:_KEY_WIDTH].ljust(_KEY_WIDTH, b"\0"), "big")
+
+
+def _bound_after(start: bytes, span: int) -> bytes | None:
+    """A key about `span` past `start`, strictly greater than it (None when past the number range)."""
+    n = _key_int(start) + span
+    if n >= 1 << (8 * _KEY_WIDTH):
+        return None
+    guess = n.to_bytes(_KEY_WIDTH, "big").rstrip(b"\0")
+    return guess if guess > start else None
+
+
 class EtcdClient:
     """An etcd v3 client over one gRPC channel at a time, moving between endpoints on failure.
 
@@ -123,24 +140,27 @@ class EtcdClient:
         order; each page's header.revision is that revision. Raises CompactedError if the revision is
         compacted while paging (the caller then starts over at a newer revision).
 
-        etcd walks the whole rest of the range on every limited request (to count it), so fewer, larger
-        pages are much cheaper: with `page_bytes`, the page grows up to `page_size` keys while keeping
-        about `page_bytes` of keys and values per page, judged by the pages so far.
+        etcd walks the WHOLE rest of the requested range on every limited request (to count it), so
+        plain paging costs O(n^2 / page). Each request after the first is therefore bounded: its
+        range_end is a guess, from the key density seen so far, of where one page's worth of keys ends;
+        a short page just continues from that bound. With `page_bytes`, the page grows up to
+        `page_size` keys while keeping about `page_bytes` of keys and values per page.
         """
         if page_size <= 0:
             raise ValueError("page_size must be positive")
         limit = min(page_size, 1000) if page_bytes else page_size
         start = key
+        span: int | None = None  # estimated key-space width (as _key_int) of one page
+        first = True
         while True:
-            page = await self.range(
-                start,
-                range_end,
-                revision=revision,
-                limit=limit,
-                keys_only=keys_only,
-                # No sort order: etcd returns keys in key order anyway, and any explicit sort makes it
-                # read the WHOLE rest of the range for every page before cutting it to the limit.
-            )
+            bound = range_end
+            if span is not None and range_end:
+                guess = _bound_after(start, span)
+                if guess is not None and (range_end == b"\0" or guess < range_end):
+                    bound = guess
+            page = await self.range(start, bound, revision=revision, limit=limit, keys_only=keys_only)
+            # No sort order is asked for: etcd returns keys in key order anyway, and any explicit sort
+            # makes it read the whole rest of the range before cutting it to the limit.
             if revision == 0:
                 revision = page.header.revision
             elif page.header.revision != revision:
@@ -151,14 +171,26 @@ class EtcdClient:
                     page.more,
                     page.count,
                 )
-            yield page
-            if not page.more or not page.kvs:
+            if page.kvs or first:
+                yield page  # the first page always (it tells the revision), then only pages with keys
+            first = False
+            if page.more:
+                # A full page inside [start, bound): the next one starts after its last key, and one
+                # page's width is about what this one covered.
+                first, last = page.kvs[0].key, page.kvs[-1].key
+                span = max(1, _key_int(last) - _key_int(first))
+                start = last + b"\0"
+            elif bound == range_end:
                 return
-            if page_bytes:
+            else:
+                # [start, bound) held less than a page: go on from the bound, with a wider guess.
+                width = max(1, _key_int(bound) - _key_int(start))
+                grow = min(16.0, limit / max(len(page.kvs), 1))
+                span = max(1, int(width * grow))
+                start = bound
+            if page_bytes and page.kvs:
                 size = sum(len(kv.key) + len(kv.value) for kv in page.kvs)
                 limit = max(1, min(page_size, page_bytes * len(page.kvs) // max(size, 1)))
-            # The smallest key after the last one returned.
-            start = page.kvs[-1].key + b"\0"
 
     async def compact_revision(self, current: int = 0) -> int:
         """The compaction point: the oldest revision still readable (0 when nothing was compacted).
