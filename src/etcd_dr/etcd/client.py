@@ -177,8 +177,8 @@ class EtcdClient:
             if page.more:
                 # A full page inside [start, bound): the next one starts after its last key, and one
                 # page's width is about what this one covered.
-                first, last = page.kvs[0].key, page.kvs[-1].key
-                span = max(1, _key_int(last) - _key_int(first))
+                lowest, last = page.kvs[0].key, page.kvs[-1].key
+                span = max(1, _key_int(last) - _key_int(lowest))
                 start = last + b"\0"
             elif bound == range_end:
                 return
