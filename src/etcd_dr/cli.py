@@ -148,6 +148,19 @@ def duration(text: str, flag: str) -> float:
     return value
 
 
+def pair_config(dest: str, kw: dict[str, Any], **options: Any) -> MirrorConfig:
+    """The source/destination pair and key mapping that mirror, verify and status share."""
+    return MirrorConfig(
+        source=source_config(kw),
+        dest=dest_config(dest, kw),
+        prefix=_b(kw["prefix"]),
+        dest_prefix=dest_prefix_of(kw),
+        excludes=tuple(_b(e) for e in kw["exclude"]),
+        state_prefix=_b(kw["state_prefix"]),
+        **options,
+    )
+
+
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 
@@ -205,18 +218,14 @@ def mirror(dest: str, **kw: Any) -> None:
     """Continuously mirror SOURCE (--endpoints) into DEST, exactly once, resumable."""
     from .mirror import Mirror
 
-    config = MirrorConfig(
-        source=source_config(kw),
-        dest=dest_config(dest, kw),
-        prefix=_b(kw["prefix"]),
-        dest_prefix=dest_prefix_of(kw),
-        excludes=tuple(_b(e) for e in kw["exclude"]),
+    config = pair_config(
+        dest,
+        kw,
         max_txn_ops=kw["max_txn_ops"],
         inflight=kw["inflight"],
         start_revision=kw["rev"],
         once=kw["once"],
         leases=kw["leases"],
-        state_prefix=_b(kw["state_prefix"]),
         timeout=kw["timeout"],
         metrics_addr=kw["metrics_addr"],
         verify_every=duration(kw["verify_every"], "--verify-every") if kw["verify_every"] else None,
@@ -248,14 +257,7 @@ def verify(dest: str, as_json: bool, **kw: Any) -> None:
     from .mirror.checkpoint import encode_key
     from .verify import verify as run_verify
 
-    config = MirrorConfig(
-        source=source_config(kw),
-        dest=dest_config(dest, kw),
-        prefix=_b(kw["prefix"]),
-        dest_prefix=dest_prefix_of(kw),
-        excludes=tuple(_b(e) for e in kw["exclude"]),
-        state_prefix=_b(kw["state_prefix"]),
-    )
+    config = pair_config(dest, kw)
 
     def show(kind: str, key: bytes) -> None:
         if not as_json:
@@ -282,14 +284,7 @@ def status(dest: str, as_json: bool, **kw: Any) -> None:
 
     from .status import status as run_status
 
-    config = MirrorConfig(
-        source=source_config(kw),
-        dest=dest_config(dest, kw),
-        prefix=_b(kw["prefix"]),
-        dest_prefix=dest_prefix_of(kw),
-        excludes=tuple(_b(e) for e in kw["exclude"]),
-        state_prefix=_b(kw["state_prefix"]),
-    )
+    config = pair_config(dest, kw)
     report = run_async(run_status(config))
     if as_json:
         click.echo(json.dumps(report.to_json()))
