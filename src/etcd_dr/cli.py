@@ -206,6 +206,14 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option(
     "--inflight", type=int, default=8, show_default=True, help="Destination txns in flight during the copy."
 )
+@click.option(
+    "--max-delete-ratio",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Refuse a copy or batch deleting more than this share of the destination's keys.",
+)
+@click.option("--allow-mass-delete", is_flag=True, help="Apply such deletes (and a source that reads empty).")
 @click.option("--metrics-addr", default=None, help="Serve Prometheus /metrics and /healthz on HOST:PORT.")
 @click.option("--verify-every", default=None, help="Verify source and destination every DURATION (e.g. 10m).")
 @click.option(
@@ -227,6 +235,8 @@ def mirror(dest: str, **kw: Any) -> None:
         once=kw["once"],
         leases=kw["leases"],
         timeout=kw["timeout"],
+        max_delete_ratio=kw["max_delete_ratio"],
+        allow_mass_delete=kw["allow_mass_delete"],
         metrics_addr=kw["metrics_addr"],
         verify_every=duration(kw["verify_every"], "--verify-every") if kw["verify_every"] else None,
         heartbeat_interval=duration(kw["heartbeat_interval"], "--heartbeat-interval"),

@@ -40,6 +40,12 @@ class MirrorConfig:
     verify_every: float | None = None  # seconds between periodic verifications (None: never)
     status_interval: float = 30.0
     metrics_addr: str | None = None
+    # Guard against a source that reads empty or a mistaken mass delete wiping the standby: a copy or a
+    # replayed batch that deletes at least `mass_delete_min` keys and more than this share of the
+    # destination's keys under the prefix is refused, unless allowed.
+    max_delete_ratio: float = 0.5
+    allow_mass_delete: bool = False
+    mass_delete_min: int = 100
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -47,6 +53,8 @@ class MirrorConfig:
             raise UsageError(
                 f"--max-txn-ops {self.max_txn_ops}: must be at least 2 (one op is the checkpoint)"
             )
+        if not 0.0 < self.max_delete_ratio <= 1.0:
+            raise UsageError(f"--max-delete-ratio {self.max_delete_ratio}: must be above 0 and at most 1")
         if self.inflight < 1:
             raise UsageError("--inflight must be at least 1")
         if self.start_revision is not None and self.start_revision < 1:

@@ -23,5 +23,9 @@ class CheckFailed(EtcdDrError):
     exit_code = 1
 
 
+class MassDeleteRefused(Refused):
+    """Applying would delete a large share of the destination: refused unless --allow-mass-delete."""
+
+
 class Fenced(EtcdDrError):
     """Another writer changed this mirror's checkpoint: we are no longer the one allowed to write."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..aio import cancel_and_wait
 from ..config import MirrorConfig
-from ..errors import Fenced, Refused
+from ..errors import Fenced, MassDeleteRefused, Refused
 from ..etcd import (
     AuthError,
     CompactedError,
@@ -142,6 +142,7 @@ class Mirror:
             stats=self.stats,
             stop_at=target,
             heartbeat_key=self._heartbeat_key,
+            guard_deletes=lambda n: self._check_replay_deletes(dest, n),
             checkpoint_interval=self.config.checkpoint_interval,
             retry_for=self.config.timeout if self.config.once else None,
         )
@@ -195,6 +196,7 @@ class Mirror:
             progress_every=0.25,
             resync=previous is not None and previous.phase == REPLAY,
             stats=self.stats,
+            guard_deletes=self._check_copy_deletes,
         )
         done = self._new_checkpoint(revision, REPLAY)
         done_raw = await self._write_checkpoint(dest, start_raw, done)
@@ -226,6 +228,37 @@ class Mirror:
             log.info("--rev %d: no initial copy; replaying from source revision %d", revision, revision)
         new = self._new_checkpoint(revision - 1, REPLAY)
         return new, await self._write_checkpoint(dest, raw, new)
+
+    # ---- the mass-delete guard --------------------------------------------------------------------
+
+    def _refuse_mass_delete(self, deletes: int, dest_keys: int, what: str) -> None:
+        c = self.config
+        if c.allow_mass_delete or deletes < c.mass_delete_min or deletes <= c.max_delete_ratio * dest_keys:
+            return
+        self.stats.errors["mass_delete_refused"] += 1
+        raise MassDeleteRefused(
+            f"{what} would delete {deletes} of the destination's {dest_keys} keys under "
+            f"{encode_key(self.mapper.dest_prefix) or 'the whole keyspace'} (more than --max-delete-ratio "
+            f"{c.max_delete_ratio:g}); refused, the standby is left as it is. If the source really lost "
+            "them, run again with --allow-mass-delete"
+        )
+
+    def _check_copy_deletes(self, deletes: int, dest_keys: int, source_keys: int) -> None:
+        if source_keys == 0 and deletes > 0 and not self.config.allow_mass_delete:
+            self.stats.errors["mass_delete_refused"] += 1
+            raise MassDeleteRefused(
+                f"the source reads empty under {encode_key(self.config.prefix) or 'the whole keyspace'} "
+                f"while the destination holds {dest_keys} keys; refused, the standby is left as it is. "
+                "If the source really is empty, run again with --allow-mass-delete"
+            )
+        self._refuse_mass_delete(deletes, dest_keys, "the copy")
+
+    async def _check_replay_deletes(self, dest: EtcdClient, deletes: int) -> None:
+        if self.config.allow_mass_delete or deletes < self.config.mass_delete_min:
+            return
+        key, end = self.mapper.dest_range
+        dest_keys = (await dest.range(key, end, count_only=True)).count
+        self._refuse_mass_delete(deletes, dest_keys, "a replayed batch of source deletes")
 
     def _new_checkpoint(self, revision: int, phase: str) -> Checkpoint:
         return Checkpoint(

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from ..aio import cancel_and_wait
@@ -83,6 +83,7 @@ class Replayer:
         stats: MirrorStats,
         stop_at: int | None = None,
         heartbeat_key: bytes | None = None,
+        guard_deletes: Callable[[int], Awaitable[None]] | None = None,
         checkpoint_interval: float = 1.0,
         retry_for: float | None = None,
         queue_batches: int = 64,
@@ -98,6 +99,7 @@ class Replayer:
         self._stats = stats
         self._stop_at = stop_at
         self._heartbeat_key = heartbeat_key
+        self._guard_deletes = guard_deletes
         self._heartbeat = 0.0  # newest heartbeat time covered but not yet in a written checkpoint
         self._interval = checkpoint_interval
         self._retry_for = retry_for
@@ -258,6 +260,8 @@ class Replayer:
                     continue
                 self._drain()
                 ops, last = self._take_group()
+                if self._guard_deletes is not None:
+                    await self._guard_deletes(sum(isinstance(op, Delete) for op in ops))
                 if ops:
                     await self._apply(ops, self._ckpt.advanced(last))
                     self._covered = last
@@ -267,6 +271,9 @@ class Replayer:
                     if time.monotonic() - self._last_write >= self._interval:
                         await self._checkpoint_if_behind()
                 elif self._pending:
+                    big = self._pending[0]
+                    if self._guard_deletes is not None:
+                        await self._guard_deletes(sum(isinstance(op, Delete) for op in big.ops))
                     await self._apply_split(self._pending.popleft())
             await self._checkpoint_if_behind()
             return self._ckpt

@@ -130,6 +130,7 @@ async def diff_sync(
     progress_every: float = 1.0,
     resync: bool = False,
     stats: MirrorStats | None = None,
+    guard_deletes: Callable[[int, int, int], None] | None = None,
 ) -> SyncResult:
     """Make dest's mapped range equal to source's range at `revision` (must be > 0).
 
@@ -148,26 +149,24 @@ async def diff_sync(
         source, dest, mapper, source_revision=revision, dest_revision=dest_rev, page_size=page_size
     )
     last_report = time.monotonic()
+    extras: list[bytes] = []
+    dest_keys = 0
     try:
         async for batch in pairs:
             for pair in batch:
                 if pair.kind is Kind.EQUAL:
                     result.source_keys += 1
                     result.unchanged += 1
+                    dest_keys += 1
                 elif pair.kind is Kind.EXTRA:
-                    result.deletes += 1
-                    if result.deletes <= REPORT_FIRST:
-                        log.log(
-                            level,
-                            "copy: removing destination key %s: the source does not have it at revision %d",
-                            encode_key(pair.key),
-                            revision,
-                        )
-                    await pipeline.add(Delete(pair.key))
+                    # Deletes wait until the whole comparison is known, for the mass-delete guard.
+                    extras.append(pair.key)
+                    dest_keys += 1
                 else:
                     assert pair.source is not None
                     result.source_keys += 1
                     result.puts += 1
+                    dest_keys += pair.dest is not None
                     if pair.kind is Kind.DIFFERENT:
                         result.overwritten += 1
                         if result.overwritten <= REPORT_FIRST:
@@ -183,6 +182,18 @@ async def diff_sync(
                 last_report = time.monotonic()
                 result.seconds = last_report - started
                 on_progress(result)
+        if guard_deletes is not None:
+            guard_deletes(len(extras), dest_keys, result.source_keys)
+        for key in extras:
+            result.deletes += 1
+            if result.deletes <= REPORT_FIRST:
+                log.log(
+                    level,
+                    "copy: removing destination key %s: the source does not have it at revision %d",
+                    encode_key(key),
+                    revision,
+                )
+            await pipeline.add(Delete(key))
         await pipeline.close()
     except BaseException:
         await pipeline.abort()
