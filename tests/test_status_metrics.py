@@ -68,7 +68,8 @@ async def test_lag_rises_while_destination_paused_and_falls_after(etcd_cluster_f
                 code, body = await asyncio.to_thread(scrape, server.port, "/healthz")
                 assert code == 200, body
                 text = (await asyncio.to_thread(scrape, server.port))[1]
-                assert metric(text, "etcd_dr_lag_revisions") == 0
+                # Caught up, but for heartbeats (5 a second) written since.
+                assert metric(text, "etcd_dr_lag_revisions") <= 5
                 assert metric(text, "etcd_dr_applied_events_total") >= 50
                 assert metric(text, "etcd_dr_txn_duration_seconds_count") > 0
                 for name in (
@@ -89,8 +90,8 @@ async def test_lag_rises_while_destination_paused_and_falls_after(etcd_cluster_f
                 dst.resume(0)
                 await _until(lambda: mirror.stats.lag_revisions == 0, timeout=30)
                 text = (await asyncio.to_thread(scrape, server.port))[1]
-                assert metric(text, "etcd_dr_lag_revisions") == 0
-                assert metric(text, "etcd_dr_lag_seconds") == 0
+                assert metric(text, "etcd_dr_lag_revisions") <= 5
+                assert metric(text, "etcd_dr_lag_seconds") < 1.0
 
                 report = await status(config)
                 # Caught up but for the last heartbeats (5 a second) not yet checkpointed.
