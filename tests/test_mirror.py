@@ -305,16 +305,20 @@ async def test_kill_9_at_random_points_then_exactly_once(
                 status = await s.status()
                 key = checkpoint_key(STATE, status.cluster_id, b"/app/", b"/app/")
                 for i in range(6):
+                    before = await d.get(key)
                     proc = await asyncio.create_subprocess_exec(
-                        *_mirror_cmd(src, dst, "--max-txn-ops", "16"), stdout=log, stderr=log
+                        *_mirror_cmd(src, dst, "--max-txn-ops", "16", "--lock-ttl", "1"),
+                        stdout=log,
+                        stderr=log,
                     )
                     if i == 0:
                         # The first kill lands in the middle of the initial copy, for sure.
                         await _wait_for_phase(d, key, "sync")
                         await asyncio.sleep(0.1)
                     else:
-                        # Then at random points of the replay (and of the catch-up right after a start).
-                        await _wait_for_phase(d, key, "replay")
+                        # Then at random points of the replay, once this process holds the lock and
+                        # writes (its predecessor's lock lease first has to expire).
+                        await _wait_for_change(d, key, before.value if before else None)
                         await asyncio.sleep(rng.uniform(0.0, 1.5))
                     proc.send_signal(signal.SIGKILL)
                     await proc.wait()
@@ -335,6 +339,16 @@ async def test_kill_9_at_random_points_then_exactly_once(
         assert "an earlier copy did not finish" in text
         redo = next(line for line in text.splitlines() if "copy: done" in line)
         assert int(redo.split(" removed, ")[1].split(" already equal")[0]) > 0, redo
+
+
+async def _wait_for_change(d: EtcdClient, key: bytes, old: bytes | None, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        kv = await d.get(key)
+        if kv is not None and kv.value != old:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the mirror never wrote its checkpoint")
 
 
 async def _wait_for_phase(d: EtcdClient, key: bytes, phase: str, timeout: float = 30) -> None:

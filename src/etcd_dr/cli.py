@@ -213,6 +213,13 @@ def cli(log_level: str, log_format: str) -> None:
     show_default=True,
     help="Refuse a copy or batch deleting more than this share of the destination's keys.",
 )
+@click.option(
+    "--lock-ttl",
+    type=click.IntRange(1, 3600),
+    default=10,
+    show_default=True,
+    help="Seconds a stand-by mirror waits for a dead lock holder before taking over.",
+)
 @click.option("--allow-mass-delete", is_flag=True, help="Apply such deletes (and a source that reads empty).")
 @click.option("--metrics-addr", default=None, help="Serve Prometheus /metrics and /healthz on HOST:PORT.")
 @click.option("--verify-every", default=None, help="Verify source and destination every DURATION (e.g. 10m).")
@@ -237,6 +244,7 @@ def mirror(dest: str, **kw: Any) -> None:
         timeout=kw["timeout"],
         max_delete_ratio=kw["max_delete_ratio"],
         allow_mass_delete=kw["allow_mass_delete"],
+        lock_ttl=kw["lock_ttl"],
         metrics_addr=kw["metrics_addr"],
         verify_every=duration(kw["verify_every"], "--verify-every") if kw["verify_every"] else None,
         heartbeat_interval=duration(kw["heartbeat_interval"], "--heartbeat-interval"),

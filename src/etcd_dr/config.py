@@ -40,6 +40,9 @@ class MirrorConfig:
     verify_every: float | None = None  # seconds between periodic verifications (None: never)
     status_interval: float = 30.0
     metrics_addr: str | None = None
+    # TTL (seconds) of the lease that holds the mirror lock: how long a stand-by mirror waits for a dead
+    # holder before taking over.
+    lock_ttl: int = 10
     # Guard against a source that reads empty or a mistaken mass delete wiping the standby: a copy or a
     # replayed batch that deletes at least `mass_delete_min` keys and more than this share of the
     # destination's keys under the prefix is refused, unless allowed.

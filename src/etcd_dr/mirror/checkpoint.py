@@ -86,6 +86,12 @@ class Checkpoint:
         )
 
 
+def lock_key(state_prefix: bytes, source_cluster_id: int, source_prefix: bytes, dest_prefix: bytes) -> bytes:
+    """The key whose holder is the one mirror allowed to write (one per checkpoint)."""
+    ckpt = checkpoint_key(state_prefix, source_cluster_id, source_prefix, dest_prefix)
+    return state_prefix + b"lock/" + ckpt[len(state_prefix) + len(b"mirror/") :]
+
+
 def heartbeat_key(state_prefix: bytes, dest_cluster_id: int) -> bytes:
     """Where a mirror into the given destination writes its heartbeat on the source."""
     return state_prefix + f"heartbeat/{dest_cluster_id:016x}".encode()

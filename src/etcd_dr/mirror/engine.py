@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from ..aio import cancel_and_wait
 from ..config import MirrorConfig
@@ -30,8 +32,9 @@ from ..etcd import (
     TransientError,
     Unavailable,
 )
-from .checkpoint import REPLAY, SYNC, Checkpoint, checkpoint_key, encode_key, heartbeat_key
+from .checkpoint import REPLAY, SYNC, Checkpoint, checkpoint_key, encode_key, heartbeat_key, lock_key
 from .keys import KeyMapper, ranges_overlap
+from .lock import MirrorLock
 from .replay import Replayer
 from .stats import MirrorStats
 from .sync import SyncResult, diff_sync
@@ -56,6 +59,7 @@ class Mirror:
         )
         self._source_id = 0
         self._key = b""
+        self._lock_key = b""
         self._heartbeat_key = b""
         self._rev_pending = config.start_revision
         self._last_copy: SyncResult | None = None
@@ -72,11 +76,13 @@ class Mirror:
             if self.config.verify_every:
                 helpers.append(asyncio.create_task(self._verify_periodically()))
             helpers.append(asyncio.create_task(self._heartbeats(source)))
+            self._lock = MirrorLock(dest, self._lock_key, self.config.lock_ttl)
             try:
                 return await self._loop(source, dest)
             finally:
                 for task in helpers:
                     await cancel_and_wait(task)
+                await self._lock.release()
 
     async def _loop(self, source: EtcdClient, dest: EtcdClient) -> MirrorResult:
         target = self.stats.source_revision if self.config.once else None
@@ -84,7 +90,9 @@ class Mirror:
         failing_since: float | None = None
         while True:
             try:
-                ckpt = await self._cycle(source, dest, target)
+                if not self._lock.revision or self._lock.lost.is_set():
+                    await self._lock.acquire()
+                ckpt = await self._while_holding_lock(self._cycle(source, dest, target))
                 return MirrorResult(ckpt, self._last_copy)
             except CompactedError as e:
                 self.stats.resyncs += 1
@@ -94,6 +102,10 @@ class Mirror:
                 continue
             except Fenced as e:
                 self.stats.errors["fenced"] += 1
+                if not await self._still_holding_lock(dest):
+                    log.warning("the mirror lock was taken over (%s); standing by", e)
+                    self._lock.lost.set()
+                    continue
                 log.warning("restart from the destination's checkpoint: %s", e)
             except TransientError as e:
                 self.stats.errors["unavailable"] += 1
@@ -109,6 +121,28 @@ class Mirror:
                 backoff, failing_since = 0.1, None  # it was making progress: a fresh fault
 
     _force_sync = False
+
+    async def _while_holding_lock(self, work: Coroutine[Any, Any, Checkpoint]) -> Checkpoint:
+        """Run one cycle, cut short the moment the lock is lost (its txns would fail anyway)."""
+        cycle = asyncio.ensure_future(work)
+        lost = asyncio.ensure_future(self._lock.lost.wait())
+        try:
+            await asyncio.wait({cycle, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not cycle.done():
+                await cancel_and_wait(cycle)
+            await cancel_and_wait(lost)
+        if cycle.cancelled() or not cycle.done():
+            raise Fenced("lost the mirror lock")
+        return cycle.result()
+
+    async def _still_holding_lock(self, dest: EtcdClient) -> bool:
+        kv = await dest.get(self._lock.key)
+        return kv is not None and kv.create_revision == self._lock.revision
+
+    def _guards(self) -> list[Compare]:
+        """Compares every destination txn carries besides its checkpoint's: the lock."""
+        return [self._lock.guard()]
 
     async def _cycle(self, source: EtcdClient, dest: EtcdClient, target: int | None) -> Checkpoint:
         ckpt, raw = await self._read_checkpoint(dest)
@@ -142,6 +176,7 @@ class Mirror:
             stats=self.stats,
             stop_at=target,
             heartbeat_key=self._heartbeat_key,
+            guards=self._guards(),
             guard_deletes=lambda n: self._check_replay_deletes(dest, n),
             checkpoint_interval=self.config.checkpoint_interval,
             retry_for=self.config.timeout if self.config.once else None,
@@ -187,7 +222,7 @@ class Mirror:
             dest,
             self.mapper,
             revision=revision,
-            guard=[Compare.value_(self._key, CompareResult.EQUAL, start_raw)],
+            guard=[Compare.value_(self._key, CompareResult.EQUAL, start_raw), *self._guards()],
             max_txn_ops=self.config.max_txn_ops,
             max_txn_bytes=self.config.max_txn_bytes,
             inflight=self.config.inflight,
@@ -290,7 +325,7 @@ class Mirror:
             if previous is None
             else Compare.value_(self._key, CompareResult.EQUAL, previous)
         )
-        result = await dest.txn([guard], [Put(self._key, data)])
+        result = await dest.txn([guard, *self._guards()], [Put(self._key, data)])
         if not result.succeeded:
             raise Fenced("the checkpoint on the destination changed while the mirror was starting")
         return data
@@ -313,6 +348,9 @@ class Mirror:
                 "mirroring a cluster into itself is refused"
             )
         self._heartbeat_key = heartbeat_key(self.config.state_prefix, dst.cluster_id)
+        self._lock_key = lock_key(
+            self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
+        )
         self._key = checkpoint_key(
             self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
         )

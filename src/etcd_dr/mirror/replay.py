@@ -84,6 +84,7 @@ class Replayer:
         stop_at: int | None = None,
         heartbeat_key: bytes | None = None,
         guard_deletes: Callable[[int], Awaitable[None]] | None = None,
+        guards: Sequence[Compare] = (),
         checkpoint_interval: float = 1.0,
         retry_for: float | None = None,
         queue_batches: int = 64,
@@ -100,6 +101,7 @@ class Replayer:
         self._stop_at = stop_at
         self._heartbeat_key = heartbeat_key
         self._guard_deletes = guard_deletes
+        self._guards = list(guards)
         self._heartbeat = 0.0  # newest heartbeat time covered but not yet in a written checkpoint
         self._interval = checkpoint_interval
         self._retry_for = retry_for
@@ -159,7 +161,7 @@ class Replayer:
         if self._heartbeat and not ckpt.split_revision:
             ckpt = ckpt.advanced(ckpt.revision, source_time=self._heartbeat)
         data = ckpt.encode()
-        guard = [Compare.value_(self._key, CompareResult.EQUAL, self._ckpt_bytes)]
+        guard = [Compare.value_(self._key, CompareResult.EQUAL, self._ckpt_bytes), *self._guards]
         started = time.monotonic()
         succeeded, _ = await self._dest.txn_succeeded(guard, [*ops, Put(self._key, data)])
         self._stats.observe_txn(time.monotonic() - started)

@@ -1,0 +1,89 @@
+"""Leader election among mirror processes: a key on the destination held by a lease (etcd's own
+election pattern). The lock key's create revision is part of the compare of every mirror txn, so a
+paused or partitioned former holder cannot write once it has lost the lock, whatever it believes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+
+from ..aio import cancel_and_wait
+from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, Get, LeaseNotFound, Put, TransientError
+from .checkpoint import encode_key
+
+log = logging.getLogger("etcd_dr.mirror")
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class MirrorLock:
+    def __init__(self, dest: EtcdClient, key: bytes, ttl: int) -> None:
+        self._dest = dest
+        self.key = key
+        self.ttl = ttl
+        self.owner = owner_id()
+        self.revision = 0  # create revision of our lock key while we hold it
+        self.lost = asyncio.Event()
+        self._lease = 0
+        self._keepalive: asyncio.Task[None] | None = None
+
+    def guard(self) -> Compare:
+        """The compare every txn carries: our lock key is still the one we created."""
+        return Compare.create(self.key, CompareResult.EQUAL, self.revision)
+
+    async def acquire(self) -> None:
+        """Wait until this process holds the lock (a dead holder's lease expires within the TTL)."""
+        waiting_for = ""
+        while True:
+            grant = await self._dest.lease_grant(self.ttl)
+            result = await self._dest.txn(
+                [Compare.create(self.key, CompareResult.EQUAL, 0)],
+                [Put(self.key, self.owner.encode(), lease=grant.id)],
+                [Get(self.key)],
+            )
+            if result.succeeded:
+                self._lease = grant.id
+                self.revision = result.header.revision
+                self.lost = asyncio.Event()
+                self._keepalive = asyncio.create_task(self._keep())
+                log.info(
+                    "holding the mirror lock %s (lease %x, ttl %d s)",
+                    encode_key(self.key),
+                    grant.id,
+                    self.ttl,
+                )
+                return
+            await self._dest.lease_revoke(grant.id)
+            rng = result.responses[0].range if result.responses else None
+            holder = rng.kvs[0].value.decode(errors="replace") if rng and rng.kvs else "?"
+            if holder != waiting_for:
+                log.info("standing by: the mirror lock is held by %s; taking over if it stops", holder)
+                waiting_for = holder
+            await asyncio.sleep(min(1.0, self.ttl / 3))
+
+    async def _keep(self) -> None:
+        async with self._dest.lease_keepalive() as ka:
+            while True:
+                await asyncio.sleep(self.ttl / 3)
+                try:
+                    await ka.refresh(self._lease)
+                except LeaseNotFound:
+                    log.warning("lost the mirror lock (its lease expired); standing by")
+                    self.lost.set()
+                    return
+                except (TransientError, EtcdError) as e:
+                    log.warning("mirror lock keepalive failed: %s", e)
+
+    async def release(self) -> None:
+        await cancel_and_wait(self._keepalive)
+        if self._lease and not self.lost.is_set():
+            try:
+                await self._dest.lease_revoke(self._lease)
+            except EtcdError as e:
+                log.debug("releasing the mirror lock: %s", e)
+        self._lease = 0
