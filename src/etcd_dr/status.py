@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import MirrorConfig
 from .etcd import EtcdClient, EtcdError, Status
-from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key
+from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key, lock_key
 from .mirror.keys import KeyMapper
 
 
@@ -45,6 +45,7 @@ class StatusReport:
     source: ClusterState
     dest: ClusterState
     checkpoint: Checkpoint | None = None
+    lock_holder: str | None = None  # the mirror process allowed to write, if one runs
     now: float = field(default_factory=time.time)
 
     @property
@@ -115,6 +116,7 @@ class StatusReport:
                 "updated": ck.updated,
                 "source_time": ck.source_time or None,
             },
+            "mirror_lock_holder": self.lock_holder,
             "applied_revision": self.applied_revision,
             "lag_revisions": self.lag_revisions,
             "lag_seconds": self.lag_seconds,
@@ -149,6 +151,8 @@ class StatusReport:
                 f"{lag_s}; checkpoint written {age:.1f} s ago"
             )
             out.append(f"compaction headroom: {self.compaction_headroom} revisions before a re-copy")
+        holder = f"held by {self.lock_holder}" if self.lock_holder else "free (no mirror running)"
+        out.append(f"mirror lock: {holder}")
         return out
 
 
@@ -186,4 +190,8 @@ async def status(config: MirrorConfig) -> StatusReport:
                 raise EtcdError(
                     f"the checkpoint {encode_key(key)} on the destination is not readable: {e}"
                 ) from None
-        return StatusReport(src, dst, ckpt)
+        lock = await dest.get(
+            lock_key(config.state_prefix, src.cluster_id, config.prefix, mapper.dest_prefix)
+        )
+        holder = lock.value.decode(errors="replace") if lock is not None else None
+        return StatusReport(src, dst, ckpt, holder)
