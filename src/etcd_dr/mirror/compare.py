@@ -69,6 +69,7 @@ async def compare_ranges(
     source_revision: int,
     dest_revision: int,
     page_size: int,
+    compare_leases: bool = False,
 ) -> AsyncGenerator[list[Pair]]:
     """Every mirrored key of either side once, in destination-key order, with how the two compare;
     in batches (a page's worth), since per-key async iteration would cost more than the compare."""
@@ -110,7 +111,8 @@ async def compare_ranges(
                     out.append(Pair(Kind.EXTRA, dkv.key, None, dkv))
                     di += 1
                 else:
-                    out.append(Pair(Kind.EQUAL if skv.value == dkv.value else Kind.DIFFERENT, sk, skv, dkv))
+                    same = skv.value == dkv.value and (not compare_leases or skv.lease == dkv.lease)
+                    out.append(Pair(Kind.EQUAL if same else Kind.DIFFERENT, sk, skv, dkv))
                     si += 1
                     di += 1
             if d_done:

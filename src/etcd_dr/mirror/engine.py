@@ -34,6 +34,7 @@ from ..etcd import (
 )
 from .checkpoint import REPLAY, SYNC, Checkpoint, checkpoint_key, encode_key, heartbeat_key, lock_key
 from .keys import KeyMapper, ranges_overlap
+from .leases import LeaseLost, LeaseMirror
 from .lock import MirrorLock
 from .replay import Replayer
 from .stats import MirrorStats
@@ -60,6 +61,7 @@ class Mirror:
         self._source_id = 0
         self._key = b""
         self._lock_key = b""
+        self._leases: LeaseMirror | None = None
         self._heartbeat_key = b""
         self._rev_pending = config.start_revision
         self._last_copy: SyncResult | None = None
@@ -92,8 +94,14 @@ class Mirror:
             try:
                 if not self._lock.revision or self._lock.lost.is_set():
                     await self._lock.acquire()
+                    if self._leases is not None:
+                        await self._leases.load()
                 ckpt = await self._while_holding_lock(self._cycle(source, dest, target))
                 return MirrorResult(ckpt, self._last_copy)
+            except LeaseLost:
+                self.stats.resyncs += 1
+                self._force_sync = True
+                continue
             except CompactedError as e:
                 self.stats.resyncs += 1
                 self.stats.errors["compacted"] += 1
@@ -125,14 +133,21 @@ class Mirror:
     async def _while_holding_lock(self, work: Coroutine[Any, Any, Checkpoint]) -> Checkpoint:
         """Run one cycle, cut short the moment the lock is lost (its txns would fail anyway)."""
         cycle = asyncio.ensure_future(work)
-        lost = asyncio.ensure_future(self._lock.lost.wait())
+        helpers: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._lock.lost.wait())]
+        if self._leases is not None:
+            self._leases.lost.clear()
+            helpers.append(asyncio.ensure_future(self._leases.keep_alive()))
+            helpers.append(asyncio.ensure_future(self._leases.lost.wait()))
         try:
-            await asyncio.wait({cycle, lost}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({cycle, *helpers}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not cycle.done():
                 await cancel_and_wait(cycle)
-            await cancel_and_wait(lost)
+            for h in helpers:
+                await cancel_and_wait(h)
         if cycle.cancelled() or not cycle.done():
+            if self._leases is not None and self._leases.lost.is_set():
+                raise LeaseLost("a destination lease expired while its source lease lives")
             raise Fenced("lost the mirror lock")
         return cycle.result()
 
@@ -177,6 +192,7 @@ class Mirror:
             stop_at=target,
             heartbeat_key=self._heartbeat_key,
             guards=self._guards(),
+            leases=self._leases,
             guard_deletes=lambda n: self._check_replay_deletes(dest, n),
             checkpoint_interval=self.config.checkpoint_interval,
             retry_for=self.config.timeout if self.config.once else None,
@@ -232,6 +248,7 @@ class Mirror:
             resync=previous is not None and previous.phase == REPLAY,
             stats=self.stats,
             guard_deletes=self._check_copy_deletes,
+            leases=self._leases,
         )
         done = self._new_checkpoint(revision, REPLAY)
         done_raw = await self._write_checkpoint(dest, start_raw, done)
@@ -351,6 +368,10 @@ class Mirror:
         self._lock_key = lock_key(
             self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
         )
+        if self.config.leases == "mirror":
+            # The leases this mirror owns on the destination, next to its lock and checkpoint.
+            registry = self._lock_key.replace(b"/lock/", b"/leases/", 1) + b"/"
+            self._leases = LeaseMirror(source, dest, registry, self.stats, self._guards)
         self._key = checkpoint_key(
             self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
         )
@@ -367,10 +388,8 @@ class Mirror:
             encode_key(self.config.prefix) or "(all keys)",
             encode_key(self.mapper.dest_prefix) or "(all keys)",
         )
-        if self.config.leases == "mirror":
-            log.info(
-                "leases: keys are written without their leases for now (lease mirroring is not built yet)"
-            )
+        if self.config.leases == "ignore":
+            log.info("--leases ignore: keys are written without their leases (make-mirror's behaviour)")
 
     async def _status_with_retry(self, client: EtcdClient, role: str) -> Status:
         """The first contact: TLS and auth failures are fatal at once; unreachable endpoints are retried

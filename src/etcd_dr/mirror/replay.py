@@ -26,6 +26,7 @@ from ..errors import Fenced
 from ..etcd import Compare, CompareResult, Delete, EtcdClient, EventType, Put, WatchBatch
 from .checkpoint import Checkpoint
 from .keys import ALL_KEYS, KeyMapper
+from .leases import LeaseMirror
 from .stats import MirrorStats
 
 log = logging.getLogger("etcd_dr.mirror")
@@ -85,6 +86,7 @@ class Replayer:
         heartbeat_key: bytes | None = None,
         guard_deletes: Callable[[int], Awaitable[None]] | None = None,
         guards: Sequence[Compare] = (),
+        leases: LeaseMirror | None = None,
         checkpoint_interval: float = 1.0,
         retry_for: float | None = None,
         queue_batches: int = 64,
@@ -102,6 +104,7 @@ class Replayer:
         self._heartbeat_key = heartbeat_key
         self._guard_deletes = guard_deletes
         self._guards = list(guards)
+        self._leases = leases
         self._heartbeat = 0.0  # newest heartbeat time covered but not yet in a written checkpoint
         self._interval = checkpoint_interval
         self._retry_for = retry_for
@@ -136,7 +139,7 @@ class Replayer:
                 skip -= 1
                 continue
             if ev.type is EventType.PUT:
-                out[-1].ops.append(Put(dkey, ev.kv.value))
+                out[-1].ops.append(Put(dkey, ev.kv.value, ev.kv.lease if self._leases else 0))
             else:
                 out[-1].ops.append(Delete(dkey))
         return out
@@ -158,6 +161,8 @@ class Replayer:
     # ---- writing the destination --------------------------------------------------------------
 
     async def _apply(self, ops: list[DestOp], ckpt: Checkpoint) -> None:
+        if self._leases is not None:
+            ops = await self._leases.prepare(ops)
         if self._heartbeat and not ckpt.split_revision:
             ckpt = ckpt.advanced(ckpt.revision, source_time=self._heartbeat)
         data = ckpt.encode()

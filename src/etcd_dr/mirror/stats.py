@@ -21,6 +21,7 @@ class MirrorStats:
     errors: Counter[str] = field(default_factory=Counter)
     last_apply_time: float = 0.0  # time.time() of the last applied txn
     source_compact_revision: int = 0
+    leases: int = 0  # destination leases the mirror keeps alive
     verify_mismatch: int | None = None  # differences found by the last periodic verify
     failing_since: float | None = None  # monotonic time of the first error since the last progress
     txn_buckets: list[int] = field(default_factory=lambda: [0] * len(TXN_BUCKETS))

@@ -20,6 +20,7 @@ from ..etcd import Compare, Delete, EtcdClient, Put
 from .checkpoint import encode_key
 from .compare import Kind, compare_ranges
 from .keys import KeyMapper
+from .leases import LeaseMirror
 from .stats import MirrorStats
 
 log = logging.getLogger("etcd_dr.mirror")
@@ -131,6 +132,7 @@ async def diff_sync(
     resync: bool = False,
     stats: MirrorStats | None = None,
     guard_deletes: Callable[[int, int, int], None] | None = None,
+    leases: LeaseMirror | None = None,
 ) -> SyncResult:
     """Make dest's mapped range equal to source's range at `revision` (must be > 0).
 
@@ -146,7 +148,13 @@ async def diff_sync(
     # The destination is read at one revision too, so the comparison is against a consistent view.
     dest_rev = (await dest.range(dst_key, dst_end, count_only=True)).header.revision
     pairs = compare_ranges(
-        source, dest, mapper, source_revision=revision, dest_revision=dest_rev, page_size=page_size
+        source,
+        dest,
+        mapper,
+        source_revision=revision,
+        dest_revision=dest_rev,
+        page_size=page_size,
+        compare_leases=leases is not None,
     )
     last_report = time.monotonic()
     extras: list[bytes] = []
@@ -177,7 +185,8 @@ async def diff_sync(
                                 encode_key(pair.key),
                                 revision,
                             )
-                    await pipeline.add(Put(pair.key, pair.source.value))
+                    lease = await leases.ensure(pair.source.lease) if leases and pair.source.lease else 0
+                    await pipeline.add(Put(pair.key, pair.source.value, lease))
             if on_progress is not None and time.monotonic() - last_report >= progress_every:
                 last_report = time.monotonic()
                 result.seconds = last_report - started

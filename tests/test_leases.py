@@ -1,0 +1,125 @@
+"""Lease mirroring against real etcd: destination leases follow the source's TTL, are refreshed with it,
+and end with it; the registry survives a restart; --leases ignore keeps make-mirror's behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from etcd_dr import ClientConfig, MirrorConfig
+from etcd_dr.etcd import EtcdClient
+from etcd_dr.mirror import Mirror
+from etcd_dr.testing.cluster import EtcdCluster
+
+Factory = Callable[..., EtcdCluster]
+
+
+def cfg(src: EtcdCluster, dst: EtcdCluster, **kw: object) -> MirrorConfig:
+    return MirrorConfig(
+        source=ClientConfig.create(src.endpoints, role="source"),
+        dest=ClientConfig.create(dst.endpoints, role="destination", flag_prefix="dest-"),
+        prefix=b"/svc/",
+        **{"checkpoint_interval": 0.2, "lock_ttl": 2, **kw},  # type: ignore[arg-type]
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(config: MirrorConfig) -> AsyncIterator[Mirror]:
+    mirror = Mirror(config)
+    task = asyncio.create_task(mirror.run())
+    try:
+        yield mirror
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def until(cond: Callable[[], object], timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = cond()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_leases_follow_the_source(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with (
+        EtcdClient(ClientConfig.create(src.endpoints)) as s,
+        EtcdClient(ClientConfig.create(dst.endpoints)) as d,
+    ):
+        kept = await s.lease_grant(6)
+        doomed = await s.lease_grant(30)
+        await s.put(b"/svc/a", b"1", lease=kept.id)
+        await s.put(b"/svc/b", b"2", lease=doomed.id)
+        await s.put(b"/svc/plain", b"3")
+        async with running(cfg(src, dst)):
+            await until(lambda: d.get(b"/svc/b"))
+            kv = await d.get(b"/svc/a")
+            assert kv is not None and kv.lease == kept.id
+            assert (await d.get(b"/svc/plain")) is not None
+            # The destination lease runs down with the source's, within a second.
+            for _ in range(3):
+                await s.lease_keepalive_once(kept.id)
+                await asyncio.sleep(1.5)
+                src_ttl = (await s.lease_time_to_live(kept.id)).ttl
+                dst_ttl = (await d.lease_time_to_live(kept.id)).ttl
+                assert abs(src_ttl - dst_ttl) <= 1, (src_ttl, dst_ttl)
+            # Refreshed on the source for longer than its TTL: still alive on the destination.
+            for _ in range(5):
+                await s.lease_keepalive_once(kept.id)
+                await asyncio.sleep(1.5)
+            assert (await d.get(b"/svc/a")) is not None
+            # A revoked source lease removes the keys on both sides and the destination lease.
+            await s.lease_revoke(doomed.id)
+            await until(lambda: _gone(d, b"/svc/b"))
+            await until(lambda: _lease_gone(d, doomed.id))
+            # A source lease left to expire: its keys go on the destination too.
+            await until(lambda: _gone(d, b"/svc/a"), timeout=20)
+            assert (await d.get(b"/svc/plain")) is not None
+
+
+async def _gone(c: EtcdClient, key: bytes) -> bool:
+    return (await c.get(key)) is None
+
+
+async def _lease_gone(c: EtcdClient, lease: int) -> bool:
+    return (await c.lease_time_to_live(lease)).ttl == -1
+
+
+async def test_restarted_mirror_keeps_leases_alive(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with (
+        EtcdClient(ClientConfig.create(src.endpoints)) as s,
+        EtcdClient(ClientConfig.create(dst.endpoints)) as d,
+    ):
+        lease = await s.lease_grant(4)
+        await s.put(b"/svc/x", b"1", lease=lease.id)
+        async with running(cfg(src, dst)):
+            await until(lambda: d.get(b"/svc/x"))
+        # A new mirror process finds the lease in the registry and keeps it alive, with no key written.
+        async with running(cfg(src, dst)):
+            for _ in range(6):
+                await s.lease_keepalive_once(lease.id)
+                await asyncio.sleep(1.0)
+            assert (await d.get(b"/svc/x")) is not None
+            assert (await d.lease_time_to_live(lease.id)).ttl > 0
+
+
+async def test_leases_ignore(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with (
+        EtcdClient(ClientConfig.create(src.endpoints)) as s,
+        EtcdClient(ClientConfig.create(dst.endpoints)) as d,
+    ):
+        lease = await s.lease_grant(30)
+        await s.put(b"/svc/x", b"1", lease=lease.id)
+        await Mirror(cfg(src, dst, once=True, leases="ignore")).run()
+        kv = await d.get(b"/svc/x")
+        assert kv is not None and kv.lease == 0
+        assert await d.leases() == []
