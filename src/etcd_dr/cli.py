@@ -83,6 +83,7 @@ def prefix_options(f: F) -> F:
             help="Strip --prefix on the destination (make-mirror semantics).",
         ),
         click.option("--exclude", multiple=True, help="Never mirror keys under this prefix (repeatable)."),
+        click.option("--ignore-keys-regex", default=None, help="Never mirror keys matching this regex."),
         click.option(
             "--state-prefix",
             default=DEFAULT_STATE_PREFIX.decode(),
@@ -156,6 +157,7 @@ def pair_config(dest: str, kw: dict[str, Any], **options: Any) -> MirrorConfig:
         prefix=_b(kw["prefix"]),
         dest_prefix=dest_prefix_of(kw),
         excludes=tuple(_b(e) for e in kw["exclude"]),
+        ignore_keys_regex=kw["ignore_keys_regex"],
         state_prefix=_b(kw["state_prefix"]),
         **options,
     )

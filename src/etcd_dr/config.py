@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,6 +20,7 @@ class MirrorConfig:
     # None: keys keep their names; b"" with --no-dest-prefix strips the prefix (make-mirror semantics).
     dest_prefix: bytes | None = None
     excludes: tuple[bytes, ...] = ()
+    ignore_keys_regex: str | None = None
     max_txn_ops: int = 128
     # Bytes of keys and values per destination txn; below etcd's default --max-request-bytes (1.5 MiB).
     max_txn_bytes: int = 1024 * 1024
@@ -62,6 +64,11 @@ class MirrorConfig:
             raise UsageError("--inflight must be at least 1")
         if self.start_revision is not None and self.start_revision < 1:
             raise UsageError(f"--rev {self.start_revision}: must be a positive revision")
+        if self.ignore_keys_regex:
+            try:
+                re.compile(self.ignore_keys_regex)
+            except re.error as err:
+                raise UsageError(f"--ignore-keys-regex {self.ignore_keys_regex!r}: {err}") from None
         if not self.state_prefix:
             raise UsageError("--state-prefix must not be empty")
         for e in self.excludes:

@@ -175,9 +175,7 @@ async def _cluster_state(client: EtcdClient, role: str) -> ClusterState:
 
 
 async def status(config: MirrorConfig) -> StatusReport:
-    mapper = KeyMapper.create(
-        config.prefix, config.effective_dest_prefix, config.excludes, config.state_prefix
-    )
+    mapper = KeyMapper.from_config(config)
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
         src, dst = await asyncio.gather(_cluster_state(source, "source"), _cluster_state(dest, "destination"))
         key = checkpoint_key(config.state_prefix, src.cluster_id, config.prefix, mapper.dest_prefix)

@@ -76,9 +76,7 @@ class VerifyResult:
 async def verify(config: MirrorConfig, *, on_difference: Any = None) -> VerifyResult:
     """Compare source and destination as `config` maps them; `on_difference(kind, key)` is called for
     each difference as it is found (the CLI prints them as they come)."""
-    mapper = KeyMapper.create(
-        config.prefix, config.effective_dest_prefix, config.excludes, config.state_prefix
-    )
+    mapper = KeyMapper.from_config(config)
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
         src_status, dst_status = await asyncio.gather(source.status(), dest.status())
         if src_status.cluster_id == dst_status.cluster_id and ranges_overlap(

@@ -55,9 +55,7 @@ class Mirror:
     def __init__(self, config: MirrorConfig) -> None:
         self.config = config
         self.stats = MirrorStats()
-        self.mapper = KeyMapper.create(
-            config.prefix, config.effective_dest_prefix, config.excludes, config.state_prefix
-        )
+        self.mapper = KeyMapper.from_config(config)
         self._source_id = 0
         self._key = b""
         self._lock_key = b""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..etcd import prefix_range_end
+
+if TYPE_CHECKING:
+    from ..config import MirrorConfig
 
 # The whole keyspace as a range: every key >= "\0" (etcd keys are never empty).
 ALL_KEYS = (b"\0", b"\0")
@@ -37,6 +42,8 @@ class KeyMapper:
     dest_prefix: bytes
     excludes: tuple[bytes, ...] = ()
     protected: tuple[bytes, ...] = ()
+    # Source keys matching this are never mirrored (and their destination images left alone).
+    ignore: re.Pattern[bytes] | None = None
 
     @classmethod
     def create(
@@ -45,13 +52,25 @@ class KeyMapper:
         dest_prefix: bytes | None,
         excludes: Sequence[bytes],
         state_prefix: bytes,
+        ignore_regex: str | None = None,
     ) -> KeyMapper:
         dest = prefix if dest_prefix is None else dest_prefix
         src_excludes = tuple(sorted({*excludes, state_prefix}))
         # Destination images of the source excludes are left alone too (neither written nor removed).
         images = [dest + e[len(prefix) :] for e in src_excludes if e.startswith(prefix)]
         protected = tuple(sorted({state_prefix, *images}))
-        return cls(prefix, dest, src_excludes, protected)
+        ignore = re.compile(ignore_regex.encode("utf-8", "surrogateescape")) if ignore_regex else None
+        return cls(prefix, dest, src_excludes, protected, ignore)
+
+    @classmethod
+    def from_config(cls, config: MirrorConfig) -> KeyMapper:
+        return cls.create(
+            config.prefix,
+            config.effective_dest_prefix,
+            config.excludes,
+            config.state_prefix,
+            config.ignore_keys_regex,
+        )
 
     @property
     def source_range(self) -> tuple[bytes, bytes]:
@@ -68,7 +87,16 @@ class KeyMapper:
         for e in self.excludes:
             if key.startswith(e):
                 return None
+        if self.ignore is not None and self.ignore.search(key):
+            return None
         return self.dest_prefix + key[len(self.prefix) :]
 
     def dest_is_protected(self, dest_key: bytes) -> bool:
-        return any(dest_key.startswith(p) for p in self.protected)
+        if any(dest_key.startswith(p) for p in self.protected):
+            return True
+        # The destination image of an ignored source key is left alone as well.
+        return (
+            self.ignore is not None
+            and dest_key.startswith(self.dest_prefix)
+            and self.ignore.search(self.prefix + dest_key[len(self.dest_prefix) :]) is not None
+        )
