@@ -23,6 +23,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import hashlib
+import io
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -271,14 +274,49 @@ class Proc:
         return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
-def etcd_dr_path() -> str:
-    beside = Path(sys.executable).with_name("etcd-dr")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("etcd-dr")
-    if found is None:
-        raise BenchError("etcd-dr not found beside this Python nor on PATH: install the package")
-    return found
+def _git(*args: str) -> bytes:
+    out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, timeout=60, check=False)
+    if out.returncode != 0:
+        raise BenchError(f"git {' '.join(args)}: {out.stderr.decode(errors='replace').strip()}")
+    return out.stdout
+
+
+@dataclass
+class EtcdDr:
+    """How etcd-dr is run: the installed command (for an editable install, the working tree as it is
+    at that moment), or the package as of a git revision, exported to a directory of its own."""
+
+    argv: list[str]
+    env: dict[str, str]
+    source: str  # what was measured, for the report
+
+    @classmethod
+    def installed(cls) -> EtcdDr:
+        beside = Path(sys.executable).with_name("etcd-dr")
+        found = str(beside) if beside.exists() else shutil.which("etcd-dr")
+        if found is None:
+            raise BenchError("etcd-dr not found beside this Python nor on PATH: install the package")
+        try:
+            head = _git("rev-parse", "--short", "HEAD").decode().strip()
+            diff = _git("diff", "HEAD", "--", "src") + _git("ls-files", "--others", "--", "src")
+        except (BenchError, OSError, subprocess.TimeoutExpired):
+            return cls([found], {}, f"{found} (not in a git checkout)")
+        if not diff:
+            return cls([found], {}, f"working tree = git {head}")
+        digest = hashlib.sha1(diff).hexdigest()[:10]
+        return cls(
+            [found], {}, f"working tree = git {head} + uncommitted changes in src (diff sha1 {digest})"
+        )
+
+    @classmethod
+    def at_revision(cls, rev: str, into: Path) -> EtcdDr:
+        """Export src/etcd_dr as of `rev` and run it from there (this venv's dependencies)."""
+        sha = _git("rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
+        archive = _git("archive", "--format=tar", sha, "src/etcd_dr")
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(into, filter="data")
+        code = "from etcd_dr.cli import main; main()"
+        return cls([sys.executable, "-c", code], {"PYTHONPATH": str(into / "src")}, f"git {sha[:10]} ({rev})")
 
 
 @dataclass(frozen=True)
@@ -308,7 +346,7 @@ class Storage:
 class Tools:
     bins: EtcdBinaries
     log_dir: Path
-    etcd_dr: str
+    etcd_dr: EtcdDr
     storage: Storage = field(default_factory=Storage)
     quiet_wait: bool = True
     runs: int = 0
@@ -324,10 +362,10 @@ class Tools:
 
     def mirror(self, tag: str, src: str, dest: str, *, once: bool) -> Proc:
         self.runs += 1
-        argv = [self.etcd_dr, "mirror", dest, "--endpoints", src]
+        argv = [*self.etcd_dr.argv, "mirror", dest, "--endpoints", src]
         if once:
             argv.append("--once")
-        return Proc(f"{self.runs:02d}-{tag}-etcd-dr", argv, child_env(), self.log_dir)
+        return Proc(f"{self.runs:02d}-{tag}-etcd-dr", argv, child_env(self.etcd_dr.env), self.log_dir)
 
 
 # ---- clusters ------------------------------------------------------------------------------------
@@ -1004,7 +1042,7 @@ def _first_line(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else "?"
 
 
-def machine_facts(bins: EtcdBinaries, etcd_dr: str, storage: Storage) -> dict[str, Any]:
+def machine_facts(bins: EtcdBinaries, etcd_dr: EtcdDr, storage: Storage) -> dict[str, Any]:
     cpu = "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1016,8 +1054,6 @@ def machine_facts(bins: EtcdBinaries, etcd_dr: str, storage: Storage) -> dict[st
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = _first_line(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"]) not in ("?", "")
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu": cpu,
@@ -1027,7 +1063,7 @@ def machine_facts(bins: EtcdBinaries, etcd_dr: str, storage: Storage) -> dict[st
         "etcd": f"{bins.version} ({bins.etcd})",
         "etcdctl": f"{_first_line([str(bins.etcdctl), 'version'], child_env({'ETCDCTL_API': '3'}))} "
         f"({bins.etcdctl})",
-        "etcd_dr": f"{_first_line([etcd_dr, '--version'])} (git {commit}{', src modified' if dirty else ''})",
+        "etcd_dr": f"{_first_line([*etcd_dr.argv, '--version'], child_env(etcd_dr.env))}, {etcd_dr.source}",
         "etcd_data": storage.describe(bins),
     }
 
@@ -1040,14 +1076,21 @@ async def run(args: argparse.Namespace, storage: Storage) -> int:
     if unknown:
         say(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
         return 2
-    etcd_dr = etcd_dr_path()
-    facts = machine_facts(bins, etcd_dr, storage)
-    say("etcd-dr mirror vs etcdctl make-mirror" + (" (--quick)" if args.quick else ""))
-    for k, v in facts.items():
-        say(f"  {k:<9} {v}")
     res = Results()
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="etcd-dr-bench-") as tmp:
+        try:
+            if args.etcd_dr_rev:
+                etcd_dr = EtcdDr.at_revision(args.etcd_dr_rev, Path(tmp) / "etcd-dr")
+            else:
+                etcd_dr = EtcdDr.installed()
+        except BenchError as e:
+            say(f"etcd-dr: {e}")
+            return 2
+        facts = machine_facts(bins, etcd_dr, storage)
+        say("etcd-dr mirror vs etcdctl make-mirror" + (" (--quick)" if args.quick else ""))
+        for k, v in facts.items():
+            say(f"  {k:<9} {v}")
         log_dir = Path(args.keep_logs) if args.keep_logs else Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
         tools = Tools(bins, log_dir, etcd_dr, storage, quiet_wait=not args.no_quiet_wait)
@@ -1133,12 +1176,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="do not wait for the rest of the machine to go quiet before each measurement",
     )
     p.add_argument(
+        "--etcd-dr-rev",
+        metavar="REV",
+        help="measure etcd-dr as of this git revision (exported from git) instead of the working tree",
+    )
+    p.add_argument(
         "--data-dir",
         metavar="DIR",
         help="keep the clusters' data under DIR (a real disk, fsync on) instead of /dev/shm",
     )
     p.add_argument("--keep-logs", metavar="DIR", help="write the tools' logs to DIR and keep them")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     logging.getLogger("asyncio").addFilter(_ProxyShutdownNoise())
     storage = Storage(Path(args.data_dir).resolve() if args.data_dir else None)
     if storage.data_dir is not None:
