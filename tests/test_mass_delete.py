@@ -89,3 +89,16 @@ async def test_replayed_mass_delete_is_refused_and_the_cli_says_so(etcd_cluster_
         assert await count(d) == 300
         await Mirror(cfg(src, dst, once=True, allow_mass_delete=True)).run()
         assert await count(d) == 50
+
+
+def test_refusals_are_counted_in_the_metrics() -> None:
+    from etcd_dr.metrics import MirrorCollector
+    from etcd_dr.mirror import MirrorStats
+
+    stats = MirrorStats()
+    stats.errors["mass_delete_refused"] += 1
+    samples = {
+        (s.name, s.labels.get("kind")): s.value for m in MirrorCollector(stats).collect() for s in m.samples
+    }
+    assert samples[("etcd_dr_errors_total", "mass_delete_refused")] == 1
+    assert samples[("etcd_dr_errors_total", "unavailable")] == 0

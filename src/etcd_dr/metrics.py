@@ -54,7 +54,7 @@ class MirrorCollector(Collector):
         errors = CounterMetricFamily(
             "etcd_dr_errors", "Faults the mirror met and retried, by kind.", labels=["kind"]
         )
-        for kind in ("unavailable", "compacted", "fenced"):
+        for kind in sorted({"unavailable", "compacted", "fenced", "mass_delete_refused", *s.errors}):
             errors.add_metric([kind], s.errors.get(kind, 0))
         yield errors
         yield _gauge(
@@ -74,6 +74,7 @@ class MirrorCollector(Collector):
             yield _gauge(
                 "etcd_dr_verify_mismatch", "Differences found by the last periodic verify.", s.verify_mismatch
             )
+        yield _gauge("etcd_dr_leases", "Destination leases the mirror keeps alive.", s.leases)
         phase = GaugeMetricFamily(
             "etcd_dr_phase", "The mirror's phase (1 for the current one).", labels=["phase"]
         )
