@@ -1070,6 +1070,8 @@ def machine_facts(bins: EtcdBinaries, etcd_dr: EtcdDr, storage: Storage) -> dict
 
 async def run(args: argparse.Namespace, storage: Storage) -> int:
     sizes = QUICK if args.quick else FULL
+    if args.distance_writes is not None:
+        sizes = replace(sizes, distance_writes=args.distance_writes)
     bins = etcd_binaries.find(args.etcd_version)
     only = [s for part in (args.only or []) for s in part.split(",") if s] or list(SCENARIOS)
     unknown = [s for s in only if s not in SCENARIOS]
@@ -1176,6 +1178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="do not wait for the rest of the machine to go quiet before each measurement",
     )
     p.add_argument(
+        "--distance-writes",
+        type=int,
+        metavar="N",
+        help="writes of the distance scenario's replay (default 1,000; 300 with --quick)",
+    )
+    p.add_argument(
         "--etcd-dr-rev",
         metavar="REV",
         help="measure etcd-dr as of this git revision (exported from git) instead of the working tree",
@@ -1187,6 +1195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--keep-logs", metavar="DIR", help="write the tools' logs to DIR and keep them")
     args = p.parse_args(argv)
+    if args.distance_writes is not None and args.distance_writes < 1:
+        p.error("--distance-writes must be at least 1")
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     logging.getLogger("asyncio").addFilter(_ProxyShutdownNoise())
