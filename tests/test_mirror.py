@@ -319,6 +319,7 @@ async def test_kill_9_at_random_points_then_exactly_once(
                         # Then at random points of the replay, once this process holds the lock and
                         # writes (its predecessor's lock lease first has to expire).
                         await _wait_for_change(d, key, before.value if before else None)
+                        await _wait_for_phase(d, key, "replay")
                         await asyncio.sleep(rng.uniform(0.0, 1.5))
                     proc.send_signal(signal.SIGKILL)
                     await proc.wait()

@@ -506,7 +506,8 @@ class LeaseKeepAlive:
                         )
                         self._call = fn(metadata=self._conn.metadata())
                     await self._call.write(pb.LeaseKeepAliveRequest(id=lease_id))
-                    resp = await asyncio.wait_for(self._call.read(), self._conn.config.request_timeout)
+                    async with asyncio.timeout(self._conn.config.request_timeout):  # not wait_for: see replay
+                        resp = await self._call.read()
                 except grpc.RpcError as e:
                     await self.close()
                     err = map_grpc_error(e, endpoint, self._conn.config.role, config=self._conn.config)

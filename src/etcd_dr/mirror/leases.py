@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from ..errors import Fenced
@@ -42,6 +43,7 @@ class LeaseMirror:
         self._registry = registry  # state prefix for the leases this mirror owns on the destination
         self._stats = stats
         self._ttl: dict[int, int] = {}  # lease id -> source remaining TTL at the last look
+        self._refreshed: dict[int, tuple[int, float]] = {}  # lease id -> (granted TTL, monotonic time)
         self.lost = asyncio.Event()
 
     def _key(self, lease: int) -> bytes:
@@ -73,6 +75,7 @@ class LeaseMirror:
         if not ok:
             raise Fenced("lost the mirror lock while granting a lease")
         self._ttl[lease] = info.ttl
+        self._refreshed[lease] = (info.granted_ttl or info.ttl, time.monotonic())
         self._stats.leases = len(self._ttl)
         return lease
 
@@ -98,11 +101,14 @@ class LeaseMirror:
                         info = await self._source.lease_time_to_live(lease)
                         if info.ttl <= 0:
                             await self._end(lease)
-                        elif info.ttl > last or last == 0:
+                            continue
+                        # Our estimate of the destination lease's remaining TTL; refresh it as soon as
+                        # the source's (whole seconds, rounded down) has caught up with it.
+                        granted, at = self._refreshed.get(lease, (0, 0.0))
+                        if last == 0 or info.ttl >= granted - (time.monotonic() - at):
                             await ka.refresh(lease)
-                            self._ttl[lease] = info.ttl
-                        else:
-                            self._ttl[lease] = info.ttl
+                            self._refreshed[lease] = (info.granted_ttl or info.ttl, time.monotonic())
+                        self._ttl[lease] = info.ttl
                     except LeaseNotFound:
                         log.warning(
                             "destination lease %x expired while the source's lives: its keys are gone from "
@@ -119,5 +125,6 @@ class LeaseMirror:
             await self._dest.lease_revoke(lease)
         await self._dest.delete_range(self._key(lease))
         self._ttl.pop(lease, None)
+        self._refreshed.pop(lease, None)
         self._stats.leases = len(self._ttl)
         log.debug("source lease %x ended: revoked it on the destination", lease)

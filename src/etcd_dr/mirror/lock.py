@@ -47,6 +47,7 @@ class MirrorLock:
                 [Get(self.key)],
             )
             if result.succeeded:
+                await cancel_and_wait(self._keepalive)  # a previous holding's, if it still runs
                 self._lease = grant.id
                 self.revision = result.header.revision
                 self.lost = asyncio.Event()
@@ -76,8 +77,12 @@ class MirrorLock:
                     log.warning("lost the mirror lock (its lease expired); standing by")
                     self.lost.set()
                     return
-                except (TransientError, EtcdError) as e:
+                except TransientError as e:
                     log.warning("mirror lock keepalive failed: %s", e)
+                except EtcdError as e:
+                    log.warning("mirror lock keepalive stopped: %s", e)
+                    self.lost.set()
+                    return
 
     async def release(self) -> None:
         await cancel_and_wait(self._keepalive)

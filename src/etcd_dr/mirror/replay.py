@@ -245,7 +245,10 @@ class Replayer:
     async def _wait(self) -> bool:
         """Wait for source revisions; False when the checkpoint interval passed first."""
         try:
-            item = await asyncio.wait_for(self._queue.get(), self._interval)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that arrives
+            # as the queue yields an item, and a cancelled mirror would then run on.
+            async with asyncio.timeout(self._interval):
+                item = await self._queue.get()
         except TimeoutError:
             return False
         if isinstance(item, BaseException):
