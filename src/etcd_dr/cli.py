@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
@@ -94,6 +95,13 @@ def prefix_options(f: F) -> F:
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def check_options(f: F) -> F:
+    """DEST, both clusters' flags, the key mapping and --json: what verify and status take."""
+    f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")(f)
+    f = source_options(dest_options(prefix_options(f)))
+    return click.argument("dest")(f)
 
 
 def source_config(kw: dict[str, Any]) -> ClientConfig:
@@ -264,15 +272,9 @@ def mirror(dest: str, **kw: Any) -> None:
 
 
 @cli.command()
-@click.argument("dest")
-@source_options
-@dest_options
-@prefix_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+@check_options
 def verify(dest: str, as_json: bool, **kw: Any) -> None:
     """Compare SOURCE and DEST: exit 0 equal, 1 different, 2 error."""
-    import json
-
     from .errors import CheckFailed
     from .mirror.checkpoint import encode_key
     from .verify import verify as run_verify
@@ -293,15 +295,9 @@ def verify(dest: str, as_json: bool, **kw: Any) -> None:
 
 
 @cli.command()
-@click.argument("dest")
-@source_options
-@dest_options
-@prefix_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+@check_options
 def status(dest: str, as_json: bool, **kw: Any) -> None:
     """Both clusters' health, the mirror's revisions, lag, checkpoint age and compaction headroom."""
-    import json
-
     from .status import status as run_status
 
     config = pair_config(dest, kw)
