@@ -1,51 +1,228 @@
-"""`etcd-dr demo`: two local 3-member etcd clusters with mutual TLS (one CA per site), the mirror
-between them, and the source procedure narrated step by step. It ends every process it started and
-removes its files on any exit, Ctrl-C included.
+"""`etcd-dr demo`: two local 3-member etcd sites with mutual TLS, built the way a user builds them with
+the product, the mirror between them, and the source procedure narrated step by step.
+
+1. a topology file: two sites of three members on 127.0.0.1 (free ports), written to the demo's
+   directory as topology.yaml and loaded as `etcd-dr render` loads it;
+2. certificates made with etcd_dr.pki following render's pki plan (what the rendered pki.sh does): a
+   CA per site, a server and a peer certificate per member, the mirror's client certificate per site;
+3. `render` into the demo's directory: etcd.conf.yml and etcd.service per member, the mirror's unit;
+4. every member started as its rendered unit starts it: `etcd --config-file FILE`;
+5. the mirror, in this process, with the command line of the rendered etcd-dr-mirror.service;
+then writes, a member killed and restarted, and `verify`.
+
+It ends every process it started and removes its files on any exit, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import os
 import shutil
+import signal
+import socket
+import sys
 import tempfile
+import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from .aio import cancel_and_wait
+import yaml
+
 from .config import MirrorConfig
+from .errors import CheckFailed, EtcdDrError, UsageError
 from .etcd import ClientConfig, EtcdClient, TransientError, prefix_range_end
 from .mirror import Mirror
-from .testing.binaries import EtcdBinaries, find
-from .testing.cluster import EtcdCluster
-from .testing.tls import ClusterTLS, make_cluster_tls
+from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
+from .testing.binaries import EtcdBinaries, EtcdNotFoundError, find
+from .testing.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError
+from .testing.tls import TLSFiles
+from .topology import Topology, expand, load_topology
+from .verify import verify
 
 log = logging.getLogger("etcd_dr.demo")
 
+T = TypeVar("T")
 
-def _client_config(cluster: EtcdCluster, tls: ClusterTLS, role: str, flag_prefix: str) -> ClientConfig:
-    return ClientConfig.create(
-        cluster.endpoints,
-        cacert=tls.client.cacert,
-        cert=tls.client.cert,
-        key=tls.client.key,
-        role=role,
-        flag_prefix=flag_prefix,
+SITES = {"site-a": ("A", "primary"), "site-b": ("B", "standby")}
+MEMBERS = 3
+PREFIX = "/registry/"
+HOST = "127.0.0.1"
+# Another program may take a free port between our look and etcd's bind: pick new ports, render again.
+_START_ATTEMPTS = 3
+
+
+def _free_ports(count: int) -> list[int]:
+    # Every socket stays bound until all are: the kernel hands out distinct ports.
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _data_root() -> Path:
+    # Member data on tmpfs when there is one: the demo's throwaway data then costs no disk syncs.
+    shm = Path("/dev/shm")
+    where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="etcd-dr-demo-data-", dir=where))
+
+
+def _etcd_dr_binary() -> str | None:
+    script = Path(sys.executable).parent / "etcd-dr"
+    return str(script) if script.is_file() else None
+
+
+def _topology_doc(etcd: Path, out: Path, data_root: Path, ports: list[int], token: str) -> dict[str, Any]:
+    """Two sites of three members on 127.0.0.1. Every "host" is this machine, so the TLS paths are where
+    the certificates are made (OUT/pki/<site>/, as the rendered pki.sh makes them) and each member's
+    configuration file is where render writes it: nothing needs copying."""
+    pki = f"{out}/pki/{{site}}"
+    doc: dict[str, Any] = {"sites": {}}
+    port = iter(ports)
+    for site, (letter, role) in SITES.items():
+        doc["sites"][site] = {
+            "role": role,
+            "client_dns": "localhost",
+            "members": [
+                {
+                    "name": f"etcd-{letter.lower()}{i}",
+                    "host": HOST,
+                    "client_port": next(port),
+                    "peer_port": next(port),
+                    "data_dir": str(data_root / f"etcd-{letter.lower()}{i}"),
+                }
+                for i in range(1, MEMBERS + 1)
+            ],
+            "tls": {
+                "server": {
+                    "ca": f"{pki}/ca.pem",
+                    "cert": f"{pki}/{{member}}-server.pem",
+                    "key": f"{pki}/{{member}}-server-key.pem",
+                },
+                "peer": {
+                    "ca": f"{pki}/ca.pem",
+                    "cert": f"{pki}/{{member}}-peer.pem",
+                    "key": f"{pki}/{{member}}-peer-key.pem",
+                },
+                "mirror_client": {
+                    "ca": f"{pki}/ca.pem",
+                    "cert": f"{pki}/mirror.pem",
+                    "key": f"{pki}/mirror-key.pem",
+                },
+            },
+            "etcd_binary": str(etcd),
+            # Three members share this host: each needs its own configuration file and unit name.
+            "config_file": f"{out}/{{site}}/{{member}}/etcd.conf.yml",
+            "unit_name": "etcd-{member}.service",
+            "cluster_token": f"{site}-{token}",
+            # Quicker elections than etcd's defaults: every member is on loopback.
+            "extra_flags": {"heartbeat-interval": 50, "election-timeout": 500},
+        }
+    doc["mirror"] = {"prefix": PREFIX}
+    binary = _etcd_dr_binary()
+    if binary is not None:
+        doc["mirror"]["etcd_dr_binary"] = binary
+    return doc
+
+
+def _write_topology(path: Path, doc: dict[str, Any]) -> Topology:
+    header = (
+        "# The demo's two sites, all on this machine (etcd-dr demo writes and removes this file).\n"
+        "# `etcd-dr render topology.yaml --out DIR` turns it into what the demo runs.\n"
+    )
+    path.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    # As `etcd-dr render` reads it: validated, every problem reported.
+    return load_topology(path)
+
+
+def _mirror_config(topology: Topology) -> MirrorConfig:
+    """The configuration the rendered etcd-dr-mirror.service's command line gives the mirror."""
+    argv = mirror_argv(topology)
+    dest, flags = argv[2], argv[3:]
+    opts = dict(zip(flags[::2], flags[1::2], strict=True))
+    expected = {"--endpoints", "--cacert", "--cert", "--key", "--dest-cacert", "--dest-cert", "--dest-key"}
+    if not expected <= set(opts) <= expected | {"--prefix", "--state-prefix"}:
+        raise RuntimeError(f"unexpected mirror command line: {argv}")  # the demo's topology changed
+    source = ClientConfig.create(
+        opts["--endpoints"],
+        cacert=opts["--cacert"],
+        cert=opts["--cert"],
+        key=opts["--key"],
+        role="source",
+        flag_prefix="",
+    )
+    destination = ClientConfig.create(
+        dest,
+        cacert=opts["--dest-cacert"],
+        cert=opts["--dest-cert"],
+        key=opts["--dest-key"],
+        role="destination",
+        flag_prefix="dest-",
+    )
+    return MirrorConfig(
+        source=source,
+        dest=destination,
+        prefix=opts.get("--prefix", "").encode(),
+        state_prefix=opts["--state-prefix"].encode(),
+        status_interval=3600,
     )
 
 
-async def _wait_equal(src: EtcdClient, dst: EtcdClient, prefix: bytes, timeout: float = 30.0) -> float:
+def _files_line(written: list[Path], out: Path) -> str:
+    """ "6 etcd.conf.yml, 6 etcd.service, 2 pki.sh, etcd-dr-mirror.service, README.txt in OUT"."""
+    counts = Counter(p.name for p in written)
+    return ", ".join(f"{n} {name}" if n > 1 else name for name, n in counts.most_common()) + f" in {out}"
+
+
+async def _end_mirror(task: asyncio.Task[Any] | None) -> None:
+    """Cancel the mirror and wait for it to end; a cancel it loses is repeated, and one that does not end
+    it within seconds does not hold up the cleanup (the clusters go away under it anyway)."""
+    if task is None:
+        return
+    for _ in range(3):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if done:
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("the mirror had failed", exc_info=task.exception())
+            return
+    log.warning("the mirror did not end within 15 s of being cancelled; stopping the clusters under it")
+
+
+def _check_mirror(task: asyncio.Task[Any]) -> None:
+    """A mirror that ended by itself failed: say why rather than wait for the standby in vain."""
+    if task.done():
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+        raise CheckFailed("demo: the mirror ended by itself")
+
+
+async def _wait_equal(
+    src: EtcdClient, dst: EtcdClient, prefix: bytes, mirror: asyncio.Task[Any], timeout: float = 30.0
+) -> float:
     """Seconds until the destination's prefix holds exactly what the source's does."""
     t0 = time.monotonic()
     end = prefix_range_end(prefix)
     while True:
+        _check_mirror(mirror)
         a = [(kv.key, kv.value) for kv in (await src.range(prefix, end)).kvs]
         b = [(kv.key, kv.value) for kv in (await dst.range(prefix, end)).kvs]
         if a == b:
             return time.monotonic() - t0
         if time.monotonic() - t0 > timeout:
-            raise RuntimeError(f"the standby did not catch up within {timeout:g} s")
+            raise CheckFailed(f"demo: the standby did not catch up within {timeout:g} s")
         await asyncio.sleep(0.02)
 
 
@@ -63,74 +240,258 @@ async def _app_put(client: EtcdClient, key: bytes, value: bytes) -> None:
             await asyncio.sleep(0.1)
 
 
+class _Sites:
+    """The demo's etcd processes. Every start, kill and restart runs in one thread pool, so that
+    cleanup can wait for one still in flight (after a Ctrl-C) before it ends the processes: a member
+    spawned after stop() would otherwise outlive the demo."""
+
+    def __init__(self) -> None:
+        self.clusters: list[EtcdCluster] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="etcd-dr-demo")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def start(self, clusters: list[EtcdCluster]) -> list[BaseException | None]:
+        self.clusters += clusters
+        futures = [asyncio.get_running_loop().run_in_executor(self._pool, c.start) for c in clusters]
+        # Shielded: a Ctrl-C leaves the starts running; close() waits for them.
+        results = await asyncio.shield(asyncio.gather(*futures, return_exceptions=True))
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    def stop(self, clusters: list[EtcdCluster]) -> None:
+        threads = [threading.Thread(target=c.stop) for c in clusters]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def close(self) -> None:
+        """Wait for whatever is in flight, then end every member (sites in parallel)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.stop(self.clusters)
+
+
+class Stopped(EtcdDrError):
+    """A signal ended the demo (after its cleanup): Ctrl-C, SIGTERM, or SIGHUP (a closed terminal)."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__("interrupted" if signum == signal.SIGINT else f"terminated by {name}")
+        self.exit_code = 128 + signum
+
+
+class _Signals:
+    """Ctrl-C, SIGTERM and SIGHUP cancel the demo's task, so that its cleanup ends every process and
+    removes every file before it exits. A cancel can be lost (a library that swallows one as a call
+    completes): until the cleanup has begun, the cancel is repeated."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    RETRY = 1.0
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.cleaning = False
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+
+    def __enter__(self) -> _Signals:
+        for signum in self.SIGNALS:
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Ctrl-C goes back to raising KeyboardInterrupt (asyncio.run's own handler was replaced).
+        for signum in self.SIGNALS:
+            self._loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        self.received.append(signum)
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._task is None or self._task.done() or self.cleaning:
+            return
+        self._task.cancel()
+        self._loop.call_later(self.RETRY, self._cancel)
+
+
 async def run_demo(say: Callable[[str], None], *, keep: bool = False, version: str | None = None) -> None:
     # The narration says what happens; the mirror's own info lines would only repeat it.
     for name in ("etcd_dr.mirror", "etcd_dr.etcd"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    binaries: EtcdBinaries = find(version)
+    try:
+        binaries: EtcdBinaries = find(version)
+    except EtcdNotFoundError as e:
+        raise UsageError(f"--etcd-version {version}: {e}" if version else str(e)) from None
+    with _Signals() as signals:
+        try:
+            await _run(say, binaries, signals, keep=keep)
+        except asyncio.CancelledError:
+            if signals.received:
+                raise Stopped(signals.received[0]) from None
+            raise
+        if signals.received:  # every cancel was lost, and the demo ran to its end
+            raise Stopped(signals.received[0])
+
+
+async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Signals, *, keep: bool) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="etcd-dr-demo-"))
-    clusters: list[EtcdCluster] = []
+    data_root: Path | None = None
+    sites = _Sites()
     mirror_task: asyncio.Task[object] | None = None
     try:
-        say(f"etcd {binaries.version} ({binaries.etcd}); working directory {workdir}")
-        say("1. Certificates: one CA per site, server/peer/client certificates (etcd-dr pki, not cfssl).")
-        tls_a = make_cluster_tls(workdir / "site-a-pki", name="site-a")
-        tls_b = make_cluster_tls(workdir / "site-b-pki", name="site-b")
+        data_root = _data_root()
         say(
-            "2. Two 3-member clusters with mutual TLS for clients and peers: "
-            "site A (primary), site B (standby)."
+            f"etcd {binaries.version} ({binaries.etcd}); working directory {workdir} "
+            f"(member data in {data_root})"
         )
-        site_a = EtcdCluster(binaries, 3, tls=tls_a, name="site-a", base_dir=workdir)
-        clusters.append(site_a)
-        site_b = EtcdCluster(binaries, 3, tls=tls_b, name="site-b", base_dir=workdir)
-        clusters.append(site_b)
-        await asyncio.gather(asyncio.to_thread(site_a.start), asyncio.to_thread(site_b.start))
+        topo_file, out = workdir / "topology.yaml", workdir / "sites"
+        token = uuid.uuid4().hex[:8]
+        for attempt in range(_START_ATTEMPTS):
+            ports = _free_ports(2 * MEMBERS * len(SITES))
+            topology = _write_topology(topo_file, _topology_doc(binaries.etcd, out, data_root, ports, token))
+            if attempt == 0:
+                say(
+                    f"1. Topology: sites A (primary) and B (standby), {MEMBERS} members each on {HOST}, "
+                    f"mirror of {PREFIX} from A to B -> {topo_file}"
+                )
+                make_pki(topology, out / "pki")
+                plan = pki_plan(topology)
+                say(
+                    "2. Certificates with etcd-dr pki (not cfssl), as the rendered pki.sh makes them: per "
+                    "site a CA, a server and a peer certificate per member, the mirror's client "
+                    f"certificate -> {sum(map(len, plan.values())) + len(plan)} certificates in "
+                    f"{out / 'pki'}/{{{','.join(plan)}}}"
+                )
+            # What `etcd-dr render topology.yaml --out DIR` does (again, with --force, on new ports).
+            written = write_rendered(render(topology, source=str(topo_file)), out, force=attempt > 0)
+            if attempt == 0:
+                say(f"3. render: {_files_line(written, out)}")
+            clusters = {
+                site: EtcdCluster.from_config_files(
+                    binaries,
+                    [Path(config_file_of(site, s, m)) for m in s.members],
+                    client_tls=_client_tls(topology, site),
+                    name=site,
+                    base_dir=workdir,
+                )
+                for site, s in topology.sites.items()
+            }
+            if attempt == 0:
+                say(
+                    f"4. Start the {MEMBERS * len(SITES)} members as their rendered units do: etcd "
+                    f"--config-file {out}/<site>/<member>/etcd.conf.yml (client and peer mutual TLS)."
+                )
+            errors = await sites.start(list(clusters.values()))
+            if not any(errors):
+                break
+            sites.stop(list(clusters.values()))
+            failure = next(e for e in errors if e is not None)
+            if not isinstance(failure, EtcdPortInUseError) or attempt == _START_ATTEMPTS - 1:
+                raise _start_failed(failure)
+            say("   another program took one of the ports meanwhile: rendering again with new ports.")
+            for d in data_root.iterdir():
+                shutil.rmtree(d, ignore_errors=True)
+        site_a, site_b = clusters["site-a"], clusters["site-b"]
         say(f"   site A: {','.join(site_a.endpoints)}")
         say(f"   site B: {','.join(site_b.endpoints)}")
-        src_cfg = _client_config(site_a, tls_a, "source", "")
-        dst_cfg = _client_config(site_b, tls_b, "destination", "dest-")
-        async with EtcdClient(src_cfg) as a, EtcdClient(dst_cfg) as b:
-            say("3. Applications write to site A: 2,000 keys under /registry/.")
+        config = _mirror_config(topology)
+        async with EtcdClient(config.source) as a, EtcdClient(config.dest) as b:
+            say(f"5. Applications write to site A: 2,000 keys under {PREFIX}.")
             for i in range(0, 2000, 100):
                 await asyncio.gather(
                     *(a.put(b"/registry/pods/pod-%04d" % j, b"spec-%d" % j) for j in range(i, i + 100))
                 )
-            say("4. etcd-dr mirror A -> B (copy at one revision, then replay; checkpoint in site B).")
-            config = MirrorConfig(source=src_cfg, dest=dst_cfg, status_interval=3600)
+            source_site, dest_site = topology.primary, topology.standby
+            say(
+                f"6. etcd-dr mirror A -> B as the rendered {MIRROR_UNIT} runs it (here in-process), with "
+                f"its client certificates pki/{source_site}/mirror.pem and pki/{dest_site}/mirror.pem: "
+                "copy at one revision, then replay; checkpoint in site B."
+            )
             mirror = Mirror(config)
             mirror_task = asyncio.create_task(mirror.run())
-            took = await _wait_equal(a, b, b"/registry/")
+            took = await _wait_equal(a, b, PREFIX.encode(), mirror_task)
             say(f"   site B holds the same 2,000 keys after {took:.2f} s.")
-            say("5. New writes, overwrites and a prefix delete on site A appear on site B:")
+            say("7. New writes, overwrites and a prefix delete on site A appear on site B:")
             for j in range(10):
                 await a.put(b"/registry/services/svc-%d" % j, b"v1")
             await a.put(b"/registry/pods/pod-0001", b"spec-1-updated")
             await a.delete_range(b"/registry/pods/pod-19", prefix_range_end(b"/registry/pods/pod-19"))
-            took = await _wait_equal(a, b, b"/registry/")
+            took = await _wait_equal(a, b, PREFIX.encode(), mirror_task)
             say(
                 f"   equal again after {took * 1000:.0f} ms; "
                 f"mirror at source revision {mirror.stats.applied_revision}."
             )
-            say("6. A member of site A dies: the mirror moves to another member and loses nothing.")
-            site_a.kill(0)
+            # Member 0: the first endpoint, the one the mirror reads from.
+            victim = site_a.members[0].name
+            say(f"8. Member {victim} of site A dies: the mirror moves to another member and loses nothing.")
+            leader = await sites.run(site_a.leader)
+            await sites.run(site_a.kill, 0)
+            took_over = ""
+            if leader == 0:
+                # Writes sent before a new leader is elected would wait for etcd's request timeout
+                # (6 s here): the proposal went to the dead leader. Clients see a slow write; wait instead.
+                t0 = time.monotonic()
+                new = await sites.run(site_a.wait_leader)
+                took_over = (
+                    f" (it led site A: {site_a.members[new].name} took over after "
+                    f"{(time.monotonic() - t0) * 1000:.0f} ms)"
+                )
             for j in range(10, 20):
                 await _app_put(a, b"/registry/services/svc-%d" % j, b"v1")
-            took = await _wait_equal(a, b, b"/registry/")
-            say(f"   equal after {took * 1000:.0f} ms with member 0 of site A down.")
-            site_a.restart(0)
-            say("7. Failover, failback and switchover arrive with the next release; the demo stops here.")
+            took = await _wait_equal(a, b, PREFIX.encode(), mirror_task)
+            await sites.run(site_a.restart, 0)
+            say(
+                f"   equal after {took * 1000:.0f} ms with {victim} down{took_over}; "
+                f"{victim} restarted from its etcd.conf.yml."
+            )
+            result = await verify(config)
+            say(f"9. etcd-dr verify (the mirror's flags): {result.summary()}")
+            if not result.equal:
+                raise CheckFailed(f"demo: verify found differences: {result.summary()}")
+            say("10. Failover, failback and switchover arrive with the next release; the demo stops here.")
             if keep:
-                say("   --keep: clusters and mirror keep running; Ctrl-C ends them. Reach them with:")
-                for name, cl, t in (("A", site_a, tls_a), ("B", site_b, tls_b)):
+                say(
+                    f"   --keep: the {MEMBERS * len(SITES)} members and the mirror keep running; Ctrl-C "
+                    f"ends them. Files: {workdir}. Reach the sites with:"
+                )
+                for letter, site, cluster in (("A", source_site, site_a), ("B", dest_site, site_b)):
+                    tls = _client_tls(topology, site)
                     say(
-                        f"   site {name}: etcdctl --endpoints {','.join(cl.endpoints)} "
-                        f"--cacert {t.client.cacert} --cert {t.client.cert} --key {t.client.key} "
-                        "get --prefix /registry/ --keys-only"
+                        f"   site {letter}: {binaries.etcdctl} --endpoints {','.join(cluster.endpoints)} "
+                        f"--cacert {tls.cacert} --cert {tls.cert} --key {tls.key} "
+                        f"get --prefix {PREFIX} --keys-only"
                     )
                 await asyncio.Event().wait()
     finally:
-        await cancel_and_wait(mirror_task)
-        for cl in clusters:
-            cl.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        say("Stopped every process the demo started and removed its files.")
+        signals.cleaning = True
+        try:
+            await _end_mirror(mirror_task)
+        finally:
+            sites.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+            if data_root is not None:
+                shutil.rmtree(data_root, ignore_errors=True)
+            say("Stopped every process the demo started and removed its files.")
+
+
+def _client_tls(topology: Topology, site: str) -> TLSFiles:
+    """The site's CA and the mirror's client certificate for it, where the topology puts them."""
+    t = topology.sites[site].tls.mirror_client
+    return TLSFiles(
+        cacert=Path(expand(t.ca, site=site)),
+        cert=Path(expand(t.cert, site=site)),
+        key=Path(expand(t.key, site=site)),
+    )
+
+
+def _start_failed(error: BaseException) -> BaseException:
+    if not isinstance(error, EtcdClusterError):
+        return error
+    # The message ends with the member's log, which goes away with the demo's directory: log it all,
+    # and end with one line.
+    first, _, rest = str(error).partition("\n")
+    if rest:
+        log.error("%s", rest)
+    return CheckFailed(f"demo: {first}")

@@ -3,6 +3,9 @@
 Each member is a real etcd process on free 127.0.0.1 ports with its own data dir (on /dev/shm when
 there is one: tests then never wait on a disk). Processes are tracked by PID and ended by PID; an
 atexit hook stops whatever a crashed caller left running.
+
+`EtcdCluster.from_config_files` runs members from etcd configuration files instead (`etcd
+--config-file FILE`, e.g. the files `etcd-dr render` writes), with the same process control.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
+
+import yaml
 
 from etcd_dr.testing.binaries import EtcdBinaries
 
@@ -56,8 +62,56 @@ class EtcdctlError(RuntimeError):
         self.stderr = stderr
 
 
+class EtcdPortInUseError(EtcdClusterError):
+    """A member started from a configuration file could not bind a port the file names (another
+    process has it). Only from_config_files clusters raise it: other clusters pick new ports and retry."""
+
+
 class _PortClash(Exception):
     """A member could not bind its port: someone took it between our probe and etcd's bind."""
+
+
+@dataclass(frozen=True)
+class _ConfigFileMember:
+    """What a member's etcd configuration file says about it."""
+
+    path: Path
+    name: str
+    data_dir: Path
+    client_port: int
+    peer_port: int
+    scheme: str
+
+
+def _read_member_config(path: Path) -> tuple[_ConfigFileMember, dict[str, Any]]:
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read an etcd configuration file: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not an etcd configuration file (expected a mapping)")
+
+    def url(key: str) -> urllib.parse.SplitResult:
+        value = config.get(key)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{path}: {key} is missing")
+        first = urllib.parse.urlsplit(value.split(",")[0].strip())
+        if first.hostname != HOST or first.port is None or first.scheme not in ("http", "https"):
+            raise ValueError(f"{path}: {key} {value!r}: local clusters listen on http(s)://{HOST}:PORT")
+        return first
+
+    client, peer = url("listen-client-urls"), url("listen-peer-urls")
+    if client.scheme != peer.scheme:
+        raise ValueError(f"{path}: client and peer URLs must both be http or both https")
+    name, data_dir = config.get("name"), config.get("data-dir")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{path}: name is missing")
+    if not isinstance(data_dir, str) or not data_dir:
+        raise ValueError(f"{path}: data-dir is missing")
+    assert client.port is not None and peer.port is not None
+    member = _ConfigFileMember(path, name, Path(data_dir), client.port, peer.port, client.scheme)
+    return member, config
 
 
 @dataclass
@@ -198,9 +252,57 @@ class EtcdCluster:
         self.base_dir: Path | None = None
         self.token = f"{name}-{uuid.uuid4().hex[:12]}"
         self.members: list[Member] = []
+        # Set by from_config_files only.
+        self._config_members: list[_ConfigFileMember] = []
+        self._client_tls: TLSFiles | None = None
         self._auth_enabled = False
         self._started = False
         self._stopped = False
+
+    @classmethod
+    def from_config_files(
+        cls,
+        binaries: EtcdBinaries,
+        config_files: Sequence[Path],
+        *,
+        client_tls: TLSFiles | None = None,
+        name: str = "etcd",
+        base_dir: Path | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> EtcdCluster:
+        """A cluster whose member i runs `etcd --config-file config_files[i]` and nothing else.
+
+        Names, ports, data dirs, TLS and timing come from the files, whose client and peer URLs must
+        be on 127.0.0.1. `client_tls` is a client certificate the members accept (for health checks,
+        leader lookups and etcdctl()); required when the files use https. The data dirs are the files'
+        own: stop() ends the members and removes only what it made (the logs under `base_dir`). A port
+        the files name that another process holds is an EtcdPortInUseError (no retry: the ports are
+        the files'). Not for auth=...: enable etcd auth yourself if you need it.
+        """
+        parsed = [_read_member_config(Path(f)) for f in config_files]
+        if not parsed:
+            raise ValueError("from_config_files needs at least one configuration file")
+        members = [m for m, _ in parsed]
+        if any(m.scheme == "https" for m in members) and client_tls is None:
+            raise ValueError("the members use https: pass client_tls, a client certificate they accept")
+
+        def timing(key: str, default: int) -> int:
+            value = parsed[0][1].get(key, default)
+            return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+        cluster = cls(
+            binaries,
+            len(members),
+            name=name,
+            base_dir=base_dir,
+            start_timeout=start_timeout,
+            # etcd's defaults when the files do not set them.
+            heartbeat_ms=timing("heartbeat-interval", 100),
+            election_ms=timing("election-timeout", 1000),
+        )
+        cluster._config_members = members
+        cluster._client_tls = client_tls
+        return cluster
 
     # -- properties -------------------------------------------------------------------------------
 
@@ -217,6 +319,8 @@ class EtcdCluster:
     @property
     def client_tls(self) -> TLSFiles | None:
         """The client certificate a caller needs to talk to this cluster (None without TLS)."""
+        if self._client_tls is not None:
+            return self._client_tls
         return self.tls.client if self.tls is not None else None
 
     @property
@@ -239,7 +343,9 @@ class EtcdCluster:
         with _LIVE_LOCK:
             _LIVE.add(self)
         try:
-            for attempt in range(_PORT_ATTEMPTS):
+            # Ports from configuration files are fixed: another attempt would clash again.
+            attempts = 1 if self._config_members else _PORT_ATTEMPTS
+            for attempt in range(attempts):
                 self._make_members()
                 try:
                     opener = self._http_opener()
@@ -249,8 +355,13 @@ class EtcdCluster:
                             self._wait_peer_serving(member, opener)
                     self.wait_healthy()
                     break
-                except _PortClash:
+                except _PortClash as clash:
                     self._terminate(self.members)
+                    if self._config_members:
+                        raise EtcdPortInUseError(
+                            f"cluster {self.name}: etcd member {clash} could not bind a port its "
+                            "configuration file names: address already in use"
+                        ) from None
                     for member in self.members:
                         shutil.rmtree(member.data_dir, ignore_errors=True)
                     if attempt == _PORT_ATTEMPTS - 1:
@@ -432,10 +543,11 @@ class EtcdCluster:
             "ETCDCTL_API": "3",
             "ETCDCTL_ENDPOINTS": ",".join(endpoints if endpoints is not None else self.endpoints),
         }
-        if self.tls is not None:
-            env["ETCDCTL_CACERT"] = str(self.tls.client.cacert)
-            env["ETCDCTL_CERT"] = str(self.tls.client.cert)
-            env["ETCDCTL_KEY"] = str(self.tls.client.key)
+        client = self.client_tls
+        if client is not None:
+            env["ETCDCTL_CACERT"] = str(client.cacert)
+            env["ETCDCTL_CERT"] = str(client.cert)
+            env["ETCDCTL_KEY"] = str(client.key)
         if self.auth is not None and self._auth_enabled:
             env["ETCDCTL_USER"] = f"{self.auth[0]}:{self.auth[1]}"
         return env
@@ -473,6 +585,20 @@ class EtcdCluster:
 
     def _make_members(self) -> None:
         assert self.base_dir is not None
+        if self._config_members:
+            self.members = [
+                Member(
+                    index=i,
+                    name=c.name,
+                    client_port=c.client_port,
+                    peer_port=c.peer_port,
+                    scheme=c.scheme,
+                    data_dir=c.data_dir,
+                    log_path=self.base_dir / f"{c.name}.log",
+                )
+                for i, c in enumerate(self._config_members)
+            ]
+            return
         ports = _free_ports(2 * self.size)
         scheme = "https" if self.tls is not None else "http"
         self.members = [
@@ -489,6 +615,9 @@ class EtcdCluster:
         ]
 
     def _command(self, member: Member, state: str) -> list[str]:
+        if self._config_members:
+            # etcd reads only the file (initial-cluster-state is ignored once the data dir exists).
+            return [str(self.binaries.etcd), "--config-file", str(self._config_members[member.index].path)]
         initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         cmd = [
             str(self.binaries.etcd),
@@ -533,7 +662,12 @@ class EtcdCluster:
 
     def _spawn(self, member: Member, state: str) -> None:
         with member.log_path.open("ab") as log:
-            log.write(f"==== etcd-dr: starting {member.name} (--initial-cluster-state={state})\n".encode())
+            how = (
+                f"--config-file {self._config_members[member.index].path}"
+                if self._config_members
+                else f"--initial-cluster-state={state}"
+            )
+            log.write(f"==== etcd-dr: starting {member.name} ({how})\n".encode())
             log.flush()
             # A session of its own: a Ctrl-C meant for the caller reaches the members only through
             # stop(), in order, rather than racing it.
@@ -550,9 +684,10 @@ class EtcdCluster:
     def _http_opener(self) -> urllib.request.OpenerDirector:
         # No proxies: an http_proxy in the environment must not see (or break) loopback checks.
         handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-        if self.tls is not None:
-            ctx = ssl.create_default_context(cafile=str(self.tls.client.cacert))
-            ctx.load_cert_chain(str(self.tls.client.cert), str(self.tls.client.key))
+        client = self.client_tls
+        if client is not None:
+            ctx = ssl.create_default_context(cafile=str(client.cacert))
+            ctx.load_cert_chain(str(client.cert), str(client.key))
             handlers.append(urllib.request.HTTPSHandler(context=ctx))
         return urllib.request.build_opener(*handlers)
 
