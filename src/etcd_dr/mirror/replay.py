@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..aio import cancel_and_wait
 from ..errors import Fenced
-from ..etcd import Compare, CompareResult, Delete, EtcdClient, EventType, Put, WatchBatch
+from ..etcd import Compare, CompareResult, Delete, EtcdClient, EventType, Put, Unavailable, WatchBatch
 from .checkpoint import Checkpoint
 from .keys import ALL_KEYS, KeyMapper
 from .leases import LeaseMirror
@@ -32,6 +32,10 @@ from .stats import MirrorStats
 log = logging.getLogger("etcd_dr.mirror")
 
 DestOp = Put | Delete
+
+# Seconds without any watch response, while the source's revision is known to be ahead, after which the
+# watch is considered stuck and made again.
+STALL_AFTER = 5.0
 
 
 @dataclass
@@ -114,6 +118,7 @@ class Replayer:
         self._pending: deque[SourceRevision] = deque()
         self._covered = checkpoint.revision  # every revision up to here is applied or has nothing to apply
         self._last_write = time.monotonic()
+        self._last_batch = time.monotonic()  # when the watch last delivered anything
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -149,6 +154,7 @@ class Replayer:
         watch = self._source.watch(*ALL_KEYS, start_revision=start, retry_for=self._retry_for)
         try:
             async for batch in watch:
+                self._last_batch = time.monotonic()
                 if batch.events:
                     self._stats.received(batch.events[-1].kv.mod_revision)
                     await self._queue.put(self._revisions(batch))
@@ -250,11 +256,23 @@ class Replayer:
             async with asyncio.timeout(self._interval):
                 item = await self._queue.get()
         except TimeoutError:
+            self._check_stalled()
             return False
         if isinstance(item, BaseException):
             raise item
         self._pending.extend(item)
         return True
+
+    def _check_stalled(self) -> None:
+        """A watch on the whole keyspace sees every source revision (the heartbeat makes one a second).
+        If it delivers nothing while the source has moved on, the stream is stuck somewhere grpc does
+        not notice: end the cycle, and the next one watches again from the checkpoint."""
+        silent = time.monotonic() - self._last_batch
+        if silent > STALL_AFTER and self._stats.source_revision > self._covered:
+            raise Unavailable(
+                f"the source watch delivered nothing for {silent:.0f} s while the source moved to revision "
+                f"{self._stats.source_revision} (applied: {self._covered}); watching again"
+            )
 
     def _done(self) -> bool:
         return self._stop_at is not None and self._covered >= self._stop_at and not self._pending
