@@ -572,7 +572,7 @@ def table(rows: Sequence[Row]) -> str:
     lines = [" | ".join(c.ljust(w) for c, w in zip(head, widths, strict=True))]
     lines.append("-+-".join("-" * w for w in widths))
     lines += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in body]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # ---- measurements shared by the scenarios --------------------------------------------------------
@@ -1015,7 +1015,15 @@ async def scenario_distance(tools: Tools, sizes: Sizes, res: Results) -> None:
         max_dr=1.0,
         note="make-mirror extrapolated" if lm.extrapolated else "",
     )
-    rate = Row("distance", "replay apply rate", "rev/s", lm.apply_rate, ld.apply_rate, better="higher")
+    rate = Row(
+        "distance",
+        "replay apply rate",
+        "rev/s",
+        lm.apply_rate,
+        ld.apply_rate,
+        better="higher",
+        note="make-mirror extrapolated" if lm.extrapolated else "",
+    )
     res.rows += [copy, lag, rate]
     res.details["distance"] = {
         "copy": {k: asdict(v) for k, v in copies.items()},
