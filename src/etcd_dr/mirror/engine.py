@@ -32,6 +32,7 @@ from ..etcd import (
     TransientError,
     Unavailable,
 )
+from ..failover.roles import RoleState, claim_standby
 from .checkpoint import REPLAY, SYNC, Checkpoint, checkpoint_key, encode_key, heartbeat_key, lock_key
 from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseLost, LeaseMirror
@@ -57,6 +58,8 @@ class Mirror:
         self.stats = MirrorStats()
         self.mapper = KeyMapper.from_config(config)
         self._source_id = 0
+        self._dest_id = 0
+        self._role = RoleState(None, 0)
         self._key = b""
         self._lock_key = b""
         self._leases: LeaseMirror | None = None
@@ -154,10 +157,21 @@ class Mirror:
         return kv is not None and kv.create_revision == self._lock.revision
 
     def _guards(self) -> list[Compare]:
-        """Compares every destination txn carries besides its checkpoint's: the lock."""
-        return [self._lock.guard()]
+        """Compares every destination txn carries besides its checkpoint's: the lock, and the
+        destination's role record as read at the start of the cycle (a promotion changes it, which
+        fences this mirror for good)."""
+        return [self._lock.guard(), self._role.guard(self.config.state_prefix)]
 
     async def _cycle(self, source: EtcdClient, dest: EtcdClient, target: int | None) -> Checkpoint:
+        # Every cycle: a destination promoted meanwhile ends the mirror here (Refused).
+        self._role = await claim_standby(
+            source,
+            dest,
+            self.config.state_prefix,
+            source_id=self._source_id,
+            dest_id=self._dest_id,
+            dest_text=self.config.dest.endpoints_text,
+        )
         ckpt, raw = await self._read_checkpoint(dest)
         if self._rev_pending is not None:
             ckpt, raw = await self._start_at_revision(dest, ckpt, raw, self._rev_pending)
@@ -317,6 +331,7 @@ class Mirror:
             dest_prefix=self.mapper.dest_prefix,
             revision=revision,
             phase=phase,
+            epoch=self._role.epoch,
             updated=round(time.time(), 3),
         )
 
@@ -352,6 +367,7 @@ class Mirror:
         src = await self._status_with_retry(source, "source")
         dst = await self._status_with_retry(dest, "destination")
         self._source_id = src.cluster_id
+        self._dest_id = dst.cluster_id
         self.stats.source_revision = src.revision
         if src.cluster_id == dst.cluster_id and ranges_overlap(
             self.mapper.source_range, self.mapper.dest_range

@@ -1,0 +1,84 @@
+"""A short history of what etcd-dr did to a cluster (fenced, promoted, demoted, re-synced, ...), kept
+under the cluster's state prefix so `etcd-dr status` can show the last moves whoever made them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..etcd import EtcdClient, EtcdError, SortOrder, SortTarget, prefix_range_end
+
+log = logging.getLogger("etcd_dr.failover")
+
+KEEP = 200  # events kept per cluster; older ones are removed when a new one is written
+
+
+def events_prefix(state_prefix: bytes) -> bytes:
+    return state_prefix + b"events/"
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    kind: str
+    message: str
+    fields: dict[str, Any]
+
+    def line(self) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.time))
+        return f"{stamp} UTC {self.kind}: {self.message}"
+
+
+async def record_event(
+    client: EtcdClient, state_prefix: bytes, kind: str, message: str, **fields: Any
+) -> None:
+    """Best effort: an event that cannot be written is logged, never a reason to stop a move halfway."""
+    t = time.time()
+    key = events_prefix(state_prefix) + f"{time.time_ns():020d}-{kind}".encode()
+    value = json.dumps({"time": round(t, 3), "kind": kind, "message": message, **fields}, sort_keys=True)
+    try:
+        await client.put(key, value.encode())
+        await _trim(client, state_prefix)
+    except EtcdError as e:
+        log.warning("could not record the event %r on %s: %s", kind, client.endpoint, e)
+
+
+async def _trim(client: EtcdClient, state_prefix: bytes) -> None:
+    prefix = events_prefix(state_prefix)
+    end = prefix_range_end(prefix)
+    count = (await client.range(prefix, end, count_only=True)).count
+    if count <= KEEP:
+        return
+    oldest = await client.range(prefix, end, keys_only=True, limit=count - KEEP)
+    if oldest.kvs:
+        await client.delete_range(prefix, oldest.kvs[-1].key + b"\0")
+
+
+async def recent_events(client: EtcdClient, state_prefix: bytes, limit: int = 10) -> list[Event]:
+    """The newest `limit` events, oldest first."""
+    prefix = events_prefix(state_prefix)
+    result = await client.range(
+        prefix,
+        prefix_range_end(prefix),
+        limit=limit,
+        sort_order=SortOrder.DESCEND,
+        sort_target=SortTarget.KEY,
+    )
+    events = []
+    for kv in reversed(result.kvs):
+        try:
+            d = json.loads(kv.value)
+            events.append(
+                Event(
+                    float(d.pop("time")),
+                    str(d.pop("kind")),
+                    str(d.pop("message")),
+                    d,
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            continue  # not ours to interpret; status shows what it can
+    return events
