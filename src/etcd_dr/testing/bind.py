@@ -75,7 +75,7 @@ def named_unavailable_reason() -> str | None:
         where = f"${ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR) else "PATH or /usr/sbin"
         return (
             f"BIND 9 named not found ({where}); install Debian's bind9 package "
-            "(scripts/setup.sh does: apt-get install bind9 bind9-utils)"
+            "(scripts/setup.sh does: apt-get install bind9)"
         )
     return None
 
@@ -110,7 +110,7 @@ def _free_port() -> int:
     raise BindError("no port free for both TCP and UDP on 127.0.0.1")
 
 
-def _ipv6_loopback_usable() -> bool:
+def ipv6_loopback_usable() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
             s.bind(("::1", 0))
@@ -331,7 +331,7 @@ def bind_server(
     named = named_path()
     if named is None:
         raise BindError(named_unavailable_reason() or "named not found")
-    if ipv6 and not _ipv6_loopback_usable():
+    if ipv6 and not ipv6_loopback_usable():
         raise BindError("ipv6=True but ::1 is not usable on this host")
     if not zone.endswith("."):
         zone += "."
