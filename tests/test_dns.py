@@ -51,7 +51,9 @@ def ns() -> Iterator[BindServer]:
     reason = named_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    with bind_server(zone=ZONE, records=RECORDS, ipv6=ipv6_loopback_usable()) as server:
+    with bind_server(
+        zone=ZONE, records=RECORDS, extra_records=["alias IN CNAME etcd"], ipv6=ipv6_loopback_usable()
+    ) as server:
         yield server
 
 
@@ -156,6 +158,24 @@ async def test_server_given_by_ipv6_literal_and_by_name(ns: BindServer) -> None:
     cfg = DnsConfig.create(server=f"localhost:{ns.port}", zone=ZONE, name="byname", tsig_key_file=ns.key_file)
     await switch_name(cfg, ["127.0.0.71"])
     assert ns.addresses("byname") == {"127.0.0.71"}
+
+
+async def test_a_cname_is_not_overwritten(ns: BindServer) -> None:
+    serial = ns.soa_serial()
+    with pytest.raises(DnsError, match=r"alias.dr.test. is a CNAME"):
+        await switch_name(cfg_for(ns, "alias"), ["127.0.0.75"])
+    assert ns.soa_serial() == serial
+
+
+async def test_a_zone_the_server_does_not_serve_is_an_error(ns: BindServer) -> None:
+    cfg = DnsConfig.create(server=ns.server, zone="elsewhere.test", name="etcd", tsig_key_file=ns.key_file)
+    with pytest.raises(
+        DnsError,
+        match=r"^DNS query of etcd.elsewhere.test. at 127.0.0.1:\d+: (A|AAAA) query answered "
+        r"REFUSED$",
+    ) as info:
+        await switch_name(cfg, ["127.0.0.76"])
+    assert info.value.rcode == "REFUSED"
 
 
 def _closed_port() -> int:

@@ -229,7 +229,7 @@ class BindServer:
         self.process = None
 
 
-def _write_config(srv: BindServer, records: Mapping[str, Sequence[str]]) -> Path:
+def _write_config(srv: BindServer, records: Mapping[str, Sequence[str]], extra: Sequence[str]) -> Path:
     d = srv.directory
     zone = srv.zone.rstrip(".")
     zone_file = d / f"{zone}.zone"
@@ -242,6 +242,7 @@ def _write_config(srv: BindServer, records: Mapping[str, Sequence[str]]) -> Path
     for name, addrs in records.items():
         for addr in addrs:
             lines.append(f"{name} IN {'AAAA' if ':' in addr else 'A'} {addr}")
+    lines.extend(extra)
     zone_file.write_text("\n".join(lines) + "\n")
     srv.write_key_file(srv.key_file)
     v6 = f"listen-on-v6 port {srv.port} {{ ::1; }};" if srv.ipv6 else "listen-on-v6 { none; };"
@@ -322,12 +323,14 @@ def bind_server(
     *,
     zone: str = "dr.test.",
     records: Mapping[str, Sequence[str]] | None = None,
+    extra_records: Sequence[str] = (),
     key_name: str = "etcd-dr-update",
     key_algorithm: str = "hmac-sha256",
     ipv6: bool = False,
 ) -> Iterator[BindServer]:
-    """Start named with `zone` (A/AAAA `records`: name relative to the zone -> addresses); stop it
-    and remove its directory on exit. ipv6=True also listens on [::1] (if the host has it)."""
+    """Start named with `zone` (A/AAAA `records`: name relative to the zone -> addresses, and
+    `extra_records`: zone file lines such as "www IN CNAME etcd"); stop it and remove its directory on
+    exit. ipv6=True also listens on [::1] (if the host has it)."""
     named = named_path()
     if named is None:
         raise BindError(named_unavailable_reason() or "named not found")
@@ -349,7 +352,7 @@ def bind_server(
                 key_secret=new_tsig_secret(key_algorithm),
                 ipv6=ipv6,
             )
-            conf = _write_config(srv, records or {})
+            conf = _write_config(srv, records or {}, extra_records)
             try:
                 _start(srv, named, conf)
             except BindError as exc:
