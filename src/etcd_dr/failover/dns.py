@@ -451,7 +451,8 @@ class _Asker:
         if rcode == dns.rcode.NXDOMAIN:
             return []
         if rcode != dns.rcode.NOERROR:
-            raise self.error(step, f"{rdtype_text} query answered {dns.rcode.to_text(rcode)}", rcode)
+            hint = f" (does it serve zone {self.cfg.zone}?)" if rcode == dns.rcode.REFUSED else ""
+            raise self.error(step, f"{rdtype_text} query answered {dns.rcode.to_text(rcode)}{hint}", rcode)
         if not response.flags & dns.flags.AA:
             raise self.error(
                 step, f"the server is not authoritative for {self.cfg.name} (is it the zone's primary?)", None
