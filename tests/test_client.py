@@ -19,6 +19,7 @@ import pytest
 
 from etcd_dr.etcd import (
     AuthError,
+    AuthNotEnabled,
     ClientConfig,
     CompactedError,
     Compare,
@@ -887,6 +888,22 @@ async def test_auth_permission_denied(auth1: EtcdCluster) -> None:
             await c.get(b"/secret/x")
 
 
+async def test_auth_enabled_probe(auth1: EtcdCluster, plain1: EtcdCluster) -> None:
+    # The same probe on every version (3.4 has no AuthStatus), with or without credentials.
+    async with connect(auth1.endpoints) as c:
+        assert await c.auth_enabled()
+    async with connect(auth1.endpoints, user="root", password="rootpw") as c:
+        assert await c.auth_enabled()
+        await c.put(b"/probe/k", b"v")  # the probe did not disturb the client's own token
+        assert await c.auth_enabled()
+    async with connect(plain1.endpoints) as c:
+        assert not await c.auth_enabled()
+    async with connect(plain1.endpoints, user="root", password="rootpw") as c:
+        assert not await c.auth_enabled()
+        with pytest.raises(AuthNotEnabled):
+            await c.get(b"/probe/k")
+
+
 async def test_auth_token_lost_on_member_restart(auth1: EtcdCluster) -> None:
     async with connect(auth1.endpoints, user="root", password="rootpw") as c:
         await c.put(b"/restart/k", b"before")
@@ -941,6 +958,41 @@ async def test_auth_per_member_calls_and_keepalive_after_restart(auth1: EtcdClus
             # The keepalive stream broke with the restart: the next refresh opens a new one.
             assert await ka.refresh(lease.id) == 60
         await c.lease_revoke(lease.id)
+
+
+async def test_auth_jwt_token_made_stale_by_a_permission_change(
+    etcd_cluster_factory: Callable[..., EtcdCluster], tmp_path: Path
+) -> None:
+    # A JWT token carries the auth revision it was issued at: after any role change (a write fence
+    # does several) etcd refuses it with "revision in header is old"; the client authenticates again
+    # and resends, as for a simple token a restarted member forgot.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    priv, pub = tmp_path / "jwt.key", tmp_path / "jwt.pub"
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    jwt = f"--auth-token=jwt,pub-key={pub},priv-key={priv},sign-method=RS256,ttl=10m"
+    cluster = etcd_cluster_factory(name="jwt", auth=ROOT_AUTH, extra_args=[jwt])
+    async with connect(cluster.endpoints, user="root", password="rootpw") as c:
+        await c.put(b"/jwt/k", b"1")
+        token = c._conn._token  # white box: proves the re-authentication below really happened
+        cluster.etcdctl("role", "add", "app")
+        await c.role_grant_permission("app", Permission("readwrite", b"/app/", b"/app0"))
+        put = await c.put(b"/jwt/k", b"2")  # refused once (not applied), resent with a new token
+        assert c._conn._token != token
+        kv = await c.get(b"/jwt/k")
+        assert kv is not None and kv.value == b"2" and kv.version == 2
+        assert kv.mod_revision == put.header.revision
 
 
 async def test_errors_are_typed_not_grpc(client: EtcdClient) -> None:

@@ -5,6 +5,7 @@ from .connection import ClientConfig, TLSConfig
 from .endpoints import Endpoint, parse_endpoint, parse_endpoints
 from .errors import (
     AuthError,
+    AuthNotEnabled,
     CompactedError,
     ConfigError,
     EtcdError,
@@ -53,6 +54,7 @@ from .watch import Watch
 
 __all__ = [
     "AuthError",
+    "AuthNotEnabled",
     "ClientConfig",
     "CompactedError",
     "Compare",

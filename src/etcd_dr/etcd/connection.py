@@ -21,6 +21,7 @@ from ._pb import etcd_dr_v3_pb2 as pb
 from .endpoints import Endpoint, parse_endpoints
 from .errors import (
     AuthError,
+    AuthNotEnabled,
     CompactedError,
     ConfigError,
     EtcdError,
@@ -195,7 +196,7 @@ _BY_MESSAGE: list[tuple[str, type[EtcdError]]] = [
     ("authentication failed", AuthError),
     ("user name is empty", AuthError),
     ("user name not found", AuthError),
-    ("authentication is not enabled", AuthError),
+    ("authentication is not enabled", AuthNotEnabled),
     ("duplicate key given in txn request", InvalidRequest),
     ("key is not provided", InvalidRequest),
 ]
@@ -217,7 +218,15 @@ def map_grpc_error(
     details = (e.details() if hasattr(e, "details") else None) or str(e)
     low = details.lower()
     where = f"{role} endpoint {endpoint}"
-    if "invalid auth token" in low:
+    if (
+        "invalid auth token" in low
+        or "revision of auth store is old" in low
+        or "revision in header is old" in low
+    ):
+        # The last two: a JWT token carries the auth revision it was issued at, and any change to users,
+        # roles or permissions (fencing writes, say) makes it stale ("auth: revision in header is old"
+        # comes from the apply step, code UNKNOWN). Either way the request was refused before it was
+        # applied: authenticate again and resend it.
         return InvalidToken(f"{where}: {details}", endpoint=endpoint)
     for pattern, cls in _BY_MESSAGE:
         if pattern in low:
@@ -394,7 +403,7 @@ class Connection:
                 except grpc.RpcError as e:
                     err = map_grpc_error(e, str(endpoint), c.role, c.request_timeout, config=c)
                     if isinstance(err, AuthError):
-                        raise AuthError(
+                        raise type(err)(
                             f"{c.role} endpoint {endpoint}: authentication failed for user {c.user!r} "
                             f"(--{c.flag_prefix}user/--{c.flag_prefix}password): {e.details()}",
                             endpoint=str(endpoint),
@@ -429,25 +438,28 @@ class Connection:
         *,
         idempotent: bool,
         timeout: float | None = None,
+        anonymous: bool = False,
     ) -> M:
         """Call a unary RPC. Reads (idempotent) move to the next endpoint and try again when one is
-        unavailable, once around the list; writes never retry here (their outcome is unknown)."""
+        unavailable, once around the list; writes never retry here (their outcome is unknown).
+        `anonymous`: send it without authenticating and without the token (a probe of the server)."""
         c = self.config
         timeout = timeout if timeout is not None else c.request_timeout
         attempts = len(c.endpoints) if idempotent else 1
         reauthed = False
         widened = False
-        if c.user is not None and self._token is None:
+        if c.user is not None and self._token is None and not anonymous:
             await self.authenticate()
         while True:
             endpoint = self.endpoint
             fn = self._callable(method, request, response_type)
+            metadata = () if anonymous else self.metadata()
             try:
-                resp: M = await fn(request, timeout=timeout, metadata=self.metadata(), wait_for_ready=False)
+                resp: M = await fn(request, timeout=timeout, metadata=metadata, wait_for_ready=False)
                 return resp
             except grpc.RpcError as e:
                 err = map_grpc_error(e, str(endpoint), c.role, timeout, config=c)
-            if isinstance(err, InvalidToken) and not reauthed:
+            if isinstance(err, InvalidToken) and not reauthed and not anonymous:
                 reauthed = True  # the request was rejected, not applied: safe to send again
                 await self.authenticate()
                 continue

@@ -51,6 +51,10 @@ class AuthError(EtcdError):
     """Authentication failed (wrong user or password, auth not enabled): not transient."""
 
 
+class AuthNotEnabled(AuthError):
+    """The cluster does not have etcd auth enabled (and was asked to authenticate)."""
+
+
 class PermissionDenied(AuthError):
     """The user is authenticated but lacks permission for the request."""
 
