@@ -32,6 +32,7 @@ from .errors import (
     NoSpaceError,
     PermissionDenied,
     RequestTooLargeError,
+    RoleNotFound,
     TLSConfigError,
     TLSError,
     TooManyOpsError,
@@ -197,6 +198,7 @@ _BY_MESSAGE: list[tuple[str, type[EtcdError]]] = [
     ("user name is empty", AuthError),
     ("user name not found", AuthError),
     ("authentication is not enabled", AuthNotEnabled),
+    ("role name not found", RoleNotFound),
     ("duplicate key given in txn request", InvalidRequest),
     ("key is not provided", InvalidRequest),
 ]

@@ -95,6 +95,10 @@ class LeaseExists(EtcdError):
     """A lease with the requested ID already exists."""
 
 
+class RoleNotFound(EtcdError):
+    """The auth role does not exist (deleted, or never made)."""
+
+
 class WatchCanceled(EtcdError):
     """The server canceled a watch for a reason other than compaction."""
 
