@@ -110,7 +110,7 @@ async def test_auth_fence_and_unfence(
         before = await role_perms(dr)
         t0 = time.monotonic()
         record = await fence_writes(dr, SP, mode="auth", epoch=7)
-        report(capsys, cluster, "fence (auth, 6 permissions of 2 roles)", time.monotonic() - t0)
+        report(capsys, cluster, "fence (auth, 5 permissions of 2 roles)", time.monotonic() - t0)
         assert record.mode == "auth" and record.state == FENCED and record.epoch == 7
         assert record.mod_revision > 0 and "etcd-dr" in record.by
         assert dict(record.revoked) == {

@@ -501,8 +501,8 @@ async def _apply(
     async def one(role: str, targets: Sequence[tuple[Permission, str | None]]) -> int:
         made = await _set_role(client, role, current[role], targets)
         if made:
-            log.info("%s: role %s: %d permission changes", action, role, made)
-        return made
+            log.info("%s: role %s: %s", action, role, "; ".join(made))
+        return len(made)
 
     counts = await asyncio.gather(*(one(r, t) for r, t in wanted.items()))
     return sum(counts)
@@ -510,14 +510,15 @@ async def _apply(
 
 async def _set_role(
     client: EtcdClient, role: str, current: list[Permission], targets: Sequence[tuple[Permission, str | None]]
-) -> int:
+) -> list[str]:
     """Make each target's exact range (key, range_end) hold the given perm type, or nothing.
 
     etcd's grant on a range the role already has replaces its type in place (one atomic change, so
     an application never loses read access) when that permission is the role's only one with the
-    same key; otherwise the grant would add a second entry, so the old one is revoked first."""
+    same key; otherwise the grant would add a second entry, so the old one is revoked first.
+    Returns the changes made, described."""
     perms = list(current)
-    made = 0
+    made: list[str] = []
     for p, want in targets:
         same = [q for q in perms if _same_range(q, p)]
         now = [q.perm_type for q in same]
@@ -525,14 +526,12 @@ async def _set_role(
             continue
         if want is None:
             await client.role_revoke_permission(role, p.key, p.range_end)
-            log.debug("role %s: %s on %s revoked", role, "/".join(now), _describe(p))
         else:
             in_place = len(same) == 1 and sum(q.key == p.key for q in perms) == 1
             if same and not in_place:
                 await client.role_revoke_permission(role, p.key, p.range_end)
             await client.role_grant_permission(role, Permission(want, p.key, p.range_end))
-            log.debug("role %s: %s on %s -> %s", role, "/".join(now) or "nothing", _describe(p), want)
-        made += 1
+        made.append(f"{'+'.join(now) or 'nothing'} on {_describe(p)} -> {want or 'revoked'}")
         perms = [q for q in perms if not _same_range(q, p)]
         if want is not None:
             perms.append(Permission(want, p.key, p.range_end))
