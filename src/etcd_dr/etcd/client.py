@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from ._pb import etcd_dr_v3_pb2 as pb
-from .connection import ClientConfig, Connection, InvalidToken, map_grpc_error
+from .connection import ClientConfig, Connection, InvalidToken, closed_under_us, map_grpc_error
 from .endpoints import Endpoint
 from .errors import AuthError, AuthNotEnabled, CompactedError, EtcdError, LeaseNotFound, Unavailable
 from .types import (
@@ -537,8 +537,11 @@ class LeaseKeepAlive:
                         retry = False
                         continue
                     raise err from None
-                except asyncio.InvalidStateError:
-                    # The call had already ended (its connection broke since the last refresh).
+                except (asyncio.InvalidStateError, asyncio.CancelledError) as e:
+                    if isinstance(e, asyncio.CancelledError) and not closed_under_us():
+                        raise
+                    # The call had already ended (its connection broke since the last refresh), or
+                    # another call closed the channel under it.
                     await self.close()
                     await self._conn.rotate(ep)
                     if retry:

@@ -288,6 +288,13 @@ def _short(details: str) -> str:
 M = TypeVar("M", bound=Message)
 
 
+def closed_under_us() -> bool:
+    """Whether an asyncio.CancelledError just raised by a grpc call means that its channel was closed
+    (grpc cancels the calls of a closed channel) rather than that the calling task is being cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 class Connection:
     """Holds the current channel, the auth token, and the rotation between endpoints."""
 
@@ -357,6 +364,8 @@ class Connection:
         return grpc.aio.insecure_channel(endpoint.target, options=self._options())
 
     async def rotate(self, failed: Endpoint | None = None) -> None:
+        # Closing the channel cancels every call still on it: their callers see that as
+        # asyncio.CancelledError from grpc, told apart from a real cancel by `closed_under_us`.
         """Move to the next endpoint (if `failed` is still the current one)."""
         if failed is not None and failed != self.endpoint:
             return  # another caller already moved on
@@ -461,6 +470,15 @@ class Connection:
                 return resp
             except grpc.RpcError as e:
                 err = map_grpc_error(e, str(endpoint), c.role, timeout, config=c)
+            except asyncio.CancelledError:
+                if not closed_under_us():
+                    raise
+                err = Unavailable(
+                    f"{c.role} endpoint {endpoint}: the connection was closed while the request was in "
+                    "flight (another request found the endpoint failing)",
+                    endpoint=str(endpoint),
+                    maybe_applied=True,
+                )
             if isinstance(err, InvalidToken) and not reauthed and not anonymous:
                 reauthed = True  # the request was rejected, not applied: safe to send again
                 await self.authenticate()

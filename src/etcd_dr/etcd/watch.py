@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
 from ._pb import etcd_dr_v3_pb2 as pb
-from .connection import Connection, InvalidToken, map_grpc_error
+from .connection import Connection, InvalidToken, closed_under_us, map_grpc_error
 from .errors import CompactedError, EtcdError, TransientError, Unavailable, WatchCanceled
 from .types import Event, Header, WatchBatch
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,9 @@ class Watch:
         self._reauthed = False  # re-authenticated since the last watch the server accepted
         self._reauth = False  # authenticate again before the next open
         self.reconnects = 0
+        self._reader: asyncio.Task[Any] | None = None  # the task inside _read, if any
+        self._read_broken = False
+        self._io_seq = 0  # which read or write a deferred _break_io is about
 
     @property
     def next_revision(self) -> int:
@@ -94,8 +101,10 @@ class Watch:
         """Ask the server for a progress notification (delivered as an empty batch)."""
         if self._call is not None:
             # On failure the read side sees the broken stream and resumes.
-            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
-                await self._call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+            # Bounded: a write on a call ending under it can wait forever (see _io).
+            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError, TimeoutError):
+                async with asyncio.timeout(self._conn.config.request_timeout):
+                    await self._call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
 
     async def _drop_call(self) -> None:
         call, self._call = self._call, None
@@ -110,18 +119,18 @@ class Watch:
         fn = self._conn.stream(WATCH_METHOD, pb.WatchRequest, pb.WatchResponse)
         call = fn(metadata=self._conn.metadata(REQUIRE_LEADER))
         self._call = call
-        await call.write(
-            pb.WatchRequest(
-                create_request=pb.WatchCreateRequest(
-                    key=self._key,
-                    range_end=self._range_end,
-                    start_revision=self._next_revision,
-                    progress_notify=self._progress_notify,
-                    prev_kv=self._prev_kv,
-                    fragment=self._fragment,
-                )
+        call.add_done_callback(self._call_ended)
+        request = pb.WatchRequest(
+            create_request=pb.WatchCreateRequest(
+                key=self._key,
+                range_end=self._range_end,
+                start_revision=self._next_revision,
+                progress_notify=self._progress_notify,
+                prev_kv=self._prev_kv,
+                fragment=self._fragment,
             )
         )
+        await self._io(functools.partial(call.write, request))
 
     async def _failed(self, err: EtcdError) -> None:
         """A transient failure: drop the stream, wait, move endpoint, and let the loop resume."""
@@ -147,6 +156,44 @@ class Watch:
         await asyncio.sleep(self._backoff)
         self._backoff = min(self._backoff * 2, 2.0)
 
+    async def _io(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Await a read or write of the current call. grpc can leave either waiting forever when the
+        call ends under it (a channel closed by another request's reconnect cancels the call but not
+        the read, and a write still waiting for the call's start never wakes): the call's done
+        callback then cancels this task, and the operation reports a broken stream instead."""
+        call = self._call
+        if call is None or call.cancelled():
+            raise asyncio.InvalidStateError("the watch call was cancelled under us")
+        self._reader = asyncio.current_task()
+        self._io_seq += 1
+        try:
+            return await make()
+        except asyncio.CancelledError:
+            if not self._read_broken:
+                raise
+            self._read_broken = False
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise asyncio.InvalidStateError("the watch call ended under a read or write") from None
+        finally:
+            self._reader = None
+
+    def _call_ended(self, call: Any) -> None:
+        if call is not self._call or self._reader is None or self._closed:
+            return
+        if call.cancelled():
+            # Cancelled locally while current: its channel was closed; a read or write on it hangs.
+            self._break_io(self._io_seq)
+        else:
+            # Ended by the server: the pending read raises its status itself. A safety net in case not.
+            asyncio.get_running_loop().call_later(2.0, self._break_io, self._io_seq)
+
+    def _break_io(self, seq: int) -> None:
+        if self._reader is not None and seq == self._io_seq and not self._closed:
+            self._read_broken = True
+            self._reader.cancel()
+
     async def __anext__(self) -> WatchBatch:
         while True:
             if self._closed:
@@ -154,7 +201,7 @@ class Watch:
             try:
                 if self._call is None:
                     await self._open()
-                resp = await self._call.read()
+                resp = await self._io(self._call.read)
             except grpc.RpcError as e:
                 err = map_grpc_error(
                     e, str(self._conn.endpoint), self._conn.config.role, config=self._conn.config
@@ -173,6 +220,15 @@ class Watch:
                 continue
             except asyncio.InvalidStateError:
                 await self._failed(Unavailable("watch stream closed", endpoint=str(self._conn.endpoint)))
+                continue
+            except asyncio.CancelledError:
+                if not closed_under_us():
+                    raise
+                # Another call on the shared connection found the endpoint failing and closed the
+                # channel under this stream: resume like any broken stream (not a cancel of ours).
+                await self._failed(
+                    Unavailable("connection closed by a reconnect", endpoint=str(self._conn.endpoint))
+                )
                 continue
             if resp is grpc.aio.EOF:
                 await self._failed(
