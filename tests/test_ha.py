@@ -114,3 +114,41 @@ async def test_standby_mirror_takes_over_and_the_old_one_is_fenced(
         # No stale write from the fenced mirror: every destination txn applies exactly the next source ops.
         report = await check_exactly_once(s, d, KeyMapper.create(b"/app/", None, (), STATE), key)
         assert report.copies == 1 and report.replay_txns > 0
+
+
+async def test_sigterm_stops_the_mirror_and_frees_its_lock_at_once(
+    etcd_cluster_factory: Callable[..., EtcdCluster], tmp_path: Path
+) -> None:
+    """systemd stops a service with SIGTERM: the mirror must release its lock (revoke its lease) so a
+    successor starts at once instead of waiting out the TTL, and end with exit code 0."""
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    log_path = tmp_path / "mirror.log"
+    async with EtcdClient(ClientConfig.create(dst.endpoints)) as d:
+        with log_path.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "etcd_dr",
+                "mirror",
+                dst.endpoints[0],
+                "--endpoints",
+                src.endpoints[0],
+                "--lock-ttl",
+                "60",
+                stdout=out,
+                stderr=out,
+            )
+        try:
+            await _until(lambda: "holding the mirror lock" in log_path.read_text(), 30)
+            assert (await d.range(STATE + b"lock/", prefix_range_end(STATE + b"lock/"))).kvs
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        text = log_path.read_text()
+        assert code == 0, text[-2000:]
+        assert "SIGTERM received" in text and "Traceback" not in text, text[-2000:]
+        # Its lease is revoked: the lock key went with it (a 60 s TTL would otherwise keep it).
+        assert not (await d.range(STATE + b"lock/", prefix_range_end(STATE + b"lock/"))).kvs

@@ -171,8 +171,44 @@ def pair_config(dest: str, kw: dict[str, Any], **options: Any) -> MirrorConfig:
     )
 
 
-def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
+class Stopped(Exception):
+    """SIGTERM or SIGHUP (systemd stopping the service, a closed terminal) ended the command."""
+
+
+def run_async(coro: Coroutine[Any, Any, Any], *, stop_ok: bool = False) -> Any:
+    """Run `coro`; SIGTERM and SIGHUP cancel it like Ctrl-C, so that its cleanup runs (the mirror
+    releases its lock at once instead of making a successor wait out the lock's TTL). With `stop_ok`,
+    such a stop is a normal end (None); otherwise it is an error."""
+
+    async def main() -> Any:
+        import signal
+
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        received: list[str] = []
+
+        def stop(name: str) -> None:
+            if not received:
+                log.info("%s received: stopping", name)
+            received.append(name)
+            task.cancel()
+
+        signals = (signal.SIGTERM, signal.SIGHUP)
+        for sig in signals:
+            loop.add_signal_handler(sig, stop, sig.name)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            if stop_ok:
+                return None
+            raise Stopped(received[0]) from None
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -267,8 +303,11 @@ def mirror(dest: str, **kw: Any) -> None:
             from .metrics import MetricsServer
 
             stack.enter_context(MetricsServer(config.metrics_addr, mirror.stats))
-        result = run_async(with_copy_progress(mirror.stats, mirror.run()))
-    log.info("done: source revision %d applied", result.checkpoint.revision)
+        result = run_async(with_copy_progress(mirror.stats, mirror.run()), stop_ok=True)
+    if result is None:
+        log.info("stopped at source revision %d applied", mirror.stats.applied_revision)
+    else:
+        log.info("done: source revision %d applied", result.checkpoint.revision)
 
 
 @cli.command()
@@ -307,6 +346,146 @@ def status(dest: str, as_json: bool, **kw: Any) -> None:
     else:
         for line in report.lines():
             click.echo(line)
+
+
+# ---- moving the service between sites ----------------------------------------------------------
+
+
+def move_options(f: F) -> F:
+    """DEST, both clusters' flags, the mirror's key mapping, fencing, the clients' switch, --json."""
+    opts = [
+        click.option(
+            "--fence-hook", default=None, help="Command that fences (and lifts) writes, when not by auth."
+        ),
+        click.option("--no-fence", is_flag=True, help="Do not fence writes on the old primary (not safe)."),
+        click.option("--dns-server", default=None, help="DNS server for an RFC 2136 update, HOST[:PORT]."),
+        click.option("--dns-zone", default=None, help="The zone holding --dns-name."),
+        click.option("--dns-name", default=None, help="The name the clients use; its A/AAAA records move."),
+        click.option(
+            "--dns-tsig-key", default=None, help="TSIG key file (BIND format, as tsig-keygen writes)."
+        ),
+        click.option("--dns-ttl", type=int, default=30, show_default=True, help="TTL of the new records."),
+        click.option(
+            "--dns-address",
+            multiple=True,
+            help="The name's new address (repeatable; default: the new primary's endpoint IPs).",
+        ),
+        click.option(
+            "--switch-hook", default=None, help="Command that points the clients at the new primary."
+        ),
+        click.option(
+            "--revision-margin",
+            type=int,
+            default=10_000,
+            show_default=True,
+            help="Raise the new primary's revision this far above the old primary's last known one.",
+        ),
+        click.option("--hook-timeout", type=float, default=60.0, show_default=True, help="Seconds per hook."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    f = source_options(dest_options(prefix_options(f)))
+    return click.argument("dest")(f)
+
+
+def move_config(dest: str, kw: dict[str, Any], **options: Any) -> Any:
+    from .failover.config import MoveConfig
+
+    if kw["no_fence"] and kw["fence_hook"]:
+        raise click.UsageError("--fence-hook and --no-fence exclude each other")
+    pair = pair_config(dest, kw)
+    dns = None
+    dns_flags = ("dns_server", "dns_zone", "dns_name")
+    if any(kw[f] for f in dns_flags) or kw["dns_tsig_key"] or kw["dns_address"]:
+        from .failover.dns import DnsConfig, addresses_from_endpoints
+
+        dns = DnsConfig.create(
+            server=kw["dns_server"],
+            zone=kw["dns_zone"],
+            name=kw["dns_name"],
+            tsig_key_file=kw["dns_tsig_key"],
+            ttl=kw["dns_ttl"],
+        )
+        if not kw["dns_address"]:
+            # Checked now, so that a DEST given by name fails before anything is changed.
+            addresses_from_endpoints([str(e) for e in pair.dest.endpoints])
+    return MoveConfig(
+        pair=pair,
+        fence="none" if kw["no_fence"] else "hook" if kw["fence_hook"] else "auth",
+        fence_hook=kw["fence_hook"],
+        dns=dns,
+        dns_addresses=tuple(a for arg in kw["dns_address"] for a in arg.split(",") if a),
+        switch_hook=kw["switch_hook"],
+        revision_margin=kw["revision_margin"],
+        hook_timeout=kw["hook_timeout"],
+        **options,
+    )
+
+
+def show_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        for line in result.lines():
+            click.echo(line)
+
+
+@cli.command()
+@move_options
+@click.option(
+    "--catch-up-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds the standby may take to apply the fenced primary's last revision.",
+)
+@click.option("--no-verify", is_flag=True, help="Do not compare the sites before the roles change.")
+def switchover(dest: str, as_json: bool, **kw: Any) -> None:
+    """Planned move: fence the primary (--endpoints), let DEST catch up, verify, swap the roles."""
+    from .failover.switchover import switchover as run_switchover
+
+    config = move_config(dest, kw, catch_up_timeout=kw["catch_up_timeout"], verify=not kw["no_verify"])
+    show_result(run_async(run_switchover(config)), as_json)
+
+
+@cli.command()
+@move_options
+@click.option("--force", is_flag=True, help="Promote even if the primary answers and is healthy.")
+@click.option(
+    "--probe-timeout",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="Seconds to wait for the primary before calling it unreachable.",
+)
+def failover(dest: str, as_json: bool, **kw: Any) -> None:
+    """Unplanned move: promote DEST, the standby of the unreachable primary (--endpoints); report the RPO."""
+    from .failover.failover import failover as run_failover
+
+    config = move_config(dest, kw, force=kw["force"], probe_timeout=kw["probe_timeout"])
+    show_result(run_async(run_failover(config)), as_json)
+
+
+@cli.command()
+@move_options
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the old primary's unreplicated writes are listed (JSON; default: a new file here).",
+)
+@click.option("--stay", is_flag=True, help="Keep the current primary; make DEST its standby and stop there.")
+@click.option("--catch-up-timeout", type=float, default=30.0, show_default=True)
+def failback(dest: str, as_json: bool, **kw: Any) -> None:
+    """The old primary DEST is back: report its unreplicated writes, re-sync it from the primary
+    (--endpoints), then switch back (unless --stay)."""
+    from .failover.failback import failback as run_failback
+
+    config = move_config(
+        dest, kw, report=kw["report"], stay=kw["stay"], catch_up_timeout=kw["catch_up_timeout"]
+    )
+    show_result(run_async(run_failback(config)), as_json)
 
 
 @cli.command()
@@ -494,6 +673,8 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted", 130)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except Stopped as e:
+        fail(f"stopped by {e}", 143)
     except EtcdDrError as e:
         fail(str(e), e.exit_code)
     except EtcdError as e:

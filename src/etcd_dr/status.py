@@ -10,6 +10,8 @@ from typing import Any
 
 from .config import MirrorConfig
 from .etcd import EtcdClient, EtcdError, Status
+from .failover.events import Event, recent_events
+from .failover.roles import Role, RoleUnreadable, read_role
 from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key, lock_key
 from .mirror.keys import KeyMapper
 
@@ -34,6 +36,8 @@ class ClusterState:
     revision: int = 0
     compact_revision: int = 0
     members: list[MemberState] = field(default_factory=list)
+    site_role: Role | None = None  # primary / standby, as etcd-dr recorded it
+    events: list[Event] = field(default_factory=list)  # the last moves etcd-dr made on this cluster
 
     @property
     def healthy(self) -> bool:
@@ -87,6 +91,16 @@ class StatusReport:
                 "revision": c.revision,
                 "compact_revision": c.compact_revision,
                 "healthy": c.healthy,
+                "role": None
+                if c.site_role is None
+                else {
+                    "role": c.site_role.role,
+                    "epoch": c.site_role.epoch,
+                    "peer_cluster_id": f"{c.site_role.peer_cluster_id:x}",
+                    "since": c.site_role.since,
+                    "via": c.site_role.via,
+                },
+                "events": [{"time": e.time, "kind": e.kind, "message": e.message} for e in c.events],
                 "members": [
                     {
                         "endpoint": m.endpoint,
@@ -131,6 +145,7 @@ class StatusReport:
                 f"{c.role}: cluster {c.cluster_id:x}, revision {c.revision}, "
                 f"compacted at {c.compact_revision}, {'healthy' if c.healthy else 'UNHEALTHY'}"
             )
+            out.append("  role: " + (c.site_role.describe() if c.site_role else "none recorded"))
             for m in c.members:
                 if m.healthy:
                     lead = ", leader" if m.is_leader else ""
@@ -153,10 +168,16 @@ class StatusReport:
             out.append(f"compaction headroom: {self.compaction_headroom} revisions before a re-copy")
         holder = f"held by {self.lock_holder}" if self.lock_holder else "free (no mirror running)"
         out.append(f"mirror lock: {holder}")
+        moves = sorted(
+            ((e, c.role) for c in (self.source, self.dest) for e in c.events), key=lambda x: x[0].time
+        )[-5:]
+        if moves:
+            out.append("last moves:")
+            out += [f"  {c}: {e.line()}" for e, c in moves]
         return out
 
 
-async def _cluster_state(client: EtcdClient, role: str) -> ClusterState:
+async def _cluster_state(client: EtcdClient, role: str, state_prefix: bytes) -> ClusterState:
     state = ClusterState(role=role, endpoints=client.config.endpoints_text)
     statuses = await client.statuses()
     for ep, st in statuses.items():
@@ -171,13 +192,21 @@ async def _cluster_state(client: EtcdClient, role: str) -> ClusterState:
     state.cluster_id = head.header.cluster_id
     state.revision = head.header.revision
     state.compact_revision = await client.compact_revision(state.revision)
+    try:
+        state.site_role = (await read_role(client, state_prefix)).role
+    except RoleUnreadable:
+        state.site_role = None
+    state.events = await recent_events(client, state_prefix, limit=5)
     return state
 
 
 async def status(config: MirrorConfig) -> StatusReport:
     mapper = KeyMapper.from_config(config)
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
-        src, dst = await asyncio.gather(_cluster_state(source, "source"), _cluster_state(dest, "destination"))
+        src, dst = await asyncio.gather(
+            _cluster_state(source, "source", config.state_prefix),
+            _cluster_state(dest, "destination", config.state_prefix),
+        )
         key = checkpoint_key(config.state_prefix, src.cluster_id, config.prefix, mapper.dest_prefix)
         kv = await dest.get(key)
         ckpt: Checkpoint | None = None

@@ -1,0 +1,50 @@
+"""What switchover, failover and failback take: the pair (source = the current primary, destination =
+the other site) with its key mapping, and how to fence writes and switch the clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from ..config import MirrorConfig
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from .dns import DnsConfig
+
+FenceMode = Literal["auth", "hook", "none"]
+
+
+@dataclass(frozen=True)
+class MoveConfig:
+    pair: MirrorConfig  # source: the current primary; dest: the standby (or, for failback, old primary)
+    fence: FenceMode = "auth"
+    fence_hook: str | None = None
+    dns: DnsConfig | None = None
+    dns_addresses: tuple[str, ...] = ()  # the name's new addresses (default: the new primary's IPs)
+    switch_hook: str | None = None
+    # How far above the old primary's last known revision the new primary's revision is raised.
+    revision_margin: int = 10_000
+    # How long the standby may take to apply the fenced primary's last revision (switchover).
+    catch_up_timeout: float = 30.0
+    # How long the failover waits for an answer from the primary before calling it unreachable.
+    probe_timeout: float = 3.0
+    force: bool = False  # failover: even when the primary answers and is healthy
+    verify: bool = True  # switchover: compare both sites before the roles change
+    report: Path | None = None  # failback: where the errant writes go (default: a new file in the cwd)
+    stay: bool = False  # failback: keep the new primary; make the old one its standby and stop there
+    hook_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.fence == "hook" and not self.fence_hook:
+            raise UsageError("--fence-hook: give the command that fences writes")
+        if self.revision_margin < 0:
+            raise UsageError(f"--revision-margin {self.revision_margin}: must not be negative")
+        if self.catch_up_timeout <= 0:
+            raise UsageError(f"--catch-up-timeout {self.catch_up_timeout:g}: must be positive")
+        if self.report is not None:
+            if self.report.exists():
+                raise UsageError(f"--report {self.report}: the file exists; it is never overwritten")
+            if not self.report.parent.is_dir():
+                raise UsageError(f"--report {self.report}: the directory {self.report.parent} does not exist")

@@ -1,0 +1,243 @@
+"""Failback: the old primary is back. Fence it, make it a standby of the new primary, write every
+write it took after the last revision the standby had applied (the errant writes) into a report file,
+re-sync it from the new primary (only what differs), then, unless told to stay, switch over back.
+
+Nothing is overwritten before it is in the report. The errant writes come from the old primary's own
+history (every put and delete, in order); if it was compacted past that point, the report lists the
+keys changed since from the current content and says that deletes could not be listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckFailed, Refused
+from ..etcd import CompactedError, EtcdClient, EventType
+from ..mirror.checkpoint import encode_key
+from ..mirror.engine import Mirror
+from ..mirror.keys import KeyMapper
+from .config import MoveConfig
+from .events import record_event
+from .fence import fence_writes
+from .roles import STANDBY, Role, write_role
+from .sites import Site, mirror_command, open_site, refuse_same_cluster
+from .switchover import SwitchoverResult, switchover
+
+log = logging.getLogger("etcd_dr.failover")
+
+
+@dataclass
+class FailbackResult:
+    primary: str
+    old_primary: str
+    report: str
+    errant_writes: int
+    complete: bool  # False: the old primary's history was compacted; deletes are not listed
+    written: int
+    removed: int
+    switched_back: SwitchoverResult | None = None
+    next_command: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["switched_back"] = self.switched_back.to_json() if self.switched_back else None
+        return d
+
+    def lines(self) -> list[str]:
+        out = [
+            f"failback: {self.errant_writes} writes the old primary {self.old_primary} took after the last "
+            f"revision the standby applied are listed in {self.report}"
+            + ("" if self.complete else " (its history was compacted: deletes are not listed)"),
+            f"failback: {self.old_primary} re-synced from {self.primary}: {self.written} keys written, "
+            f"{self.removed} removed",
+        ]
+        if self.switched_back is not None:
+            out += self.switched_back.lines()
+        else:
+            out.append(
+                f"{self.old_primary} is the standby of {self.primary}; keep it current with: "
+                + self.next_command
+            )
+        return out + self.notes
+
+
+async def failback(cfg: MoveConfig) -> FailbackResult:
+    pair = cfg.pair  # source: the new primary; destination: the old primary that came back
+    sp = pair.state_prefix
+    async with EtcdClient(pair.source) as b_client, EtcdClient(pair.dest) as a_client:
+        primary, old = await asyncio.gather(
+            open_site(b_client, pair.source, sp), open_site(a_client, pair.dest, sp)
+        )
+        refuse_same_cluster(primary, old)
+        role = primary.role.role
+        if role is None or not role.is_primary:
+            raise Refused(
+                f"the source {primary.describe()} is not the primary: failback runs from the promoted site "
+                "(--endpoints) to the old primary (DEST)"
+            )
+        if role.peer_cluster_id != old.id:
+            raise Refused(
+                f"{old.describe()} is not the old primary of {primary.text} "
+                f"(that is cluster {role.peer_cluster_id:x})"
+            )
+        until = await _demote(cfg, primary, old, role)
+        report_path = cfg.report or Path(f"etcd-dr-failback-{old.id:x}-{time.strftime('%Y%m%dT%H%M%S')}.json")
+        mapper = KeyMapper.from_config(pair)
+        writes, complete = await _errant_writes(a_client, b_client, mapper, role.applied_revision, until)
+        _write_report(report_path, primary, old, role, until, writes, complete)
+        log.info(
+            "failback: %d writes of %s after revision %d (not on %s) listed in %s",
+            len(writes),
+            old.text,
+            role.applied_revision,
+            primary.text,
+            report_path,
+        )
+        await record_event(
+            a_client,
+            sp,
+            "errant-writes",
+            f"{len(writes)} writes after revision {role.applied_revision} reported to {report_path}",
+        )
+    log.info("failback: re-syncing %s from %s (only what differs)", old.text, primary.text)
+    result = await Mirror(
+        replace(pair, once=True, heartbeat_interval=0.0, allow_mass_delete=True, status_interval=3600.0)
+    ).run()
+    copied = result.copied
+    fb = FailbackResult(
+        primary=primary.text,
+        old_primary=old.text,
+        report=str(report_path),
+        errant_writes=len(writes),
+        complete=complete,
+        written=copied.puts if copied else 0,
+        removed=copied.deletes if copied else 0,
+        next_command=mirror_command(pair),
+    )
+    if not cfg.stay:
+        log.info("failback: switching over back to %s", old.text)
+        fb.switched_back = await switchover(cfg)
+    return fb
+
+
+async def _demote(cfg: MoveConfig, primary: Site, old: Site, role: Role) -> int:
+    """Fence the old primary and make it a standby of the new one; returns the revision of that
+    change (the old primary's own writes end before it)."""
+    sp = cfg.pair.state_prefix
+    current = old.role.role
+    if (
+        current is not None
+        and not current.is_primary
+        and current.epoch == role.epoch
+        and current.peer_cluster_id == primary.id
+    ):
+        log.info("failback: %s is already %s (an earlier run)", old.text, current.describe())
+        return old.role.mod_revision
+    if current is not None and current.is_primary and current.epoch >= role.epoch:
+        raise Refused(
+            f"both {primary.describe()} and {old.describe()} say primary; the newer epoch is unclear"
+        )
+    await fence_writes(
+        old.client, sp, mode=cfg.fence, hook=cfg.fence_hook, epoch=current.epoch if current else 0
+    )
+    log.info("failback: writes on the old primary %s fenced (%s)", old.text, cfg.fence)
+    base = current or Role(STANDBY, 0, primary.id, 0.0)
+    demoted = base.moved(STANDBY, role.epoch, primary.id, "failback", applied_revision=role.applied_revision)
+    result = await write_role(old.client, sp, demoted, old.role)
+    if not result.succeeded:
+        raise CheckFailed(
+            f"the role record on {old.text} changed while it was being made a standby; run again"
+        )
+    log.info("failback: %s is now %s", old.text, demoted.describe())
+    return result.header.revision
+
+
+async def _errant_writes(
+    old: EtcdClient, primary: EtcdClient, mapper: KeyMapper, after: int, until: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """The old primary's mirrored writes in revisions (after, until), with what the primary has now."""
+
+    def mirrored(key: bytes) -> bytes | None:
+        """The primary's key for an old-primary key the mirror covers, else None."""
+        if not key.startswith(mapper.dest_prefix) or mapper.dest_is_protected(key):
+            return None
+        source_key = mapper.prefix + key[len(mapper.dest_prefix) :]
+        return source_key if mapper.to_dest(source_key) == key else None
+
+    found: list[tuple[bytes, bytes, EventType, bytes | None, int]] = []
+    complete = True
+    if until > after + 1:
+        try:
+            async with old.watch(b"\0", b"\0", start_revision=after + 1, retry_for=30.0) as watch:
+                async for batch in watch:
+                    done = False
+                    for ev in batch.events:
+                        if ev.kv.mod_revision >= until:
+                            done = True
+                            break
+                        source_key = mirrored(ev.kv.key)
+                        if source_key is not None:
+                            value = ev.kv.value if ev.type is EventType.PUT else None
+                            found.append((ev.kv.key, source_key, ev.type, value, ev.kv.mod_revision))
+                    if done:
+                        break
+        except CompactedError:
+            complete = False
+            log.warning(
+                "failback: the old primary's history after revision %d is compacted; listing keys changed "
+                "since from its content (deletes cannot be listed)",
+                after,
+            )
+            found = []
+            key, end = mapper.dest_range
+            result = await old.range(key, end, revision=until - 1, min_mod_revision=after + 1)
+            for kv in result.kvs:
+                source_key = mirrored(kv.key)
+                if source_key is not None:
+                    found.append((kv.key, source_key, EventType.PUT, kv.value, kv.mod_revision))
+    writes = []
+    for key, source_key, type_, value, revision in found:
+        now = await primary.get(source_key)
+        writes.append(
+            {
+                "key": encode_key(key),
+                "type": "put" if type_ is EventType.PUT else "delete",
+                "value": None if value is None else encode_key(value),
+                "mod_revision": revision,
+                "primary_key": encode_key(source_key),
+                "primary_value": None if now is None else encode_key(now.value),
+            }
+        )
+    return writes, complete
+
+
+def _write_report(
+    path: Path, primary: Site, old: Site, role: Role, until: int, writes: list[dict[str, Any]], complete: bool
+) -> None:
+    """Written once, whole (a temporary file renamed), readable only by its owner: it holds values."""
+    doc = {
+        "old_primary": {"endpoints": old.text, "cluster_id": f"{old.id:x}"},
+        "primary": {"endpoints": primary.text, "cluster_id": f"{primary.id:x}", "epoch": role.epoch},
+        "applied_up_to_revision": role.applied_revision,
+        "old_primary_fenced_at_revision": until,
+        "complete": complete,
+        "written_at": round(time.time(), 3),
+        "writes": writes,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    if path.exists():
+        tmp.unlink()
+        raise Refused(f"the report {path} appeared meanwhile; it is never overwritten")
+    tmp.rename(path)

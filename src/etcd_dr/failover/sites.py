@@ -1,0 +1,164 @@
+"""What every move reads first: each site's identity, revision and role; the standby's mirror
+checkpoints; and how to point the clients at the new primary (DNS update or a hook)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from dataclasses import dataclass
+
+from ..config import MirrorConfig
+from ..errors import Refused
+from ..etcd import ClientConfig, EtcdClient, Status, TransientError, prefix_range_end
+from ..mirror.checkpoint import Checkpoint
+from .config import MoveConfig
+from .roles import RoleState, read_role
+
+log = logging.getLogger("etcd_dr.failover")
+
+
+@dataclass(frozen=True)
+class Site:
+    client: EtcdClient
+    config: ClientConfig
+    status: Status
+    role: RoleState
+
+    @property
+    def id(self) -> int:
+        return self.status.cluster_id
+
+    @property
+    def text(self) -> str:
+        return self.config.endpoints_text
+
+    def describe(self) -> str:
+        role = self.role.role.describe() if self.role.role else "without a role record"
+        return f"{self.text} (cluster {self.id:x}, {role})"
+
+
+async def open_site(client: EtcdClient, config: ClientConfig, state_prefix: bytes) -> Site:
+    status, role = await asyncio.gather(client.status(), read_role(client, state_prefix))
+    return Site(client, config, status, role)
+
+
+async def refresh(site: Site, state_prefix: bytes) -> Site:
+    return await open_site(site.client, site.config, state_prefix)
+
+
+def refuse_same_cluster(a: Site, b: Site) -> None:
+    if a.id == b.id:
+        raise Refused(f"{a.text} and {b.text} are the same cluster (cluster id {a.id:x})")
+
+
+async def probe(config: ClientConfig, timeout: float) -> Status | str:
+    """The cluster's status if some member answers within `timeout`, else why not (for the log)."""
+    try:
+        async with asyncio.timeout(timeout), EtcdClient(config) as client:
+            return await client.status()
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except TransientError as e:
+        return str(e)
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    key: bytes
+    raw: bytes
+    checkpoint: Checkpoint
+
+
+async def checkpoints_from(client: EtcdClient, state_prefix: bytes, source_id: int) -> list[StoredCheckpoint]:
+    """Every mirror checkpoint on `client` of mirrors from the cluster `source_id`."""
+    prefix = state_prefix + f"mirror/{source_id:016x}/".encode()
+    result = await client.range(prefix, prefix_range_end(prefix))
+    found = []
+    for kv in result.kvs:
+        try:
+            found.append(StoredCheckpoint(kv.key, kv.value, Checkpoint.decode(kv.value)))
+        except (ValueError, KeyError) as e:
+            raise Refused(f"the checkpoint {kv.key!r} on {client.endpoint} is not readable ({e})") from None
+    return found
+
+
+def mirror_command(pair: MirrorConfig) -> str:
+    """The `etcd-dr mirror` command line for `pair` (passwords left out: give them by env or flag)."""
+    words = ["etcd-dr", "mirror", pair.dest.endpoints_text, "--endpoints", pair.source.endpoints_text]
+    for prefix, cfg in (("", pair.source), ("dest-", pair.dest)):
+        if cfg.tls is not None:
+            for flag, path in (("cacert", cfg.tls.cacert), ("cert", cfg.tls.cert), ("key", cfg.tls.key)):
+                if path is not None:
+                    words += [f"--{prefix}{flag}", str(path)]
+        if cfg.user:
+            words += [f"--{prefix}user", cfg.user]
+    if pair.prefix:
+        words += ["--prefix", pair.prefix.decode("utf-8", "surrogateescape")]
+    if pair.dest_prefix is not None:
+        if pair.dest_prefix:
+            words += ["--dest-prefix", pair.dest_prefix.decode("utf-8", "surrogateescape")]
+        else:
+            words.append("--no-dest-prefix")
+    for e in pair.excludes:
+        words += ["--exclude", e.decode("utf-8", "surrogateescape")]
+    if pair.ignore_keys_regex:
+        words += ["--ignore-keys-regex", pair.ignore_keys_regex]
+    return shlex.join(words)
+
+
+def reversed_pair(pair: MirrorConfig) -> MirrorConfig:
+    """The same mirror the other way: source and destination swapped, the key mapping inverted."""
+    from dataclasses import replace
+
+    source = replace(pair.dest, role="source", flag_prefix="")
+    dest = replace(pair.source, role="destination", flag_prefix="dest-")
+    prefix, dest_prefix = pair.effective_dest_prefix, pair.prefix
+    excludes = tuple(dest_prefix_of(pair, e) for e in pair.excludes if e.startswith(pair.prefix))
+    return replace(
+        pair,
+        source=source,
+        dest=dest,
+        prefix=prefix,
+        dest_prefix=None if dest_prefix == prefix else dest_prefix,
+        excludes=excludes,
+    )
+
+
+def dest_prefix_of(pair: MirrorConfig, source_key: bytes) -> bytes:
+    return pair.effective_dest_prefix + source_key[len(pair.prefix) :]
+
+
+async def switch_clients(cfg: MoveConfig, new_primary: Site, old_primary_text: str, epoch: int) -> str:
+    """Point the clients' name at the new primary: a DNS update, a hook, or (neither given) a line
+    saying it is the operator's to do. Returns what was done, for the report."""
+    done = []
+    if cfg.dns is not None:
+        from .dns import addresses_from_endpoints, switch_name
+
+        addresses = list(cfg.dns_addresses) or addresses_from_endpoints(
+            [str(e) for e in new_primary.config.endpoints]
+        )
+        result = await switch_name(cfg.dns, addresses)
+        done.append(f"DNS {cfg.dns.name} -> {', '.join(result.after)}")
+    if cfg.switch_hook:
+        from .hooks import run_hook
+
+        await run_hook(
+            cfg.switch_hook,
+            "switch",
+            {
+                "ETCD_DR_NEW_PRIMARY_ENDPOINTS": new_primary.text,
+                "ETCD_DR_NEW_PRIMARY_CLUSTER_ID": f"{new_primary.id:x}",
+                "ETCD_DR_OLD_PRIMARY_ENDPOINTS": old_primary_text,
+                "ETCD_DR_EPOCH": str(epoch),
+            },
+            timeout=cfg.hook_timeout,
+        )
+        done.append(f"--switch-hook ran for {new_primary.text}")
+    if not done:
+        log.warning(
+            "no --dns-server or --switch-hook given: point the clients at %s yourself", new_primary.text
+        )
+        return "clients not switched (no --dns-server or --switch-hook)"
+    return "; ".join(done)

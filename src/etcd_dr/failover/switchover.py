@@ -1,0 +1,277 @@
+"""Planned switchover: fence writes on the primary, let the standby apply its last revision, prove
+both equal, raise the standby's revision past the primary's, swap the roles (a new epoch, which fences
+any mirror still writing into the standby), lift the fence there and switch the clients.
+
+Rerunning after a crash finishes the job: before the promotion the primary is fenced (fencing again is
+a no-op) and nothing else changed; after it the standby's role record says so and only the remaining
+steps run. If anything fails before the promotion, the primary's fence is lifted and the error raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..errors import CheckFailed, EtcdDrError, Refused
+from ..etcd import Compare, CompareResult, Delete, EtcdClient, EtcdError
+from ..mirror.checkpoint import REPLAY, checkpoint_key, lock_key
+from ..mirror.engine import Mirror
+from ..mirror.keys import KeyMapper
+from ..verify import verify
+from .config import MoveConfig
+from .events import record_event
+from .fence import fence_writes, read_fence, unfence_writes
+from .revision import mark_compacted, raise_revision
+from .roles import PRIMARY, STANDBY, Role, now, read_role, write_role
+from .sites import (
+    Site,
+    StoredCheckpoint,
+    mirror_command,
+    open_site,
+    refresh,
+    refuse_same_cluster,
+    reversed_pair,
+    switch_clients,
+)
+
+log = logging.getLogger("etcd_dr.failover")
+
+
+@dataclass
+class SwitchoverResult:
+    old_primary: str
+    new_primary: str
+    epoch: int
+    last_revision: int  # the old primary's revision when its writes were fenced; all applied
+    writes_refused_seconds: float
+    new_revision: int  # the new primary's revision after the raise (compacted there)
+    clients: str
+    next_command: str
+    finished_earlier_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def lines(self) -> list[str]:
+        return [
+            f"switchover done: {self.new_primary} is the primary (epoch {self.epoch}); "
+            f"{self.old_primary} is its standby",
+            f"every write up to the old primary's revision {self.last_revision} is on the new primary; "
+            f"writes were refused for {self.writes_refused_seconds:.2f} s",
+            f"clients: {self.clients}",
+            f"keep the old primary current with: {self.next_command}",
+        ]
+
+
+async def switchover(cfg: MoveConfig) -> SwitchoverResult:
+    pair = cfg.pair
+    sp = pair.state_prefix
+    async with EtcdClient(pair.source) as p_client, EtcdClient(pair.dest) as s_client:
+        primary, standby = await asyncio.gather(
+            open_site(p_client, pair.source, sp), open_site(s_client, pair.dest, sp)
+        )
+        refuse_same_cluster(primary, standby)
+        s_role, p_role = standby.role.role, primary.role.role
+        if s_role is not None and s_role.is_primary and s_role.peer_cluster_id == primary.id:
+            if p_role is not None and p_role.is_primary and p_role.epoch >= s_role.epoch:
+                raise Refused(f"both {primary.describe()} and {standby.describe()} say primary")
+            log.info(
+                "switchover: %s is already the primary; finishing what an earlier run left", standby.text
+            )
+            return await _after_promotion(cfg, primary, standby, s_role.epoch, time.monotonic(), True)
+        _check_roles(primary, standby)
+        mapper = KeyMapper.from_config(pair)
+        key = checkpoint_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
+        stored = await _checkpoint(standby, key)
+        log.info(
+            "switchover: %s -> %s; the standby has applied revision %d of %d",
+            primary.text,
+            standby.text,
+            stored.checkpoint.revision,
+            primary.status.revision,
+        )
+        # Raised ahead while writes still flow, so that little is left to do while they are refused.
+        await raise_revision(s_client, sp, primary.status.revision + 2 * cfg.revision_margin)
+
+        t_fence = time.monotonic()
+        await fence_writes(p_client, sp, mode=cfg.fence, hook=cfg.fence_hook, epoch=primary.role.epoch)
+        log.info("switchover: writes on %s fenced (%s)", primary.text, cfg.fence)
+        await record_event(p_client, sp, "fenced", f"writes fenced for a switchover to {standby.text}")
+        try:
+            last = (await p_client.status()).revision
+            ckpt = await _catch_up(
+                cfg, s_client, key, last, lock_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
+            )
+            if cfg.verify:
+                result = await verify(pair)
+                if not result.equal:
+                    raise CheckFailed(
+                        f"switchover stopped: the sites differ after catching up: {result.summary()}"
+                    )
+                log.info(
+                    "switchover: verified equal at revision %d: %s", result.source_revision, result.summary()
+                )
+            top = (await p_client.status()).revision
+            bump = await raise_revision(s_client, sp, top + cfg.revision_margin)
+            await mark_compacted(s_client, bump.revision)
+            epoch = max(primary.role.epoch, standby.role.epoch) + 1
+            await _promote(s_client, sp, standby, primary.id, epoch, ckpt)
+        except BaseException as e:
+            log.error(
+                "switchover stopped before the roles changed (%s); lifting the fence on %s", e, primary.text
+            )
+            try:
+                await unfence_writes(p_client, sp, hook=cfg.fence_hook)
+            except (EtcdError, EtcdDrError) as unfence_error:
+                log.error(
+                    "the fence on %s could not be lifted (%s): its writes stay refused; rerun the switchover",
+                    primary.text,
+                    unfence_error,
+                )
+            else:
+                await record_event(p_client, sp, "unfenced", f"switchover to {standby.text} stopped: {e}")
+            raise
+        standby = await refresh(standby, sp)
+        return await _after_promotion(cfg, primary, standby, epoch, t_fence, False, last=last)
+
+
+def _check_roles(primary: Site, standby: Site) -> None:
+    p, s = primary.role.role, standby.role.role
+    if p is not None and not p.is_primary:
+        raise Refused(
+            f"the source {primary.describe()} is not the primary: a switchover moves the service from "
+            "the primary (--endpoints) to its standby (DEST)"
+        )
+    if s is None:
+        raise Refused(
+            f"the destination {standby.describe()}: no mirror has run into it; nothing to switch to"
+        )
+    if s.is_primary:
+        raise Refused(f"the destination {standby.describe()} is itself a primary")
+    if s.peer_cluster_id != primary.id:
+        raise Refused(
+            f"the destination {standby.describe()} is the standby of cluster {s.peer_cluster_id:x}, "
+            f"not of {primary.text} (cluster {primary.id:x})"
+        )
+
+
+async def _checkpoint(standby: Site, key: bytes) -> StoredCheckpoint:
+    kv = await standby.client.get(key)
+    if kv is None:
+        raise Refused(
+            f"no mirror checkpoint for this prefix on {standby.text}: give the same --prefix/--dest-prefix "
+            "as the mirror's, or let the mirror make its first copy first"
+        )
+    from ..mirror.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.decode(kv.value)
+    if ckpt.phase != REPLAY:
+        raise Refused(f"the mirror into {standby.text} has not finished its copy yet; switch over after it")
+    return StoredCheckpoint(kv.key, kv.value, ckpt)
+
+
+async def _catch_up(
+    cfg: MoveConfig, dest: EtcdClient, key: bytes, last: int, lock: bytes
+) -> StoredCheckpoint:
+    """Until the standby has applied the fenced primary's revision `last`: by the running mirror if
+    one holds the lock, else by a one-shot mirror run here."""
+    if await dest.get(lock) is None:
+        log.info("switchover: no mirror is running into the standby; catching up here")
+        mirror = Mirror(replace(cfg.pair, once=True, heartbeat_interval=0.0, status_interval=3600.0))
+        await mirror.run()
+    deadline = time.monotonic() + cfg.catch_up_timeout
+    from ..mirror.checkpoint import Checkpoint
+
+    while True:
+        kv = await dest.get(key)
+        if kv is not None:
+            ckpt = Checkpoint.decode(kv.value)
+            if ckpt.revision >= last and not ckpt.split_revision:
+                log.info(
+                    "switchover: the standby has applied revision %d (the primary's last: %d)",
+                    ckpt.revision,
+                    last,
+                )
+                return StoredCheckpoint(kv.key, kv.value, ckpt)
+        if time.monotonic() > deadline:
+            at = Checkpoint.decode(kv.value).revision if kv is not None else 0
+            raise CheckFailed(
+                f"switchover stopped: the standby did not apply the primary's revision {last} within "
+                f"{cfg.catch_up_timeout:g} s (--catch-up-timeout); it is at {at}. Is the mirror running?"
+            )
+        await asyncio.sleep(0.02)
+
+
+async def _promote(
+    client: EtcdClient, sp: bytes, standby: Site, old_primary: int, epoch: int, ckpt: StoredCheckpoint
+) -> None:
+    """One txn: the role record says primary, and the mirror checkpoints from the old primary go
+    (their revisions are the old primary's; a later mirror the other way starts from a fresh copy).
+    It holds only if the role and the checkpoint are still as read."""
+    assert standby.role.role is not None
+    role = standby.role.role.moved(
+        PRIMARY,
+        epoch,
+        old_primary,
+        "switchover",
+        applied_revision=ckpt.checkpoint.revision,
+        applied_time=ckpt.checkpoint.source_time,
+    )
+    result = await write_role(
+        client,
+        sp,
+        role,
+        standby.role,
+        compare=(Compare.value_(ckpt.key, CompareResult.EQUAL, ckpt.raw),),
+        also=(Delete(ckpt.key),),
+    )
+    if not result.succeeded:
+        raise CheckFailed("switchover stopped: the standby's role or checkpoint changed under it")
+    log.info("switchover: %s promoted: %s", standby.text, role.describe())
+
+
+async def _after_promotion(
+    cfg: MoveConfig,
+    primary: Site,
+    standby: Site,
+    epoch: int,
+    t_fence: float,
+    resumed: bool,
+    last: int = 0,
+) -> SwitchoverResult:
+    sp = cfg.pair.state_prefix
+    p_role = await read_role(primary.client, sp)
+    if p_role.role is None or p_role.role.is_primary or p_role.epoch < epoch:
+        base = p_role.role or Role(PRIMARY, 0, standby.id, now())
+        demoted = base.moved(STANDBY, epoch, standby.id, "switchover", fenced_revision=last)
+        if not (await write_role(primary.client, sp, demoted, p_role)).succeeded:
+            raise CheckFailed(f"the role record on {primary.text} changed while it was being made a standby")
+        log.info("switchover: %s is now %s", primary.text, demoted.describe())
+    if await read_fence(standby.client, sp) is not None:
+        await unfence_writes(standby.client, sp, hook=cfg.fence_hook)
+        log.info(
+            "switchover: writes on %s allowed again (its fence from an earlier move lifted)", standby.text
+        )
+    refused = time.monotonic() - t_fence
+    if not resumed:
+        log.info("switchover: writes were refused for %.2f s", refused)
+    clients = await switch_clients(cfg, standby, primary.text, epoch)
+    s_role = standby.role.role
+    last = last or (s_role.applied_revision if s_role else 0)
+    message = f"switchover from {primary.text}: primary with epoch {epoch}, all of revision {last} applied"
+    await record_event(standby.client, sp, "promoted", message, epoch=epoch, via="switchover")
+    await record_event(primary.client, sp, "demoted", f"switchover to {standby.text}: standby, epoch {epoch}")
+    return SwitchoverResult(
+        old_primary=primary.text,
+        new_primary=standby.text,
+        epoch=epoch,
+        last_revision=last,
+        writes_refused_seconds=0.0 if resumed else round(refused, 3),
+        new_revision=(await standby.client.status()).revision,
+        clients=clients,
+        next_command=mirror_command(reversed_pair(cfg.pair)),
+        finished_earlier_run=resumed,
+    )
