@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import CheckFailed, EtcdDrError, Refused
-from ..etcd import Compare, CompareResult, Delete, EtcdClient, EtcdError
-from ..mirror.checkpoint import REPLAY, checkpoint_key, lock_key
+from ..etcd import CompactedError, Compare, CompareResult, Delete, EtcdClient, EtcdError
+from ..mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, lock_key
 from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
 from ..verify import verify
@@ -38,6 +38,10 @@ from .sites import (
 )
 
 log = logging.getLogger("etcd_dr.failover")
+
+# A planned move knows the old primary's last revision exactly: a small margin covers the revisions
+# etcd-dr itself still writes there (fence record, heartbeats) after the fence.
+SWITCHOVER_MARGIN = 1000
 
 
 @dataclass
@@ -94,7 +98,12 @@ async def switchover(cfg: MoveConfig) -> SwitchoverResult:
             primary.status.revision,
         )
         # Raised ahead while writes still flow, so that little is left to do while they are refused.
-        await raise_revision(s_client, sp, primary.status.revision + 2 * cfg.revision_margin)
+        margin = min(cfg.revision_margin, SWITCHOVER_MARGIN)
+        for _ in range(5):
+            top = (await p_client.status()).revision
+            if (await s_client.status()).revision >= top + 2 * margin:
+                break
+            await raise_revision(s_client, sp, top + 3 * margin)
 
         t_fence = time.monotonic()
         await fence_writes(p_client, sp, mode=cfg.fence, hook=cfg.fence_hook, epoch=primary.role.epoch)
@@ -102,8 +111,8 @@ async def switchover(cfg: MoveConfig) -> SwitchoverResult:
         await record_event(p_client, sp, "fenced", f"writes fenced for a switchover to {standby.text}")
         try:
             last = (await p_client.status()).revision
-            ckpt = await _catch_up(
-                cfg, s_client, key, last, lock_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
+            need = await _catch_up(
+                cfg, p_client, s_client, key, last, lock_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
             )
             if cfg.verify:
                 result = await verify(pair)
@@ -115,10 +124,10 @@ async def switchover(cfg: MoveConfig) -> SwitchoverResult:
                     "switchover: verified equal at revision %d: %s", result.source_revision, result.summary()
                 )
             top = (await p_client.status()).revision
-            bump = await raise_revision(s_client, sp, top + cfg.revision_margin)
+            bump = await raise_revision(s_client, sp, top + margin)
             await mark_compacted(s_client, bump.revision)
             epoch = max(primary.role.epoch, standby.role.epoch) + 1
-            await _promote(s_client, sp, standby, primary.id, epoch, ckpt)
+            await _promote(s_client, sp, standby, primary.id, epoch, key, need)
         except BaseException as e:
             log.error(
                 "switchover stopped before the roles changed (%s); lifting the fence on %s", e, primary.text
@@ -165,7 +174,6 @@ async def _checkpoint(standby: Site, key: bytes) -> StoredCheckpoint:
             f"no mirror checkpoint for this prefix on {standby.text}: give the same --prefix/--dest-prefix "
             "as the mirror's, or let the mirror make its first copy first"
         )
-    from ..mirror.checkpoint import Checkpoint
 
     ckpt = Checkpoint.decode(kv.value)
     if ckpt.phase != REPLAY:
@@ -174,63 +182,105 @@ async def _checkpoint(standby: Site, key: bytes) -> StoredCheckpoint:
 
 
 async def _catch_up(
-    cfg: MoveConfig, dest: EtcdClient, key: bytes, last: int, lock: bytes
-) -> StoredCheckpoint:
-    """Until the standby has applied the fenced primary's revision `last`: by the running mirror if
-    one holds the lock, else by a one-shot mirror run here."""
+    cfg: MoveConfig, source: EtcdClient, dest: EtcdClient, key: bytes, last: int, lock: bytes
+) -> int:
+    """Wait until the standby has applied every mirrored change of the fenced primary (up to its
+    revision `last`): by the running mirror if one holds the lock, else by a one-shot mirror run here.
+    Returns the revision the checkpoint must have reached."""
     if await dest.get(lock) is None:
         log.info("switchover: no mirror is running into the standby; catching up here")
         mirror = Mirror(replace(cfg.pair, once=True, heartbeat_interval=0.0, status_interval=3600.0))
         await mirror.run()
     deadline = time.monotonic() + cfg.catch_up_timeout
-    from ..mirror.checkpoint import Checkpoint
-
+    stored = await _read_checkpoint(dest, key)
+    # The newest revisions after the fence are etcd-dr's own (fence record, heartbeats): a running
+    # mirror records those only at its next idle checkpoint. What must be applied is the last change
+    # to a mirrored key, found in the primary's history since the checkpoint.
+    need = await _last_mirrored_change(cfg, source, stored.checkpoint.revision, last)
     while True:
-        kv = await dest.get(key)
-        if kv is not None:
-            ckpt = Checkpoint.decode(kv.value)
-            if ckpt.revision >= last and not ckpt.split_revision:
-                log.info(
-                    "switchover: the standby has applied revision %d (the primary's last: %d)",
-                    ckpt.revision,
-                    last,
-                )
-                return StoredCheckpoint(kv.key, kv.value, ckpt)
-        if time.monotonic() > deadline:
-            at = Checkpoint.decode(kv.value).revision if kv is not None else 0
-            raise CheckFailed(
-                f"switchover stopped: the standby did not apply the primary's revision {last} within "
-                f"{cfg.catch_up_timeout:g} s (--catch-up-timeout); it is at {at}. Is the mirror running?"
+        if stored.checkpoint.revision >= need and not stored.checkpoint.split_revision:
+            log.info(
+                "switchover: the standby has applied revision %d: every mirrored change of the primary "
+                "(the last at %d; the primary is at %d)",
+                stored.checkpoint.revision,
+                need,
+                last,
             )
-        await asyncio.sleep(0.02)
+            return need
+        if time.monotonic() > deadline:
+            raise CheckFailed(
+                f"switchover stopped: the standby did not apply the primary's revision {need} within "
+                f"{cfg.catch_up_timeout:g} s (--catch-up-timeout); it is at {stored.checkpoint.revision}. "
+                "Is the mirror running?"
+            )
+        await asyncio.sleep(0.01)
+        stored = await _read_checkpoint(dest, key)
+
+
+async def _last_mirrored_change(cfg: MoveConfig, source: EtcdClient, after: int, upto: int) -> int:
+    """The newest revision in (after, upto] that changed a mirrored key (`after` if none)."""
+    if after >= upto:
+        return after
+    mapper = KeyMapper.from_config(cfg.pair)
+    newest = after
+    try:
+        # The whole keyspace: every revision has an event, so the walk knows when it reached `upto`.
+        async with asyncio.timeout(cfg.catch_up_timeout):
+            async with source.watch(b"\0", b"\0", start_revision=after + 1) as watch:
+                async for batch in watch:
+                    for ev in batch.events:
+                        if ev.kv.mod_revision > upto:
+                            return newest
+                        if mapper.to_dest(ev.kv.key) is not None:
+                            newest = ev.kv.mod_revision
+                    if batch.events and batch.events[-1].kv.mod_revision >= upto:
+                        return newest
+    except CompactedError:
+        log.info("switchover: the primary's history since %d is compacted; waiting for all of it", after)
+    return upto
+
+
+async def _read_checkpoint(dest: EtcdClient, key: bytes) -> StoredCheckpoint:
+    kv = await dest.get(key)
+    if kv is None:
+        raise CheckFailed(f"switchover stopped: the mirror checkpoint on {dest.endpoint} disappeared")
+    return StoredCheckpoint(kv.key, kv.value, Checkpoint.decode(kv.value))
 
 
 async def _promote(
-    client: EtcdClient, sp: bytes, standby: Site, old_primary: int, epoch: int, ckpt: StoredCheckpoint
+    client: EtcdClient, sp: bytes, standby: Site, old_primary: int, epoch: int, key: bytes, need: int
 ) -> None:
-    """One txn: the role record says primary, and the mirror checkpoints from the old primary go
-    (their revisions are the old primary's; a later mirror the other way starts from a fresh copy).
-    It holds only if the role and the checkpoint are still as read."""
+    """One txn: the role record says primary, and the mirror checkpoint from the old primary goes
+    (its revisions are the old primary's; a later mirror the other way starts from a fresh copy).
+    It holds only if the role and the checkpoint are still as read; a running mirror may still move
+    its checkpoint over etcd-dr's own revisions, so a moved checkpoint is read again."""
     assert standby.role.role is not None
-    role = standby.role.role.moved(
-        PRIMARY,
-        epoch,
-        old_primary,
-        "switchover",
-        applied_revision=ckpt.checkpoint.revision,
-        applied_time=ckpt.checkpoint.source_time,
-    )
-    result = await write_role(
-        client,
-        sp,
-        role,
-        standby.role,
-        compare=(Compare.value_(ckpt.key, CompareResult.EQUAL, ckpt.raw),),
-        also=(Delete(ckpt.key),),
-    )
-    if not result.succeeded:
-        raise CheckFailed("switchover stopped: the standby's role or checkpoint changed under it")
-    log.info("switchover: %s promoted: %s", standby.text, role.describe())
+    for _ in range(20):
+        stored = await _read_checkpoint(client, key)
+        if stored.checkpoint.revision < need:
+            raise CheckFailed("switchover stopped: the standby's checkpoint went backwards")
+        role = standby.role.role.moved(
+            PRIMARY,
+            epoch,
+            old_primary,
+            "switchover",
+            applied_revision=stored.checkpoint.revision,
+            applied_time=stored.checkpoint.source_time,
+        )
+        result = await write_role(
+            client,
+            sp,
+            role,
+            standby.role,
+            compare=(Compare.value_(stored.key, CompareResult.EQUAL, stored.raw),),
+            also=(Delete(stored.key),),
+        )
+        if result.succeeded:
+            log.info("switchover: %s promoted: %s", standby.text, role.describe())
+            return
+        if (await read_role(client, sp)).mod_revision != standby.role.mod_revision:
+            break
+    raise CheckFailed("switchover stopped: the standby's role or checkpoint changed under it")
 
 
 async def _after_promotion(
