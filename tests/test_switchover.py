@@ -156,7 +156,7 @@ def test_move_flags_are_checked_before_anything_is_done(tmp_path: Path) -> None:
                 "etcd",
             ],
             "--dns-address",
-        ),  # fmt: skip
+        ),
     ]
     for args, needle in cases:
         proc = run(*args)
