@@ -79,7 +79,9 @@ async def test_failover_drill_rpo_fencing_and_failback_report(
         move = MoveConfig(pair=cfg, fence="none", revision_margin=1000, probe_timeout=1.0)
         result = await failover(move)
         rpo = result.rpo_revision
-        assert result.epoch == 2 and rpo > 0
+        assert result.epoch == 2 and rpo > 0 and not result.finished_earlier_run
+        again = await failover(move)  # a rerun (say after a crash) finishes, changes nothing
+        assert again.finished_earlier_run and again.rpo_revision == rpo and again.epoch == 2
         on_b = await dump(cb)
         kept, lost = writer.up_to(rpo), writer.after(rpo)
         missing = [ack.key for ack in kept if on_b.get(ack.key) != ack.value]
@@ -104,9 +106,16 @@ async def test_failover_drill_rpo_fencing_and_failback_report(
 
         # A write on the new primary while the old one was away, then failback.
         await cb.put(APP + b"written-on-b", b"1")
+        # First keep B as the primary (--stay): A becomes its standby, re-synced.
+        stay_report = tmp_path / "errant-stay.json"
+        back = MoveConfig(pair=reversed_pair(cfg), fence="none", revision_margin=1000, report=stay_report)
+        stayed = await failback(replace(back, stay=True))
+        assert stayed.switched_back is None and stayed.errant_writes >= len(lost)
+        assert await dump(ca) == await dump(cb)
+        # Then the same command without --stay (as a rerun after a crash would) finishes the move back.
         report = tmp_path / "errant.json"
-        back = MoveConfig(pair=reversed_pair(cfg), fence="none", revision_margin=1000, report=report)
-        fb = await failback(back)
+        fb = await failback(replace(back, report=report))
+        assert json.loads(stay_report.read_text())["writes"] == json.loads(report.read_text())["writes"]
         doc = json.loads(report.read_text())
         reported = {(w["key"], w["mod_revision"]) for w in doc["writes"]}
         assert doc["complete"] and doc["applied_up_to_revision"] == rpo
