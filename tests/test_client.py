@@ -46,6 +46,7 @@ from etcd_dr.etcd import (
     TLSError,
     TooManyOpsError,
     TransientError,
+    TxnBatch,
     Unavailable,
     parse_endpoint,
     prefix_range_end,
@@ -287,6 +288,41 @@ async def test_range_pages_one_revision_while_another_task_writes(client: EtcdCl
     now = await client.get_prefix(prefix)
     assert now.header.revision >= paging_revision + len(pages) - 1
     assert values(now.kvs) != expected
+
+
+async def test_range_pages_raw_matches_range_pages(client: EtcdClient, prefix: bytes) -> None:
+    await client.txn([], [Put(prefix + b"%03d" % i, b"v%d" % i, 0) for i in range(40)])
+    end = prefix_range_end(prefix)
+    converted = [p async for p in client.range_pages(prefix, end, page_size=15)]
+    raw = [p async for p in client.range_pages_raw(prefix, end, page_size=15)]
+    assert [len(p.kvs) for p in raw] == [len(p.kvs) for p in converted] == [15, 15, 10]
+    assert [p.revision for p in raw] == [p.header.revision for p in converted]
+    assert [p.more for p in raw] == [p.more for p in converted]
+    fields = ("key", "value", "create_revision", "mod_revision", "version", "lease")
+    assert [tuple(getattr(kv, f) for f in fields) for p in raw for kv in p.kvs] == [
+        tuple(getattr(kv, f) for f in fields) for p in converted for kv in p.kvs
+    ]
+
+
+async def test_txn_batch(client: EtcdClient, prefix: bytes) -> None:
+    await client.put(prefix + b"gone", b"x")
+    batch = TxnBatch([Put(prefix + b"a", b"1"), Delete(prefix + b"gone")])
+    batch.put(prefix + b"b", b"22")
+    batch.delete(prefix + b"c", prefix + b"d")
+    assert len(batch) == 4
+    assert batch.nbytes == 4 * len(prefix) + len(b"a1" + b"gone" + b"b22" + b"c")
+    # A failed guard writes nothing.
+    no = [Compare.version(prefix + b"gone", CompareResult.EQUAL, 0)]
+    ok, _ = await client.txn_batch(no, batch)
+    assert not ok and (await client.get(prefix + b"a")) is None
+    # The same batch with other guards (they replace the earlier ones).
+    ok, rev = await client.txn_batch([Compare.version(prefix + b"gone", CompareResult.EQUAL, 1)], batch)
+    assert ok
+    got = await client.get_prefix(prefix)
+    assert got.header.revision == rev
+    assert [(kv.key, kv.value) for kv in got.kvs] == [(prefix + b"a", b"1"), (prefix + b"b", b"22")]
+    with pytest.raises(ValueError):
+        TxnBatch([Put(prefix + b"a", b"1", prev_kv=True)])
 
 
 async def test_range_pages_explicit_revision_and_keys_only(client: EtcdClient, prefix: bytes) -> None:

@@ -24,9 +24,11 @@ from .types import (
     Permission,
     PutResult,
     RangeResult,
+    RawPage,
     SortOrder,
     SortTarget,
     Status,
+    TxnBatch,
     TxnResult,
     prefix_range_end,
     range_result,
@@ -103,6 +105,36 @@ class EtcdClient:
         min_mod_revision: int = 0,
         max_mod_revision: int = 0,
     ) -> RangeResult:
+        resp = await self._range(
+            key,
+            range_end,
+            revision=revision,
+            limit=limit,
+            sort_order=sort_order,
+            sort_target=sort_target,
+            serializable=serializable,
+            keys_only=keys_only,
+            count_only=count_only,
+            min_mod_revision=min_mod_revision,
+            max_mod_revision=max_mod_revision,
+        )
+        return range_result(resp)
+
+    async def _range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        revision: int = 0,
+        limit: int = 0,
+        sort_order: SortOrder = SortOrder.NONE,
+        sort_target: SortTarget = SortTarget.KEY,
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+    ) -> pb.RangeResponse:
         req = pb.RangeRequest(
             key=key,
             range_end=range_end,
@@ -116,8 +148,7 @@ class EtcdClient:
             min_mod_revision=min_mod_revision,
             max_mod_revision=max_mod_revision,
         )
-        resp = await self._conn.unary(_KV + "Range", req, pb.RangeResponse, idempotent=True)
-        return range_result(resp)
+        return await self._conn.unary(_KV + "Range", req, pb.RangeResponse, idempotent=True)
 
     async def get(self, key: bytes, *, revision: int = 0) -> KeyValue | None:
         r = await self.range(key, revision=revision)
@@ -146,6 +177,47 @@ class EtcdClient:
         a short page just continues from that bound. With `page_bytes`, the page grows up to
         `page_size` keys while keeping about `page_bytes` of keys and values per page.
         """
+        pages = self._range_pages(
+            key, range_end, revision=revision, page_size=page_size, page_bytes=page_bytes, keys_only=keys_only
+        )
+        async for resp, rev in pages:
+            h = resp.header
+            yield RangeResult(
+                Header(h.cluster_id, h.member_id, rev, h.raft_term),
+                [KeyValue.from_pb(kv) for kv in resp.kvs],
+                resp.more,
+                resp.count,
+            )
+
+    async def range_pages_raw(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        revision: int = 0,
+        page_size: int = 1000,
+        page_bytes: int | None = None,
+        keys_only: bool = False,
+    ) -> AsyncIterator[RawPage]:
+        """`range_pages`, with each page's key-values as etcd sent them (`KeyValueLike`, not converted
+        to `KeyValue` one by one): for loops over many keys, like the mirror's copy and verify."""
+        pages = self._range_pages(
+            key, range_end, revision=revision, page_size=page_size, page_bytes=page_bytes, keys_only=keys_only
+        )
+        async for resp, rev in pages:
+            yield RawPage(rev, resp.kvs, resp.more)
+
+    async def _range_pages(
+        self,
+        key: bytes,
+        range_end: bytes,
+        *,
+        revision: int,
+        page_size: int,
+        page_bytes: int | None,
+        keys_only: bool,
+    ) -> AsyncIterator[tuple[pb.RangeResponse, int]]:
+        """The pages of range_pages, as responses with the paging revision."""
         if page_size <= 0:
             raise ValueError("page_size must be positive")
         limit = min(page_size, 1000) if page_bytes else page_size
@@ -158,26 +230,23 @@ class EtcdClient:
                 guess = _bound_after(start, span)
                 if guess is not None and (range_end == b"\0" or guess < range_end):
                     bound = guess
-            page = await self.range(start, bound, revision=revision, limit=limit, keys_only=keys_only)
+            page = await self._range(start, bound, revision=revision, limit=limit, keys_only=keys_only)
             # No sort order is asked for: etcd returns keys in key order anyway, and any explicit sort
             # makes it read the whole rest of the range before cutting it to the limit.
             if revision == 0:
                 revision = page.header.revision
-            elif page.header.revision != revision:
-                # Report the paging revision, not the current one, so that every page agrees.
-                page = RangeResult(
-                    Header(page.header.cluster_id, page.header.member_id, revision, page.header.raft_term),
-                    page.kvs,
-                    page.more,
-                    page.count,
-                )
-            if page.kvs or first:
-                yield page  # the first page always (it tells the revision), then only pages with keys
+            # Every page reports the paging revision, not the current one, so that every page agrees.
+            kvs = page.kvs
+            if kvs or first:
+                yield (
+                    page,
+                    revision,
+                )  # the first page always (it tells the revision), then only pages with keys
             first = False
             if page.more:
                 # A full page inside [start, bound): the next one starts after its last key, and one
                 # page's width is about what this one covered.
-                lowest, last = page.kvs[0].key, page.kvs[-1].key
+                lowest, last = kvs[0].key, kvs[-1].key
                 span = max(1, _key_int(last) - _key_int(lowest))
                 start = last + b"\0"
             elif bound == range_end:
@@ -185,12 +254,12 @@ class EtcdClient:
             else:
                 # [start, bound) held less than a page: go on from the bound, with a wider guess.
                 width = max(1, _key_int(bound) - _key_int(start))
-                grow = min(16.0, limit / max(len(page.kvs), 1))
+                grow = min(16.0, limit / max(len(kvs), 1))
                 span = max(1, int(width * grow))
                 start = bound
-            if page_bytes and page.kvs:
-                size = sum(len(kv.key) + len(kv.value) for kv in page.kvs)
-                limit = max(1, min(page_size, page_bytes * len(page.kvs) // max(size, 1)))
+            if page_bytes and kvs:
+                size = sum(len(kv.key) + len(kv.value) for kv in kvs)
+                limit = max(1, min(page_size, page_bytes * len(kvs) // max(size, 1)))
 
     async def compact_revision(self, current: int = 0) -> int:
         """The compaction point: the oldest revision still readable (0 when nothing was compacted).
@@ -250,6 +319,12 @@ class EtcdClient:
         resp = await self._conn.unary(
             _KV + "Txn", txn_request(compare, success, ()), pb.TxnResponse, idempotent=False
         )
+        return resp.succeeded, resp.header.revision
+
+    async def txn_batch(self, compare: Sequence[Compare], batch: TxnBatch) -> tuple[bool, int]:
+        """Send a TxnBatch guarded by `compare`: (succeeded, revision). Like txn_succeeded, without an
+        object per op on the way (the mirror's copy and replay)."""
+        resp = await self._conn.unary(_KV + "Txn", batch.request(compare), pb.TxnResponse, idempotent=False)
         return resp.succeeded, resp.header.revision
 
     async def compact(self, revision: int, *, physical: bool = False) -> Header:

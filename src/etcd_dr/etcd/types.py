@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ._pb import etcd_dr_v3_pb2 as pb
 
@@ -49,6 +50,24 @@ class KeyValue:
         return cls(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
 
 
+class KeyValueLike(Protocol):
+    """What a key-value read from etcd offers, read-only: both `KeyValue` and the key-values of a
+    `RawPage` (read straight from the response, not converted one by one) have these attributes."""
+
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def create_revision(self) -> int: ...
+    @property
+    def mod_revision(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def lease(self) -> int: ...
+
+
 class EventType(enum.Enum):
     PUT = 0
     DELETE = 1
@@ -75,6 +94,17 @@ class RangeResult:
     kvs: list[KeyValue]
     more: bool
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawPage:
+    """One page of `EtcdClient.range_pages_raw`: the key-values as etcd sent them, unconverted (for
+    loops over many keys that read only a few attributes of each). They are read-only views: do not
+    modify them, and keep them only as long as the page."""
+
+    revision: int
+    kvs: Sequence[KeyValueLike]
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +256,56 @@ class Get:
 
 
 Op = Put | Delete | Get
+
+
+class TxnBatch:
+    """The write ops of one txn, built straight into the request, without an object per op: for
+    writing many keys (the mirror's copy and replay). Send it with `EtcdClient.txn_batch`; a batch is
+    sent once and not changed after. `len()` is its op count, `nbytes` the bytes of its keys and values.
+    """
+
+    __slots__ = ("_add", "_req", "nbytes")
+
+    def __init__(self, ops: Iterable[Put | Delete] = ()) -> None:
+        self._req = pb.TxnRequest()
+        self._add = self._req.success.add
+        self.nbytes = 0
+        for op in ops:
+            self.add(op)
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
+        p = self._add().request_put
+        p.key = key
+        p.value = value
+        if lease:
+            p.lease = lease
+        self.nbytes += len(key) + len(value)
+
+    def delete(self, key: bytes, range_end: bytes = b"") -> None:
+        d = self._add().request_delete_range
+        d.key = key
+        if range_end:
+            d.range_end = range_end
+        self.nbytes += len(key)
+
+    def add(self, op: Put | Delete) -> None:
+        if isinstance(op, Put):
+            if op.prev_kv:
+                raise ValueError("a TxnBatch does not return results: prev_kv is not supported")
+            self.put(op.key, op.value, op.lease)
+        else:
+            if op.prev_kv:
+                raise ValueError("a TxnBatch does not return results: prev_kv is not supported")
+            self.delete(op.key, op.range_end)
+
+    def __len__(self) -> int:
+        return len(self._req.success)
+
+    def request(self, compare: Sequence[Compare]) -> pb.TxnRequest:
+        """The request with these guards (replacing any earlier ones): for the client only."""
+        del self._req.compare[:]
+        self._req.compare.extend(c.to_pb() for c in compare)
+        return self._req
 
 
 @dataclass(frozen=True, slots=True)

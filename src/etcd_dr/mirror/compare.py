@@ -1,16 +1,20 @@
 """Side-by-side reading of the source range (at one revision) and the destination range (at one
 revision), in key order: the merge both the copy and `verify` are built on. Memory is bounded by the
-read-ahead pages, not by the keyspace."""
+read-ahead pages, not by the keyspace.
+
+This is the copy's hot loop (every key of both sides passes through it), so it works on the pages'
+key-values as etcd sent them (`KeyValueLike`), maps a page's keys in one pass, and makes an object only
+for keys that differ."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from ..aio import cancel_and_wait
-from ..etcd import EtcdClient, KeyValue
+from ..etcd import EtcdClient, KeyValueLike
 from .keys import KeyMapper
 
 # Keys and values per read page: large pages are cheap for etcd, this bounds our memory per page.
@@ -28,19 +32,28 @@ class Kind(enum.Enum):
 class Pair:
     kind: Kind
     key: bytes  # the destination key
-    source: KeyValue | None
-    dest: KeyValue | None
+    source: KeyValueLike | None
+    dest: KeyValueLike | None
+
+
+@dataclass(slots=True)
+class Diff:
+    """One batch of the comparison (about a page): `pairs` in destination-key order, holding the keys
+    that differ (and, when asked for, the equal ones too); `equal` counts the equal keys."""
+
+    equal: int
+    pairs: list[Pair]
 
 
 async def _pages(
     client: EtcdClient, key: bytes, end: bytes, revision: int, page_size: int
-) -> AsyncGenerator[list[KeyValue]]:
+) -> AsyncGenerator[Sequence[KeyValueLike]]:
     """Pages of one range at one revision, read one page ahead of the consumer."""
-    queue: asyncio.Queue[list[KeyValue] | BaseException | None] = asyncio.Queue(maxsize=2)
+    queue: asyncio.Queue[Sequence[KeyValueLike] | BaseException | None] = asyncio.Queue(maxsize=2)
 
     async def reader() -> None:
         try:
-            async for page in client.range_pages(
+            async for page in client.range_pages_raw(
                 key, end, revision=revision, page_size=page_size, page_bytes=PAGE_BYTES
             ):
                 await queue.put(page.kvs)
@@ -61,6 +74,127 @@ async def _pages(
         await cancel_and_wait(task)
 
 
+SourceMap = Callable[[Sequence[KeyValueLike]], tuple[list[bytes], list[KeyValueLike]]]
+DestFilter = Callable[[Sequence[KeyValueLike]], list[KeyValueLike]]
+
+
+def _source_map(mapper: KeyMapper) -> SourceMap:
+    """A page of source key-values -> (their destination keys, the key-values), unmirrored ones left
+    out. The page is inside the source range, so every key starts with the prefix."""
+    excludes = tuple(e for e in mapper.excludes if e.startswith(mapper.prefix) or mapper.prefix.startswith(e))
+    if mapper.ignore is None and mapper.prefix == mapper.dest_prefix:
+        # Keys keep their names (the common case): no new key is made.
+        def same(page: Sequence[KeyValueLike]) -> tuple[list[bytes], list[KeyValueLike]]:
+            kvs = [kv for kv in page if not kv.key.startswith(excludes)] if excludes else list(page)
+            return [kv.key for kv in kvs], kvs
+
+        return same
+
+    to_dest = mapper.to_dest
+
+    def mapped(page: Sequence[KeyValueLike]) -> tuple[list[bytes], list[KeyValueLike]]:
+        keys: list[bytes] = []
+        kvs: list[KeyValueLike] = []
+        for kv in page:
+            k = to_dest(kv.key)
+            if k is not None:
+                keys.append(k)
+                kvs.append(kv)
+        return keys, kvs
+
+    return mapped
+
+
+def _dest_filter(mapper: KeyMapper) -> DestFilter:
+    """A page of destination key-values, without the protected ones (never written nor removed)."""
+    if mapper.ignore is None:
+        protected = mapper.protected
+        if not protected:
+            return list
+        return lambda page: [kv for kv in page if not kv.key.startswith(protected)]
+    is_protected = mapper.dest_is_protected
+    return lambda page: [kv for kv in page if not is_protected(kv.key)]
+
+
+async def diff_ranges(
+    source: EtcdClient,
+    dest: EtcdClient,
+    mapper: KeyMapper,
+    *,
+    source_revision: int,
+    dest_revision: int,
+    page_size: int,
+    compare_leases: bool = False,
+    include_equal: bool = False,
+) -> AsyncGenerator[Diff]:
+    """Every mirrored key of either side once, in destination-key order, with how the two compare;
+    in batches (a page's worth), since per-key async iteration would cost more than the compare.
+    Equal keys are only counted, unless `include_equal`."""
+    src_key, src_end = mapper.source_range
+    dst_key, dst_end = mapper.dest_range
+    src_pages = _pages(source, src_key, src_end, source_revision, page_size)
+    dst_pages = _pages(dest, dst_key, dst_end, dest_revision, page_size)
+    source_map, dest_filter = _source_map(mapper), _dest_filter(mapper)
+    MISSING, EXTRA, EQUAL, DIFFERENT = Kind.MISSING, Kind.EXTRA, Kind.EQUAL, Kind.DIFFERENT
+    skeys: list[bytes] = []
+    skvs: list[KeyValueLike] = []
+    dkvs: list[KeyValueLike] = []
+    si = di = 0
+    s_done = d_done = False
+    try:
+        while True:
+            while si == len(skvs) and not s_done:
+                page = await anext(src_pages, None)
+                if page is None:
+                    s_done = True
+                else:
+                    skeys, skvs = source_map(page)
+                    si = 0
+            while di == len(dkvs) and not d_done:
+                dpage = await anext(dst_pages, None)
+                if dpage is None:
+                    d_done = True
+                else:
+                    dkvs = dest_filter(dpage)
+                    di = 0
+            if s_done and d_done:
+                return
+            out: list[Pair] = []
+            add = out.append
+            equal = 0
+            ns, nd = len(skvs), len(dkvs)
+            while si < ns and di < nd:
+                sk = skeys[si]
+                dkv = dkvs[di]
+                dk = dkv.key
+                if sk < dk:
+                    add(Pair(MISSING, sk, skvs[si], None))
+                    si += 1
+                elif dk < sk:
+                    add(Pair(EXTRA, dk, None, dkv))
+                    di += 1
+                else:
+                    skv = skvs[si]
+                    if skv.value == dkv.value and (not compare_leases or skv.lease == dkv.lease):
+                        equal += 1
+                        if include_equal:
+                            add(Pair(EQUAL, sk, skv, dkv))
+                    else:
+                        add(Pair(DIFFERENT, sk, skv, dkv))
+                    si += 1
+                    di += 1
+            if d_done and si < ns:
+                out.extend([Pair(MISSING, k, kv, None) for k, kv in zip(skeys[si:], skvs[si:], strict=True)])
+                si = ns
+            if s_done and di < nd:
+                out.extend([Pair(EXTRA, kv.key, None, kv) for kv in dkvs[di:]])
+                di = nd
+            yield Diff(equal, out)
+    finally:
+        await src_pages.aclose()
+        await dst_pages.aclose()
+
+
 async def compare_ranges(
     source: EtcdClient,
     dest: EtcdClient,
@@ -71,57 +205,19 @@ async def compare_ranges(
     page_size: int,
     compare_leases: bool = False,
 ) -> AsyncGenerator[list[Pair]]:
-    """Every mirrored key of either side once, in destination-key order, with how the two compare;
-    in batches (a page's worth), since per-key async iteration would cost more than the compare."""
-    src_key, src_end = mapper.source_range
-    dst_key, dst_end = mapper.dest_range
-    src_pages = _pages(source, src_key, src_end, source_revision, page_size)
-    dst_pages = _pages(dest, dst_key, dst_end, dest_revision, page_size)
-    to_dest, protected = mapper.to_dest, mapper.dest_is_protected
-    sbuf: list[tuple[bytes, KeyValue]] = []
-    dbuf: list[KeyValue] = []
-    si = di = 0
-    s_done = d_done = False
+    """`diff_ranges` with every key, equal ones included, as pairs."""
+    diffs = diff_ranges(
+        source,
+        dest,
+        mapper,
+        source_revision=source_revision,
+        dest_revision=dest_revision,
+        page_size=page_size,
+        compare_leases=compare_leases,
+        include_equal=True,
+    )
     try:
-        while True:
-            while si == len(sbuf) and not s_done:
-                page = await anext(src_pages, None)
-                if page is None:
-                    s_done = True
-                else:
-                    sbuf = [(k, kv) for kv in page if (k := to_dest(kv.key)) is not None]
-                    si = 0
-            while di == len(dbuf) and not d_done:
-                dpage = await anext(dst_pages, None)
-                if dpage is None:
-                    d_done = True
-                else:
-                    dbuf = [kv for kv in dpage if not protected(kv.key)]
-                    di = 0
-            if s_done and d_done:
-                return
-            out: list[Pair] = []
-            while si < len(sbuf) and di < len(dbuf):
-                sk, skv = sbuf[si]
-                dkv = dbuf[di]
-                if sk < dkv.key:
-                    out.append(Pair(Kind.MISSING, sk, skv, None))
-                    si += 1
-                elif dkv.key < sk:
-                    out.append(Pair(Kind.EXTRA, dkv.key, None, dkv))
-                    di += 1
-                else:
-                    same = skv.value == dkv.value and (not compare_leases or skv.lease == dkv.lease)
-                    out.append(Pair(Kind.EQUAL if same else Kind.DIFFERENT, sk, skv, dkv))
-                    si += 1
-                    di += 1
-            if d_done:
-                out.extend(Pair(Kind.MISSING, k, kv, None) for k, kv in sbuf[si:])
-                si = len(sbuf)
-            if s_done:
-                out.extend(Pair(Kind.EXTRA, kv.key, None, kv) for kv in dbuf[di:])
-                di = len(dbuf)
-            yield out
+        async for diff in diffs:
+            yield diff.pairs
     finally:
-        await src_pages.aclose()
-        await dst_pages.aclose()
+        await diffs.aclose()

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import Fenced
-from ..etcd import Compare, Delete, EtcdClient, Put
+from ..etcd import Compare, EtcdClient, TxnBatch
 from .checkpoint import encode_key
-from .compare import Kind, compare_ranges
+from .compare import Kind, diff_ranges
 from .keys import KeyMapper
 from .leases import LeaseMirror
 from .stats import MirrorStats
@@ -46,7 +46,8 @@ class TxnPipeline:
     """Sends batches of ops as destination txns guarded by `guard`, up to `inflight` at once.
 
     Order between txns does not matter here (each key is written once per copy), which is what lets
-    several be in flight.
+    several be in flight. Ops go straight into the next txn's request (`TxnBatch`): `room` says whether
+    one more fits, else `flush` sends the batch first.
     """
 
     def __init__(
@@ -65,31 +66,50 @@ class TxnPipeline:
         self._max_bytes = max_bytes
         self._slots = asyncio.Semaphore(inflight)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ops: list[Put | Delete] = []
-        self._bytes = 0
+        self.batch = TxnBatch()
+        self._ops = 0
         self.txns = 0
 
-    async def add(self, op: Put | Delete) -> None:
-        size = len(op.key) + (len(op.value) if isinstance(op, Put) else 0)
-        if self._ops and (len(self._ops) >= self._max_ops or self._bytes + size > self._max_bytes):
+    def _room(self, size: int) -> bool:
+        """Whether one more op of `size` bytes (key and value) fits in the current batch (the first
+        op always does: the source took it, so a destination with the same limits takes it too)."""
+        return not self._ops or (self._ops < self._max_ops and self.batch.nbytes + size <= self._max_bytes)
+
+    def try_put(self, key: bytes, value: bytes, lease: int = 0) -> bool:
+        """Add a put to the current batch if it fits (no await: the per-key path); False when the
+        batch must be flushed first (then `put`)."""
+        if not self._room(len(key) + len(value)):
+            return False
+        self.batch.put(key, value, lease)
+        self._ops += 1
+        return True
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
+        if not self._room(len(key) + len(value)):
             await self.flush()
-        self._ops.append(op)
-        self._bytes += size
+        self.batch.put(key, value, lease)
+        self._ops += 1
+
+    async def delete(self, key: bytes) -> None:
+        if not self._room(len(key)):
+            await self.flush()
+        self.batch.delete(key)
+        self._ops += 1
 
     async def flush(self) -> None:
         if not self._ops:
             return
-        ops, self._ops, self._bytes = self._ops, [], 0
+        batch, self.batch, self._ops = self.batch, TxnBatch(), 0
         self._raise_failures()
         await self._slots.acquire()
-        task = asyncio.create_task(self._send(ops))
+        task = asyncio.create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, ops: list[Put | Delete]) -> None:
+    async def _send(self, batch: TxnBatch) -> None:
         try:
             started = time.monotonic()
-            succeeded, _ = await self._dest.txn_succeeded(self._guard, ops)
+            succeeded, _ = await self._dest.txn_batch(self._guard, batch)
             if self._stats is not None:
                 self._stats.observe_txn(time.monotonic() - started)
                 self._stats.applied_txns += 1
@@ -147,7 +167,7 @@ async def diff_sync(
     dst_key, dst_end = mapper.dest_range
     # The destination is read at one revision too, so the comparison is against a consistent view.
     dest_rev = (await dest.range(dst_key, dst_end, count_only=True)).header.revision
-    pairs = compare_ranges(
+    diffs = diff_ranges(
         source,
         dest,
         mapper,
@@ -159,34 +179,38 @@ async def diff_sync(
     last_report = time.monotonic()
     extras: list[bytes] = []
     dest_keys = 0
+    MISSING, EXTRA = Kind.MISSING, Kind.EXTRA
+    try_put = pipeline.try_put
     try:
-        async for batch in pairs:
-            for pair in batch:
-                if pair.kind is Kind.EQUAL:
-                    result.source_keys += 1
-                    result.unchanged += 1
-                    dest_keys += 1
-                elif pair.kind is Kind.EXTRA:
+        async for diff in diffs:
+            result.source_keys += diff.equal
+            result.unchanged += diff.equal
+            dest_keys += diff.equal
+            for pair in diff.pairs:
+                kind = pair.kind
+                if kind is EXTRA:
                     # Deletes wait until the whole comparison is known, for the mass-delete guard.
                     extras.append(pair.key)
                     dest_keys += 1
-                else:
-                    assert pair.source is not None
-                    result.source_keys += 1
-                    result.puts += 1
-                    dest_keys += pair.dest is not None
-                    if pair.kind is Kind.DIFFERENT:
-                        result.overwritten += 1
-                        if result.overwritten <= REPORT_FIRST:
-                            log.log(
-                                level,
-                                "copy: overwriting destination key %s: its value differs from the source's "
-                                "at revision %d",
-                                encode_key(pair.key),
-                                revision,
-                            )
-                    lease = await leases.ensure(pair.source.lease) if leases and pair.source.lease else 0
-                    await pipeline.add(Put(pair.key, pair.source.value, lease))
+                    continue
+                src = pair.source
+                assert src is not None
+                result.source_keys += 1
+                result.puts += 1
+                if kind is not MISSING:
+                    dest_keys += 1
+                    result.overwritten += 1
+                    if result.overwritten <= REPORT_FIRST:
+                        log.log(
+                            level,
+                            "copy: overwriting destination key %s: its value differs from the source's "
+                            "at revision %d",
+                            encode_key(pair.key),
+                            revision,
+                        )
+                lease = await leases.ensure(src.lease) if leases and src.lease else 0
+                if not try_put(pair.key, src.value, lease):
+                    await pipeline.put(pair.key, src.value, lease)
             if on_progress is not None and time.monotonic() - last_report >= progress_every:
                 last_report = time.monotonic()
                 result.seconds = last_report - started
@@ -202,13 +226,13 @@ async def diff_sync(
                     encode_key(key),
                     revision,
                 )
-            await pipeline.add(Delete(key))
+            await pipeline.delete(key)
         await pipeline.close()
     except BaseException:
         await pipeline.abort()
         raise
     finally:
-        await pairs.aclose()
+        await diffs.aclose()
     result.seconds = time.monotonic() - started
     if result.deletes > REPORT_FIRST or result.overwritten > REPORT_FIRST:
         log.log(
