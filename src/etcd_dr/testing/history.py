@@ -1,4 +1,5 @@
-"""Proof of exactly-once replication from the two clusters' histories.
+"""Proof of exactly-once replication: from the two clusters' histories (check_exactly_once), and from
+the workload's log of acknowledged writes alone (check_against_acks).
 
 After the mirror's last copy, every destination revision that changes mirrored keys must be a mirror
 txn: it carries a checkpoint, and its data ops are exactly the (mapped, collapsed) source ops between
@@ -9,11 +10,13 @@ is applied once, in order. Requires that neither cluster was compacted.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from etcd_dr.etcd import EtcdClient, EventType
+from etcd_dr.etcd import Delete, EtcdClient, EventType, Put
 from etcd_dr.mirror.checkpoint import REPLAY, SYNC, Checkpoint
 from etcd_dr.mirror.keys import ALL_KEYS, KeyMapper
+from etcd_dr.testing.workload import Acked, Workload
 
 Op = tuple[bytes, bytes | None]  # (dest key, value or None for a delete)
 
@@ -110,3 +113,100 @@ async def check_exactly_once(
         pos = new
         txns += 1
     return HistoryReport(replay_txns=txns, source_ops_checked=checked, copies=copies)
+
+
+# ---- the acknowledged-operations log (Jepsen style) --------------------------------------------------
+
+
+def model_at(initial: dict[bytes, bytes], acked: Sequence[Acked], revision: int) -> dict[bytes, bytes]:
+    """The source's content at `revision` as the acknowledged writes say, from `initial` (its content
+    before the first of them)."""
+    state = dict(initial)
+    for a in sorted(acked, key=lambda a: a.revision):
+        if a.revision > revision:
+            break
+        for op in a.ops:
+            _apply(state, op)
+    return state
+
+
+def _apply(state: dict[bytes, bytes], op: Put | Delete) -> None:
+    if isinstance(op, Put):
+        state[op.key] = op.value
+    elif not op.range_end:
+        state.pop(op.key, None)
+    else:
+        for k in [k for k in state if _in_range(k, op.key, op.range_end)]:
+            del state[k]
+
+
+def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
+    return key == start if not end else start <= key and (end == b"\0" or key < end)
+
+
+@dataclass
+class AckCheck:
+    dest_revision: int
+    checkpoint_revision: int
+    keys: int  # keys compared
+    uncertain: int  # keys left out: an op whose outcome is unknown touched them
+
+
+async def check_against_acks(
+    workload: Workload,
+    initial: dict[bytes, bytes],
+    dest: EtcdClient,
+    mapper: KeyMapper,
+    checkpoint_key: bytes,
+) -> AckCheck | None:
+    """Read the destination's checkpoint and content at one destination revision; the content must be
+    the source's content at the checkpoint's revision, as rebuilt from the workload's acknowledged
+    writes alone (not from the source), on every key no unacknowledged write touched.
+
+    None when there is nothing to check yet (no checkpoint, a copy in progress, or the middle of a
+    split revision)."""
+    got = await dest.range(checkpoint_key)
+    if not got.kvs:
+        return None
+    ckpt = Checkpoint.decode(got.kvs[0].value)
+    if ckpt.phase != REPLAY or ckpt.split_revision:
+        return None
+    dest_rev = got.header.revision
+    key, end = mapper.dest_range
+    content = {
+        kv.key: kv.value
+        for kv in (await dest.range(key, end, revision=dest_rev)).kvs
+        if not mapper.dest_is_protected(kv.key)
+    }
+    doubtful = [op for ops in workload.uncertain for op in ops]
+
+    def certain(source_key: bytes) -> bool:
+        return not any(
+            _in_range(source_key, op.key, op.range_end if isinstance(op, Delete) else b"") for op in doubtful
+        )
+
+    expected: dict[bytes, bytes] = {}
+    left_out: set[bytes] = set()
+    for k, v in model_at(initial, workload.acked, ckpt.revision).items():
+        dk = mapper.to_dest(k)
+        if dk is None:
+            continue
+        if certain(k):
+            expected[dk] = v
+        else:
+            left_out.add(dk)
+    # Destination keys whose source key some doubtful op touched are left out too.
+    for dk in content:
+        source_key = mapper.prefix + dk[len(mapper.dest_prefix) :]
+        if not certain(source_key):
+            left_out.add(dk)
+    actual = {k: v for k, v in content.items() if k not in left_out}
+    if actual != expected:
+        missing = sorted(set(expected) - set(actual))[:5]
+        extra = sorted(set(actual) - set(expected))[:5]
+        wrong = sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])[:5]
+        raise AssertionError(
+            f"destination revision {dest_rev} (checkpoint at source revision {ckpt.revision}) is not the "
+            f"acknowledged state at that revision: missing {missing}, extra {extra}, different {wrong}"
+        )
+    return AckCheck(dest_rev, ckpt.revision, len(expected), len(left_out))

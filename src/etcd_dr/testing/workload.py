@@ -7,7 +7,13 @@ import asyncio
 import random
 from dataclasses import dataclass, field
 
-from etcd_dr.etcd import Delete, EtcdClient, Put, Unavailable, prefix_range_end
+from etcd_dr.etcd import Delete, EtcdClient, EtcdError, Put, Unavailable, prefix_range_end
+
+
+@dataclass(frozen=True)
+class Acked:
+    revision: int  # the revision of the write (a delete that found nothing: the revision it saw)
+    ops: tuple[Put | Delete, ...]
 
 
 @dataclass
@@ -19,6 +25,10 @@ class Workload:
     keys: int = 200  # size of the key pool under the prefix
     max_txn: int = 8  # ops in a multi-op txn (<= the source's --max-txn-ops)
     ops: int = 0  # how many requests were applied
+    # Every acknowledged request with the revision etcd answered, and the requests whose outcome is
+    # unknown (an error): the log a Jepsen-style checker holds the destination to.
+    acked: list[Acked] = field(default_factory=list)
+    uncertain: list[list[Put | Delete]] = field(default_factory=list)
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -35,23 +45,36 @@ class Workload:
 
     async def step(self) -> None:
         r = self.rng.random()
-        c = self.client
+        ops: list[Put | Delete]
         if r < 0.45:
-            await c.put(self._key(), self._value())
+            ops = [Put(self._key(), self._value())]
         elif r < 0.60:
-            await c.delete_range(self._key())
+            ops = [Delete(self._key())]
         elif r < 0.63:
             p = self.prefix + b"d%02d/" % self.rng.randrange(17)
-            await c.delete_range(p, prefix_range_end(p))
+            ops = [Delete(p, prefix_range_end(p))]
         elif r < 0.85:
             keys = {self._key() for _ in range(self.rng.randrange(2, self.max_txn + 1))}
-            ops: list[Put | Delete] = [
-                Put(k, self._value()) if self.rng.random() < 0.7 else Delete(k) for k in sorted(keys)
-            ]
-            await c.txn([], ops)
+            ops = [Put(k, self._value()) if self.rng.random() < 0.7 else Delete(k) for k in sorted(keys)]
         else:
-            await c.put(self.outside + b"k%03d" % self.rng.randrange(50), self._value())
+            ops = [Put(self.outside + b"k%03d" % self.rng.randrange(50), self._value())]
+        try:
+            revision = await self._send(ops)
+        except EtcdError:
+            self.uncertain.append(ops)  # maybe applied, maybe not: the checkers leave these keys out
+            raise
+        self.acked.append(Acked(revision, tuple(ops)))
         self.ops += 1
+
+    async def _send(self, ops: list[Put | Delete]) -> int:
+        """Single puts and deletes as their own requests, several ops as one txn (as clients do)."""
+        c = self.client
+        op = ops[0]
+        if len(ops) > 1:
+            return (await c.txn([], ops)).header.revision
+        if isinstance(op, Put):
+            return (await c.put(op.key, op.value)).header.revision
+        return (await c.delete_range(op.key, op.range_end)).header.revision
 
     async def run(
         self, count: int | None = None, *, rate: float | None = None, stop: asyncio.Event | None = None
