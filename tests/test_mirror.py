@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,64 +20,13 @@ from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.history import check_exactly_once
+from etcd_dr.testing.mirroring import connect, dump, mapped, pair_config, running, wait_equal
 from etcd_dr.testing.workload import Workload
 
 STATE = b"/etcd-dr/"
+cfg = pair_config
+client = connect
 Factory = Callable[..., EtcdCluster]
-
-
-def cfg(src: EtcdCluster, dst: EtcdCluster, **kw: Any) -> MirrorConfig:
-    kw.setdefault("checkpoint_interval", 0.2)
-    return MirrorConfig(
-        source=ClientConfig.create(src.endpoints, role="source"),
-        dest=ClientConfig.create(dst.endpoints, role="destination", flag_prefix="dest-"),
-        **kw,
-    )
-
-
-def client(cluster: EtcdCluster) -> EtcdClient:
-    return EtcdClient(ClientConfig.create(cluster.endpoints))
-
-
-async def dump(c: EtcdClient, prefix: bytes = b"") -> dict[bytes, bytes]:
-    key, end = (prefix, prefix_range_end(prefix)) if prefix else (b"\0", b"\0")
-    return {kv.key: kv.value for kv in (await c.range(key, end)).kvs if not kv.key.startswith(STATE)}
-
-
-def mapped(src: dict[bytes, bytes], prefix: bytes, dest_prefix: bytes) -> dict[bytes, bytes]:
-    return {dest_prefix + k[len(prefix) :]: v for k, v in src.items() if k.startswith(prefix)}
-
-
-async def wait_equal(
-    s: EtcdClient, d: EtcdClient, prefix: bytes = b"", dest_prefix: bytes | None = None, timeout: float = 30
-) -> None:
-    dp = prefix if dest_prefix is None else dest_prefix
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        want = mapped(await dump(s, prefix), prefix, dp)
-        got = await dump(d, dp)
-        if want == got:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            missing = sorted(set(want) - set(got))[:5]
-            extra = sorted(set(got) - set(want))[:5]
-            diff = sorted(k for k in set(want) & set(got) if want[k] != got[k])[:5]
-            raise AssertionError(
-                f"not equal after {timeout} s: missing {missing} extra {extra} different {diff}"
-            )
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def running(config: MirrorConfig) -> AsyncIterator[Mirror]:
-    mirror = Mirror(config)
-    task = asyncio.create_task(mirror.run())
-    try:
-        yield mirror
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def the_checkpoint(d: EtcdClient, config: MirrorConfig, source_id: int) -> Checkpoint:
@@ -432,3 +380,36 @@ async def test_destination_leader_killed(etcd_cluster_factory: Factory) -> None:
             s, d, KeyMapper.create(b"/app/", None, (), STATE), _key(config, await s.status())
         )
         assert report.copies == 1
+
+
+async def test_replay_behind_groups_up_to_max_txn_ops(etcd_cluster_factory: Factory) -> None:
+    """Over a slow link, single-key revisions (one watch response each) pile up while a txn is in
+    flight: the next txn takes up to --max-txn-ops of them, not one per queued watch response."""
+    from etcd_dr.testing.proxy import FaultProxy
+
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    with FaultProxy.to(dst.endpoints[0]) as dp:
+        config = MirrorConfig(
+            source=ClientConfig.create(src.endpoints[0], role="source"),
+            dest=ClientConfig.create(dp.address, role="destination", flag_prefix="dest-"),
+            prefix=b"/app/",
+            max_txn_ops=128,
+        )
+        async with client(src) as s, client(dst) as d, running(config) as mirror:
+            await s.put(b"/app/ready", b"1")
+            await wait_equal(s, d, b"/app/")
+            dp.set_delay(0.02)
+            txns0, events0 = mirror.stats.applied_txns, mirror.stats.applied_events
+            keys = iter(range(3000))
+
+            async def writer() -> None:
+                for i in keys:
+                    await s.put(b"/app/k%05d" % i, b"v")
+
+            await asyncio.gather(*(writer() for _ in range(64)))
+            await wait_equal(s, d, b"/app/", timeout=60)
+            txns = mirror.stats.applied_txns - txns0
+            events = mirror.stats.applied_events - events0
+            assert events == 3000
+            # 64 revisions a txn was the old cap (64 watch responses queued); most txns are full now.
+            assert events / txns > 90, (events, txns)
