@@ -8,6 +8,9 @@ etcd < 3.4.31 / 3.5.13 may send ahead of undelivered events, etcd-io/etcd#15220)
 
 Consecutive revisions are grouped into one destination txn when more than one is waiting (the mirror is
 behind), so the replay rate follows what the destination can absorb, not the source's revision rate.
+The reader keeps reading while the applier writes: what it has read and not yet applied (the backlog) is
+bounded by ops and bytes, not by watch responses, so that a mirror that is behind always finds a whole
+txn's worth (`--max-txn-ops`) of revisions waiting, whether etcd sent them one per response or many.
 A single revision is never split across txns unless it alone exceeds the txn limits; then it is applied
 in parts, each part recorded in the checkpoint, and the log says so.
 """
@@ -23,7 +26,17 @@ from dataclasses import dataclass
 
 from ..aio import cancel_and_wait
 from ..errors import Fenced
-from ..etcd import Compare, CompareResult, Delete, EtcdClient, EventType, Put, Unavailable, WatchBatch
+from ..etcd import (
+    Compare,
+    CompareResult,
+    Delete,
+    EtcdClient,
+    EventType,
+    Put,
+    TxnBatch,
+    Unavailable,
+    WatchBatch,
+)
 from .checkpoint import Checkpoint
 from .keys import ALL_KEYS, KeyMapper
 from .leases import LeaseMirror
@@ -37,12 +50,18 @@ DestOp = Put | Delete
 # watch is considered stuck and made again.
 STALL_AFTER = 5.0
 
+# The backlog (read, not yet applied) the reader may run ahead by: in destination txns' worth of ops,
+# and in bytes of keys and values. Past either, the reader waits for the applier.
+BACKLOG_TXNS = 16
+BACKLOG_BYTES = 32 * 1024 * 1024
 
-@dataclass
+
+@dataclass(slots=True)
 class SourceRevision:
     revision: int
     ops: list[DestOp]  # mapped and filtered, in the source's order
     heartbeat: float = 0.0  # the source time this revision's heartbeat carries, if it has one
+    nbytes: int = 0  # of the ops' keys and values
 
 
 def _op_size(op: DestOp) -> int:
@@ -93,7 +112,8 @@ class Replayer:
         leases: LeaseMirror | None = None,
         checkpoint_interval: float = 1.0,
         retry_for: float | None = None,
-        queue_batches: int = 64,
+        backlog_ops: int | None = None,
+        backlog_bytes: int = BACKLOG_BYTES,
     ) -> None:
         self._source = source
         self._dest = dest
@@ -112,10 +132,16 @@ class Replayer:
         self._heartbeat = 0.0  # newest heartbeat time covered but not yet in a written checkpoint
         self._interval = checkpoint_interval
         self._retry_for = retry_for
-        self._queue: asyncio.Queue[list[SourceRevision] | BaseException] = asyncio.Queue(
-            maxsize=queue_batches
-        )
+        # Revisions read and not yet applied, in order; the reader appends, the applier takes.
         self._pending: deque[SourceRevision] = deque()
+        self._pending_ops = 0  # ops (counting a revision with none as one) and bytes in _pending
+        self._pending_bytes = 0
+        self._max_backlog_ops = backlog_ops or BACKLOG_TXNS * max_txn_ops
+        self._max_backlog_bytes = backlog_bytes
+        self._arrived = asyncio.Event()  # set when the reader appended (or failed)
+        self._room = asyncio.Event()  # set while the backlog is under its bounds
+        self._room.set()
+        self._read_error: BaseException | None = None
         self._covered = checkpoint.revision  # every revision up to here is applied or has nothing to apply
         self._last_write = time.monotonic()
         self._last_batch = time.monotonic()  # when the watch last delivered anything
@@ -143,10 +169,14 @@ class Replayer:
             if skip:
                 skip -= 1
                 continue
+            rev_ = out[-1]
             if ev.type is EventType.PUT:
-                out[-1].ops.append(Put(dkey, ev.kv.value, ev.kv.lease if self._leases else 0))
+                value = ev.kv.value
+                rev_.ops.append(Put(dkey, value, ev.kv.lease if self._leases else 0))
+                rev_.nbytes += len(dkey) + len(value)
             else:
-                out[-1].ops.append(Delete(dkey))
+                rev_.ops.append(Delete(dkey))
+                rev_.nbytes += len(dkey)
         return out
 
     async def _read(self) -> None:
@@ -157,12 +187,32 @@ class Replayer:
                 self._last_batch = time.monotonic()
                 if batch.events:
                     self._stats.received(batch.events[-1].kv.mod_revision)
-                    await self._queue.put(self._revisions(batch))
+                    self._append(self._revisions(batch))
+                    if not self._room.is_set():
+                        await self._room.wait()
                 self._stats.source_revision = max(self._stats.source_revision, batch.header.revision)
         except Exception as e:  # handed to the applier, which raises it in the engine's loop
-            await self._queue.put(e)
+            self._read_error = e
+            self._arrived.set()
         finally:
             await watch.close()
+
+    def _append(self, revisions: list[SourceRevision]) -> None:
+        for rev in revisions:
+            self._pending.append(rev)
+            self._pending_ops += len(rev.ops) or 1
+            self._pending_bytes += rev.nbytes
+        if self._pending_ops >= self._max_backlog_ops or self._pending_bytes >= self._max_backlog_bytes:
+            self._room.clear()
+        self._arrived.set()
+
+    def _popleft(self) -> SourceRevision:
+        rev = self._pending.popleft()
+        self._pending_ops -= len(rev.ops) or 1
+        self._pending_bytes -= rev.nbytes
+        if self._pending_ops < self._max_backlog_ops and self._pending_bytes < self._max_backlog_bytes:
+            self._room.set()
+        return rev
 
     # ---- writing the destination --------------------------------------------------------------
 
@@ -173,8 +223,10 @@ class Replayer:
             ckpt = ckpt.advanced(ckpt.revision, source_time=self._heartbeat)
         data = ckpt.encode()
         guard = [Compare.value_(self._key, CompareResult.EQUAL, self._ckpt_bytes), *self._guards]
+        batch = TxnBatch(ops)
+        batch.put(self._key, data)
         started = time.monotonic()
-        succeeded, _ = await self._dest.txn_succeeded(guard, [*ops, Put(self._key, data)])
+        succeeded, _ = await self._dest.txn_batch(guard, batch)
         self._stats.observe_txn(time.monotonic() - started)
         if not succeeded:
             raise Fenced(
@@ -198,7 +250,7 @@ class Replayer:
             "(--max-txn-ops %d, %d bytes): applying it in %d txns, so it is not atomic on the destination",
             rev.revision,
             len(rev.ops) + base,
-            sum(_op_size(o) for o in rev.ops),
+            rev.nbytes,
             self._max_ops + 1,
             self._max_bytes,
             len(chunks),
@@ -221,7 +273,7 @@ class Replayer:
         last = self._covered
         while self._pending:
             rev = self._pending[0]
-            rsize = sum(_op_size(o) for o in rev.ops)
+            rsize = rev.nbytes
             if ops and (len(ops) + len(rev.ops) > self._max_ops or size + rsize > self._max_bytes):
                 break
             if not ops and (len(rev.ops) > self._max_ops or rsize > self._max_bytes):
@@ -232,36 +284,28 @@ class Replayer:
             size += rsize
             last = rev.revision
             self._heartbeat = max(self._heartbeat, rev.heartbeat)
-            self._pending.popleft()
+            self._popleft()
         return list(ops.values()), last
 
-    def _drain(self) -> None:
-        """Move what the reader has queued into pending, without waiting."""
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            self._pending.extend(item)
-            if sum(len(r.ops) for r in self._pending) > self._max_ops:
-                return
+    def _raise_read_error(self) -> None:
+        if self._read_error is not None:
+            raise self._read_error
 
     async def _wait(self) -> bool:
         """Wait for source revisions; False when the checkpoint interval passed first."""
-        try:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that arrives
-            # as the queue yields an item, and a cancelled mirror would then run on.
-            async with asyncio.timeout(self._interval):
-                item = await self._queue.get()
-        except TimeoutError:
-            self._check_stalled()
-            return False
-        if isinstance(item, BaseException):
-            raise item
-        self._pending.extend(item)
-        return True
+        self._raise_read_error()
+        if not self._pending:
+            self._arrived.clear()
+            try:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+                # arrives as the wait ends, and a cancelled mirror would then run on.
+                async with asyncio.timeout(self._interval):
+                    await self._arrived.wait()
+            except TimeoutError:
+                self._check_stalled()
+                return False
+            self._raise_read_error()
+        return bool(self._pending)
 
     def _check_stalled(self) -> None:
         """A watch on the whole keyspace sees every source revision (the heartbeat makes one a second).
@@ -286,7 +330,7 @@ class Replayer:
                 if not self._pending and not await self._wait():
                     await self._checkpoint_if_behind()
                     continue
-                self._drain()
+                self._raise_read_error()
                 ops, last = self._take_group()
                 if self._guard_deletes is not None:
                     await self._guard_deletes(sum(isinstance(op, Delete) for op in ops))
@@ -302,7 +346,7 @@ class Replayer:
                     big = self._pending[0]
                     if self._guard_deletes is not None:
                         await self._guard_deletes(sum(isinstance(op, Delete) for op in big.ops))
-                    await self._apply_split(self._pending.popleft())
+                    await self._apply_split(self._popleft())
             await self._checkpoint_if_behind()
             return self._ckpt
         finally:
