@@ -4,13 +4,13 @@ and end with it; the registry survives a restart; --leases ignore keeps make-mir
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from etcd_dr import ClientConfig, MirrorConfig
 from etcd_dr.etcd import EtcdClient
 from etcd_dr.mirror import Mirror
 from etcd_dr.testing.cluster import EtcdCluster
+from etcd_dr.testing.mirroring import running
 
 Factory = Callable[..., EtcdCluster]
 
@@ -22,17 +22,6 @@ def cfg(src: EtcdCluster, dst: EtcdCluster, **kw: object) -> MirrorConfig:
         prefix=b"/svc/",
         **{"checkpoint_interval": 0.2, "lock_ttl": 2, **kw},  # type: ignore[arg-type]
     )
-
-
-@contextlib.asynccontextmanager
-async def running(config: MirrorConfig) -> AsyncIterator[Mirror]:
-    mirror = Mirror(config)
-    task = asyncio.create_task(mirror.run())
-    try:
-        yield mirror
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def until(cond: Callable[[], object], timeout: float = 15) -> None:

@@ -10,7 +10,7 @@ is applied once, in order. Requires that neither cluster was compacted.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from etcd_dr.etcd import Delete, EtcdClient, EventType, Put
@@ -41,6 +41,13 @@ async def _history(client: EtcdClient) -> dict[int, list[tuple[EventType, bytes,
             if batch.events and batch.events[-1].kv.mod_revision >= end:
                 break
     return out
+
+
+def _diff(expected: Mapping[bytes, object], got: Mapping[bytes, object]) -> str:
+    missing = sorted(set(expected) - set(got))[:5]
+    extra = sorted(set(got) - set(expected))[:5]
+    wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])[:5]
+    return f"missing {missing}, extra {extra}, different {wrong}"
 
 
 def _position(c: Checkpoint) -> tuple[int, int]:
@@ -103,12 +110,8 @@ async def check_exactly_once(
         expected = {k: v for k, v in expected.items() if v is not None or k in before}
         got = {k: (v if t is EventType.PUT else None) for t, k, v in data}
         if got != expected:
-            missing = sorted(set(expected) - set(got))[:5]
-            extra = sorted(set(got) - set(expected))[:5]
-            wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])[:5]
             raise AssertionError(
-                f"destination revision {rev} (source ops {pos}..{new}): missing {missing}, extra {extra}, "
-                f"different {wrong}"
+                f"destination revision {rev} (source ops {pos}..{new}): {_diff(expected, got)}"
             )
         pos = new
         txns += 1
@@ -202,11 +205,8 @@ async def check_against_acks(
             left_out.add(dk)
     actual = {k: v for k, v in content.items() if k not in left_out}
     if actual != expected:
-        missing = sorted(set(expected) - set(actual))[:5]
-        extra = sorted(set(actual) - set(expected))[:5]
-        wrong = sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])[:5]
         raise AssertionError(
             f"destination revision {dest_rev} (checkpoint at source revision {ckpt.revision}) is not the "
-            f"acknowledged state at that revision: missing {missing}, extra {extra}, different {wrong}"
+            f"acknowledged state at that revision: {_diff(expected, actual)}"
         )
     return AckCheck(dest_rev, ckpt.revision, len(expected), len(left_out))
