@@ -24,6 +24,7 @@ from etcd_dr.failover.roles import read_role
 from etcd_dr.failover.sites import reversed_pair
 from etcd_dr.failover.switchover import switchover
 from etcd_dr.mirror import Mirror
+from etcd_dr.status import status as mirror_status
 from etcd_dr.testing.acked import AckedWriter
 from etcd_dr.testing.cluster import EtcdCluster
 
@@ -133,6 +134,11 @@ async def test_failover_drill_rpo_fencing_and_failback_report(
         role_a, role_b = (await read_role(ca, STATE)).role, (await read_role(cb, STATE)).role
         assert role_a is not None and role_a.is_primary and role_a.epoch == 3
         assert role_b is not None and not role_b.is_primary and role_b.epoch == 3
+    # `etcd-dr status` shows each site's role and the last moves recorded in both.
+    lines = (await mirror_status(cfg)).lines()
+    assert any(line.strip().startswith("role: primary (epoch 3") for line in lines), lines
+    moves = "\n".join(lines[lines.index("last moves:") :])
+    assert "promoted: switchover from" in moves and "demoted:" in moves, moves
 
 
 async def test_failover_refuses_while_the_primary_is_healthy(
