@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass
 
 from ..config import MirrorConfig
-from ..errors import Refused
+from ..errors import EtcdDrError, Refused
 from ..etcd import ClientConfig, EtcdClient, Status, TransientError, prefix_range_end
 from ..mirror.checkpoint import Checkpoint
 from .config import MoveConfig
@@ -132,6 +132,19 @@ def dest_prefix_of(pair: MirrorConfig, source_key: bytes) -> bytes:
 async def switch_clients(cfg: MoveConfig, new_primary: Site, old_primary_text: str, epoch: int) -> str:
     """Point the clients' name at the new primary: a DNS update, a hook, or (neither given) a line
     saying it is the operator's to do. Returns what was done, for the report."""
+    try:
+        return await _switch_clients(cfg, new_primary, old_primary_text, epoch)
+    except EtcdDrError:
+        log.error(
+            "the roles have moved (%s is the primary, epoch %d) but the clients were not switched; "
+            "rerun the same command to retry the switch",
+            new_primary.text,
+            epoch,
+        )
+        raise
+
+
+async def _switch_clients(cfg: MoveConfig, new_primary: Site, old_primary_text: str, epoch: int) -> str:
     done = []
     if cfg.dns is not None:
         from .dns import addresses_from_endpoints, switch_name
