@@ -236,12 +236,15 @@ def map_grpc_error(
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in low:
         return RequestTooLargeError(f"{where}: {details}", endpoint=endpoint)
     if code == grpc.StatusCode.UNAVAILABLE:
-        if any(h in low for h in _TLS_HINTS):
+        # "tcp handshaker shutdown": grpc gave up a TCP connect that got no answer (a partition, a
+        # host gone), before any TLS was spoken: a transient fault, not a TLS one.
+        tcp_connect = "tcp handshaker" in low
+        if any(h in low for h in _TLS_HINTS) and not tcp_connect:
             return TLSError(
                 f"{where}: TLS handshake failed{_tls_hint(low, config)}: {_short(details)}", endpoint=endpoint
             )
         # grpc says "failed to connect" when no connection was made: the request was never sent.
-        not_sent = "failed to connect" in low or "connection refused" in low
+        not_sent = tcp_connect or "failed to connect" in low or "connection refused" in low
         return Unavailable(
             f"{where} unavailable: {_short(details)}", endpoint=endpoint, maybe_applied=not not_sent
         )

@@ -125,19 +125,20 @@ class Member:
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     paused: bool = False
+    host: str = HOST  # the address clients and peers reach the member at
 
     @property
     def client_url(self) -> str:
-        return f"{self.scheme}://{HOST}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"{self.scheme}://{HOST}:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
 
     @property
     def hostport(self) -> str:
         """The client address as "127.0.0.1:PORT" (no scheme)."""
-        return f"{HOST}:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def pid(self) -> int | None:
@@ -212,6 +213,12 @@ class EtcdCluster:
     Member i is named f"{name}-{i}". With `tls`, client and peer traffic is mutual TLS.
     With `auth=(user, password)` ("root" being the usual user), auth is enabled after start and
     etcdctl() authenticates as that user.
+
+    To run the members elsewhere than on loopback, e.g. in a network namespace (see
+    etcd_dr.testing.netns): `command_prefix` goes before etcd's command line (["ip", "netns", "exec",
+    NS]; it must exec etcd, so that the PID is etcd's), `host` is the address the members are reached at
+    (from here, and advertised), and `listen_host` the one they bind ("0.0.0.0": every address of their
+    namespace). Ports are still picked free on this host's loopback.
     """
 
     def __init__(
@@ -230,6 +237,9 @@ class EtcdCluster:
         extra_args: Sequence[str] = (),
         base_dir: Path | None = None,
         start_timeout: float = START_TIMEOUT,
+        host: str = HOST,
+        listen_host: str | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         if size < 1:
             raise ValueError(f"cluster size must be at least 1, not {size}")
@@ -248,6 +258,9 @@ class EtcdCluster:
         self.election_ms = election_ms if election_ms is not None else (100 if size == 1 else 500)
         self.extra_args = tuple(extra_args)
         self.start_timeout = start_timeout
+        self.host = host
+        self.listen_host = listen_host
+        self.command_prefix = tuple(command_prefix)
         self._base_dir_arg = base_dir
         self.base_dir: Path | None = None
         self.token = f"{name}-{uuid.uuid4().hex[:12]}"
@@ -610,6 +623,7 @@ class EtcdCluster:
                 scheme=scheme,
                 data_dir=self.base_dir / f"{self.name}-{i}.data",
                 log_path=self.base_dir / f"{self.name}-{i}.log",
+                host=self.host,
             )
             for i in range(self.size)
         ]
@@ -619,13 +633,15 @@ class EtcdCluster:
             # etcd reads only the file (initial-cluster-state is ignored once the data dir exists).
             return [str(self.binaries.etcd), "--config-file", str(self._config_members[member.index].path)]
         initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        listen = self.listen_host or member.host
         cmd = [
+            *self.command_prefix,
             str(self.binaries.etcd),
             f"--name={member.name}",
             f"--data-dir={member.data_dir}",
-            f"--listen-client-urls={member.client_url}",
+            f"--listen-client-urls={member.scheme}://{listen}:{member.client_port}",
             f"--advertise-client-urls={member.client_url}",
-            f"--listen-peer-urls={member.peer_url}",
+            f"--listen-peer-urls={member.scheme}://{listen}:{member.peer_port}",
             f"--initial-advertise-peer-urls={member.peer_url}",
             f"--initial-cluster={initial_cluster}",
             f"--initial-cluster-token={self.token}",
