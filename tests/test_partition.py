@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from etcd_dr import ClientConfig
-from etcd_dr.etcd import EtcdClient, prefix_range_end
 from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.history import check_exactly_once
+from etcd_dr.testing.mirroring import connect, wait_equal
 from etcd_dr.testing.mirrorproc import MirrorProcess, read_checkpoint, wait_caught_up
 from etcd_dr.testing.netns import NetnsUnavailable, TwoSites
 from etcd_dr.testing.workload import Workload
@@ -48,25 +47,6 @@ def site_factory(sites: TwoSites, etcd_cluster_factory: Factory) -> Factory:
     return etcd_cluster_factory
 
 
-def client(cluster: EtcdCluster) -> EtcdClient:
-    return EtcdClient(ClientConfig.create(cluster.endpoints))
-
-
-async def dump(c: EtcdClient) -> dict[bytes, bytes]:
-    return {kv.key: kv.value for kv in (await c.range(PREFIX, prefix_range_end(PREFIX))).kvs}
-
-
-async def wait_equal(s: EtcdClient, d: EtcdClient, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (want := await dump(s)) != (got := await dump(d)):
-        if loop.time() > deadline:
-            missing = sorted(set(want) - set(got))[:5]
-            extra = sorted(set(got) - set(want))[:5]
-            raise AssertionError(f"not equal after {timeout} s: missing {missing} extra {extra}")
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.parametrize("mirror_at", ["dest-site", "source-site"])
 async def test_partition_between_sites_cut_and_healed(
     sites: TwoSites, site_factory: Factory, tmp_path: Path, mirror_at: str
@@ -89,7 +69,7 @@ async def test_partition_between_sites_cut_and_healed(
         log_path=tmp_path / "mirror.log",
         command_prefix=home.exec_prefix,
     )  # fmt: skip
-    async with client(src) as s, client(dst) as d:
+    async with connect(src) as s, connect(dst) as d:
         key = checkpoint_key(STATE, (await s.status()).cluster_id, PREFIX, PREFIX)
         await Workload(s, seed=41).run(200)
         mirror.start()
@@ -119,7 +99,7 @@ async def test_partition_between_sites_cut_and_healed(
             stop.set()
             await writer
             await wait_caught_up(s, d, key, timeout=60)
-            await wait_equal(s, d, timeout=30)
+            await wait_equal(s, d, PREFIX, timeout=30)
             assert mirror.running(), mirror.log_text()[-3000:]
             assert await mirror.stop() == 0, mirror.log_text()[-3000:]
         except BaseException:
