@@ -54,7 +54,9 @@ class MirrorCollector(Collector):
         errors = CounterMetricFamily(
             "etcd_dr_errors", "Faults the mirror met and retried, by kind.", labels=["kind"]
         )
-        for kind in sorted({"unavailable", "compacted", "fenced", "mass_delete_refused", *s.errors}):
+        for kind in sorted(
+            {"unavailable", "compacted", "fenced", "mass_delete_refused", "nospace", *s.errors}
+        ):
             errors.add_metric([kind], s.errors.get(kind, 0))
         yield errors
         yield _gauge(
@@ -74,6 +76,11 @@ class MirrorCollector(Collector):
             yield _gauge(
                 "etcd_dr_verify_mismatch", "Differences found by the last periodic verify.", s.verify_mismatch
             )
+        yield _gauge(
+            "etcd_dr_nospace",
+            "1 while etcd's NOSPACE alarm (backend quota full) refuses the mirror's writes: it is paused.",
+            1.0 if s.nospace else 0.0,
+        )
         yield _gauge("etcd_dr_leases", "Destination leases the mirror keeps alive.", s.leases)
         phase = GaugeMetricFamily(
             "etcd_dr_phase", "The mirror's phase (1 for the current one).", labels=["phase"]
@@ -92,6 +99,11 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 
 def health(stats: MirrorStats) -> tuple[bool, str]:
+    if stats.nospace:
+        return False, (
+            "NOSPACE alarm: the cluster's backend quota is full and its writes are refused; the mirror is "
+            "paused until it is compacted, defragmented and the alarm disarmed"
+        )
     if stats.phase not in ("copy", "replay"):
         return False, f"not applying (phase {stats.phase})"
     if stats.failing_since is not None and time.monotonic() - stats.failing_since > UNHEALTHY_AFTER:

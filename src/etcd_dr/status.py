@@ -38,10 +38,12 @@ class ClusterState:
     members: list[MemberState] = field(default_factory=list)
     site_role: Role | None = None  # primary / standby, as etcd-dr recorded it
     events: list[Event] = field(default_factory=list)  # the last moves etcd-dr made on this cluster
+    alarms: list[tuple[int, str]] = field(default_factory=list)  # (member id, "NOSPACE" / "CORRUPT")
 
     @property
     def healthy(self) -> bool:
-        return any(m.healthy for m in self.members) and all(m.healthy for m in self.members)
+        members_ok = any(m.healthy for m in self.members) and all(m.healthy for m in self.members)
+        return members_ok and not self.alarms
 
 
 @dataclass
@@ -91,6 +93,7 @@ class StatusReport:
                 "revision": c.revision,
                 "compact_revision": c.compact_revision,
                 "healthy": c.healthy,
+                "alarms": sorted({name for _, name in c.alarms}),
                 "role": None
                 if c.site_role is None
                 else {
@@ -146,6 +149,14 @@ class StatusReport:
                 f"compacted at {c.compact_revision}, {'healthy' if c.healthy else 'UNHEALTHY'}"
             )
             out.append("  role: " + (c.site_role.describe() if c.site_role else "none recorded"))
+            for member_id, alarm in c.alarms:
+                hint = (
+                    ": writes are refused (backend quota full); compact, defragment, then "
+                    "`etcdctl alarm disarm`"
+                    if alarm == "NOSPACE"
+                    else ""
+                )
+                out.append(f"  ALARM {alarm} on member {member_id:x}{hint}")
             for m in c.members:
                 if m.healthy:
                     lead = ", leader" if m.is_leader else ""
@@ -197,6 +208,7 @@ async def _cluster_state(client: EtcdClient, role: str, state_prefix: bytes) -> 
     except RoleUnreadable:
         state.site_role = None
     state.events = await recent_events(client, state_prefix, limit=5)
+    state.alarms = [(member, name.removeprefix("ALARM_")) for member, name in await client.alarms()]
     return state
 
 

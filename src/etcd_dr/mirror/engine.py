@@ -27,6 +27,7 @@ from ..etcd import (
     CompareResult,
     EtcdClient,
     EtcdError,
+    NoSpaceError,
     Put,
     Status,
     TransientError,
@@ -116,6 +117,31 @@ class Mirror:
                     self._lock.lost.set()
                     continue
                 log.warning("restart from the destination's checkpoint: %s", e)
+            except NoSpaceError as e:
+                # Disk full (etcd's NOSPACE alarm): not a reason to exit. Nothing was written; pause, say
+                # so (log, /healthz, metrics, status) and try again until the operator has made room.
+                self.stats.errors["nospace"] += 1
+                self.stats.nospace_txns = self.stats.applied_txns
+                now = time.monotonic()
+                self.stats.failing_since = self.stats.failing_since or now
+                failing_since = failing_since or now
+                if self.config.once and now - failing_since > self.config.timeout:
+                    raise NoSpaceError(
+                        f"{e}: the cluster's NOSPACE alarm is raised (its backend quota is full); gave up "
+                        f"after {self.config.timeout:g} s (--timeout)",
+                        endpoint=e.endpoint,
+                    ) from e
+                if now - self._nospace_logged >= 30.0:
+                    self._nospace_logged = now
+                    log.error(
+                        "NOSPACE alarm: %s. The mirror is paused (nothing is lost: it resumes from its "
+                        "checkpoint) and retries every %.0f s or so. To make room: compact and defragment "
+                        "that cluster (`etcdctl compact REV`, `etcdctl defrag`) or raise its "
+                        "--quota-backend-bytes, then `etcdctl alarm disarm`",
+                        e,
+                        max(backoff, 5.0),
+                    )
+                backoff = 5.0
             except TransientError as e:
                 self.stats.errors["unavailable"] += 1
                 now = time.monotonic()
@@ -130,6 +156,7 @@ class Mirror:
                 backoff, failing_since = 0.1, None  # it was making progress: a fresh fault
 
     _force_sync = False
+    _nospace_logged = -1e9  # monotonic time of the last NOSPACE error line
 
     async def _while_holding_lock(self, work: Coroutine[Any, Any, Checkpoint]) -> Checkpoint:
         """Run one cycle, cut short the moment the lock is lost (its txns would fail anyway)."""

@@ -26,6 +26,9 @@ class MirrorStats:
     failing_since: float | None = None  # monotonic time of the first error since the last progress
     txn_buckets: list[int] = field(default_factory=lambda: [0] * len(TXN_BUCKETS))
     txn_seconds_sum: float = 0.0
+    # applied_txns when a NOSPACE alarm last refused a write (None: never); the alarm counts as current
+    # until a txn is applied again.
+    nospace_txns: int | None = None
     copy_total: int = 0
     copy_done: int = 0
     started: float = field(default_factory=time.time)
@@ -38,6 +41,11 @@ class MirrorStats:
             if seconds <= bound:
                 self.txn_buckets[i] += 1
         self.txn_seconds_sum += seconds
+
+    @property
+    def nospace(self) -> bool:
+        """Whether a NOSPACE alarm refuses the mirror's writes (no txn applied since it refused one)."""
+        return self.nospace_txns is not None and self.applied_txns == self.nospace_txns
 
     @property
     def compaction_headroom(self) -> int:
