@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
@@ -141,3 +142,65 @@ async def _caught_up_or_full(s: EtcdClient, d: EtcdClient, mirror: Mirror, seen:
             return False
         await asyncio.sleep(0.2)
     raise AssertionError("the mirror neither caught up nor met NOSPACE again in 60 s")
+
+
+async def _keep_alive(s: EtcdClient, lease: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await s.lease_keepalive_once(lease)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def test_destination_paused_longer_than_the_lease_ttls(
+    etcd_cluster_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "etcd_dr")
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    config = pair_config(src, dst, prefix=APP, lock_ttl=2)
+    async with connect(src) as s, connect(dst) as d:
+        kept = (await s.lease_grant(4)).id  # kept alive on the source all along
+        ended = (await s.lease_grant(3)).id  # left to expire on the source while the destination sleeps
+        await s.put(APP + b"kept", b"1", lease=kept)
+        await s.put(APP + b"ended", b"2", lease=ended)
+        await s.put(APP + b"plain", b"3")
+        stop = asyncio.Event()
+        refresher = asyncio.create_task(_keep_alive(s, kept, stop))
+        async with mirror_task(config) as (mirror, task):
+            await wait_equal(s, d, APP)
+            dst.pause(0)
+            try:
+                # Longer than every TTL involved: both leases, and the mirror's lock (2 s).
+                for i in range(8):
+                    await s.put(APP + b"during/%d" % i, b"x")
+                    await asyncio.sleep(1.0)
+                assert (await s.get(APP + b"ended")) is None  # expired on the source meanwhile
+            finally:
+                dst.resume(0)
+            # The destination's own clock ran on: on waking it expires the leases it was keeping; the
+            # mirror must give back the keys of the lease that lives on the source, under a live lease.
+            await wait_equal(s, d, APP, timeout=60)
+            assert not task.done()
+            kv = await d.get(APP + b"kept")
+            assert kv is not None and kv.lease == kept
+            # Kept alive on the destination for longer than its TTL, as long as the source's lives.
+            for _ in range(6):
+                await asyncio.sleep(1.0)
+                assert (await d.get(APP + b"kept")) is not None
+                assert (await d.lease_time_to_live(kept)).ttl > 0
+            assert (await d.lease_time_to_live(ended)).ttl == -1
+            assert (await d.get(APP + b"ended")) is None
+            if mirror.stats.resyncs:  # the copy that restored the keys says why it ran
+                assert "copy: a destination lease expired while its source lease lives" in caplog.text
+                assert "compacted" not in caplog.text
+            # And it ends with the source's.
+            stop.set()
+            await refresher
+            await until(lambda: _gone(d, APP + b"kept"), "the key goes with its source lease", timeout=20)
+            await wait_equal(s, d, APP)
+            assert mirror.stats.leases == 0 or (await d.lease_time_to_live(kept)).ttl == -1
+        result = await verify(config)
+        assert result.equal, result.summary()
+
+
+async def _gone(c: EtcdClient, key: bytes) -> bool:
+    return (await c.get(key)) is None

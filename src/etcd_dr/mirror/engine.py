@@ -102,13 +102,13 @@ class Mirror:
                 return MirrorResult(ckpt, self._last_copy)
             except LeaseLost:
                 self.stats.resyncs += 1
-                self._force_sync = True
+                self._force_sync = "a destination lease expired while its source lease lives"
                 continue
             except CompactedError as e:
                 self.stats.resyncs += 1
                 self.stats.errors["compacted"] += 1
                 log.warning("resync: the source compacted past the checkpoint (%s); copying again", e)
-                self._force_sync = True
+                self._force_sync = "the source compacted past the checkpoint"
                 continue
             except Fenced as e:
                 self.stats.errors["fenced"] += 1
@@ -155,7 +155,7 @@ class Mirror:
             if self.stats.last_apply_time and time.time() - self.stats.last_apply_time < 10:
                 backoff, failing_since = 0.1, None  # it was making progress: a fresh fault
 
-    _force_sync = False
+    _force_sync = ""  # why the next cycle must copy again, when it must
     _nospace_logged = -1e9  # monotonic time of the last NOSPACE error line
 
     async def _while_holding_lock(self, work: Coroutine[Any, Any, Checkpoint]) -> Checkpoint:
@@ -209,11 +209,11 @@ class Mirror:
                 if ckpt is None
                 else "an earlier copy did not finish"
                 if ckpt.phase == SYNC
-                else f"the source compacted past the checkpoint (revision {ckpt.revision})"
+                else f"{self._force_sync} (checkpoint at source revision {ckpt.revision})"
             )
             log.info("copy: %s; copying the source at one revision", reason)
             ckpt, raw = await self._copy(source, dest, ckpt, raw)
-            self._force_sync = False
+            self._force_sync = ""
         else:
             log.info("resuming from the checkpoint: source revision %d applied", ckpt.revision)
         self.stats.applied_revision = ckpt.revision
