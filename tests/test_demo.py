@@ -1,6 +1,7 @@
 """`etcd-dr demo` as a newcomer runs it: it finishes by itself, builds its sites from a rendered topology
-(members started with `etcd --config-file`), ends with verify saying equal, and Ctrl-C (or SIGTERM)
-leaves nothing behind."""
+(members started with `etcd --config-file`), kills site A under an application's writes, fails over to
+site B with the RPO, fails back with the errant-writes report, ends with verify saying equal, and
+Ctrl-C (or SIGTERM) leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -90,6 +91,65 @@ async def _check_nothing_left(dirs: Dirs) -> None:
     assert not await asyncio.to_thread(Path(dirs.data).exists)
 
 
+def _final_keys(text: str) -> int:
+    """The key count of the demo's last verify (1,920 of step 9 plus the application's writes)."""
+    found = re.search(r"^17\. etcd-dr verify: equal: (\d+) keys \(", text, re.M)
+    assert found is not None, text
+    return int(found.group(1))
+
+
+def _check_failover_and_failback(text: str, dirs: Dirs) -> None:
+    """Site A killed by PID under writes; failover with the RPO; the old mirror refused; failback's
+    report holds at least the recorded writes after the RPO; both sites equal at the end."""
+    killed = re.search(
+        r"^11\. Site A dies .*SIGKILL to its 3 members \(PIDs (\d+), (\d+), (\d+)\).* (\d+) "
+        r"writes were acknowledged, the last at revision (\d+)\.$",
+        text,
+        re.M,
+    )
+    assert killed is not None, text
+    acked, last = int(killed.group(4)), int(killed.group(5))
+    assert acked >= 400
+    assert "12. etcd-dr failover promotes site B" in text and " --no-fence " in text
+    assert "--fence-hook CMD" in text  # the narration says how a real site fences
+    rpo = re.search(
+        r"^   RPO, in [\d.]+ s: site B has applied site A's revision (\d+): all (\d+) recorded writes "
+        r"up to it are on site B; (?:none came after it|(\d+) came after it)",
+        text,
+        re.M,
+    )
+    assert rpo is not None, text
+    rpo_revision, kept, lost = int(rpo.group(1)), int(rpo.group(2)), int(rpo.group(3) or 0)
+    assert kept + lost == acked
+    assert (lost == 0) == (rpo_revision >= last), text
+    assert f"   | RPO: every write of the old primary up to its revision {rpo_revision} is here" in text
+    assert re.search(r"^   Kubernetes: site B's revision was raised .* \(now (\d+)\)", text, re.M), text
+    # The mirror from before the failover cannot write into the new primary.
+    refused = re.search(
+        r"^   (The mirror left running from step 6 reaches site A again and stops|Started again "
+        r"\(as its unit's Restart= would\), it stops): the destination \S+ is marked primary "
+        r"\(epoch 2, by failover",
+        text,
+        re.M,
+    )
+    assert refused is not None, text
+    # The report: where the demo said, at least every recorded write after the RPO.
+    report = re.search(r"^   The report (\S+) lists (no|\d+) writes", text, re.M)
+    assert report is not None, text
+    assert report.group(1) == f"{dirs.workdir}/failback-report.json"
+    listed = 0 if report.group(2) == "no" else int(report.group(2))
+    assert listed >= lost
+    assert re.search(
+        rf"^   \| failback: {listed} writes the old primary \S+ took after the last revision", text, re.M
+    )
+    if lost:
+        assert f"the {lost} recorded writes after the RPO" in text
+    # Switched back to A, the mirror A -> B again, and both sites equal: what site B had (the writes up
+    # to the RPO, perhaps some never acknowledged) and the application's 200 writes since; not the lost.
+    assert re.search(r"^   \| switchover done: \S+ is the primary \(epoch 3\)", text, re.M), text
+    assert 1920 + kept + 200 <= _final_keys(text) <= 1920 + acked + 200 + 32  # 32 writes in flight
+
+
 @pytest.mark.timeout(180)
 async def test_demo_runs_to_the_end_and_cleans_up() -> None:
     proc = await _start_demo()
@@ -115,12 +175,21 @@ async def test_demo_runs_to_the_end_and_cleans_up() -> None:
         "equal again after",
         "with etcd-a1 down",
         "etcd-a1 restarted from its etcd.conf.yml",
-        "Failover, failback and switchover arrive with the next release",
+        f"10. The application writes to the site named in {dirs.workdir}/clients.endpoints (site A)",
+        "   $ etcd-dr failover https://127.0.0.1:",
+        "   | failover done: ",
+        "13. The application follows clients.endpoints to site B: 100 writes there",
+        "14. Site A is back, its 3 members started again",
+        "   $ etcd-dr failback https://127.0.0.1:",
+        f"--report {dirs.workdir}/failback-report.json",
+        "16. The mirror A -> B again",
+        "the application's 100 new writes on site A are on site B",
     ]
     for step in steps:
         assert step in text, f"{step!r} not in:\n{text}"
     # 2,000 keys, 20 services, 100 pods deleted by prefix.
     assert re.search(r"^9\. etcd-dr verify \(the mirror's flags\): equal: 1920 keys \(", text, re.M), text
+    _check_failover_and_failback(text, dirs)
     assert text.rstrip().endswith("Stopped every process the demo started and removed its files.")
     assert "Traceback" not in err.decode()
     await _check_nothing_left(dirs)
@@ -173,7 +242,8 @@ async def test_demo_keep_prints_working_etcdctl_commands() -> None:
             )
             assert done.returncode == 0, f"{site}: {done.stderr}"
             keys = done.stdout.split()
-            assert len(keys) == 1920 and keys[0] == "/registry/pods/pod-0000", (site, keys[:3])
+            count = _final_keys("".join(lines))
+            assert len(keys) == count and keys[0] == "/registry/pods/pod-0000", (site, len(keys), keys[:3])
         await asyncio.sleep(0.5)
         assert proc.returncode is None, "--keep: the demo ended by itself"
         _check_members_run_from_rendered_files(dirs)

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -28,17 +31,23 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from .config import MirrorConfig
-from .errors import CheckFailed, EtcdDrError, UsageError
-from .etcd import ClientConfig, EtcdClient, TransientError, prefix_range_end
+from .errors import CheckFailed, EtcdDrError, Refused, UsageError
+from .etcd import ClientConfig, EtcdClient, EtcdError, TransientError, prefix_range_end
+from .failover.config import MoveConfig
+from .failover.failback import failback
+from .failover.failover import failover
+from .failover.roles import read_role
+from .failover.sites import mirror_command, reversed_pair
 from .mirror import Mirror
 from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
+from .testing.acked import AckedWriter
 from .testing.binaries import EtcdBinaries, EtcdNotFoundError, find
 from .testing.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError
 from .testing.tls import TLSFiles
@@ -318,7 +327,7 @@ class _Signals:
 
 async def run_demo(say: Callable[[str], None], *, keep: bool = False, version: str | None = None) -> None:
     # The narration says what happens; the mirror's own info lines would only repeat it.
-    for name in ("etcd_dr.mirror", "etcd_dr.etcd"):
+    for name in ("etcd_dr.mirror", "etcd_dr.etcd", "etcd_dr.failover"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         binaries: EtcdBinaries = find(version)
@@ -339,7 +348,7 @@ async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Sig
     workdir = Path(tempfile.mkdtemp(prefix="etcd-dr-demo-"))
     data_root: Path | None = None
     sites = _Sites()
-    mirror_task: asyncio.Task[object] | None = None
+    mirrors: list[asyncio.Task[Any]] = []  # every mirror started, ended on the way out
     try:
         data_root = _data_root()
         say(
@@ -411,6 +420,7 @@ async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Sig
             )
             mirror = Mirror(config)
             mirror_task = asyncio.create_task(mirror.run())
+            mirrors.append(mirror_task)
             took = await _wait_equal(a, b, PREFIX.encode(), mirror_task)
             say(f"   site B holds the same 2,000 keys after {took:.2f} s.")
             say("7. New writes, overwrites and a prefix delete on site A appear on site B:")
@@ -450,7 +460,7 @@ async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Sig
             say(f"9. etcd-dr verify (the mirror's flags): {result.summary()}")
             if not result.equal:
                 raise CheckFailed(f"demo: verify found differences: {result.summary()}")
-            say("10. Failover, failback and switchover arrive with the next release; the demo stops here.")
+            await _failover_and_failback(say, sites, site_a, config, workdir, a, b, mirrors)
             if keep:
                 say(
                     f"   --keep: the {MEMBERS * len(SITES)} members and the mirror keep running; Ctrl-C "
@@ -467,13 +477,301 @@ async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Sig
     finally:
         signals.cleaning = True
         try:
-            await _end_mirror(mirror_task)
+            for task in mirrors:
+                await _end_mirror(task)
         finally:
             sites.close()
             shutil.rmtree(workdir, ignore_errors=True)
             if data_root is not None:
                 shutil.rmtree(data_root, ignore_errors=True)
             say("Stopped every process the demo started and removed its files.")
+
+
+# ---- failover and failback ----------------------------------------------------------------------
+
+# The application's writes: new keys, so that "was this write kept" has one answer (Kubernetes keeps
+# Endpoints, among its busiest objects, under this prefix).
+APP_PREFIX = b"/registry/services/endpoints/"
+APP_WRITES = 400  # acknowledged writes recorded before site A dies
+# How far above site A's last known revision site B's is raised on promotion (etcd-dr's default is
+# 10,000; a Kubernetes site keeps that, the demo keeps its pace).
+REVISION_MARGIN = 2000
+
+
+def _command(verb: str, pair: MirrorConfig, *extra: str) -> str:
+    """The `etcd-dr VERB` command line a user types for `pair` (source --endpoints, DEST)."""
+    words = shlex.split(mirror_command(pair))
+    words[1] = verb
+    return "   $ " + shlex.join([*words, *extra])
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """While a site is down, the mirror's retry warnings (several a second) would bury the story."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _kill_site(cluster: EtcdCluster) -> list[int]:
+    """The site loses power: SIGKILL to every member's PID at once, then each one reaped."""
+    pids = [m.pid for m in cluster.members if m.pid is not None]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for i in range(len(cluster.members)):
+        cluster.kill(i)
+    return pids
+
+
+def _start_site(cluster: EtcdCluster) -> None:
+    """Every member again from its etcd.conf.yml; none is healthy alone, so all start before the wait."""
+    for i in range(len(cluster.members)):
+        cluster.restart(i, wait=False)
+    cluster.wait_healthy()
+
+
+async def _dump(client: EtcdClient, prefix: bytes) -> dict[bytes, bytes]:
+    return {kv.key: kv.value for kv in (await client.range(prefix, prefix_range_end(prefix))).kvs}
+
+
+async def _record_writes(writer: AckedWriter, count: int, timeout: float = 30.0) -> asyncio.Task[None]:
+    """Start `writer` and return its task once it has `count` acknowledged writes."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    task.add_done_callback(lambda _: stop.set())
+    deadline = time.monotonic() + timeout
+    while len(writer.acked) < count:
+        if task.done():
+            await task  # its error
+            raise CheckFailed("demo: the application stopped writing")
+        if time.monotonic() > deadline:
+            task.cancel()
+            raise CheckFailed(f"demo: site A acknowledged {len(writer.acked)} writes in {timeout:g} s")
+        await asyncio.sleep(0.01)
+    return task
+
+
+async def _failover_and_failback(
+    say: Callable[[str], None],
+    sites: _Sites,
+    site_a: EtcdCluster,
+    config: MirrorConfig,
+    workdir: Path,
+    a: EtcdClient,
+    b: EtcdClient,
+    mirrors: list[asyncio.Task[Any]],
+) -> None:
+    """Steps 10-17: site A dies under writes, failover to B with the RPO, the old mirror fenced, site A
+    back, failback with the errant-writes report and the switch back, the mirror again, verify."""
+    sp = config.state_prefix
+    endpoints_file = workdir / "clients.endpoints"
+    endpoints_file.write_text(config.source.endpoints_text + "\n", encoding="utf-8")
+    # What points the clients at the new primary: here a file the application reads.
+    hook = f'echo "$ETCD_DR_NEW_PRIMARY_ENDPOINTS" > {shlex.quote(str(endpoints_file))}'
+    apps = {config.source.endpoints_text: ("A", a), config.dest.endpoints_text: ("B", b)}
+
+    def app_site() -> tuple[str, EtcdClient]:
+        return apps[endpoints_file.read_text(encoding="utf-8").strip()]
+
+    say(
+        f"10. The application writes to the site named in {endpoints_file} (site A), recording every "
+        "write the site acknowledges (key, revision). On every move --switch-hook rewrites that file; a "
+        "real site moves a DNS name instead (--dns-server/--dns-zone/--dns-name/--dns-tsig-key) or its "
+        "load balancer (--switch-hook)."
+    )
+    writer = AckedWriter(a, prefix=APP_PREFIX + b"a-", inflight=32)
+    writing = await _record_writes(writer, APP_WRITES)
+    try:
+        with _quiet("etcd_dr.mirror", "etcd_dr.etcd"):
+            pids = await sites.run(_kill_site, site_a)
+            writing.cancel()  # its next writes could only fail; those in flight are not acknowledged
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+            last = max(w.revision for w in writer.acked)
+            say(
+                f"11. Site A dies while the application writes: SIGKILL to its {len(pids)} members "
+                f"(PIDs {', '.join(map(str, pids))}), as the demo started them. {len(writer.acked)} writes "
+                f"were acknowledged, the last at revision {last}."
+            )
+            move = MoveConfig(
+                pair=config,
+                fence="none",
+                switch_hook=hook,
+                revision_margin=REVISION_MARGIN,
+                probe_timeout=1.0,
+            )
+            say(
+                "12. etcd-dr failover promotes site B, the standby of the unreachable site A (it refuses "
+                "while site A answers and is healthy, unless --force). --no-fence: the demo's clusters "
+                "have no auth; a real site fences writes on the old primary with etcd auth (etcd-dr's "
+                "user holding the root role) or --fence-hook CMD."
+            )
+            say(
+                _command(
+                    "failover",
+                    config,
+                    "--no-fence",
+                    "--switch-hook",
+                    hook,
+                    "--probe-timeout",
+                    "1",
+                    "--revision-margin",
+                    str(REVISION_MARGIN),
+                )
+            )
+            t0 = time.monotonic()
+            result = await failover(move)
+            took = time.monotonic() - t0
+            for line in result.lines():
+                say(f"   | {line}")
+            rpo = result.rpo_revision
+            on_b = await _dump(b, APP_PREFIX)
+            kept, lost = writer.up_to(rpo), writer.after(rpo)
+            missing = [w.key for w in kept if on_b.get(w.key) != w.value]
+            if missing:
+                raise CheckFailed(
+                    f"demo: {len(missing)} writes up to the RPO revision {rpo} are not on site B"
+                )
+            if any(w.key in on_b for w in lost):
+                raise CheckFailed(f"demo: site B holds writes after the RPO revision {rpo}")
+            after = (
+                f"{len(lost)} came after it (acknowledged by site A, not yet mirrored when it died): "
+                "failback will list them"
+                if lost
+                else "none came after it (the mirror had applied every write site A acknowledged)"
+            )
+            say(
+                f"   RPO, in {took:.2f} s: site B has applied site A's revision {rpo}: all {len(kept)} "
+                f"recorded writes up to it are on site B; {after}."
+            )
+            say(
+                "   Kubernetes: site B's revision was raised past site A's last known one + "
+                f"{REVISION_MARGIN} and compacted there (now {result.new_revision}): a watcher holding "
+                "site A's resource versions is told to re-list instead of waiting for events that never come."
+            )
+            letter, client = app_site()
+            if letter != "B":
+                raise CheckFailed(f"demo: the switch hook did not point the application at site B ({letter})")
+            for j in range(100):
+                await _app_put(client, APP_PREFIX + b"b-%04d" % j, b"written on B")
+            say(
+                f"13. The application follows {endpoints_file.name} to site {letter}: 100 writes there "
+                "while site A is down."
+            )
+            await sites.run(_start_site, site_a)
+            role_a = (await read_role(a, sp)).role
+            say(
+                f"14. Site A is back, its {len(site_a.members)} members started again from their "
+                f"etcd.conf.yml. It still says {role_a.describe() if role_a else 'nothing'} and holds the "
+                "writes site B never got; nothing writes into it (the clients point at site B)."
+            )
+            # The mirror of step 6 has been retrying site A all along (its replay waits for the source);
+            # back in touch, it begins a new cycle, which reads site B's role record first.
+            try:
+                await asyncio.wait_for(asyncio.shield(mirrors[0]), 30)
+            except Refused as e:
+                say(f"   The mirror left running from step 6 reaches site A again and stops: {e}")
+            except TimeoutError:
+                raise CheckFailed("demo: the mirror from before the failover still runs") from None
+            except (EtcdError, EtcdDrError) as e:
+                # Not the refusal: whatever ended it, the same mirror started again must be refused.
+                say(f"   The mirror left running from step 6 ended with: {e}")
+                try:
+                    await asyncio.wait_for(Mirror(config).run(), 30)
+                except Refused as refused:
+                    say(f"   Started again (as its unit's Restart= would), it stops: {refused}")
+                else:
+                    raise CheckFailed("demo: a mirror into the new primary was not refused") from None
+            else:
+                raise CheckFailed("demo: the mirror from before the failover ended without a refusal")
+
+        report = workdir / "failback-report.json"
+        back = MoveConfig(
+            pair=reversed_pair(config),
+            fence="none",
+            switch_hook=hook,
+            revision_margin=REVISION_MARGIN,
+            report=report,
+        )
+        say(
+            "15. etcd-dr failback: fence site A and make it site B's standby, list the writes site A took "
+            "after the RPO in a report (nothing is overwritten before it is listed), re-sync site A from "
+            "site B (only what differs), then a planned switchover back to site A (--stay would stop "
+            "before it):"
+        )
+        say(
+            _command(
+                "failback",
+                back.pair,
+                "--no-fence",
+                "--switch-hook",
+                hook,
+                "--report",
+                str(report),
+                "--revision-margin",
+                str(REVISION_MARGIN),
+            )
+        )
+        # The re-sync names each errant write it removes (the report has them); watches of the moves break.
+        with _quiet("etcd_dr.mirror", "etcd_dr.etcd"):
+            fb = await failback(back)
+        for line in fb.lines():
+            say(f"   | {line}")
+        doc = json.loads(report.read_text(encoding="utf-8"))
+        listed = {(w["key"], w["mod_revision"]) for w in doc["writes"]}
+        absent = [w.key for w in lost if (w.key.decode(), w.revision) not in listed]
+        if absent or fb.errant_writes != len(doc["writes"]):
+            revisions = [int(w["mod_revision"]) for w in doc["writes"]] or [0]
+            first = min((w for w in lost if w.key in absent), key=lambda w: w.revision, default=None)
+            raise CheckFailed(
+                f"demo: {len(absent)} of the {len(lost)} recorded writes after the RPO revision {rpo} are "
+                f"not in {report}"
+                + (f" (the first: {first.key.decode()} at revision {first.revision})" if first else "")
+                + f"; it lists {len(doc['writes'])} writes (failback said {fb.errant_writes}), revisions "
+                f"{min(revisions)}-{max(revisions)}, applied up to {doc['applied_up_to_revision']}, "
+                f"fenced at {doc['old_primary_fenced_at_revision']}"
+            )
+        unacked = fb.errant_writes - len(lost)
+        parts = [f"the {len(lost)} recorded writes after the RPO"] if lost else []
+        if unacked:
+            parts.append(f"{unacked} that site A applied but never acknowledged (in flight when it died)")
+        if parts:
+            say(
+                f"   The report {report} lists {fb.errant_writes} writes: {' and '.join(parts)}; each with "
+                "its key, value, mod revision and what site B has, e.g. "
+                f"{json.dumps(doc['writes'][0])}. The re-sync removed them from site A only after that."
+            )
+        else:
+            say(f"   The report {report} lists no writes: site B had every write site A took.")
+
+        letter, client = app_site()
+        if letter != "A":
+            raise CheckFailed(
+                f"demo: the switch hook did not point the application back at site A ({letter})"
+            )
+        mirror = Mirror(config)
+        mirrors.append(asyncio.create_task(mirror.run()))
+        if fb.switched_back is None:
+            raise CheckFailed("demo: failback did not switch back")
+        say("16. The mirror A -> B again (the rendered unit's command, which the switchover printed):")
+        say(f"   $ {fb.switched_back.next_command}")
+        for j in range(100):
+            await _app_put(client, APP_PREFIX + b"c-%04d" % j, b"written on A again")
+        took = await _wait_equal(a, b, PREFIX.encode(), mirrors[-1])
+        say(f"   the application's 100 new writes on site A are on site B after {took * 1000:.0f} ms.")
+        result_v = await verify(config)
+        say(f"17. etcd-dr verify: {result_v.summary()}")
+        if not result_v.equal:
+            raise CheckFailed(f"demo: verify found differences: {result_v.summary()}")
+    finally:
+        writing.cancel()
 
 
 def _client_tls(topology: Topology, site: str) -> TLSFiles:
