@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import datetime
 import hashlib
@@ -315,6 +316,10 @@ class EtcdDr:
         archive = _git("archive", "--format=tar", sha, "src/etcd_dr")
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(into, filter="data")
+        # Compiled ahead, as an installed package is (pip compiles it): with PYTHONDONTWRITEBYTECODE set
+        # (as on the machines these figures come from) every run would otherwise compile the whole
+        # package again, 0.05 to 0.2 s of its start-up.
+        compileall.compile_dir(into / "src", quiet=1)
         code = "from etcd_dr.cli import main; main()"
         return cls([sys.executable, "-c", code], {"PYTHONPATH": str(into / "src")}, f"git {sha[:10]} ({rev})")
 

@@ -258,7 +258,7 @@ class EtcdClient:
                 span = max(1, int(width * grow))
                 start = bound
             if page_bytes and kvs:
-                size = sum(len(kv.key) + len(kv.value) for kv in kvs)
+                size = page.ByteSize()  # the keys and values, and a few bytes a key more
                 limit = max(1, min(page_size, page_bytes * len(kvs) // max(size, 1)))
 
     async def compact_revision(self, current: int = 0) -> int:

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from ..aio import cancel_and_wait
-from ..etcd import EtcdClient, KeyValueLike
+from ..etcd import EtcdClient, KeyValueLike, prefix_range_end
 from .keys import KeyMapper
 
 # Keys and values per read page: large pages are cheap for etcd, this bounds our memory per page.
@@ -39,10 +39,15 @@ class Pair:
 @dataclass(slots=True)
 class Diff:
     """One batch of the comparison (about a page): `pairs` in destination-key order, holding the keys
-    that differ (and, when asked for, the equal ones too); `equal` counts the equal keys."""
+    that differ (and, when asked for, the equal ones too); `equal` counts the equal keys. Keys missing
+    on the destination past its last key (all of them, into an empty destination) are not made into
+    pairs: `missing_keys` (destination keys) and `missing` (the source's key-values) hold them, in
+    order, after every key of `pairs`."""
 
     equal: int
     pairs: list[Pair]
+    missing_keys: Sequence[bytes] = ()
+    missing: Sequence[KeyValueLike] = ()
 
 
 async def _pages(
@@ -83,9 +88,18 @@ def _source_map(mapper: KeyMapper) -> SourceMap:
     out. The page is inside the source range, so every key starts with the prefix."""
     excludes = tuple(e for e in mapper.excludes if e.startswith(mapper.prefix) or mapper.prefix.startswith(e))
     if mapper.ignore is None and mapper.prefix == mapper.dest_prefix:
-        # Keys keep their names (the common case): no new key is made.
+        # Keys keep their names (the common case): no new key is made, and a page is only filtered
+        # when an excluded range falls within its keys.
+        bounds = [(e, prefix_range_end(e)) for e in excludes]
+
         def same(page: Sequence[KeyValueLike]) -> tuple[list[bytes], list[KeyValueLike]]:
-            kvs = [kv for kv in page if not kv.key.startswith(excludes)] if excludes else list(page)
+            if not page:
+                return [], []
+            first, last = page[0].key, page[-1].key
+            if any(last >= e and (end == b"\0" or first < end) for e, end in bounds):
+                kvs = [kv for kv in page if not kv.key.startswith(excludes)]
+            else:
+                kvs = list(page)
             return [kv.key for kv in kvs], kvs
 
         return same
@@ -183,13 +197,14 @@ async def diff_ranges(
                         add(Pair(DIFFERENT, sk, skv, dkv))
                     si += 1
                     di += 1
+            diff = Diff(equal, out)
             if d_done and si < ns:
-                out.extend([Pair(MISSING, k, kv, None) for k, kv in zip(skeys[si:], skvs[si:], strict=True)])
+                diff.missing_keys, diff.missing = skeys[si:], skvs[si:]
                 si = ns
             if s_done and di < nd:
                 out.extend([Pair(EXTRA, kv.key, None, kv) for kv in dkvs[di:]])
                 di = nd
-            yield Diff(equal, out)
+            yield diff
     finally:
         await src_pages.aclose()
         await dst_pages.aclose()
@@ -218,6 +233,9 @@ async def compare_ranges(
     )
     try:
         async for diff in diffs:
-            yield diff.pairs
+            pairs = diff.pairs
+            missing = zip(diff.missing_keys, diff.missing, strict=True)
+            pairs.extend([Pair(Kind.MISSING, k, kv, None) for k, kv in missing])
+            yield pairs
     finally:
         await diffs.aclose()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import Fenced
-from ..etcd import Compare, EtcdClient, TxnBatch
+from ..etcd import Compare, EtcdClient, KeyValueLike, TxnBatch
 from .checkpoint import encode_key
 from .compare import Kind, diff_ranges
 from .keys import KeyMapper
@@ -136,6 +136,26 @@ class TxnPipeline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+async def _put_missing(
+    pipeline: TxnPipeline,
+    keys: Sequence[bytes],
+    kvs: Sequence[KeyValueLike],
+    leases: LeaseMirror | None,
+) -> None:
+    """Put keys the destination lacks: the whole copy into an empty destination goes through here,
+    so it is one tight loop without an await per key."""
+    if leases is not None:
+        # The leases these keys use exist on the destination first (most keys have none).
+        granted = {lease: await leases.ensure(lease) for lease in {kv.lease for kv in kvs} if lease}
+    try_put = pipeline.try_put
+    for key, kv in zip(keys, kvs, strict=True):
+        lease = kv.lease
+        if lease:
+            lease = granted[lease] if leases is not None else 0
+        if not try_put(key, kv.value, lease):
+            await pipeline.put(key, kv.value, lease)
+
+
 async def diff_sync(
     source: EtcdClient,
     dest: EtcdClient,
@@ -211,6 +231,11 @@ async def diff_sync(
                 lease = await leases.ensure(src.lease) if leases and src.lease else 0
                 if not try_put(pair.key, src.value, lease):
                     await pipeline.put(pair.key, src.value, lease)
+            if diff.missing:
+                await _put_missing(pipeline, diff.missing_keys, diff.missing, leases)
+                n = len(diff.missing)
+                result.source_keys += n
+                result.puts += n
             if on_progress is not None and time.monotonic() - last_report >= progress_every:
                 last_report = time.monotonic()
                 result.seconds = last_report - started
