@@ -2,50 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from etcd_dr.etcd import ClientConfig, EtcdClient
+from etcd_dr.testing.clirun import assert_refused, etcd_dr, tls_flags
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.tls import make_cluster_tls
 
 Factory = Callable[..., EtcdCluster]
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_line(self) -> str:
-        lines = self.stderr.strip().splitlines()
-        return lines[-1] if lines else ""
-
-
-async def etcd_dr(*args: str, timeout: float = 60) -> Run:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "etcd_dr", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
-
-
-def tls_flags(prefix: str, cacert: Path, cert: Path, key: Path) -> list[str]:
-    return [f"--{prefix}cacert", str(cacert), f"--{prefix}cert", str(cert), f"--{prefix}key", str(key)]
-
-
-def assert_refused(run: Run, *needles: str) -> None:
-    assert run.code == 2, run.stderr
-    assert run.last_line.startswith("etcd-dr: error: "), run.stderr
-    assert "Traceback" not in run.stderr
-    for n in needles:
-        assert n in run.last_line, run.last_line
 
 
 async def keys(cluster: EtcdCluster, **tls: object) -> list[bytes]:

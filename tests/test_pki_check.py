@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,27 +23,9 @@ from etcd_dr import pki
 from etcd_dr.errors import UsageError
 from etcd_dr.pki_check import check_endpoints, check_files, host_in_sans
 from etcd_dr.testing.binaries import EtcdBinaries
+from etcd_dr.testing.clirun import etcd_dr_sync as etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.tls import ClusterTLS, TLSFiles, make_cluster_tls
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_line(self) -> str:
-        lines = self.stderr.strip().splitlines()
-        return lines[-1] if lines else ""
-
-
-def etcd_dr(*args: str) -> Run:
-    out = subprocess.run(
-        [sys.executable, "-m", "etcd_dr", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    return Run(out.returncode, out.stdout, out.stderr)
 
 
 def cluster_tls(directory: Path, *, server_days: int, hosts: tuple[str, ...]) -> ClusterTLS:

@@ -36,30 +36,12 @@ from etcd_dr.etcd import ClientConfig, EtcdClient, EtcdError, Member, Status
 from etcd_dr.pki_check import check_endpoints
 from etcd_dr.render import config_file_of, install_plan, make_pki, mirror_argv, render
 from etcd_dr.testing.binaries import EtcdBinaries
+from etcd_dr.testing.clirun import etcd_dr_sync as etcd_dr
 from etcd_dr.topology import Topology, TopologyError, load_topology, parse_topology
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "topology.yaml"
 ETCD_DR_BIN = Path(sys.executable).parent / "etcd-dr"
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_line(self) -> str:
-        lines = self.stderr.strip().splitlines()
-        return lines[-1] if lines else ""
-
-
-def etcd_dr(*args: str) -> Run:
-    out = subprocess.run(
-        [sys.executable, "-m", "etcd_dr", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    return Run(out.returncode, out.stdout, out.stderr)
 
 
 def exec_start(unit_text: str) -> list[str]:
