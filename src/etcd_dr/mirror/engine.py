@@ -29,6 +29,7 @@ from ..etcd import (
     EtcdError,
     NoSpaceError,
     Put,
+    RequestTooLargeError,
     Status,
     TransientError,
     Unavailable,
@@ -43,6 +44,10 @@ from .stats import MirrorStats
 from .sync import SyncResult, diff_sync
 
 log = logging.getLogger("etcd_dr.mirror")
+
+# The txn size (bytes of keys and values) the mirror goes down to, halving it each time the destination
+# refuses a txn as too large (its --max-request-bytes is below the mirror's --max-txn-bytes).
+MIN_TXN_BYTES = 16 * 1024
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Mirror:
         self._heartbeat_key = b""
         self._rev_pending = config.start_revision
         self._last_copy: SyncResult | None = None
+        self._max_txn_bytes = config.max_txn_bytes
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -117,6 +123,24 @@ class Mirror:
                     self._lock.lost.set()
                     continue
                 log.warning("restart from the destination's checkpoint: %s", e)
+            except RequestTooLargeError as e:
+                # Refused whole (nothing applied): the cycle starts again from the checkpoint with
+                # smaller txns; a source txn larger than one of them is applied in parts (logged).
+                self.stats.errors["too_large"] += 1
+                if self._max_txn_bytes <= MIN_TXN_BYTES:
+                    raise Refused(
+                        f"{e}: the destination refuses even txns of {MIN_TXN_BYTES} bytes of keys and "
+                        "values, so a single source key and value is larger than its --max-request-bytes "
+                        "allows; raise it on the destination (to the source's, 1.5 MiB by default)"
+                    ) from e
+                self._max_txn_bytes = max(MIN_TXN_BYTES, self._max_txn_bytes // 2)
+                log.warning(
+                    "the destination refused a txn as too large (%s): its --max-request-bytes is below "
+                    "the mirror's txn size; from now on a txn carries at most %d bytes of keys and values",
+                    e,
+                    self._max_txn_bytes,
+                )
+                continue
             except NoSpaceError as e:
                 # Disk full (etcd's NOSPACE alarm): not a reason to exit. Nothing was written; pause, say
                 # so (log, /healthz, metrics, status) and try again until the operator has made room.
@@ -226,7 +250,7 @@ class Mirror:
             self._key,
             ckpt,
             max_txn_ops=self.config.max_txn_ops,
-            max_txn_bytes=self.config.max_txn_bytes,
+            max_txn_bytes=self._max_txn_bytes,
             stats=self.stats,
             stop_at=target,
             heartbeat_key=self._heartbeat_key,
@@ -279,7 +303,7 @@ class Mirror:
             revision=revision,
             guard=[Compare.value_(self._key, CompareResult.EQUAL, start_raw), *self._guards()],
             max_txn_ops=self.config.max_txn_ops,
-            max_txn_bytes=self.config.max_txn_bytes,
+            max_txn_bytes=self._max_txn_bytes,
             inflight=self.config.inflight,
             page_size=self.config.page_size,
             on_progress=progress,
