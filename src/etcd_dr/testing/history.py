@@ -9,6 +9,7 @@ is applied once, in order. Requires that neither cluster was compacted.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ async def check_exactly_once(
                 continue
             src_ops.append(((rev, i), (dkey, value if typ is EventType.PUT else None)))
             i += 1
+    positions = [p for p, _ in src_ops]  # sorted: each txn's source ops are found by bisection
 
     copies = 0
     pos: tuple[int, int] | None = None  # position after the last copy / replay txn
@@ -78,8 +80,10 @@ async def check_exactly_once(
     state: set[bytes] = set()  # destination keys that exist before the revision being checked
     for rev in sorted(dst_hist):
         events = dst_hist[rev]
-        before = set(state)
+        # Whether each key this revision touches existed before it (the others did not change).
+        existed: dict[bytes, bool] = {}
         for t, k, _ in events:
+            existed.setdefault(k, k in state)
             (state.add if t is EventType.PUT else state.discard)(k)
         ckpts = [Checkpoint.decode(v) for t, k, v in events if k == checkpoint_key and t is EventType.PUT]
         data = [(t, k, v) for t, k, v in events if k != checkpoint_key and not mapper.dest_is_protected(k)]
@@ -102,12 +106,11 @@ async def check_exactly_once(
         if new < pos:
             raise AssertionError(f"destination revision {rev}: checkpoint went back from {pos} to {new}")
         expected: dict[bytes, bytes | None] = {}
-        for p, (k, v) in src_ops:
-            if pos <= p < new:
-                expected[k] = v
-                checked += 1
+        for _, (k, v) in src_ops[bisect_left(positions, pos) : bisect_left(positions, new)]:
+            expected[k] = v
+            checked += 1
         # A key created and deleted within one group leaves no event on the destination.
-        expected = {k: v for k, v in expected.items() if v is not None or k in before}
+        expected = {k: v for k, v in expected.items() if v is not None or existed.get(k, k in state)}
         got = {k: (v if t is EventType.PUT else None) for t, k, v in data}
         if got != expected:
             raise AssertionError(
