@@ -93,16 +93,38 @@ async def _check_nothing_left(dirs: Dirs) -> None:
 
 def _final_keys(text: str) -> int:
     """The key count of the demo's last verify (1,920 of step 9 plus the application's writes)."""
-    found = re.search(r"^17\. etcd-dr verify: equal: (\d+) keys \(", text, re.M)
+    found = re.search(r"^18\. etcd-dr verify: equal: (\d+) keys \(", text, re.M)
     assert found is not None, text
     return int(found.group(1))
+
+
+def _check_switchover_and_back(text: str) -> None:
+    """Step 10: to B (epoch 2) and back to A (epoch 3), each fencing the mirror into the new primary."""
+    for epoch, old, new in ((2, "A -> B", "B -> A"), (3, "B -> A", "A -> B")):
+        done = re.search(
+            rf"^   \| switchover done: (\S+) is the primary \(epoch {epoch}\); (\S+) is its standby$",
+            text,
+            re.M,
+        )
+        assert done is not None, text
+        assert re.search(
+            rf"^   The mirror {old} stops: the destination {re.escape(done.group(1))} is marked primary "
+            rf"\(epoch {epoch}, by switchover at .*\)\. The mirror {new} \(the printed command\) copies what "
+            r"differs and replays: equal after [\d.]+ s\.$",
+            text,
+            re.M,
+        ), text
+    assert len(re.findall(r"^   \$ etcd-dr switchover https://\S+ --endpoints https://\S+ ", text, re.M)) == 2
+    # Two switchovers of step 10 and the one that ends the failback.
+    moved = r"^   \| every write up to the old primary's revision \d+ is on the new primary"
+    assert len(re.findall(moved, text, re.M)) == 3, text
 
 
 def _check_failover_and_failback(text: str, dirs: Dirs) -> None:
     """Site A killed by PID under writes; failover with the RPO; the old mirror refused; failback's
     report holds at least the recorded writes after the RPO; both sites equal at the end."""
     killed = re.search(
-        r"^11\. Site A dies .*SIGKILL to its 3 members \(PIDs (\d+), (\d+), (\d+)\).* (\d+) "
+        r"^12\. Site A dies .*SIGKILL to its 3 members \(PIDs (\d+), (\d+), (\d+)\).* (\d+) "
         r"writes were acknowledged, the last at revision (\d+)\.$",
         text,
         re.M,
@@ -110,7 +132,7 @@ def _check_failover_and_failback(text: str, dirs: Dirs) -> None:
     assert killed is not None, text
     acked, last = int(killed.group(4)), int(killed.group(5))
     assert acked >= 400
-    assert "12. etcd-dr failover promotes site B" in text and " --no-fence " in text
+    assert "13. etcd-dr failover promotes site B" in text and " --no-fence " in text
     assert "--fence-hook CMD" in text  # the narration says how a real site fences
     rpo = re.search(
         r"^   RPO, in [\d.]+ s: site B has applied site A's revision (\d+): all (\d+) recorded writes "
@@ -126,9 +148,9 @@ def _check_failover_and_failback(text: str, dirs: Dirs) -> None:
     assert re.search(r"^   Kubernetes: site B's revision was raised .* \(now (\d+)\)", text, re.M), text
     # The mirror from before the failover cannot write into the new primary.
     refused = re.search(
-        r"^   (The mirror left running from step 6 reaches site A again and stops|Started again "
+        r"^   (The mirror left running from step 10 reaches site A again and stops|Started again "
         r"\(as its unit's Restart= would\), it stops): the destination \S+ is marked primary "
-        r"\(epoch 2, by failover",
+        r"\(epoch 4, by failover",
         text,
         re.M,
     )
@@ -136,7 +158,8 @@ def _check_failover_and_failback(text: str, dirs: Dirs) -> None:
     # The report: where the demo said, at least every recorded write after the RPO.
     report = re.search(r"^   The report (\S+) lists (no|\d+) writes", text, re.M)
     assert report is not None, text
-    assert report.group(1) == f"{dirs.workdir}/failback-report.json"
+    # (failback-report-N.json: a run again after a connection cut; a report is never overwritten)
+    assert re.fullmatch(rf"{re.escape(dirs.workdir)}/failback-report(-\d)?\.json", report.group(1)), text
     listed = 0 if report.group(2) == "no" else int(report.group(2))
     assert listed >= lost
     assert re.search(
@@ -146,7 +169,7 @@ def _check_failover_and_failback(text: str, dirs: Dirs) -> None:
         assert f"the {lost} recorded writes after the RPO" in text
     # Switched back to A, the mirror A -> B again, and both sites equal: what site B had (the writes up
     # to the RPO, perhaps some never acknowledged) and the application's 200 writes since; not the lost.
-    assert re.search(r"^   \| switchover done: \S+ is the primary \(epoch 3\)", text, re.M), text
+    assert re.search(r"^   \| switchover done: \S+ is the primary \(epoch 5\)", text, re.M), text
     assert 1920 + kept + 200 <= _final_keys(text) <= 1920 + acked + 200 + 32  # 32 writes in flight
 
 
@@ -175,20 +198,23 @@ async def test_demo_runs_to_the_end_and_cleans_up() -> None:
         "equal again after",
         "with etcd-a1 down",
         "etcd-a1 restarted from its etcd.conf.yml",
-        f"10. The application writes to the site named in {dirs.workdir}/clients.endpoints (site A)",
+        "10. A planned switchover to site B (site A's maintenance, a drill) and back. --no-fence",
+        f"   The application finds the primary in {dirs.workdir}/clients.endpoints",
+        "11. The application writes to the site named in clients.endpoints (site A)",
         "   $ etcd-dr failover https://127.0.0.1:",
         "   | failover done: ",
-        "13. The application follows clients.endpoints to site B: 100 writes there",
-        "14. Site A is back, its 3 members started again",
+        "14. The application follows clients.endpoints to site B: 100 writes there",
+        "15. Site A is back, its 3 members started again",
         "   $ etcd-dr failback https://127.0.0.1:",
         f"--report {dirs.workdir}/failback-report.json",
-        "16. The mirror A -> B again",
+        "17. The mirror A -> B again",
         "the application's 100 new writes on site A are on site B",
     ]
     for step in steps:
         assert step in text, f"{step!r} not in:\n{text}"
     # 2,000 keys, 20 services, 100 pods deleted by prefix.
     assert re.search(r"^9\. etcd-dr verify \(the mirror's flags\): equal: 1920 keys \(", text, re.M), text
+    _check_switchover_and_back(text)
     _check_failover_and_failback(text, dirs)
     assert text.rstrip().endswith("Stopped every process the demo started and removed its files.")
     assert "Traceback" not in err.decode()

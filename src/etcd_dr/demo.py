@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,12 +41,13 @@ import yaml
 
 from .config import MirrorConfig
 from .errors import CheckFailed, EtcdDrError, Refused, UsageError
-from .etcd import ClientConfig, EtcdClient, EtcdError, TransientError, prefix_range_end
+from .etcd import ClientConfig, EtcdClient, EtcdError, TLSError, TransientError, prefix_range_end
 from .failover.config import MoveConfig
 from .failover.failback import failback
 from .failover.failover import failover
 from .failover.roles import read_role
 from .failover.sites import mirror_command, reversed_pair
+from .failover.switchover import SwitchoverResult, switchover
 from .mirror import Mirror
 from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
 from .testing.acked import AckedWriter
@@ -558,6 +561,72 @@ async def _record_writes(writer: AckedWriter, count: int, timeout: float = 30.0)
     return task
 
 
+async def _rerun_if_cut(say: Callable[[str], None], move: Callable[[int], Awaitable[T]]) -> T:
+    """Run a move; run it again (each is idempotent) if a member still starting cut a connection in
+    its TLS handshake, which the etcd client reports as a TLS failure ("Handshake read failed
+    (Endpoint closing)") rather than as a transient one."""
+    for attempt in range(3):
+        try:
+            return await move(attempt)
+        except TLSError as e:
+            if "endpoint closing" not in str(e).lower() or attempt == 2:
+                raise
+            say(f"   (stopped by a connection cut during a TLS handshake: {e}; run again, as after any stop)")
+    raise AssertionError("unreachable")
+
+
+async def _switchover(move: MoveConfig, _attempt: int) -> SwitchoverResult:
+    return await switchover(move)
+
+
+async def _stopped_by_promotion(task: asyncio.Task[Any], what: str) -> str:
+    """The refusal that ends a mirror whose destination was promoted (it compares the role record)."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), 30)
+    except Refused as e:
+        return str(e)
+    except TimeoutError:
+        raise CheckFailed(f"demo: {what} still runs after its destination was promoted") from None
+    raise CheckFailed(f"demo: {what} ended without a refusal")
+
+
+async def _switchover_and_back(
+    say: Callable[[str], None],
+    config: MirrorConfig,
+    hook: str,
+    a: EtcdClient,
+    b: EtcdClient,
+    mirrors: list[asyncio.Task[Any]],
+) -> None:
+    """Step 10: a planned switchover to site B, the reverse mirror, and a switchover back to site A."""
+    prefix = PREFIX.encode()
+    for pair, (src, dst), back in ((config, (a, b), False), (reversed_pair(config), (b, a), True)):
+        say(_command("switchover", pair, "--no-fence", "--switch-hook", hook))
+        # The mirror fenced by the promotion logs its failed txn before it stops: the narration says it.
+        with _quiet("etcd_dr.mirror", "etcd_dr.etcd"):
+            move = MoveConfig(pair=pair, fence="none", switch_hook=hook)
+            result = await _rerun_if_cut(say, functools.partial(_switchover, move))
+            for line in result.lines():
+                say(f"   | {line}")
+            stopped = await _stopped_by_promotion(mirrors[-1], "the mirror")
+        mirror = Mirror(reversed_pair(pair))
+        mirrors.append(asyncio.create_task(mirror.run()))
+        t0 = time.monotonic()
+        # The next switchover needs its checkpoint: the copy done, replaying.
+        while mirror.stats.phase != "replay":
+            _check_mirror(mirrors[-1])
+            if time.monotonic() - t0 > 30:
+                raise CheckFailed("demo: the reverse mirror did not finish its copy within 30 s")
+            await asyncio.sleep(0.01)
+        await _wait_equal(dst, src, prefix, mirrors[-1])
+        took = time.monotonic() - t0
+        old, new = ("B -> A", "A -> B") if back else ("A -> B", "B -> A")
+        say(
+            f"   The mirror {old} stops: {stopped.partition(': mirroring into')[0]}. The mirror {new} "
+            f"(the printed command) copies what differs and replays: equal after {took:.2f} s."
+        )
+
+
 async def _failover_and_failback(
     say: Callable[[str], None],
     sites: _Sites,
@@ -568,8 +637,9 @@ async def _failover_and_failback(
     b: EtcdClient,
     mirrors: list[asyncio.Task[Any]],
 ) -> None:
-    """Steps 10-17: site A dies under writes, failover to B with the RPO, the old mirror fenced, site A
-    back, failback with the errant-writes report and the switch back, the mirror again, verify."""
+    """Steps 10-18: a switchover to B and back; site A dies under writes, failover to B with the RPO,
+    the old mirror fenced, site A back, failback with the errant-writes report and the switch back, the
+    mirror again, verify."""
     sp = config.state_prefix
     endpoints_file = workdir / "clients.endpoints"
     endpoints_file.write_text(config.source.endpoints_text + "\n", encoding="utf-8")
@@ -581,11 +651,22 @@ async def _failover_and_failback(
         return apps[endpoints_file.read_text(encoding="utf-8").strip()]
 
     say(
-        f"10. The application writes to the site named in {endpoints_file} (site A), recording every "
-        "write the site acknowledges (key, revision). On every move --switch-hook rewrites that file; a "
-        "real site moves a DNS name instead (--dns-server/--dns-zone/--dns-name/--dns-tsig-key) or its "
-        "load balancer (--switch-hook)."
+        "10. A planned switchover to site B (site A's maintenance, a drill) and back. --no-fence: nothing "
+        'writes now ("writes were refused" below is how long a fenced site refuses them); a real site '
+        "fences writes on the old primary with etcd auth (etcd-dr's user holding the root role) or "
+        "--fence-hook CMD."
     )
+    say(
+        f"   The application finds the primary in {endpoints_file}, which every move's --switch-hook "
+        "rewrites; a real site moves a DNS name instead (--dns-server/--dns-zone/--dns-name/"
+        "--dns-tsig-key) or its load balancer (--switch-hook)."
+    )
+    await _switchover_and_back(say, config, hook, a, b, mirrors)
+    say(
+        f"11. The application writes to the site named in {endpoints_file.name} (site A), recording every "
+        "write the site acknowledges (key, revision)."
+    )
+    old_mirror = mirrors[-1]  # the mirror A -> B that runs when site A dies
     writer = AckedWriter(a, prefix=APP_PREFIX + b"a-", inflight=32)
     writing = await _record_writes(writer, APP_WRITES)
     try:
@@ -596,7 +677,7 @@ async def _failover_and_failback(
                 await writing
             last = max(w.revision for w in writer.acked)
             say(
-                f"11. Site A dies while the application writes: SIGKILL to its {len(pids)} members "
+                f"12. Site A dies while the application writes: SIGKILL to its {len(pids)} members "
                 f"(PIDs {', '.join(map(str, pids))}), as the demo started them. {len(writer.acked)} writes "
                 f"were acknowledged, the last at revision {last}."
             )
@@ -608,7 +689,7 @@ async def _failover_and_failback(
                 probe_timeout=1.0,
             )
             say(
-                "12. etcd-dr failover promotes site B, the standby of the unreachable site A (it refuses "
+                "13. etcd-dr failover promotes site B, the standby of the unreachable site A (it refuses "
                 "while site A answers and is healthy, unless --force). --no-fence: the demo's clusters "
                 "have no auth; a real site fences writes on the old primary with etcd auth (etcd-dr's "
                 "user holding the root role) or --fence-hook CMD."
@@ -627,7 +708,7 @@ async def _failover_and_failback(
                 )
             )
             t0 = time.monotonic()
-            result = await failover(move)
+            result = await _rerun_if_cut(say, lambda _: failover(move))
             took = time.monotonic() - t0
             for line in result.lines():
                 say(f"   | {line}")
@@ -662,27 +743,27 @@ async def _failover_and_failback(
             for j in range(100):
                 await _app_put(client, APP_PREFIX + b"b-%04d" % j, b"written on B")
             say(
-                f"13. The application follows {endpoints_file.name} to site {letter}: 100 writes there "
+                f"14. The application follows {endpoints_file.name} to site {letter}: 100 writes there "
                 "while site A is down."
             )
             await sites.run(_start_site, site_a)
             role_a = (await read_role(a, sp)).role
             say(
-                f"14. Site A is back, its {len(site_a.members)} members started again from their "
+                f"15. Site A is back, its {len(site_a.members)} members started again from their "
                 f"etcd.conf.yml. It still says {role_a.describe() if role_a else 'nothing'} and holds the "
                 "writes site B never got; nothing writes into it (the clients point at site B)."
             )
             # The mirror of step 6 has been retrying site A all along (its replay waits for the source);
             # back in touch, it begins a new cycle, which reads site B's role record first.
             try:
-                await asyncio.wait_for(asyncio.shield(mirrors[0]), 30)
+                await asyncio.wait_for(asyncio.shield(old_mirror), 30)
             except Refused as e:
-                say(f"   The mirror left running from step 6 reaches site A again and stops: {e}")
+                say(f"   The mirror left running from step 10 reaches site A again and stops: {e}")
             except TimeoutError:
                 raise CheckFailed("demo: the mirror from before the failover still runs") from None
             except (EtcdError, EtcdDrError) as e:
                 # Not the refusal: whatever ended it, the same mirror started again must be refused.
-                say(f"   The mirror left running from step 6 ended with: {e}")
+                say(f"   The mirror left running from step 10 ended with: {e}")
                 try:
                     await asyncio.wait_for(Mirror(config).run(), 30)
                 except Refused as refused:
@@ -701,7 +782,7 @@ async def _failover_and_failback(
             report=report,
         )
         say(
-            "15. etcd-dr failback: fence site A and make it site B's standby, list the writes site A took "
+            "16. etcd-dr failback: fence site A and make it site B's standby, list the writes site A took "
             "after the RPO in a report (nothing is overwritten before it is listed), re-sync site A from "
             "site B (only what differs), then a planned switchover back to site A (--stay would stop "
             "before it):"
@@ -721,7 +802,14 @@ async def _failover_and_failback(
         )
         # The re-sync names each errant write it removes (the report has them); watches of the moves break.
         with _quiet("etcd_dr.mirror", "etcd_dr.etcd"):
-            fb = await failback(back)
+            # A rerun writes the same list to a new file: a report is never overwritten.
+            fb = await _rerun_if_cut(
+                say,
+                lambda n: failback(
+                    replace(back, report=report.with_name(f"failback-report-{n + 1}.json")) if n else back
+                ),
+            )
+        report = Path(fb.report)
         for line in fb.lines():
             say(f"   | {line}")
         doc = json.loads(report.read_text(encoding="utf-8"))
@@ -760,14 +848,14 @@ async def _failover_and_failback(
         mirrors.append(asyncio.create_task(mirror.run()))
         if fb.switched_back is None:
             raise CheckFailed("demo: failback did not switch back")
-        say("16. The mirror A -> B again (the rendered unit's command, which the switchover printed):")
+        say("17. The mirror A -> B again (the rendered unit's command, which the switchover printed):")
         say(f"   $ {fb.switched_back.next_command}")
         for j in range(100):
             await _app_put(client, APP_PREFIX + b"c-%04d" % j, b"written on A again")
         took = await _wait_equal(a, b, PREFIX.encode(), mirrors[-1])
         say(f"   the application's 100 new writes on site A are on site B after {took * 1000:.0f} ms.")
         result_v = await verify(config)
-        say(f"17. etcd-dr verify: {result_v.summary()}")
+        say(f"18. etcd-dr verify: {result_v.summary()}")
         if not result_v.equal:
             raise CheckFailed(f"demo: verify found differences: {result_v.summary()}")
     finally:
