@@ -35,6 +35,10 @@ def _b(text: str) -> bytes:
 # ---- shared flags ------------------------------------------------------------------------------
 
 
+# Seconds that must be above zero (timeouts).
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
 def source_options(f: F) -> F:
     opts = [
         click.option(
@@ -50,10 +54,10 @@ def source_options(f: F) -> F:
         click.option("--user", envvar="ETCDCTL_USER", help="Source user, USER or USER:PASSWORD."),
         click.option("--password", envvar="ETCDCTL_PASSWORD", help="Source password."),
         click.option(
-            "--dial-timeout", type=float, default=5.0, show_default=True, help="Seconds to connect."
+            "--dial-timeout", type=_POSITIVE, default=5.0, show_default=True, help="Seconds to connect."
         ),
         click.option(
-            "--command-timeout", type=float, default=30.0, show_default=True, help="Seconds per request."
+            "--command-timeout", type=_POSITIVE, default=30.0, show_default=True, help="Seconds per request."
         ),
     ]
     for opt in reversed(opts):
@@ -244,7 +248,7 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--leases", type=click.Choice(["mirror", "ignore"]), default="mirror", show_default=True)
 @click.option(
     "--timeout",
-    type=float,
+    type=_POSITIVE,
     default=30.0,
     show_default=True,
     help="With --once: seconds an endpoint may be unreachable.",
@@ -380,7 +384,9 @@ def move_options(f: F) -> F:
             show_default=True,
             help="Raise the new primary's revision this far above the old primary's last known one.",
         ),
-        click.option("--hook-timeout", type=float, default=60.0, show_default=True, help="Seconds per hook."),
+        click.option(
+            "--hook-timeout", type=_POSITIVE, default=60.0, show_default=True, help="Seconds per hook."
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines."),
     ]
     for opt in reversed(opts):
@@ -476,7 +482,7 @@ def failover(dest: str, as_json: bool, **kw: Any) -> None:
     help="Where the old primary's unreplicated writes are listed (JSON; default: a new file here).",
 )
 @click.option("--stay", is_flag=True, help="Keep the current primary; make DEST its standby and stop there.")
-@click.option("--catch-up-timeout", type=float, default=30.0, show_default=True)
+@click.option("--catch-up-timeout", type=_POSITIVE, default=30.0, show_default=True)
 def failback(dest: str, as_json: bool, **kw: Any) -> None:
     """The old primary DEST is back: report its unreplicated writes, re-sync it from the primary
     (--endpoints), then switch back (unless --stay)."""
@@ -576,7 +582,7 @@ def pki_issue(
 @click.option("--hosts", default="", help="With --cert-file: IPs / DNS names the SANs must include.")
 @click.option("--warn-days", type=int, default=30, show_default=True, help="Warn when fewer days are left.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (a certificate expiring soon).")
-@click.option("--dial-timeout", type=float, default=5.0, show_default=True, help="Seconds to connect.")
+@click.option("--dial-timeout", type=_POSITIVE, default=5.0, show_default=True, help="Seconds to connect.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
 def pki_check(
     endpoints: str | None,

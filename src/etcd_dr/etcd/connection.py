@@ -88,11 +88,18 @@ class ClientConfig:
         **kwargs: Any,
     ) -> ClientConfig:
         """Build a config from etcdctl-style values; `user` may be "name:password" as in etcdctl."""
-        eps = parse_endpoints(endpoints if isinstance(endpoints, str) else list(endpoints))
+        prefix = kwargs.get("flag_prefix", "")
+        try:
+            eps = parse_endpoints(endpoints if isinstance(endpoints, str) else list(endpoints))
+        except ConfigError as e:
+            # Name where the endpoints came from: the destination's are the DEST argument.
+            raise ConfigError(f"{'DEST' if prefix == 'dest-' else '--endpoints'}: {e}") from None
         if user is not None and password is None and ":" in user:
             user, password = user.split(":", 1)
         if user is not None and not user:
-            raise ConfigError("--user is empty")
+            raise ConfigError(f"--{prefix}user is empty")
+        if password is not None and user is None:
+            raise ConfigError(f"--{prefix}password is given without --{prefix}user")
         any_https = any(e.scheme == "https" for e in eps)
         use_tls = any_https or any(x is not None for x in (cacert, cert, key))
         if insecure_transport:
