@@ -12,7 +12,7 @@ from .config import MirrorConfig
 from .etcd import EtcdClient, EtcdError, Status
 from .failover.events import Event, recent_events
 from .failover.roles import Role, RoleUnreadable, read_role
-from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key, lock_key
+from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key, heartbeat_key, lock_key
 from .mirror.keys import KeyMapper
 
 
@@ -52,6 +52,8 @@ class StatusReport:
     dest: ClusterState
     checkpoint: Checkpoint | None = None
     lock_holder: str | None = None  # the mirror process allowed to write, if one runs
+    # The newest heartbeat the mirror wrote on the source (its wall-clock time), 0 if none.
+    source_heartbeat: float = 0.0
     now: float = field(default_factory=time.time)
 
     @property
@@ -65,14 +67,18 @@ class StatusReport:
 
     @property
     def lag_seconds(self) -> float | None:
-        """0 when every source revision is applied; else how old the newest applied heartbeat is."""
+        """0 when every source revision is applied; else how far the newest applied heartbeat is behind
+        the newest one written. Both were stamped by the mirror's clock: a difference between this host's
+        clock and the mirror's, or a jump of either, does not enter it (it never goes below 0). Only
+        without a heartbeat on the source is this host's clock used."""
         if self.lag_revisions is None:
             return None
         if self.lag_revisions == 0:
             return 0.0
         if self.checkpoint is None or not self.checkpoint.source_time:
             return None
-        return max(0.0, self.now - self.checkpoint.source_time)
+        newest = self.source_heartbeat or self.now
+        return max(0.0, newest - self.checkpoint.source_time)
 
     @property
     def checkpoint_age(self) -> float | None:
@@ -233,4 +239,12 @@ async def status(config: MirrorConfig) -> StatusReport:
             lock_key(config.state_prefix, src.cluster_id, config.prefix, mapper.dest_prefix)
         )
         holder = lock.value.decode(errors="replace") if lock is not None else None
-        return StatusReport(src, dst, ckpt, holder)
+        beat = await source.get(heartbeat_key(config.state_prefix, dst.cluster_id))
+        return StatusReport(src, dst, ckpt, holder, source_heartbeat=_parse_time(beat.value) if beat else 0.0)
+
+
+def _parse_time(value: bytes) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0
