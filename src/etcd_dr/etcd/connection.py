@@ -246,12 +246,15 @@ def map_grpc_error(
         # "tcp handshaker shutdown": grpc gave up a TCP connect that got no answer (a partition, a
         # host gone), before any TLS was spoken: a transient fault, not a TLS one.
         tcp_connect = "tcp handshaker" in low
-        if any(h in low for h in _TLS_HINTS) and not tcp_connect:
+        # "Handshake read failed (Endpoint closing)": the server closed the connection in the middle
+        # of the TLS handshake (it is stopping or restarting), not a certificate problem.
+        closing = "endpoint closing" in low
+        if any(h in low for h in _TLS_HINTS) and not tcp_connect and not closing:
             return TLSError(
                 f"{where}: TLS handshake failed{_tls_hint(low, config)}: {_short(details)}", endpoint=endpoint
             )
         # grpc says "failed to connect" when no connection was made: the request was never sent.
-        not_sent = tcp_connect or "failed to connect" in low or "connection refused" in low
+        not_sent = tcp_connect or closing or "failed to connect" in low or "connection refused" in low
         return Unavailable(
             f"{where} unavailable: {_short(details)}", endpoint=endpoint, maybe_applied=not not_sent
         )

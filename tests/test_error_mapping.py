@@ -1,0 +1,53 @@
+"""How grpc's failure messages map to our typed errors: which are TLS problems (fatal at once) and
+which are a connection closing or never made (transient, retried). The messages are grpc's own, as
+seen in runs against real etcd; the error object only carries a code and those details."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from etcd_dr.etcd import TLSError, Unavailable
+from etcd_dr.etcd.connection import map_grpc_error
+
+
+class _Failure(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+CONNECT = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:2379: "
+
+
+@pytest.mark.parametrize(
+    ("details", "never_sent"),
+    [
+        (CONNECT + "tcp handshaker shutdown", True),
+        (CONNECT + "Handshake read failed (Endpoint closing)", True),
+        (CONNECT + "Failed to connect to remote host: Connection refused", True),
+        ("Socket closed", False),
+    ],
+)
+def test_connections_closing_or_never_made_are_transient(details: str, never_sent: bool) -> None:
+    err = map_grpc_error(_Failure(grpc.StatusCode.UNAVAILABLE, details), "127.0.0.1:2379", "source")
+    assert isinstance(err, Unavailable), err
+    assert err.maybe_applied is not never_sent
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        CONNECT + "Ssl handshake failed: SSL_ERROR_SSL: error:1000007d:SSL routines:"
+        "OPENSSL_internal:CERTIFICATE_VERIFY_FAILED",
+        CONNECT + "Handshake failed",
+    ],
+)
+def test_tls_failures_are_fatal(details: str) -> None:
+    err = map_grpc_error(_Failure(grpc.StatusCode.UNAVAILABLE, details), "127.0.0.1:2379", "source")
+    assert isinstance(err, TLSError), err
