@@ -20,7 +20,7 @@ from etcd_dr.etcd import ClientConfig, CompactedError, EtcdClient, prefix_range_
 from etcd_dr.failover.config import MoveConfig
 from etcd_dr.failover.failback import failback
 from etcd_dr.failover.failover import failover
-from etcd_dr.failover.roles import read_role
+from etcd_dr.failover.roles import read_role, write_role
 from etcd_dr.failover.sites import reversed_pair
 from etcd_dr.failover.switchover import switchover
 from etcd_dr.mirror import Mirror
@@ -113,10 +113,16 @@ async def test_failover_drill_rpo_fencing_and_failback_report(
         stayed = await failback(replace(back, stay=True))
         assert stayed.switched_back is None and stayed.errant_writes >= len(lost)
         assert await dump(ca) == await dump(cb)
-        # Then the same command without --stay (as a rerun after a crash would) finishes the move back.
-        report = tmp_path / "errant.json"
-        fb = await failback(replace(back, report=report))
-        assert json.loads(stay_report.read_text())["writes"] == json.loads(report.read_text())["writes"]
+        # Then the same command without --stay (as a rerun after a crash would) finishes the move back;
+        # the same --report is this failback's: kept as it is.
+        # Another failback's report in the way is refused, never overwritten.
+        (tmp_path / "other.json").write_text('{"old_primary": {}}')
+        with pytest.raises(Refused, match="not this failback's"):
+            await failback(replace(back, report=tmp_path / "other.json"))
+        report = stay_report
+        written = report.read_text()
+        fb = await failback(back)
+        assert report.read_text() == written
         doc = json.loads(report.read_text())
         reported = {(w["key"], w["mod_revision"]) for w in doc["writes"]}
         assert doc["complete"] and doc["applied_up_to_revision"] == rpo
@@ -139,6 +145,17 @@ async def test_failover_drill_rpo_fencing_and_failback_report(
     assert any(line.strip().startswith("role: primary (epoch 3") for line in lines), lines
     moves = "\n".join(lines[lines.index("last moves:") :])
     assert "promoted: switchover from" in moves and "demoted:" in moves, moves
+
+    # A failback that stopped after promoting A again but before B was made a standby: rerun it.
+    async with EtcdClient(cfg.dest) as cb:
+        state_b = await read_role(cb, STATE)
+        assert state_b.role is not None
+        stale = replace(state_b.role, role="primary", epoch=2)
+        assert (await write_role(cb, STATE, stale, state_b)).succeeded
+        finished = await failback(back)
+        assert finished.switched_back is not None and finished.switched_back.finished_earlier_run
+        role_b = (await read_role(cb, STATE)).role
+        assert role_b is not None and not role_b.is_primary and role_b.epoch == 3
 
 
 async def test_failover_refuses_while_the_primary_is_healthy(

@@ -43,8 +43,6 @@ class MoveConfig:
             raise UsageError(f"--revision-margin {self.revision_margin}: must not be negative")
         if self.catch_up_timeout <= 0:
             raise UsageError(f"--catch-up-timeout {self.catch_up_timeout:g}: must be positive")
-        if self.report is not None:
-            if self.report.exists():
-                raise UsageError(f"--report {self.report}: the file exists; it is never overwritten")
-            if not self.report.parent.is_dir():
-                raise UsageError(f"--report {self.report}: the directory {self.report.parent} does not exist")
+        # (An existing report is kept if it is an earlier run's of the same failback, else refused.)
+        if self.report is not None and not self.report.parent.is_dir():
+            raise UsageError(f"--report {self.report}: the directory {self.report.parent} does not exist")

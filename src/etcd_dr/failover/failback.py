@@ -88,6 +88,31 @@ async def failback(cfg: MoveConfig) -> FailbackResult:
                 f"{old.describe()} is not the old primary of {primary.text} "
                 f"(that is cluster {role.peer_cluster_id:x})"
             )
+        current = old.role.role
+        if (
+            current is not None
+            and current.is_primary
+            and current.epoch > role.epoch
+            and current.peer_cluster_id == primary.id
+        ):
+            # An earlier run re-synced the old primary and promoted it again, then stopped: finish.
+            log.info(
+                "failback: %s is already the primary again (%s); finishing", old.text, current.describe()
+            )
+            done = await switchover(cfg)
+            return FailbackResult(
+                primary=old.text,
+                old_primary=primary.text,
+                report="",
+                errant_writes=0,
+                complete=True,
+                written=0,
+                removed=0,
+                switched_back=done,
+                notes=[
+                    "an earlier run had re-synced and promoted the old primary; this run finished the move"
+                ],
+            )
         until = await _demote(cfg, primary, old, role)
         report_path = cfg.report or Path(f"etcd-dr-failback-{old.id:x}-{time.strftime('%Y%m%dT%H%M%S')}.json")
         mapper = KeyMapper.from_config(pair)
@@ -232,6 +257,19 @@ def _write_report(
         "written_at": round(time.time(), 3),
         "writes": writes,
     }
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+            same = all(earlier.get(k) == doc[k] for k in ("old_primary", "primary", "applied_up_to_revision"))
+            same = same and earlier.get("old_primary_fenced_at_revision") == until
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if not same:
+            raise Refused(
+                f"--report {path}: the file exists and is not this failback's; it is never overwritten"
+            )
+        log.info("failback: the report %s from an earlier run of this failback is kept", path)
+        return
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -8,7 +8,7 @@ import logging
 import shlex
 from dataclasses import dataclass
 
-from ..config import MirrorConfig
+from ..config import DEFAULT_STATE_PREFIX, MirrorConfig
 from ..errors import EtcdDrError, Refused
 from ..etcd import ClientConfig, EtcdClient, Status, TransientError, prefix_range_end
 from ..mirror.checkpoint import Checkpoint
@@ -104,6 +104,8 @@ def mirror_command(pair: MirrorConfig) -> str:
         words += ["--exclude", e.decode("utf-8", "surrogateescape")]
     if pair.ignore_keys_regex:
         words += ["--ignore-keys-regex", pair.ignore_keys_regex]
+    if pair.state_prefix != DEFAULT_STATE_PREFIX:
+        words += ["--state-prefix", pair.state_prefix.decode("utf-8", "surrogateescape")]
     return shlex.join(words)
 
 

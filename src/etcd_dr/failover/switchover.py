@@ -55,16 +55,23 @@ class SwitchoverResult:
     clients: str
     next_command: str
     finished_earlier_run: bool = False
+    fenced: bool = True  # False with --no-fence: writes_refused_seconds is then how long the move took
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     def lines(self) -> list[str]:
+        refused = (
+            f"writes were refused for {self.writes_refused_seconds:.2f} s"
+            if self.fenced
+            else "writes were NOT fenced (--no-fence): any write to the old primary after that revision "
+            "is not on the new one"
+        )
         return [
             f"switchover done: {self.new_primary} is the primary (epoch {self.epoch}); "
             f"{self.old_primary} is its standby",
             f"every write up to the old primary's revision {self.last_revision} is on the new primary; "
-            f"writes were refused for {self.writes_refused_seconds:.2f} s",
+            + refused,
             f"clients: {self.clients}",
             f"keep the old primary current with: {self.next_command}",
         ]
@@ -106,10 +113,14 @@ async def switchover(cfg: MoveConfig) -> SwitchoverResult:
             await raise_revision(s_client, sp, top + 3 * margin)
 
         t_fence = time.monotonic()
-        await fence_writes(p_client, sp, mode=cfg.fence, hook=cfg.fence_hook, epoch=primary.role.epoch)
-        log.info("switchover: writes on %s fenced (%s)", primary.text, cfg.fence)
-        await record_event(p_client, sp, "fenced", f"writes fenced for a switchover to {standby.text}")
         try:
+            # Inside the try: a fence that fails halfway is lifted again (the record says what it took).
+            await fence_writes(p_client, sp, mode=cfg.fence, hook=cfg.fence_hook, epoch=primary.role.epoch)
+            if cfg.fence == "none":
+                log.warning("switchover: --no-fence: writes on %s are NOT stopped", primary.text)
+            else:
+                log.info("switchover: writes on %s fenced (%s)", primary.text, cfg.fence)
+            await record_event(p_client, sp, "fenced", f"writes fenced for a switchover to {standby.text}")
             last = (await p_client.status()).revision
             need = await _catch_up(
                 cfg, p_client, s_client, key, last, lock_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
@@ -307,7 +318,10 @@ async def _after_promotion(
         )
     refused = time.monotonic() - t_fence
     if not resumed:
-        log.info("switchover: writes were refused for %.2f s", refused)
+        if cfg.fence == "none":
+            log.info("switchover: the roles moved %.2f s after the move began (writes not fenced)", refused)
+        else:
+            log.info("switchover: writes were refused for %.2f s", refused)
     clients = await switch_clients(cfg, standby, primary.text, epoch)
     s_role = standby.role.role
     last = last or (s_role.applied_revision if s_role else 0)
@@ -324,4 +338,5 @@ async def _after_promotion(
         clients=clients,
         next_command=mirror_command(reversed_pair(cfg.pair)),
         finished_earlier_run=resumed,
+        fenced=cfg.fence != "none",
     )

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..aio import cancel_and_wait
@@ -268,6 +268,7 @@ class Mirror:
         self, source: EtcdClient, dest: EtcdClient, previous: Checkpoint | None, raw: bytes | None
     ) -> tuple[Checkpoint, bytes]:
         src_key, src_end = self.mapper.source_range
+        read_at = time.time()  # the copy is the source as of now: its time, until a heartbeat is applied
         counted = await source.range(src_key, src_end, count_only=True)
         revision = counted.header.revision
         self.stats.phase = "copy"
@@ -313,7 +314,7 @@ class Mirror:
             guard_deletes=self._check_copy_deletes,
             leases=self._leases,
         )
-        done = self._new_checkpoint(revision, REPLAY)
+        done = replace(self._new_checkpoint(revision, REPLAY), source_time=round(read_at, 3))
         done_raw = await self._write_checkpoint(dest, start_raw, done)
         self._last_copy = result
         log.info(
