@@ -19,7 +19,7 @@ from typing import Any
 
 from ..aio import cancel_and_wait
 from ..config import MirrorConfig
-from ..errors import Fenced, MassDeleteRefused, Refused
+from ..errors import Fenced, MassDeleteRefused, Refused, UsageError
 from ..etcd import (
     AuthError,
     CompactedError,
@@ -31,6 +31,7 @@ from ..etcd import (
     Put,
     RequestTooLargeError,
     Status,
+    TooManyOpsError,
     TransientError,
     Unavailable,
 )
@@ -110,6 +111,11 @@ class Mirror:
                 self.stats.resyncs += 1
                 self._force_sync = "a destination lease expired while its source lease lives"
                 continue
+            except TooManyOpsError as e:
+                raise UsageError(
+                    f"--max-txn-ops {self.config.max_txn_ops}: the destination takes fewer ops per txn "
+                    f"({e}); give at most its etcd --max-txn-ops"
+                ) from None
             except CompactedError as e:
                 self.stats.resyncs += 1
                 self.stats.errors["compacted"] += 1
