@@ -25,7 +25,7 @@ import pytest
 from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
 from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.history import check_exactly_once
+from etcd_dr.testing.history import HistoryRecorder, check_exactly_once
 from etcd_dr.testing.mirroring import connect, wait_equal
 from etcd_dr.testing.mirrorproc import MirrorProcess, measure_lag, wait_caught_up
 from etcd_dr.testing.workload import Workload
@@ -75,7 +75,16 @@ async def soak(etcd_cluster_factory: Factory, tmp_path: Path, seconds: float) ->
         "/app/",
         log_path=tmp_path / "mirror.log",
     )
-    async with connect(src) as s, connect(dst) as d:
+    # The histories for the exactly-once check are recorded as they happen (a million revisions are
+    # too many to read back), each over a connection of its own.
+    async with (
+        connect(src) as s,
+        connect(dst) as d,
+        connect(src) as s_watch,
+        connect(dst) as d_watch,
+        HistoryRecorder(s_watch) as s_history,
+        HistoryRecorder(d_watch) as d_history,
+    ):
         key = checkpoint_key(STATE, (await s.status()).cluster_id, PREFIX, PREFIX)
         await Workload(s, seed=100).run(500)
         mirror.start()
@@ -114,7 +123,8 @@ async def soak(etcd_cluster_factory: Factory, tmp_path: Path, seconds: float) ->
         bound = warm + max(RSS_MARGIN_KIB, int(warm * RSS_MARGIN_FRACTION))
         assert last <= bound, f"mirror RSS grew: last quarter max {last} KiB > {bound} KiB (warm-up {warm})"
         t = time.monotonic()
-        report = await check_exactly_once(s, d, KeyMapper.create(PREFIX, None, (), STATE), key)
+        mapper = KeyMapper.create(PREFIX, None, (), STATE)
+        report = await check_exactly_once(s_history, d_history, mapper, key)
         print(
             f"soak: exactly once over {report.source_ops_checked} source ops in {report.replay_txns} "
             f"destination txns (checked in {time.monotonic() - t:.1f} s)"

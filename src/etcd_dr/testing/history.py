@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from etcd_dr.aio import cancel_and_wait
 from etcd_dr.etcd import Delete, EtcdClient, EventType, Put
 from etcd_dr.mirror.checkpoint import REPLAY, SYNC, Checkpoint
 from etcd_dr.mirror.keys import ALL_KEYS, KeyMapper
@@ -68,6 +69,54 @@ async def _history(client: EtcdClient) -> dict[int, Events]:
     return out
 
 
+class HistoryRecorder:
+    """Every event of a cluster, recorded as it happens by one watch from revision 1.
+
+    Read back afterwards, a long history costs etcd a pass over the store per 1000 revisions (and per
+    watcher): hours for a soak's million revisions. A watch that follows the cluster costs one delivery
+    per event. Start it before the load; pass it to check_exactly_once in place of the client.
+    """
+
+    def __init__(self, client: EtcdClient) -> None:
+        self.client = client
+        self.events: dict[int, Events] = defaultdict(list)
+        self.revision = 1  # recorded up to here
+        self._task: asyncio.Task[None] | None = None
+
+    async def _record(self) -> None:
+        async with self.client.watch(*ALL_KEYS, start_revision=2) as watch:
+            async for batch in watch:
+                for ev in batch.events:
+                    self.events[ev.kv.mod_revision].append((ev.type, ev.kv.key, ev.kv.value))
+                if batch.events:
+                    self.revision = batch.events[-1].kv.mod_revision
+
+    async def __aenter__(self) -> HistoryRecorder:
+        self._task = asyncio.create_task(self._record())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+
+    async def history(self, timeout: float = 60.0) -> dict[int, Events]:
+        """The history up to the cluster's revision now (waiting until it is recorded)."""
+        if self._task is None:
+            raise RuntimeError("HistoryRecorder not started")
+        end = (await self.client.range(b"\0", b"\0", count_only=True)).header.revision
+        async with asyncio.timeout(timeout):
+            while self.revision < end:
+                if self._task.done():
+                    self._task.result()  # its error
+                    raise RuntimeError("the history watch ended")
+                await asyncio.sleep(0.05)
+        return self.events
+
+
+async def _history_of(cluster: EtcdClient | HistoryRecorder) -> dict[int, Events]:
+    return await (cluster.history() if isinstance(cluster, HistoryRecorder) else _history(cluster))
+
+
 def _diff(expected: Mapping[bytes, object], got: Mapping[bytes, object]) -> str:
     missing = sorted(set(expected) - set(got))[:5]
     extra = sorted(set(got) - set(expected))[:5]
@@ -81,10 +130,13 @@ def _position(c: Checkpoint) -> tuple[int, int]:
 
 
 async def check_exactly_once(
-    source: EtcdClient, dest: EtcdClient, mapper: KeyMapper, checkpoint_key: bytes
+    source: EtcdClient | HistoryRecorder,
+    dest: EtcdClient | HistoryRecorder,
+    mapper: KeyMapper,
+    checkpoint_key: bytes,
 ) -> HistoryReport:
-    src_hist = await _history(source)
-    dst_hist = await _history(dest)
+    src_hist = await _history_of(source)
+    dst_hist = await _history_of(dest)
     # The mirrored source ops, in order, with their positions.
     src_ops: list[tuple[tuple[int, int], Op]] = []
     for rev in sorted(src_hist):
