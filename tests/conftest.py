@@ -93,6 +93,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not selected:
         # Fail loudly: a suite that silently skips every real-etcd test would look green.
         pytest.fail(_nothing_selected(metafunc.config), pytrace=False)
+    if metafunc.definition.get_closest_marker("newest_etcd_only"):
+        # Long tests whose subject does not depend on the server's version run once, on the newest.
+        selected = [max(selected, key=lambda b: b.version_tuple)]
     metafunc.parametrize("etcd_bin", selected, ids=_ids(selected), indirect=True, scope="session")
 
 

@@ -47,6 +47,7 @@ def site_factory(sites: TwoSites, etcd_cluster_factory: Factory) -> Factory:
     return etcd_cluster_factory
 
 
+@pytest.mark.newest_etcd_only  # the subject is the mirror's network handling, not the server
 @pytest.mark.parametrize("mirror_at", ["dest-site", "source-site"])
 async def test_partition_between_sites_cut_and_healed(
     sites: TwoSites, site_factory: Factory, tmp_path: Path, mirror_at: str

@@ -134,6 +134,7 @@ async def soak(etcd_cluster_factory: Factory, tmp_path: Path, seconds: float) ->
 
 
 @pytest.mark.soak
+@pytest.mark.newest_etcd_only
 async def test_soak_60s(etcd_cluster_factory: Factory, tmp_path: Path) -> None:
     await soak(etcd_cluster_factory, tmp_path, 60.0)
 
