@@ -18,6 +18,7 @@ from etcd_dr.mirror.keys import KeyMapper
 from etcd_dr.status import status as mirror_status
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.history import check_exactly_once
+from etcd_dr.testing.mirrorproc import MirrorProcess
 from etcd_dr.testing.workload import Workload
 
 STATE = b"/etcd-dr/"
@@ -122,32 +123,18 @@ async def test_sigterm_stops_the_mirror_and_frees_its_lock_at_once(
     """systemd stops a service with SIGTERM: the mirror must release its lock (revoke its lease) so a
     successor starts at once instead of waiting out the TTL, and end with exit code 0."""
     src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
-    log_path = tmp_path / "mirror.log"
+    mirror = MirrorProcess(
+        dst.endpoints[0], src.endpoints[0], "--lock-ttl", "60", log_path=tmp_path / "m.log"
+    )
     async with EtcdClient(ClientConfig.create(dst.endpoints)) as d:
-        with log_path.open("wb") as out:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "etcd_dr",
-                "mirror",
-                dst.endpoints[0],
-                "--endpoints",
-                src.endpoints[0],
-                "--lock-ttl",
-                "60",
-                stdout=out,
-                stderr=out,
-            )
         try:
-            await _until(lambda: "holding the mirror lock" in log_path.read_text(), 30)
+            mirror.start()
+            await _until(lambda: "holding the mirror lock" in mirror.log_text(), 30)
             assert (await d.range(STATE + b"lock/", prefix_range_end(STATE + b"lock/"))).kvs
-            proc.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(proc.wait(), 10)
+            code = await mirror.stop(timeout=10)  # SIGTERM, SIGKILL only after 10 s
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        text = log_path.read_text()
+            mirror.kill()
+        text = mirror.log_text()
         assert code == 0, text[-2000:]
         assert "SIGTERM received" in text and "Traceback" not in text, text[-2000:]
         # Its lease is revoked: the lock key went with it (a 60 s TTL would otherwise keep it).
