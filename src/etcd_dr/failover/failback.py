@@ -27,7 +27,7 @@ from .config import MoveConfig
 from .events import record_event
 from .fence import fence_writes
 from .roles import STANDBY, Role, write_role
-from .sites import Site, mirror_command, open_site, refuse_same_cluster
+from .sites import Site, events_between, mirror_command, open_site, refuse_same_cluster
 from .switchover import SwitchoverResult, switchover
 
 log = logging.getLogger("etcd_dr.failover")
@@ -201,19 +201,11 @@ async def _errant_writes(
     complete = True
     if until > after + 1:
         try:
-            async with old.watch(b"\0", b"\0", start_revision=after + 1, retry_for=30.0) as watch:
-                async for batch in watch:
-                    done = False
-                    for ev in batch.events:
-                        if ev.kv.mod_revision >= until:
-                            done = True
-                            break
-                        source_key = mirrored(ev.kv.key)
-                        if source_key is not None:
-                            value = ev.kv.value if ev.type is EventType.PUT else None
-                            found.append((ev.kv.key, source_key, ev.type, value, ev.kv.mod_revision))
-                    if done:
-                        break
+            for ev in await events_between(old, after, until - 1, retry_for=30.0):
+                source_key = mirrored(ev.kv.key)
+                if source_key is not None:
+                    value = ev.kv.value if ev.type is EventType.PUT else None
+                    found.append((ev.kv.key, source_key, ev.type, value, ev.kv.mod_revision))
         except CompactedError:
             complete = False
             log.warning(

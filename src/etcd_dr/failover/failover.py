@@ -19,7 +19,7 @@ from ..etcd import Compare, CompareResult, Delete, EtcdClient, Status
 from ..mirror.checkpoint import SYNC
 from .config import MoveConfig
 from .events import record_event
-from .fence import fence_writes, read_fence, unfence_writes
+from .fence import fence_writes, unfence_writes
 from .revision import mark_compacted, raise_revision
 from .roles import PRIMARY, Role, write_role
 from .sites import Site, checkpoints_from, mirror_command, open_site, probe, reversed_pair, switch_clients
@@ -160,8 +160,7 @@ async def _check_primary_gone(cfg: MoveConfig, old_id: int) -> None:
 
 async def _after_promotion(cfg: MoveConfig, standby: Site, role: Role, resumed: bool) -> FailoverResult:
     sp = cfg.pair.state_prefix
-    if await read_fence(standby.client, sp) is not None:
-        await unfence_writes(standby.client, sp, hook=cfg.fence_hook)
+    if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
         log.info("failover: writes on %s allowed (its fence from an earlier move lifted)", standby.text)
     clients = await switch_clients(cfg, standby, cfg.pair.source.endpoints_text, role.epoch)
     if not resumed:

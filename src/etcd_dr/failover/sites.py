@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..config import DEFAULT_STATE_PREFIX, MirrorConfig
 from ..errors import EtcdDrError, Refused
-from ..etcd import ClientConfig, EtcdClient, Status, TransientError, prefix_range_end
+from ..etcd import ClientConfig, EtcdClient, Event, Status, TransientError, prefix_range_end
 from ..mirror.checkpoint import Checkpoint
 from .config import MoveConfig
 from .roles import RoleState, read_role
@@ -81,6 +81,26 @@ async def checkpoints_from(client: EtcdClient, state_prefix: bytes, source_id: i
         except (ValueError, KeyError) as e:
             raise Refused(f"the checkpoint {kv.key!r} on {client.endpoint} is not readable ({e})") from None
     return found
+
+
+async def events_between(
+    client: EtcdClient, after: int, upto: int, *, retry_for: float | None = None
+) -> list[Event]:
+    """Every event of the cluster in revisions (after, upto], from its history (CompactedError when it
+    is gone). The whole keyspace is watched: every revision has an event, so the walk knows when it
+    has reached `upto`."""
+    events: list[Event] = []
+    if upto <= after:
+        return events
+    async with client.watch(b"\0", b"\0", start_revision=after + 1, retry_for=retry_for) as watch:
+        async for batch in watch:
+            for ev in batch.events:
+                if ev.kv.mod_revision > upto:
+                    return events
+                events.append(ev)
+            if batch.events and batch.events[-1].kv.mod_revision >= upto:
+                return events
+    return events
 
 
 def mirror_command(pair: MirrorConfig) -> str:

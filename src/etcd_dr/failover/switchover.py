@@ -23,12 +23,13 @@ from ..mirror.keys import KeyMapper
 from ..verify import verify
 from .config import MoveConfig
 from .events import record_event
-from .fence import fence_writes, read_fence, unfence_writes
+from .fence import fence_writes, unfence_writes
 from .revision import mark_compacted, raise_revision
 from .roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from .sites import (
     Site,
     StoredCheckpoint,
+    events_between,
     mirror_command,
     open_site,
     refresh,
@@ -233,22 +234,13 @@ async def _last_mirrored_change(cfg: MoveConfig, source: EtcdClient, after: int,
     if after >= upto:
         return after
     mapper = KeyMapper.from_config(cfg.pair)
-    newest = after
     try:
-        # The whole keyspace: every revision has an event, so the walk knows when it reached `upto`.
         async with asyncio.timeout(cfg.catch_up_timeout):
-            async with source.watch(b"\0", b"\0", start_revision=after + 1) as watch:
-                async for batch in watch:
-                    for ev in batch.events:
-                        if ev.kv.mod_revision > upto:
-                            return newest
-                        if mapper.to_dest(ev.kv.key) is not None:
-                            newest = ev.kv.mod_revision
-                    if batch.events and batch.events[-1].kv.mod_revision >= upto:
-                        return newest
+            events = await events_between(source, after, upto)
     except CompactedError:
         log.info("switchover: the primary's history since %d is compacted; waiting for all of it", after)
-    return upto
+        return upto
+    return max((ev.kv.mod_revision for ev in events if mapper.to_dest(ev.kv.key) is not None), default=after)
 
 
 async def _read_checkpoint(dest: EtcdClient, key: bytes) -> StoredCheckpoint:
@@ -311,8 +303,7 @@ async def _after_promotion(
         if not (await write_role(primary.client, sp, demoted, p_role)).succeeded:
             raise CheckFailed(f"the role record on {primary.text} changed while it was being made a standby")
         log.info("switchover: %s is now %s", primary.text, demoted.describe())
-    if await read_fence(standby.client, sp) is not None:
-        await unfence_writes(standby.client, sp, hook=cfg.fence_hook)
+    if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
         log.info(
             "switchover: writes on %s allowed again (its fence from an earlier move lifted)", standby.text
         )
