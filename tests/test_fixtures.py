@@ -197,7 +197,7 @@ def test_port_clash_is_retried(etcd_bin: EtcdBinaries, monkeypatch: pytest.Monke
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        real = cluster_module._free_ports
+        real = cluster_module.free_ports
         calls: list[int] = []
 
         def first_call_clashes(count: int) -> list[int]:
@@ -205,7 +205,7 @@ def test_port_clash_is_retried(etcd_bin: EtcdBinaries, monkeypatch: pytest.Monke
             ports = real(count)
             return [taken, *ports[1:]] if len(calls) == 1 else ports
 
-        monkeypatch.setattr(cluster_module, "_free_ports", first_call_clashes)
+        monkeypatch.setattr(cluster_module, "free_ports", first_call_clashes)
         with EtcdCluster(etcd_bin) as cluster:
             assert len(calls) == 2
             assert cluster.members[0].client_port != taken

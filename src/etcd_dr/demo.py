@@ -25,7 +25,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -52,7 +51,7 @@ from .mirror import Mirror
 from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
 from .testing.acked import AckedWriter
 from .testing.binaries import EtcdBinaries, EtcdNotFoundError, find
-from .testing.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError
+from .testing.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError, free_ports
 from .testing.tls import TLSFiles
 from .topology import Topology, expand, load_topology
 from .verify import verify
@@ -67,20 +66,6 @@ PREFIX = "/registry/"
 HOST = "127.0.0.1"
 # Another program may take a free port between our look and etcd's bind: pick new ports, render again.
 _START_ATTEMPTS = 3
-
-
-def _free_ports(count: int) -> list[int]:
-    # Every socket stays bound until all are: the kernel hands out distinct ports.
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _data_root() -> Path:
@@ -361,7 +346,7 @@ async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Sig
         topo_file, out = workdir / "topology.yaml", workdir / "sites"
         token = uuid.uuid4().hex[:8]
         for attempt in range(_START_ATTEMPTS):
-            ports = _free_ports(2 * MEMBERS * len(SITES))
+            ports = free_ports(2 * MEMBERS * len(SITES))
             topology = _write_topology(topo_file, _topology_doc(binaries.etcd, out, data_root, ports, token))
             if attempt == 0:
                 say(

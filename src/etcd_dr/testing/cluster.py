@@ -176,7 +176,8 @@ def _stop_leftovers() -> None:
             cluster.stop()
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on HOST (free when looked at: etcd may still lose a race)."""
     # Hold every socket open until all are bound so the kernel hands out distinct ports.
     socks: list[socket.socket] = []
     try:
@@ -612,7 +613,7 @@ class EtcdCluster:
                 for i, c in enumerate(self._config_members)
             ]
             return
-        ports = _free_ports(2 * self.size)
+        ports = free_ports(2 * self.size)
         scheme = "https" if self.tls is not None else "http"
         self.members = [
             Member(
