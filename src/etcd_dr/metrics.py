@@ -104,6 +104,10 @@ def health(stats: MirrorStats) -> tuple[bool, str]:
             "NOSPACE alarm: the cluster's backend quota is full and its writes are refused; the mirror is "
             "paused until it is compacted, defragmented and the alarm disarmed"
         )
+    if stats.problems:
+        return False, "the standby lacks or differs from the source: " + "; ".join(
+            f"{kind}: {detail}" for kind, detail in sorted(stats.problems.items())
+        )
     if stats.phase not in ("copy", "replay"):
         return False, f"not applying (phase {stats.phase})"
     if stats.failing_since is not None and time.monotonic() - stats.failing_since > UNHEALTHY_AFTER:

@@ -32,9 +32,19 @@ class MirrorStats:
     copy_total: int = 0
     copy_done: int = 0
     started: float = field(default_factory=time.time)
+    # What the mirror knows the standby lacks or gets wrong right now, by kind (lease_lost,
+    # verify_differs, foreign_write, ...) -> one line saying what and since when. /healthz, the metrics,
+    # the health record (status) and the log report them; the code that saw a problem clears it once fixed.
+    problems: dict[str, str] = field(default_factory=dict)
 
     # (source revision, monotonic time the mirror received it) of received, not yet applied revisions.
     _unapplied: deque[tuple[int, float]] = field(default_factory=deque)
+
+    def flag(self, kind: str, detail: str) -> None:
+        self.problems[kind] = detail
+
+    def clear(self, kind: str) -> None:
+        self.problems.pop(kind, None)
 
     def observe_txn(self, seconds: float) -> None:
         for i, bound in enumerate(TXN_BUCKETS):
