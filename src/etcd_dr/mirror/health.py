@@ -62,7 +62,9 @@ class HealthRecord:
         )
 
 
-def health_key(state_prefix: bytes, source_cluster_id: int, source_prefix: bytes, dest_prefix: bytes) -> bytes:
+def health_key(
+    state_prefix: bytes, source_cluster_id: int, source_prefix: bytes, dest_prefix: bytes
+) -> bytes:
     """One health record per mirror pair, beside its checkpoint (state_prefix + "health/" + the pair)."""
     ckpt = checkpoint_key(state_prefix, source_cluster_id, source_prefix, dest_prefix)
     return state_prefix + b"health/" + ckpt[len(state_prefix) + len(b"mirror/") :]
