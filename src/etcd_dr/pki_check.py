@@ -324,14 +324,31 @@ def _handshake(ctx: ssl.SSLContext, ep: Endpoint, timeout: float, client_cert: P
             return _Handshake(der, alert, answered)
     except ssl.SSLCertVerificationError:
         raise
-    except ssl.SSLError as e:
-        raise _Unreachable(f"TLS handshake failed: {_ssl_reason(e, client_cert)}") from None
-    except TimeoutError:
-        raise _Unreachable(f"TLS handshake: no answer within {timeout:g} s") from None
-    except OSError as e:
+    except (ssl.SSLError, OSError) as e:
+        # A plain-http member answers a TLS hello with an error record, an EOF or a reset, depending on
+        # timing: ask it plainly instead of guessing from the failure.
+        if _speaks_plain_http(ep, timeout):
+            raise _Unreachable(
+                "TLS handshake failed: the endpoint does not speak TLS (plain http?): it answers plain HTTP"
+            ) from None
+        if isinstance(e, ssl.SSLError):
+            raise _Unreachable(f"TLS handshake failed: {_ssl_reason(e, client_cert)}") from None
+        if isinstance(e, TimeoutError):
+            raise _Unreachable(f"TLS handshake: no answer within {timeout:g} s") from None
         raise _Unreachable(f"connection failed during the TLS handshake: {e.strerror or e}") from None
     finally:
         sock.close()
+
+
+def _speaks_plain_http(ep: Endpoint, timeout: float) -> bool:
+    """Whether the endpoint answers a plain HTTP request (etcd serves /version on its client and peer
+    ports) with an HTTP response."""
+    try:
+        with socket.create_connection((ep.host, ep.port), timeout=timeout) as sock:
+            sock.sendall(f"GET /version HTTP/1.1\r\nHost: {ep.target}\r\nConnection: close\r\n\r\n".encode())
+            return sock.recv(5) == b"HTTP/"
+    except OSError:
+        return False
 
 
 def _client_cert_refused(e: ssl.SSLError) -> bool:
