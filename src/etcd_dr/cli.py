@@ -17,8 +17,9 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from . import __version__, logs
+from . import __version__, etcdctl_compat, logs
 from .config import DEFAULT_STATE_PREFIX, MirrorConfig
+from .durations import Duration, DurationError, parse_duration
 from .errors import EtcdDrError
 from .etcd import ClientConfig, EtcdError
 
@@ -35,8 +36,8 @@ def _b(text: str) -> bytes:
 # ---- shared flags ------------------------------------------------------------------------------
 
 
-# Seconds that must be above zero (timeouts).
-_POSITIVE = click.FloatRange(min=0, min_open=True)
+# Seconds that must be above zero (timeouts): plain seconds or Go durations ("2s", "1m30s"), as etcdctl.
+_POSITIVE = Duration()
 
 
 def source_options(f: F) -> F:
@@ -54,12 +55,24 @@ def source_options(f: F) -> F:
         click.option("--user", envvar="ETCDCTL_USER", help="Source user, USER or USER:PASSWORD."),
         click.option("--password", envvar="ETCDCTL_PASSWORD", help="Source password."),
         click.option(
-            "--dial-timeout", type=_POSITIVE, default=5.0, show_default=True, help="Seconds to connect."
+            "--dial-timeout",
+            type=_POSITIVE,
+            default=5.0,
+            show_default=True,
+            envvar="ETCDCTL_DIAL_TIMEOUT",
+            help="Time to connect (seconds, or 2s, 1m30s).",
         ),
         click.option(
-            "--command-timeout", type=_POSITIVE, default=30.0, show_default=True, help="Seconds per request."
+            "--command-timeout",
+            type=_POSITIVE,
+            default=30.0,
+            show_default=True,
+            envvar="ETCDCTL_COMMAND_TIMEOUT",
+            help="Time per request.",
         ),
     ]
+    # etcdctl's other global flags, listed after these.
+    f = etcdctl_compat.etcdctl_global_options(f)
     for opt in reversed(opts):
         f = opt(f)
     return f
@@ -73,6 +86,7 @@ def dest_options(f: F) -> F:
         click.option("--dest-user", help="Destination user, USER or USER:PASSWORD."),
         click.option("--dest-password", help="Destination password."),
     ]
+    f = etcdctl_compat.dest_etcdctl_options(f)
     for opt in reversed(opts):
         f = opt(f)
     return f
@@ -109,8 +123,14 @@ def check_options(f: F) -> F:
 
 
 def source_config(kw: dict[str, Any]) -> ClientConfig:
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("endpoints") not in (
+        None,
+        click.core.ParameterSource.DEFAULT,
+    )
+    etcdctl_compat.log_ignored(kw)
     return ClientConfig.create(
-        kw["endpoints"],
+        etcdctl_compat.source_endpoints(kw, given),
         cacert=kw["cacert"],
         cert=kw["cert"],
         key=kw["key"],
@@ -120,12 +140,13 @@ def source_config(kw: dict[str, Any]) -> ClientConfig:
         request_timeout=kw["command_timeout"],
         role="source",
         flag_prefix="",
+        **etcdctl_compat.client_options(kw),
     )
 
 
 def dest_config(dest: str, kw: dict[str, Any]) -> ClientConfig:
     return ClientConfig.create(
-        dest,
+        etcdctl_compat.dest_endpoints(dest, kw),
         cacert=kw["dest_cacert"],
         cert=kw["dest_cert"],
         key=kw["dest_key"],
@@ -135,6 +156,7 @@ def dest_config(dest: str, kw: dict[str, Any]) -> ClientConfig:
         request_timeout=kw["command_timeout"],
         role="destination",
         flag_prefix="dest-",
+        **etcdctl_compat.client_options(kw),
     )
 
 
@@ -147,15 +169,11 @@ def dest_prefix_of(kw: dict[str, Any]) -> bytes | None:
 
 
 def duration(text: str, flag: str) -> float:
-    """'90', '90s', '5m', '1h' -> seconds."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    t = text.strip().lower()
-    scale = units.get(t[-1:])
-    number = t[:-1] if scale else t
+    """'90', '90s', '5m', '1h', '1m30s', '500ms' -> seconds."""
     try:
-        value = float(number) * (scale or 1.0)
-    except ValueError:
-        raise click.UsageError(f"{flag} {text!r}: expected a duration like 30s, 5m or 1h") from None
+        value = parse_duration(text)
+    except DurationError:
+        raise click.UsageError(f"{flag} {text!r}: expected a duration like 30s, 500ms, 1m30s or 1h") from None
     if value < 0:
         raise click.UsageError(f"{flag} {text!r}: must not be negative")
     return value
@@ -265,7 +283,7 @@ def cli(log_level: str, log_format: str) -> None:
 )
 @click.option(
     "--lock-ttl",
-    type=click.IntRange(1, 3600),
+    type=Duration(min_seconds=1, min_open=False, max_seconds=3600, whole=True),
     default=10,
     show_default=True,
     help="Seconds a stand-by mirror waits for a dead lock holder before taking over.",
@@ -312,6 +330,10 @@ def mirror(dest: str, **kw: Any) -> None:
         log.info("stopped at source revision %d applied", mirror.stats.applied_revision)
     else:
         log.info("done: source revision %d applied", result.checkpoint.revision)
+
+
+# etcdctl's name for it: replacing `etcdctl` by `etcd-dr` in a make-mirror line is all a user does.
+cli.add_command(mirror, "make-mirror")
 
 
 @cli.command()
@@ -441,7 +463,7 @@ def show_result(result: Any, as_json: bool) -> None:
 @move_options
 @click.option(
     "--catch-up-timeout",
-    type=float,
+    type=_POSITIVE,
     default=30.0,
     show_default=True,
     help="Seconds the standby may take to apply the fenced primary's last revision.",
@@ -460,7 +482,7 @@ def switchover(dest: str, as_json: bool, **kw: Any) -> None:
 @click.option("--force", is_flag=True, help="Promote even if the primary answers and is healthy.")
 @click.option(
     "--probe-timeout",
-    type=float,
+    type=_POSITIVE,
     default=3.0,
     show_default=True,
     help="Seconds to wait for the primary before calling it unreachable.",
@@ -669,7 +691,8 @@ def main(argv: list[str] | None = None) -> None:
     from .pki import PkiError
 
     try:
-        cli.main(args=argv, prog_name="etcd-dr", standalone_mode=False)
+        args = etcdctl_compat.normalize_argv(cli, sys.argv[1:] if argv is None else argv)
+        cli.main(args=args, prog_name="etcd-dr", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:
         click.echo(e.ctx.get_help() if e.ctx else str(e))
         raise SystemExit(2) from None

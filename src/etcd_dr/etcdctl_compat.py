@@ -1,0 +1,371 @@
+"""etcdctl's command-line conventions, so that an `etcdctl make-mirror` line works with `etcd-dr` in
+place of `etcdctl` (etcd 3.3 to 3.7).
+
+- Go booleans (pflag): `--flag`, `--flag=true`, `--flag=false` (and strconv.ParseBool's 1/0/t/f/...).
+  pflag gives a boolean flag a value only after '=': `--flag true` makes "true" an argument, in etcdctl
+  as here.
+- Go durations for every time flag (etcd_dr.durations).
+- etcdctl's global flags: those that mean something here are honoured (insecure transport, keepalive,
+  DNS SRV discovery, --debug), those that only shape etcdctl's output are accepted and ignored with a
+  log line (make-mirror prints nothing they would format), and those etcd-dr cannot honour are refused
+  with one line naming the flag. Each also reads its ETCDCTL_* environment variable, as etcdctl does.
+- ETCDCTL_API=3 is ignored; any other value is refused (etcd-dr speaks the v3 API only).
+
+`ETCDCTL_FLAGS` lists every flag of etcdctl's make-mirror line, per etcd version, with what etcd-dr
+does with it; tests/test_etcdctl_compat.py checks each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from .durations import Duration
+
+__all__ = [
+    "ETCDCTL_FLAGS",
+    "EtcdctlFlag",
+    "check_api_env",
+    "client_options",
+    "dest_endpoints",
+    "dest_etcdctl_options",
+    "etcdctl_global_options",
+    "log_ignored",
+    "normalize_argv",
+    "source_endpoints",
+    "srv_endpoints",
+]
+
+log = logging.getLogger("etcd_dr")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TRUE = {"1", "t", "true"}
+_FALSE = {"0", "f", "false"}
+
+
+@dataclass(frozen=True)
+class EtcdctlFlag:
+    name: str  # without dashes
+    versions: str  # etcd versions whose etcdctl has it (make-mirror's own or global)
+    handling: str  # "same", "honoured", "ignored", "refused"
+    note: str = ""
+
+
+# Read from etcd's source: etcdctl/ctlv3/ctl.go (global flags) and
+# etcdctl/ctlv3/command/make_mirror_command.go, branches release-3.3 ... release-3.7.
+ETCDCTL_FLAGS: tuple[EtcdctlFlag, ...] = (
+    # make-mirror's own
+    EtcdctlFlag("prefix", "3.3-3.7", "same"),
+    EtcdctlFlag("dest-prefix", "3.3-3.7", "same"),
+    EtcdctlFlag("no-dest-prefix", "3.3-3.7", "same"),
+    EtcdctlFlag("dest-cacert", "3.3-3.7", "same"),
+    EtcdctlFlag("dest-cert", "3.3-3.7", "same"),
+    EtcdctlFlag("dest-key", "3.3-3.7", "same"),
+    EtcdctlFlag("dest-insecure-transport", "3.3-3.7", "honoured", "default true in both"),
+    EtcdctlFlag("dest-user", "3.5-3.7", "same"),
+    EtcdctlFlag("dest-password", "3.5-3.7", "same"),
+    EtcdctlFlag("rev", "3.6-3.7", "same", "start watching there, no initial copy"),
+    EtcdctlFlag("max-txn-ops", "3.6-3.7", "same", "default 128 in both"),
+    # global
+    EtcdctlFlag("endpoints", "3.3-3.7", "same"),
+    EtcdctlFlag("cacert", "3.3-3.7", "same"),
+    EtcdctlFlag("cert", "3.3-3.7", "same"),
+    EtcdctlFlag("key", "3.3-3.7", "same"),
+    EtcdctlFlag("user", "3.3-3.7", "same"),
+    EtcdctlFlag("password", "3.4-3.7", "same"),
+    EtcdctlFlag("dial-timeout", "3.3-3.7", "same", "etcdctl's default 2s, etcd-dr's 5s"),
+    EtcdctlFlag("command-timeout", "3.3-3.7", "same", "etcdctl's default 5s, etcd-dr's 30s"),
+    EtcdctlFlag("keepalive-time", "3.3-3.7", "honoured", "etcdctl's default 2s, etcd-dr's 10s"),
+    EtcdctlFlag("keepalive-timeout", "3.3-3.7", "honoured", "etcdctl's default 6s, etcd-dr's 5s"),
+    EtcdctlFlag("insecure-transport", "3.3-3.7", "honoured", "default true in both"),
+    EtcdctlFlag("insecure-discovery", "3.3-3.7", "honoured", "false: only https SRV endpoints"),
+    EtcdctlFlag("discovery-srv", "3.3-3.7", "honoured", "-d too"),
+    EtcdctlFlag("discovery-srv-name", "3.4-3.7", "honoured"),
+    EtcdctlFlag("debug", "3.3-3.7", "honoured", "as --log-level debug"),
+    EtcdctlFlag("write-out", "3.3-3.7", "ignored", "-w too; make-mirror prints only a count"),
+    EtcdctlFlag("hex", "3.3-3.7", "ignored", "make-mirror prints no keys"),
+    EtcdctlFlag("max-request-bytes", "3.6-3.7", "ignored", "etcd-dr sizes its txns by --max-txn-ops"),
+    EtcdctlFlag("max-recv-bytes", "3.6-3.7", "ignored", "etcd-dr's responses are paged"),
+    EtcdctlFlag("insecure-skip-tls-verify", "3.3-3.7", "refused", "etcd-dr always verifies"),
+    EtcdctlFlag("auth-jwt-token", "3.7", "refused", "use --user/--password or client certificates"),
+)
+
+
+# ---- argv -------------------------------------------------------------------------------------
+
+
+def normalize_argv(group: click.Group, argv: Sequence[str]) -> list[str]:
+    """Rewrite Go's boolean forms for click, and --debug as --log-level debug.
+
+    `--flag=true` becomes `--flag`; `--flag=false` becomes the flag's off switch (`--no-flag`) or is
+    dropped when the flag is off by default. Only options the command really has as booleans are
+    touched; anything else is left for click to parse (and refuse).
+    """
+    args = list(argv)
+    # The command: the first word that is not a group option (or its value).
+    group_ctx_opts = {o: p for p in group.params if isinstance(p, click.Option) for o in p.opts}
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        p = group_ctx_opts.get(args[i].split("=", 1)[0])
+        i += 2 if p is not None and not p.is_flag and "=" not in args[i] else 1
+    command: click.Command | None = None
+    j = i
+    node: click.Command = group
+    while j < len(args) and isinstance(node, click.Group):
+        sub = node.commands.get(args[j])
+        if sub is None:
+            break
+        node = sub
+        command = sub
+        j += 1
+    if command is None:
+        return args
+    flags: dict[str, click.Option] = {}
+    for param in command.params:
+        if isinstance(param, click.Option) and param.is_flag and param.is_bool_flag:
+            for opt in param.opts:
+                flags[opt] = param
+    head, tail = args[:j], args[j:]
+    out: list[str] = []
+    debug = False
+    for k, arg in enumerate(tail):
+        if arg == "--":
+            out.extend(tail[k:])
+            break
+        name, eq, value = arg.partition("=")
+        if not eq or name not in flags:
+            out.append(arg)
+            continue
+        truth = value.lower()
+        if truth not in _TRUE | _FALSE:
+            raise click.UsageError(f"{name}={value}: a boolean flag takes true or false (Go's forms)")
+        on = truth in _TRUE
+        param = flags[name]
+        if name == "--debug":
+            debug = debug or on
+            continue
+        if on:
+            out.append(name)
+        elif param.secondary_opts:
+            out.append(param.secondary_opts[0])
+        # else: off is the default; nothing to pass.
+    if "--debug" in out:
+        out.remove("--debug")
+        debug = True
+    if debug or ("--debug" in flags and _env_bool("ETCDCTL_DEBUG")):
+        head = ["--log-level", "debug", *head]
+    return head + out
+
+
+def _env_bool(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return value in _TRUE
+
+
+def check_api_env(env: Mapping[str, str] | None = None) -> None:
+    """ETCDCTL_API=3 (or unset) is what etcd-dr speaks; refuse a v2 selection rather than ignore it."""
+    value = (env if env is not None else os.environ).get("ETCDCTL_API")
+    if value is not None and value.strip() not in ("", "3"):
+        raise click.UsageError(
+            f"ETCDCTL_API={value}: etcd-dr uses etcd's v3 API only (v2 keys are not mirrored); "
+            "set ETCDCTL_API=3 or unset it"
+        )
+
+
+# ---- click options ----------------------------------------------------------------------------
+
+
+def _refuse_if_set(reason: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value:
+            raise click.UsageError(f"--{param.name.replace('_', '-') if param.name else ''}: {reason}")
+        return value
+
+    return callback
+
+
+def etcdctl_global_options(f: F) -> F:
+    """etcdctl's global flags beyond the connection ones that cli.source_options already has."""
+    duration = Duration()
+    opts = [
+        click.option(
+            "--keepalive-time",
+            type=duration,
+            default=None,
+            envvar="ETCDCTL_KEEPALIVE_TIME",
+            help="Ping an idle connection this often (default 10s; env ETCDCTL_KEEPALIVE_TIME).",
+        ),
+        click.option(
+            "--keepalive-timeout",
+            type=duration,
+            default=None,
+            envvar="ETCDCTL_KEEPALIVE_TIMEOUT",
+            help="Drop a connection whose ping is unanswered this long (default 5s).",
+        ),
+        click.option(
+            "--insecure-transport/--no-insecure-transport",
+            default=True,
+            envvar="ETCDCTL_INSECURE_TRANSPORT",
+            help="etcdctl's: false means TLS even without --cacert/--cert (system CAs). Default true.",
+        ),
+        click.option(
+            "--discovery-srv",
+            "-d",
+            default=None,
+            envvar="ETCDCTL_DISCOVERY_SRV",
+            help="Find the source's endpoints in DNS SRV records of this domain (_etcd-client-ssl._tcp).",
+        ),
+        click.option(
+            "--discovery-srv-name",
+            default=None,
+            envvar="ETCDCTL_DISCOVERY_SRV_NAME",
+            help="Service name of those records (_etcd-client-ssl-NAME._tcp).",
+        ),
+        click.option(
+            "--insecure-discovery/--no-insecure-discovery",
+            default=True,
+            envvar="ETCDCTL_INSECURE_DISCOVERY",
+            help="false: use only the https (etcd-client-ssl) SRV records. Default true.",
+        ),
+        click.option(
+            "--debug",
+            is_flag=True,
+            hidden=True,
+            help="etcdctl's; the same as etcd-dr --log-level debug.",
+        ),
+        click.option("--write-out", "-w", default=None, envvar="ETCDCTL_WRITE_OUT", hidden=True),
+        click.option("--hex", is_flag=True, envvar="ETCDCTL_HEX", hidden=True),
+        click.option(
+            "--max-request-bytes", type=int, default=None, envvar="ETCDCTL_MAX_REQUEST_BYTES", hidden=True
+        ),
+        click.option(
+            "--max-recv-bytes", type=int, default=None, envvar="ETCDCTL_MAX_RECV_BYTES", hidden=True
+        ),
+        click.option(
+            "--insecure-skip-tls-verify",
+            is_flag=True,
+            envvar="ETCDCTL_INSECURE_SKIP_TLS_VERIFY",
+            hidden=True,
+            expose_value=False,
+            callback=_refuse_if_set(
+                "not supported: etcd-dr always verifies the server's certificate; give --cacert with the "
+                "CA that signed it (`etcd-dr pki check --endpoints ...` shows which)"
+            ),
+        ),
+        click.option(
+            "--auth-jwt-token",
+            default=None,
+            envvar="ETCDCTL_AUTH_JWT_TOKEN",
+            hidden=True,
+            expose_value=False,
+            callback=_refuse_if_set("not supported: use --user/--password or a client certificate"),
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def dest_etcdctl_options(f: F) -> F:
+    """make-mirror's --dest-insecure-transport (its default, true, is etcd-dr's behaviour too)."""
+    return click.option(
+        "--dest-insecure-transport/--no-dest-insecure-transport",
+        default=True,
+        help="make-mirror's: false means TLS to DEST even without --dest-cacert/--dest-cert. Default true.",
+    )(f)
+
+
+# ---- what the options mean --------------------------------------------------------------------
+
+
+def _secure(endpoints: str) -> str:
+    # etcdctl with --insecure-transport=false dials with TLS; an endpoint without a scheme then is https.
+    # An explicit http:// stays plain, as in etcdctl's client (it drops TLS for http endpoints).
+    return ",".join(e if "://" in e else f"https://{e}" for e in endpoints.split(",") if e.strip())
+
+
+def source_endpoints(kw: Mapping[str, Any], given: bool = True) -> str:
+    """The source's endpoints: --endpoints, or the SRV records of --discovery-srv."""
+    check_api_env()
+    endpoints = str(kw["endpoints"])
+    domain = kw.get("discovery_srv")
+    if domain:
+        if given:
+            log.warning("--discovery-srv %s: --endpoints %s is not used (as in etcdctl)", domain, endpoints)
+        found = srv_endpoints(
+            domain, kw.get("discovery_srv_name"), secure_only=not kw.get("insecure_discovery", True)
+        )
+        log.info("--discovery-srv %s: source endpoints %s", domain, ",".join(found))
+        endpoints = ",".join(found)
+    if not kw.get("insecure_transport", True):
+        endpoints = _secure(endpoints)
+    return endpoints
+
+
+def dest_endpoints(dest: str, kw: Mapping[str, Any]) -> str:
+    return dest if kw.get("dest_insecure_transport", True) else _secure(dest)
+
+
+def client_options(kw: Mapping[str, Any]) -> dict[str, Any]:
+    """ClientConfig keyword arguments from the etcdctl flags given (both clusters use them, as in
+    make-mirror, whose destination client takes the global keepalive settings)."""
+    out: dict[str, Any] = {}
+    if kw.get("keepalive_time") is not None:
+        out["keepalive_time"] = float(kw["keepalive_time"])
+    if kw.get("keepalive_timeout") is not None:
+        out["keepalive_timeout"] = float(kw["keepalive_timeout"])
+    return out
+
+
+def log_ignored(kw: Mapping[str, Any]) -> None:
+    """Say which accepted etcdctl flags have no effect here (nothing is dropped silently)."""
+    for key, flag, why in (
+        ("write_out", "--write-out", "etcd-dr logs; make-mirror printed only a count"),
+        ("hex", "--hex", "etcd-dr logs keys escaped, never raw"),
+        ("max_request_bytes", "--max-request-bytes", "etcd-dr sizes its txns by --max-txn-ops"),
+        ("max_recv_bytes", "--max-recv-bytes", "etcd-dr pages its reads"),
+    ):
+        if kw.get(key):
+            log.info("%s %s: ignored (%s)", flag, kw[key] if kw[key] is not True else "", why)
+
+
+def srv_endpoints(
+    domain: str, service_name: str | None, *, secure_only: bool = False, nameservers: Sequence[str] = ()
+) -> list[str]:
+    """Endpoints from DNS SRV records as etcdctl finds them (etcd's client/pkg/srv.GetClient):
+    _etcd-client-ssl[-NAME]._tcp.DOMAIN (https) and _etcd-client[-NAME]._tcp.DOMAIN (http)."""
+    import dns.exception
+    import dns.resolver
+
+    from .errors import UsageError
+
+    resolver = dns.resolver.Resolver(configure=not nameservers)
+    if nameservers:
+        hostports = [n.rsplit(":", 1) if n.count(":") == 1 else [n, "53"] for n in nameservers]
+        resolver.nameservers = [h for h, _ in hostports]
+        resolver.port = int(hostports[0][1])
+    suffix = f"-{service_name}" if service_name else ""
+    found: list[str] = []
+    errors: list[str] = []
+    services = [("etcd-client-ssl", "https")] + ([] if secure_only else [("etcd-client", "http")])
+    for service, scheme in services:
+        name = f"_{service}{suffix}._tcp.{domain.rstrip('.')}"
+        try:
+            answer = resolver.resolve(name, "SRV", lifetime=5.0)
+        except dns.exception.DNSException as e:
+            errors.append(f"{name}: {e.__class__.__name__}")
+            continue
+        for rr in answer:
+            host = str(rr.target).rstrip(".")
+            found.append(f"{scheme}://{host}:{rr.port}")
+    if not found:
+        raise UsageError(
+            f"--discovery-srv {domain}: no SRV records found ({'; '.join(errors) or 'empty answers'})"
+        )
+    return found
