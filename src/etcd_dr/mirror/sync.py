@@ -26,6 +26,7 @@ from .stats import MirrorStats
 log = logging.getLogger("etcd_dr.mirror")
 
 REPORT_FIRST = 10  # how many overwritten / removed keys are named in the log before a summary
+STALE_LIST = 20  # how many stale keys the one line before the copy's deletes names
 
 
 @dataclass
@@ -240,6 +241,22 @@ async def diff_sync(
                 last_report = time.monotonic()
                 result.seconds = last_report - started
                 on_progress(result)
+        if extras:
+            # Named before anything is deleted (and before the mass-delete guard may refuse): on a
+            # standby another tool filled (etcdctl make-mirror, which never removes keys deleted while
+            # it was down), these are the stale keys it left.
+            shown = ", ".join(encode_key(k) for k in extras[:STALE_LIST])
+            more = f" and {len(extras) - STALE_LIST} more" if len(extras) > STALE_LIST else ""
+            log.log(
+                level,
+                "copy: %d destination key(s) are not on the source at revision %d (stale: deleted on the "
+                "source, or left by an earlier mirror such as etcdctl make-mirror, or written on the "
+                "standby); removing them, the mass-delete guard permitting: %s%s",
+                len(extras),
+                revision,
+                shown,
+                more,
+            )
         if guard_deletes is not None:
             guard_deletes(len(extras), dest_keys, result.source_keys)
         for key in extras:
