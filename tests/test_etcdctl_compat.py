@@ -310,3 +310,39 @@ def test_flag_table_is_complete() -> None:
     # The seed's own line, as written: it must parse (the run is in test_seed.py).
     with pytest.raises(click.exceptions.NoSuchOption):
         cli_mod.cli.commands["mirror"].make_context("mirror", ["--no-such", DEST])
+
+
+# ---- the forms of etcdctl's own parser ----------------------------------------------------------
+
+
+def test_global_flags_before_the_command() -> None:
+    # `etcdctl --endpoints=X --cacert Y make-mirror DEST`: pflag takes global flags anywhere.
+    args = normalize_argv(
+        cli_mod.cli,
+        ["--endpoints=https://10.0.0.1:2379", "--cacert", "/ca.pem", "--debug", "make-mirror", DEST],
+    )
+    assert args == [
+        "--log-level",
+        "debug",
+        "make-mirror",
+        "--endpoints",
+        "https://10.0.0.1:2379",
+        "--cacert",
+        "/ca.pem",
+        DEST,
+    ]
+    # etcd-dr's own group options stay where they are.
+    args = normalize_argv(cli_mod.cli, ["--log-format", "json", "-w", "json", "make-mirror", DEST])
+    assert args == ["--log-format", "json", "make-mirror", "-w", "json", DEST]
+
+
+def test_endpoints_given_twice_add_up() -> None:
+    # pflag's StringSlice: each --endpoints adds to the list (click would keep only the last).
+    _, _, config = parse("--endpoints", "https://10.0.0.1:2379", DEST, "--endpoints=https://10.0.0.2:2379")
+    assert [str(e) for e in config.source.endpoints] == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+
+
+def test_global_flag_before_a_command_without_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_mod.main(["--endpoints=x", "pki", "init", "--dir", "/nonexistent/x"])
+    assert "--endpoints" in capsys.readouterr().err

@@ -108,12 +108,23 @@ def normalize_argv(group: click.Group, argv: Sequence[str]) -> list[str]:
     touched; anything else is left for click to parse (and refuse).
     """
     args = list(argv)
-    # The command: the first word that is not a group option (or its value).
+    # The command: the first word that is not a group option (or its value). etcdctl's global flags
+    # may come before the command (`etcdctl --endpoints=X make-mirror DEST`): they are moved after it.
     group_ctx_opts = {o: p for p in group.params if isinstance(p, click.Option) for o in p.opts}
+    kept: list[str] = []
+    moved: list[str] = []
     i = 0
-    while i < len(args) and args[i].startswith("-"):
-        p = group_ctx_opts.get(args[i].split("=", 1)[0])
-        i += 2 if p is not None and not p.is_flag and "=" not in args[i] else 1
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        name, eq, _ = args[i].partition("=")
+        p = group_ctx_opts.get(name)
+        takes_value = (p is not None and not p.is_flag) or (p is None and name in _GLOBAL_VALUE_FLAGS)
+        width = 2 if takes_value and not eq else 1
+        (kept if p is not None or name in ("-h", "--help", "--version") else moved).extend(
+            args[i : i + width]
+        )
+        i += width
+    args = kept + args[i:]
+    i = len(kept)
     command: click.Command | None = None
     j = i
     node: click.Command = group
@@ -124,14 +135,15 @@ def normalize_argv(group: click.Group, argv: Sequence[str]) -> list[str]:
         node = sub
         command = sub
         j += 1
-    if command is None:
-        return args
+    if command is None or (moved and not any(p.name == "endpoints" for p in command.params)):
+        # Not a command that takes etcdctl's flags: leave the line to click, which names what is wrong.
+        return list(argv)
     flags: dict[str, click.Option] = {}
     for param in command.params:
         if isinstance(param, click.Option) and param.is_flag and param.is_bool_flag:
             for opt in param.opts:
                 flags[opt] = param
-    head, tail = args[:j], args[j:]
+    head, tail = args[:j], _join_endpoints(moved + args[j:])
     out: list[str] = []
     debug = False
     for k, arg in enumerate(tail):
@@ -161,6 +173,44 @@ def normalize_argv(group: click.Group, argv: Sequence[str]) -> list[str]:
     if debug or ("--debug" in flags and _env_bool("ETCDCTL_DEBUG")):
         head = ["--log-level", "debug", *head]
     return head + out
+
+
+# etcdctl's global flags that take a value (pflag: `--flag value` or `--flag=value`).
+_GLOBAL_VALUE_FLAGS = {
+    "--endpoints", "--cacert", "--cert", "--key", "--user", "--password", "--dial-timeout",
+    "--command-timeout", "--keepalive-time", "--keepalive-timeout", "--discovery-srv", "-d",
+    "--discovery-srv-name", "--write-out", "-w", "--max-request-bytes", "--max-recv-bytes",
+    "--auth-jwt-token",
+}  # fmt: skip
+
+
+def _join_endpoints(args: list[str]) -> list[str]:
+    """etcdctl's --endpoints is a list flag: given twice, the lists add up (pflag StringSlice)."""
+    values: list[str] = []
+    out: list[str] = []
+    first = -1
+    k = 0
+    while k < len(args):
+        arg = args[k]
+        if arg == "--":
+            out.extend(args[k:])
+            break
+        if arg == "--endpoints" and k + 1 < len(args):
+            value, k = args[k + 1], k + 2
+        elif arg.startswith("--endpoints="):
+            value, k = arg.partition("=")[2], k + 1
+        else:
+            out.append(arg)
+            k += 1
+            continue
+        if first < 0:
+            first = len(out)
+        values.append(value)
+    if len(values) > 1:
+        out[first:first] = ["--endpoints", ",".join(values)]
+    elif values:
+        out[first:first] = ["--endpoints", values[0]]
+    return out
 
 
 def _env_bool(name: str) -> bool:
