@@ -346,13 +346,21 @@ def source_endpoints(kw: Mapping[str, Any], given: bool = True) -> str:
     endpoints = str(kw["endpoints"])
     domain = kw.get("discovery_srv")
     if domain:
-        if given:
-            log.warning("--discovery-srv %s: --endpoints %s is not used (as in etcdctl)", domain, endpoints)
         found = srv_endpoints(
             domain, kw.get("discovery_srv_name"), secure_only=not kw.get("insecure_discovery", True)
         )
-        log.info("--discovery-srv %s: source endpoints %s", domain, ",".join(found))
-        endpoints = ",".join(found)
+        if found:
+            if given:
+                log.warning(
+                    "--discovery-srv %s: --endpoints %s is not used (as in etcdctl)", domain, endpoints
+                )
+            log.info("--discovery-srv %s: source endpoints %s", domain, ",".join(found))
+            endpoints = ",".join(found)
+        else:
+            # etcdctl too falls back to --endpoints when discovery leaves no endpoint.
+            log.warning(
+                "--discovery-srv %s: no https endpoint found; using --endpoints %s", domain, endpoints
+            )
     if not kw.get("insecure_transport", True):
         endpoints = _secure(endpoints)
     return endpoints
@@ -366,6 +374,10 @@ def client_options(kw: Mapping[str, Any]) -> dict[str, Any]:
     """ClientConfig keyword arguments from the etcdctl flags given (both clusters use them, as in
     make-mirror, whose destination client takes the global keepalive settings)."""
     out: dict[str, Any] = {}
+    if kw.get("discovery_srv") and not kw.get("insecure_discovery", True):
+        # etcdctl then verifies the source's certificates against the discovery domain (its TLS
+        # ServerName), not against each SRV target's host name.
+        out["extra_options"] = (("grpc.ssl_target_name_override", str(kw["discovery_srv"]).rstrip(".")),)
     if kw.get("keepalive_time") is not None:
         out["keepalive_time"] = float(kw["keepalive_time"])
     if kw.get("keepalive_timeout") is not None:
@@ -389,7 +401,8 @@ def srv_endpoints(
     domain: str, service_name: str | None, *, secure_only: bool = False, nameservers: Sequence[str] = ()
 ) -> list[str]:
     """Endpoints from DNS SRV records as etcdctl finds them (etcd's client/pkg/srv.GetClient):
-    _etcd-client-ssl[-NAME]._tcp.DOMAIN (https) and _etcd-client[-NAME]._tcp.DOMAIN (http)."""
+    _etcd-client-ssl[-NAME]._tcp.DOMAIN (https) and _etcd-client[-NAME]._tcp.DOMAIN (http); with
+    `secure_only` (--insecure-discovery=false) the http ones are dropped, with a log line."""
     import dns.exception
     import dns.resolver
 
@@ -403,8 +416,7 @@ def srv_endpoints(
     suffix = f"-{service_name}" if service_name else ""
     found: list[str] = []
     errors: list[str] = []
-    services = [("etcd-client-ssl", "https")] + ([] if secure_only else [("etcd-client", "http")])
-    for service, scheme in services:
+    for service, scheme in (("etcd-client-ssl", "https"), ("etcd-client", "http")):
         name = f"_{service}{suffix}._tcp.{domain.rstrip('.')}"
         try:
             answer = resolver.resolve(name, "SRV", lifetime=5.0)
@@ -413,9 +425,16 @@ def srv_endpoints(
             continue
         for rr in answer:
             host = str(rr.target).rstrip(".")
+            if scheme == "http" and secure_only:
+                log.warning(
+                    "--discovery-srv %s: ignoring discovered insecure endpoint http://%s:%d",
+                    domain,
+                    host,
+                    rr.port,
+                )
+                continue
             found.append(f"{scheme}://{host}:{rr.port}")
-    if not found:
-        raise UsageError(
-            f"--discovery-srv {domain}: no SRV records found ({'; '.join(errors) or 'empty answers'})"
-        )
+    if len(errors) == 2:
+        # As etcdctl: an error only when neither lookup answered.
+        raise UsageError(f"--discovery-srv {domain}: no SRV records found ({'; '.join(errors)})")
     return found
