@@ -593,7 +593,7 @@ def pki_issue(
     csr: Path | None,
     cn: str | None,
 ) -> None:
-    """Issue a server, peer or client certificate signed by DIR's CA."""
+    """Issue a server, peer or client certificate (or a cfssl --config profile's) signed by DIR's CA."""
     from . import pki as pki_lib
 
     if config_file is None and profile not in pki_lib.PROFILES:
