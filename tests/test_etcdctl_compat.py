@@ -346,3 +346,12 @@ def test_global_flag_before_a_command_without_it(capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         cli_mod.main(["--endpoints=x", "pki", "init", "--dir", "/nonexistent/x"])
     assert "--endpoints" in capsys.readouterr().err
+
+
+def test_write_out_json_is_json_where_there_is_json() -> None:
+    for form in (["-w", "json"], ["--write-out=json"], ["--write-out", "json"]):
+        assert normalize_argv(cli_mod.cli, ["verify", DEST, *form]) == ["verify", DEST, "--json"]
+        assert normalize_argv(cli_mod.cli, ["status", *form, DEST]) == ["status", "--json", DEST]
+    # Other formats, and commands without --json, keep the flag (accepted and ignored with a log line).
+    assert normalize_argv(cli_mod.cli, ["verify", DEST, "-w", "table"]) == ["verify", DEST, "-w", "table"]
+    assert normalize_argv(cli_mod.cli, ["mirror", DEST, "-w", "json"]) == ["mirror", DEST, "-w", "json"]

@@ -144,6 +144,8 @@ def normalize_argv(group: click.Group, argv: Sequence[str]) -> list[str]:
             for opt in param.opts:
                 flags[opt] = param
     head, tail = args[:j], _join_endpoints(moved + args[j:])
+    if any("--json" in p.opts for p in command.params if isinstance(p, click.Option)):
+        tail = _write_out_json(tail)
     out: list[str] = []
     debug = False
     for k, arg in enumerate(tail):
@@ -210,6 +212,27 @@ def _join_endpoints(args: list[str]) -> list[str]:
         out[first:first] = ["--endpoints", ",".join(values)]
     elif values:
         out[first:first] = ["--endpoints", values[0]]
+    return out
+
+
+def _write_out_json(args: list[str]) -> list[str]:
+    """On a command with --json (verify, status, ...), etcdctl's `-w json` asks for the same."""
+    out: list[str] = []
+    k = 0
+    while k < len(args):
+        arg = args[k]
+        if arg == "--":
+            out.extend(args[k:])
+            break
+        if arg in ("-w", "--write-out") and k + 1 < len(args) and args[k + 1] == "json":
+            out.append("--json")
+            k += 2
+        elif arg in ("-w=json", "--write-out=json", "-wjson"):
+            out.append("--json")
+            k += 1
+        else:
+            out.append(arg)
+            k += 1
     return out
 
 
