@@ -16,6 +16,7 @@ import click
 import pytest
 
 from etcd_dr import cli as cli_mod
+from etcd_dr import etcdctl_compat
 from etcd_dr.config import MirrorConfig
 from etcd_dr.durations import DurationError, parse_duration
 from etcd_dr.etcdctl_compat import ETCDCTL_FLAGS, normalize_argv
@@ -355,3 +356,16 @@ def test_write_out_json_is_json_where_there_is_json() -> None:
     # Other formats, and commands without --json, keep the flag (accepted and ignored with a log line).
     assert normalize_argv(cli_mod.cli, ["verify", DEST, "-w", "table"]) == ["verify", DEST, "-w", "table"]
     assert normalize_argv(cli_mod.cli, ["mirror", DEST, "-w", "json"]) == ["mirror", DEST, "-w", "json"]
+
+
+def test_make_mirror_rev_zero_and_one_copy_first(capsys: pytest.CaptureFixture[str]) -> None:
+    # etcdctl make-mirror: --rev 0 is its default and 1 copies too; etcd-dr mirror refuses them.
+    cmd = cli_mod.cli.commands["make-mirror"]
+    for rev in ("0", "1", "-1"):
+        with cmd.make_context("make-mirror", [DEST, f"--rev={rev}"]) as ctx:
+            assert etcdctl_compat.make_mirror_rev(ctx.params["rev"]) is None
+    with cmd.make_context("make-mirror", [DEST, "--rev=7"]) as ctx:
+        assert etcdctl_compat.make_mirror_rev(ctx.params["rev"]) == 7
+    with cmd.make_context("mirror", [DEST, "--rev=0"]) as ctx:
+        assert etcdctl_compat.make_mirror_rev(ctx.params["rev"]) == 0
+    assert "--rev 0" in refused(capsys, DEST, "--rev=0", command="mirror")

@@ -306,7 +306,7 @@ def mirror(dest: str, **kw: Any) -> None:
         kw,
         max_txn_ops=kw["max_txn_ops"],
         inflight=kw["inflight"],
-        start_revision=kw["rev"],
+        start_revision=etcdctl_compat.make_mirror_rev(kw["rev"]),
         once=kw["once"],
         leases=kw["leases"],
         timeout=kw["timeout"],

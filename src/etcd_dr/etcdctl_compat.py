@@ -408,6 +408,16 @@ def client_options(kw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def make_mirror_rev(rev: int | None) -> int | None:
+    """--rev as given; under the name make-mirror, etcdctl's meaning of 1 and below (0 is its default):
+    copy first, then watch (etcdctl watches from REV without a copy only when REV - 1 > 0)."""
+    ctx = click.get_current_context(silent=True)
+    if rev is not None and rev <= 1 and ctx is not None and ctx.info_name == "make-mirror":
+        log.info("--rev %d: copy first, then watch (as etcdctl make-mirror)", rev)
+        return None
+    return rev
+
+
 def log_ignored(kw: Mapping[str, Any]) -> None:
     """Say which accepted etcdctl flags have no effect here (nothing is dropped silently)."""
     for key, flag, why in (
