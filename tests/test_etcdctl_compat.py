@@ -163,6 +163,10 @@ def test_other_commands_time_flags(capsys: pytest.CaptureFixture[str]) -> None:
         cmd = cli_mod.cli.commands[command]
         with cmd.make_context(command, [DEST, f"{flag}=1m30s"]) as ctx:
             assert ctx.params[flag[2:].replace("-", "_")] == pytest.approx(90.0)
+    with cli_mod.cli.commands["failover"].make_context(
+        "failover", [DEST, "--dns-ttl=5m", "--hook-timeout=2m"]
+    ) as ctx:
+        assert (ctx.params["dns_ttl"], ctx.params["hook_timeout"]) == (300, 120.0)
     assert "--dial-timeout" in refused(capsys, "--dial-timeout=0s", DEST)
     assert "--lock-ttl" in refused(capsys, "--lock-ttl=1500ms", DEST)
     assert "--timeout" in refused(capsys, "--timeout=-1s", DEST)

@@ -390,7 +390,13 @@ def move_options(f: F) -> F:
         click.option(
             "--dns-tsig-key", default=None, help="TSIG key file (BIND format, as tsig-keygen writes)."
         ),
-        click.option("--dns-ttl", type=int, default=30, show_default=True, help="TTL of the new records."),
+        click.option(
+            "--dns-ttl",
+            type=Duration(min_seconds=0, min_open=False, max_seconds=2**31 - 1, whole=True),
+            default=30,
+            show_default=True,
+            help="TTL of the new records (seconds, or 5m).",
+        ),
         click.option(
             "--dns-address",
             multiple=True,
