@@ -27,9 +27,83 @@ log = logging.getLogger("etcd_dr")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def split_list(values: tuple[str, ...]) -> list[str]:
+    """A repeatable option whose values may also be comma-separated: every item, in order, once."""
+    items = [item.strip() for value in values for item in value.split(",")]
+    return list(dict.fromkeys(item for item in items if item))
+
+
 def _b(text: str) -> bytes:
     # Keys given on the command line are UTF-8; undecodable argv bytes round-trip via surrogateescape.
     return text.encode("utf-8", "surrogateescape")
+
+
+# ---- one value per flag ------------------------------------------------------------------------
+
+
+def repeated_option(command: click.Command, args: list[str]) -> str | None:
+    """The first option of `command` that `args` give more than once although it takes one value (click
+    would keep the last and drop the others silently), e.g. "--hosts"; None when there is none."""
+    by_name: dict[str, click.Option] = {}
+    for param in command.params:
+        if isinstance(param, click.Option):
+            for name in (*param.opts, *param.secondary_opts):
+                by_name[name] = param
+    seen: dict[int, str] = {}
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            break
+        if not token.startswith("-") or token == "-":
+            continue
+        name, eq, _ = token.partition("=")
+        option = by_name.get(name)
+        if option is None:
+            continue  # an unknown flag or a value: click reports the former
+        if not (option.is_flag or option.count) and not eq:
+            for _ in range(max(option.nargs, 1)):
+                next(tokens, None)  # the option's value, even when it looks like a flag
+        if option.multiple or option.count or (option.is_eager and not option.expose_value):
+            continue  # repeatable, or --help / --version, which end the command anyway
+        if id(option) in seen:
+            first = seen[id(option)]
+            return first if first == name else f"{first}/{name}"
+        seen[id(option)] = name
+    return None
+
+
+class OneValueCommand(click.Command):
+    """A command whose single-value options refuse a second occurrence instead of keeping the last."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _refuse_repeats(self, args)
+        return super().parse_args(ctx, args)
+
+
+class OneValueGroup(click.Group):
+    """The same for a group's own options; its commands and subgroups get the same classes."""
+
+    command_class = OneValueCommand
+    group_class = type  # subgroups are OneValueGroups too
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A group's own options come before the subcommand's name: check only those.
+        head = []
+        for token in args:
+            if not token.startswith("-") and token in self.commands:
+                break
+            head.append(token)
+        _refuse_repeats(self, head)
+        return super().parse_args(ctx, args)
+
+
+def _refuse_repeats(command: click.Command, args: list[str]) -> None:
+    name = repeated_option(command, args)
+    if name is not None:
+        raise click.UsageError(
+            f"{name} is given more than once; it takes one value and all but the last would be "
+            "dropped: give it once"
+        )
 
 
 # ---- shared flags ------------------------------------------------------------------------------
@@ -218,7 +292,9 @@ def run_async(coro: Coroutine[Any, Any, Any], *, stop_ok: bool = False) -> Any:
 # ---- commands ----------------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=OneValueGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.version_option(__version__, prog_name="etcd-dr")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
@@ -530,7 +606,7 @@ def pki_init(directory: Path, cn: str, key_type: str, days: int) -> None:
 )
 @click.option("--profile", type=click.Choice(["server", "peer", "client"]), required=True)
 @click.option("--name", required=True, help="Writes DIR/NAME.pem and DIR/NAME-key.pem.")
-@click.option("--hosts", default="", help="IPs and DNS names, comma-separated (SANs).")
+@click.option("--hosts", multiple=True, help="IPs and DNS names (SANs), comma-separated and/or repeated.")
 @click.option("--days", type=int, default=3650, show_default=True)
 @click.option(
     "--key-type", type=click.Choice(["ecdsa", "rsa"]), default=None, help="Default: the CSR's, else ecdsa."
@@ -541,7 +617,7 @@ def pki_issue(
     directory: Path,
     profile: str,
     name: str,
-    hosts: str,
+    hosts: tuple[str, ...],
     days: int,
     key_type: str | None,
     csr: Path | None,
@@ -554,7 +630,7 @@ def pki_issue(
         directory,
         profile=profile,
         name=name,
-        hosts=[h for h in hosts.split(",") if h.strip()],
+        hosts=split_list(hosts),
         days=days,
         key_type=key_type,
         csr_json=csr,
@@ -579,7 +655,11 @@ def pki_issue(
     type=click.Path(path_type=Path),
     help="Check this certificate file instead of endpoints (repeatable).",
 )
-@click.option("--hosts", default="", help="With --cert-file: IPs / DNS names the SANs must include.")
+@click.option(
+    "--hosts",
+    multiple=True,
+    help="With --cert-file: IPs / DNS names the SANs must include (comma-separated and/or repeated).",
+)
 @click.option("--warn-days", type=int, default=30, show_default=True, help="Warn when fewer days are left.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (a certificate expiring soon).")
 @click.option("--dial-timeout", type=_POSITIVE, default=5.0, show_default=True, help="Seconds to connect.")
@@ -590,7 +670,7 @@ def pki_check(
     cert: Path | None,
     key: Path | None,
     cert_files: tuple[Path, ...],
-    hosts: str,
+    hosts: tuple[str, ...],
     warn_days: int,
     strict: bool,
     dial_timeout: float,
@@ -608,7 +688,7 @@ def pki_check(
         report = lib.check_files(
             cert_files,
             cacert=cacert,
-            hosts=[h.strip() for h in hosts.split(",") if h.strip()],
+            hosts=split_list(hosts),
             warn_days=warn_days,
             strict=strict,
         )
