@@ -347,6 +347,11 @@ def cli(log_level: str, log_format: str) -> None:
     help="Seconds a stand-by mirror waits for a dead lock holder before taking over.",
 )
 @click.option("--allow-mass-delete", is_flag=True, help="Apply such deletes (and a source that reads empty).")
+@click.option(
+    "--take-over",
+    is_flag=True,
+    help="Replace the (stopped) mirror of another source cluster into this range; recorded.",
+)
 @click.option("--metrics-addr", default=None, help="Serve Prometheus /metrics and /healthz on HOST:PORT.")
 @click.option("--verify-every", default=None, help="Verify source and destination every DURATION (e.g. 10m).")
 @click.option(
@@ -370,6 +375,7 @@ def mirror(dest: str, **kw: Any) -> None:
         timeout=kw["timeout"],
         max_delete_ratio=kw["max_delete_ratio"],
         allow_mass_delete=kw["allow_mass_delete"],
+        take_over=kw["take_over"],
         lock_ttl=kw["lock_ttl"],
         metrics_addr=kw["metrics_addr"],
         verify_every=duration(kw["verify_every"], "--verify-every") if kw["verify_every"] else None,
