@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from . import __version__, logs
 from .config import DEFAULT_STATE_PREFIX, MirrorConfig
-from .errors import EtcdDrError
+from .errors import EtcdDrError, UsageError
 from .etcd import ClientConfig, EtcdError
 
 log = logging.getLogger("etcd_dr")
@@ -125,8 +126,21 @@ def source_options(f: F) -> F:
         click.option("--cacert", envvar="ETCDCTL_CACERT", help="Source CA bundle (env ETCDCTL_CACERT)."),
         click.option("--cert", envvar="ETCDCTL_CERT", help="Source client certificate (env ETCDCTL_CERT)."),
         click.option("--key", envvar="ETCDCTL_KEY", help="Source client key (env ETCDCTL_KEY)."),
-        click.option("--user", envvar="ETCDCTL_USER", help="Source user, USER or USER:PASSWORD."),
-        click.option("--password", envvar="ETCDCTL_PASSWORD", help="Source password."),
+        click.option(
+            "--user", envvar="ETCDCTL_USER", help="Source user, USER or USER:PASSWORD (env ETCDCTL_USER)."
+        ),
+        click.option(
+            "--password",
+            envvar="ETCDCTL_PASSWORD",
+            help="Source password (env ETCDCTL_PASSWORD; on the command line others see it: prefer the "
+            "file or env).",
+        ),
+        click.option(
+            "--password-file",
+            default=None,
+            help="Read the source password from the first line of this file (env ETCDCTL_PASSWORD_FILE).",
+            envvar="ETCDCTL_PASSWORD_FILE",
+        ),
         click.option(
             "--dial-timeout", type=_POSITIVE, default=5.0, show_default=True, help="Seconds to connect."
         ),
@@ -141,11 +155,37 @@ def source_options(f: F) -> F:
 
 def dest_options(f: F) -> F:
     opts = [
-        click.option("--dest-cacert", help="Destination CA bundle."),
-        click.option("--dest-cert", help="Destination client certificate."),
-        click.option("--dest-key", help="Destination client key."),
-        click.option("--dest-user", help="Destination user, USER or USER:PASSWORD."),
-        click.option("--dest-password", help="Destination password."),
+        click.option(
+            "--dest-cacert",
+            envvar="ETCDCTL_DEST_CACERT",
+            help="Destination CA bundle (env ETCDCTL_DEST_CACERT).",
+        ),
+        click.option(
+            "--dest-cert",
+            envvar="ETCDCTL_DEST_CERT",
+            help="Destination client certificate (env ETCDCTL_DEST_CERT).",
+        ),
+        click.option(
+            "--dest-key", envvar="ETCDCTL_DEST_KEY", help="Destination client key (env ETCDCTL_DEST_KEY)."
+        ),
+        click.option(
+            "--dest-user",
+            envvar="ETCDCTL_DEST_USER",
+            help="Destination user, USER or USER:PASSWORD (env ETCDCTL_DEST_USER).",
+        ),
+        click.option(
+            "--dest-password",
+            envvar="ETCDCTL_DEST_PASSWORD",
+            help="Destination password (env ETCDCTL_DEST_PASSWORD; on the command line others see it: "
+            "prefer the file or env).",
+        ),
+        click.option(
+            "--dest-password-file",
+            envvar="ETCDCTL_DEST_PASSWORD_FILE",
+            default=None,
+            help="Read the destination password from the first line of this file "
+            "(env ETCDCTL_DEST_PASSWORD_FILE).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -182,14 +222,61 @@ def check_options(f: F) -> F:
     return click.argument("dest")(f)
 
 
+def read_password_file(path: str, flag: str) -> str:
+    """The first line of `path` without its line ending: a password kept out of `ps` and unit files."""
+    try:
+        with open(path, encoding="utf-8", errors="strict") as f:
+            line = f.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise UsageError(f"{flag} {path}: cannot read the password: {reason}") from None
+    password = line.rstrip("\r\n")
+    if not password:
+        raise UsageError(f"{flag} {path}: the first line is empty; it must hold the password")
+    return password
+
+
+def credentials(kw: dict[str, Any], prefix: str) -> tuple[str | None, str | None]:
+    """(user, password) of one side from --[dest-]user, --[dest-]password, --[dest-]password-file and
+    their environment variables; a password typed on the command line works but is warned about."""
+    name = prefix.replace("-", "_")
+    user, password, path = kw[f"{name}user"], kw[f"{name}password"], kw[f"{name}password_file"]
+    if path is not None:
+        if password is not None:
+            raise UsageError(f"--{prefix}password and --{prefix}password-file exclude each other")
+        if user is not None and ":" in user:
+            raise UsageError(f"--{prefix}user USER:PASSWORD and --{prefix}password-file exclude each other")
+        password = read_password_file(path, f"--{prefix}password-file")
+        if user is None:
+            raise UsageError(f"--{prefix}password-file is given without --{prefix}user")
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        typed = ctx.get_parameter_source(f"{name}password") is ParameterSource.COMMANDLINE
+        typed_in_user = user is not None and ":" in user
+        typed_in_user &= ctx.get_parameter_source(f"{name}user") is ParameterSource.COMMANDLINE
+        if typed or typed_in_user:
+            env = "ETCDCTL_DEST_PASSWORD" if prefix else "ETCDCTL_PASSWORD"
+            log.warning(
+                "the %s password is given on the command line (--%s%s), where other users of this "
+                "host see it (ps, the unit file): use --%spassword-file or %s instead",
+                "destination" if prefix else "source",
+                prefix,
+                "password" if typed else "user USER:PASSWORD",
+                prefix,
+                env,
+            )
+    return user, password
+
+
 def source_config(kw: dict[str, Any]) -> ClientConfig:
+    user, password = credentials(kw, "")
     return ClientConfig.create(
         kw["endpoints"],
         cacert=kw["cacert"],
         cert=kw["cert"],
         key=kw["key"],
-        user=kw["user"],
-        password=kw["password"],
+        user=user,
+        password=password,
         dial_timeout=kw["dial_timeout"],
         request_timeout=kw["command_timeout"],
         role="source",
@@ -198,13 +285,14 @@ def source_config(kw: dict[str, Any]) -> ClientConfig:
 
 
 def dest_config(dest: str, kw: dict[str, Any]) -> ClientConfig:
+    user, password = credentials(kw, "dest-")
     return ClientConfig.create(
         dest,
         cacert=kw["dest_cacert"],
         cert=kw["dest_cert"],
         key=kw["dest_key"],
-        user=kw["dest_user"],
-        password=kw["dest_password"],
+        user=user,
+        password=password,
         dial_timeout=kw["dial_timeout"],
         request_timeout=kw["command_timeout"],
         role="destination",
