@@ -149,7 +149,8 @@ def _mirror_config(topology: Topology) -> MirrorConfig:
     dest, flags = argv[2], argv[3:]
     opts = dict(zip(flags[::2], flags[1::2], strict=True))
     expected = {"--endpoints", "--cacert", "--cert", "--key", "--dest-cacert", "--dest-cert", "--dest-key"}
-    if not expected <= set(opts) <= expected | {"--prefix", "--state-prefix"}:
+    # --metrics-addr: the demo's mirror runs in-process, without a metrics server.
+    if not expected <= set(opts) <= expected | {"--prefix", "--state-prefix", "--metrics-addr"}:
         raise RuntimeError(f"unexpected mirror command line: {argv}")  # the demo's topology changed
     source = ClientConfig.create(
         opts["--endpoints"],
