@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from etcd_dr.etcd import ClientConfig, EtcdClient
+from etcd_dr.etcd import ClientConfig, EtcdClient, Permission, prefix_range_end
 from etcd_dr.testing.clirun import Run, assert_refused, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
 
@@ -135,3 +135,54 @@ async def test_bad_password_files_are_one_line_exit_2(etcd_cluster_factory: Fact
     assert_refused(run, "--dest-password", "--dest-password-file")
     async with EtcdClient(ClientConfig.create(dst.endpoints)) as c:
         assert (await c.range(b"\0", b"\0", count_only=True)).count == 0
+
+
+async def grant(cluster: EtcdCluster, root_pw: str, role: str, *perms: Permission) -> None:
+    async with EtcdClient(ClientConfig.create(cluster.endpoints, user="root", password=root_pw)) as c:
+        for perm in perms:
+            await c.role_grant_permission(role, perm)
+
+
+async def test_least_privilege_users_run_mirror_verify_and_status(
+    etcd_cluster_factory: Factory, tmp_path: Path
+) -> None:
+    """The permissions docs/failover.md gives a mirror-only user are enough: no root role anywhere."""
+    root_pw = "Pw-" + secrets.token_hex(8)
+    a = etcd_cluster_factory(name="site-a", auth=("root", root_pw))
+    b = etcd_cluster_factory(name="site-b", auth=("root", root_pw))
+    everything = Permission("read", b"\0", b"\0")  # etcdctl: read --from-key ''
+    state = Permission("readwrite", b"/etcd-dr/", prefix_range_end(b"/etcd-dr/"))
+    app = Permission("readwrite", APP.encode(), prefix_range_end(APP.encode()))
+    for cluster in (a, b):
+        cluster.etcdctl("role", "add", "dr-mirror")
+        cluster.etcdctl("user", "add", "dr-mirror:mirrorpw")
+        cluster.etcdctl("user", "grant-role", "dr-mirror", "dr-mirror")
+    # Source: read every key (the mirror follows every revision), write its heartbeat in the state prefix.
+    await grant(a, root_pw, "dr-mirror", everything, state)
+    # Destination: read and write the mirrored range and the state prefix.
+    await grant(b, root_pw, "dr-mirror", app, state)
+    for i in range(10):
+        a.etcdctl("put", f"{APP}{i}", "v")
+    a.etcdctl("put", "/elsewhere", "not mirrored")
+    pw = tmp_path / "pw"
+    pw.write_text("mirrorpw\n")
+    creds = [
+        "--endpoints", a.endpoints[0], "--prefix", APP,
+        "--user", "dr-mirror", "--password-file", str(pw),
+        "--dest-user", "dr-mirror", "--dest-password-file", str(pw),
+    ]  # fmt: skip
+    run = await etcd_dr("mirror", b.endpoints[0], *creds, "--once")
+    assert run.code == 0, run.stderr
+    run = await etcd_dr("verify", b.endpoints[0], *creds)
+    assert run.code == 0, run.stdout + run.stderr
+    # status counts every key and finds the compaction point of both sites: read on every key there.
+    await grant(b, root_pw, "dr-mirror", everything)
+    run = await etcd_dr("status", b.endpoints[0], *creds)
+    assert run.code == 0, run.stdout + run.stderr
+    # A move fencing by auth changes roles: it needs the root role, and says so before changing anything.
+    run = await etcd_dr("switchover", b.endpoints[0], *creds, timeout=120)
+    assert_refused(run, "root")
+    # Without auth fencing (--fence-hook or --no-fence), the same on both sites is enough.
+    await grant(a, root_pw, "dr-mirror", app)
+    run = await etcd_dr("switchover", b.endpoints[0], *creds, "--no-fence", timeout=120)
+    assert run.code == 0, run.stdout + run.stderr
