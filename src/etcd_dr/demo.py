@@ -178,7 +178,7 @@ def _mirror_config(topology: Topology) -> MirrorConfig:
 
 
 def _files_line(written: list[Path], out: Path) -> str:
-    """ "6 etcd.conf.yml, 6 etcd.service, 2 pki.sh, etcd-dr-mirror.service, README.txt in OUT"."""
+    """ "6 etcd.conf.yml, 6 etcd.service, 2 pki.sh, etcd-dr-mirror.service, ..., README.txt in OUT"."""
     counts = Counter(p.name for p in written)
     return ", ".join(f"{n} {name}" if n > 1 else name for name, n in counts.most_common()) + f" in {out}"
 
