@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from etcd_dr.etcd import ClientConfig, EtcdClient, Permission, prefix_range_end
+from etcd_dr.etcd import ClientConfig, EtcdClient
 from etcd_dr.testing.clirun import Run, assert_refused, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
 
@@ -137,10 +137,15 @@ async def test_bad_password_files_are_one_line_exit_2(etcd_cluster_factory: Fact
         assert (await c.range(b"\0", b"\0", count_only=True)).count == 0
 
 
-async def grant(cluster: EtcdCluster, root_pw: str, role: str, *perms: Permission) -> None:
-    async with EtcdClient(ClientConfig.create(cluster.endpoints, user="root", password=root_pw)) as c:
-        for perm in perms:
-            await c.role_grant_permission(role, perm)
+def grant(cluster: EtcdCluster, *perms: tuple[str, ...]) -> None:
+    """etcdctl role grant-permission dr-mirror PERM...: the commands docs/failover.md gives."""
+    for perm in perms:
+        cluster.etcdctl("role", "grant-permission", "dr-mirror", *perm)
+
+
+EVERY_KEY = ("read", "--from-key", "")  # the shell's `read --from-key ''`
+STATE = ("readwrite", "--prefix=true", "/etcd-dr/")
+APP_RW = ("readwrite", "--prefix=true", "/app/")
 
 
 async def test_least_privilege_users_run_mirror_verify_and_status(
@@ -150,17 +155,14 @@ async def test_least_privilege_users_run_mirror_verify_and_status(
     root_pw = "Pw-" + secrets.token_hex(8)
     a = etcd_cluster_factory(name="site-a", auth=("root", root_pw))
     b = etcd_cluster_factory(name="site-b", auth=("root", root_pw))
-    everything = Permission("read", b"\0", b"\0")  # etcdctl: read --from-key ''
-    state = Permission("readwrite", b"/etcd-dr/", prefix_range_end(b"/etcd-dr/"))
-    app = Permission("readwrite", APP.encode(), prefix_range_end(APP.encode()))
     for cluster in (a, b):
         cluster.etcdctl("role", "add", "dr-mirror")
         cluster.etcdctl("user", "add", "dr-mirror:mirrorpw")
         cluster.etcdctl("user", "grant-role", "dr-mirror", "dr-mirror")
     # Source: read every key (the mirror follows every revision), write its heartbeat in the state prefix.
-    await grant(a, root_pw, "dr-mirror", everything, state)
+    grant(a, EVERY_KEY, STATE)
     # Destination: read and write the mirrored range and the state prefix.
-    await grant(b, root_pw, "dr-mirror", app, state)
+    grant(b, APP_RW, STATE)
     for i in range(10):
         a.etcdctl("put", f"{APP}{i}", "v")
     a.etcdctl("put", "/elsewhere", "not mirrored")
@@ -176,13 +178,13 @@ async def test_least_privilege_users_run_mirror_verify_and_status(
     run = await etcd_dr("verify", b.endpoints[0], *creds)
     assert run.code == 0, run.stdout + run.stderr
     # status counts every key and finds the compaction point of both sites: read on every key there.
-    await grant(b, root_pw, "dr-mirror", everything)
+    grant(b, EVERY_KEY)
     run = await etcd_dr("status", b.endpoints[0], *creds)
     assert run.code == 0, run.stdout + run.stderr
     # A move fencing by auth changes roles: it needs the root role, and says so before changing anything.
     run = await etcd_dr("switchover", b.endpoints[0], *creds, timeout=120)
     assert_refused(run, "root")
     # Without auth fencing (--fence-hook or --no-fence), the same on both sites is enough.
-    await grant(a, root_pw, "dr-mirror", app)
+    grant(a, APP_RW)
     run = await etcd_dr("switchover", b.endpoints[0], *creds, "--no-fence", timeout=120)
     assert run.code == 0, run.stdout + run.stderr
