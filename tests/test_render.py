@@ -260,7 +260,7 @@ def test_example_renders(tmp_path: Path) -> None:
         "--dest-cert", "/etc/etcd-dr/pki/standby/mirror.pem",
         "--dest-key", "/etc/etcd-dr/pki/standby/mirror-key.pem",
         "--state-prefix", "/etcd-dr/",
-        "--metrics-addr", "192.168.2.11:9479",
+        "--metrics-addr", "192.168.2.11:9379",
     ]  # fmt: skip
 
     readme = (out / "README.txt").read_text()
@@ -289,7 +289,7 @@ def test_mirror_flags_follow_the_topology() -> None:
         t = Topology.model_validate({**base.model_dump(), "mirror": {**base.mirror.model_dump(), **mirror}})
         return mirror_argv(t)[17:]  # after the connection flags
 
-    metrics = ["--metrics-addr", "192.168.2.11:9479"]
+    metrics = ["--metrics-addr", "192.168.2.11:9379"]
     assert argv() == ["--state-prefix", "/etcd-dr/", *metrics]
     assert argv(prefix="/a/", dest_prefix="") == [
         "--prefix",
@@ -677,7 +677,7 @@ def test_units_run_unprivileged_sandboxed_with_metrics_and_no_secret(tmp_path: P
     assert mirror["ReadOnlyPaths"] == ["/etc/etcd-dr/pki/primary /etc/etcd-dr/pki/standby"]
     assert mirror["EnvironmentFile"] == ["/etc/etcd-dr/mirror.env"]
     argv = exec_start(text)
-    assert argv[argv.index("--metrics-addr") + 1] == "192.168.2.11:9479"
+    assert argv[argv.index("--metrics-addr") + 1] == "192.168.2.11:9379"
     assert not any("password" in a.lower() or a.startswith("--user") for a in argv)
     assert not [line for line in text.lower().splitlines() if "password" in line and not line.startswith("#")]
 
@@ -703,7 +703,7 @@ def test_ha_pair_gets_one_unit_per_host(tmp_path: Path) -> None:
     ]
     for host, path in zip(("192.168.2.11", "192.168.2.12"), units, strict=True):
         argv = exec_start(files[path].content)
-        assert argv[argv.index("--metrics-addr") + 1] == f"{host}:9479"
+        assert argv[argv.index("--metrics-addr") + 1] == f"{host}:9379"
         assert argv[:-2] == mirror_argv(topology, host)[:-2]
     for host in ("192.168.2.11", "192.168.2.12"):
         dests = {c.dest for c in install_plan(topology) if c.host == host and c.member is None}

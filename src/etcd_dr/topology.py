@@ -332,7 +332,7 @@ class MirrorSettings(_Model):
     # Its credentials (ETCDCTL_USER/PASSWORD, ETCDCTL_DEST_USER/PASSWORD), mode 0600: never in the unit.
     env_file: AbsPath = "/etc/etcd-dr/mirror.env"
     # /metrics and /healthz on the mirror host's address (every interface when it is a name); null: off.
-    metrics_port: Port | None = 9479
+    metrics_port: Port | None = 9379
 
 
 class Topology(_Model):
