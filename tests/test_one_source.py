@@ -75,6 +75,11 @@ async def test_second_source_refused_then_taken_over_and_recorded(etcd_cluster_f
         assert events[0].fields["previous_revision"] == a_rev
         role = (await read_role(cc, STATE)).role
         assert role is not None and f"{role.peer_cluster_id:x}" == b_id and role.via == "take-over"
+        shown = await etcd_dr(
+            "status", c.endpoints[0], "--endpoints", b.endpoints[0], "--prefix", "/registry/"
+        )
+        assert shown.code == 0, shown.stderr
+        assert any("take-over" in line and a_id in line for line in shown.stdout.splitlines()), shown.stdout
 
         # And now A is the other source, also for a mirror of every key.
         run = await etcd_dr("mirror", c.endpoints[0], "--endpoints", a.endpoints[0], "--once")

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 
 from ..errors import Refused
 from ..etcd import Compare, CompareResult, Delete, EtcdClient, Op, prefix_range_end
-from ..failover.events import record_event
+from ..failover.events import TAKE_OVER, record_event
 from ..failover.roles import STANDBY, read_role, write_role
 from .checkpoint import Checkpoint, checkpoint_key, encode_key, lock_key
 from .health import health_key
 from .keys import key_range, ranges_overlap
 
 log = logging.getLogger("etcd_dr.mirror")
-
-TAKE_OVER_EVENT = "take-over"
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ async def guard_one_source(
         await record_event(
             dest,
             state_prefix,
-            TAKE_OVER_EVENT,
+            TAKE_OVER,
             message,
             previous_source=f"{other.source_id:x}",
             previous_revision=other.checkpoint.revision,
