@@ -190,7 +190,8 @@ async def test_demo_runs_to_the_end_and_cleans_up() -> None:
         "1. Topology: sites A (primary) and B (standby), 3 members each on 127.0.0.1",
         f"-> {dirs.workdir}/topology.yaml",
         f"-> 16 certificates in {dirs.workdir}/sites/pki/{{site-a,site-b}}",
-        "3. render: 6 etcd.conf.yml, 6 etcd.service, 2 pki.sh, etcd-dr-mirror.service, README.txt in "
+        "3. render: 6 etcd.conf.yml, 6 etcd.service, 2 pki.sh, etcd-dr-mirror.service, etcd-dr-mirror.env, "
+        "README.txt in "
         f"{dirs.workdir}/sites\n",
         f"4. Start the 6 members as their rendered units do: etcd --config-file {dirs.workdir}/sites/",
         "pki/site-a/mirror.pem and pki/site-b/mirror.pem",

@@ -195,6 +195,7 @@ EXPECTED_FILES = {
     "primary/pki.sh",
     "standby/pki.sh",
     "standby/etcd-dr-mirror.service",
+    "standby/etcd-dr-mirror.env",
     *(f"primary/etcd-p{i}/{f}" for i in (1, 2, 3) for f in ("etcd.conf.yml", "etcd.service")),
     *(f"standby/etcd-s{i}/{f}" for i in (1, 2, 3) for f in ("etcd.conf.yml", "etcd.service")),
 }
@@ -259,6 +260,7 @@ def test_example_renders(tmp_path: Path) -> None:
         "--dest-cert", "/etc/etcd-dr/pki/standby/mirror.pem",
         "--dest-key", "/etc/etcd-dr/pki/standby/mirror-key.pem",
         "--state-prefix", "/etcd-dr/",
+        "--metrics-addr", "192.168.2.11:9379",
     ]  # fmt: skip
 
     readme = (out / "README.txt").read_text()
@@ -273,7 +275,7 @@ def test_example_renders(tmp_path: Path) -> None:
     again = etcd_dr("render", str(EXAMPLE), "--out", str(out))
     assert again.code == 2
     assert again.last_line.startswith(f"etcd-dr: error: --out {out}: {out}/")
-    assert "already exists (and 15 more); nothing written (use --force to overwrite)" in again.last_line
+    assert "already exists (and 16 more); nothing written (use --force to overwrite)" in again.last_line
     assert (out / "primary/etcd-p1/etcd.service").read_text() == "edited by hand\n"
     forced = etcd_dr("render", str(EXAMPLE), "--out", str(out), "--force")
     assert forced.code == 0, forced.stderr
@@ -287,18 +289,28 @@ def test_mirror_flags_follow_the_topology() -> None:
         t = Topology.model_validate({**base.model_dump(), "mirror": {**base.mirror.model_dump(), **mirror}})
         return mirror_argv(t)[17:]  # after the connection flags
 
-    assert argv() == ["--state-prefix", "/etcd-dr/"]
+    metrics = ["--metrics-addr", "192.168.2.11:9379"]
+    assert argv() == ["--state-prefix", "/etcd-dr/", *metrics]
     assert argv(prefix="/a/", dest_prefix="") == [
         "--prefix",
         "/a/",
         "--no-dest-prefix",
         "--state-prefix",
         "/etcd-dr/",
+        *metrics,
     ]
     assert argv(prefix="/a/", dest_prefix="/b/", exclude=["/a/x"], extra_args=["--max-txn-ops", "64"]) == [
         "--prefix", "/a/", "--dest-prefix", "/b/", "--exclude", "/a/x", "--state-prefix", "/etcd-dr/",
-        "--max-txn-ops", "64",
+        *metrics, "--max-txn-ops", "64",
     ]  # fmt: skip
+    # The topology's own --metrics-addr replaces the default (twice would be refused); null turns it off.
+    assert argv(extra_args=["--metrics-addr=0.0.0.0:1"]) == [
+        "--state-prefix",
+        "/etcd-dr/",
+        "--metrics-addr=0.0.0.0:1",
+    ]
+    assert argv(metrics_port=None) == ["--state-prefix", "/etcd-dr/"]
+    assert argv(host="mirror.example.com", metrics_port=9000)[-1] == "0.0.0.0:9000"
 
 
 def test_example_pki_script_makes_every_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -471,7 +483,12 @@ def topology_doc(etcd: Path, hosts: Path, data: Path, ports: list[int], token: s
                 "extra_flags": {"heartbeat-interval": 10, "election-timeout": 100},
             },
         },
-        "mirror": {"prefix": "/app/", "etcd_dr_binary": str(ETCD_DR_BIN)},
+        "mirror": {
+            "prefix": "/app/",
+            "etcd_dr_binary": str(ETCD_DR_BIN),
+            "metrics_port": ports[8],
+            "env_file": f"{hosts}/mirror-host/mirror.env",
+        },
     }
 
 
@@ -519,7 +536,7 @@ async def test_rendered_sites_start_and_mirror(
     etcd_bin: EtcdBinaries, tmp_path: Path, data_root: Path
 ) -> None:
     hosts = tmp_path / "hosts"
-    doc = topology_doc(etcd_bin.etcd, hosts, data_root, free_ports(8), uuid.uuid4().hex[:8])
+    doc = topology_doc(etcd_bin.etcd, hosts, data_root, free_ports(9), uuid.uuid4().hex[:8])
     topo_file = tmp_path / "topology.yaml"
     topo_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     out = tmp_path / "out"
@@ -616,3 +633,118 @@ async def test_rendered_sites_start_and_mirror(
         with contextlib.suppress(Exception):
             leader = await asyncio.wait_for(leader_port(dc1), 5)
         stop(procs, last=leader)
+
+
+# ---------------------------------------------------------------------------------------------------
+# units an auditor would sign
+
+
+def unit_settings(unit_text: str) -> dict[str, list[str]]:
+    """KEY -> every value it is given in the unit (comments and ExecStart continuations left out)."""
+    out: dict[str, list[str]] = {}
+    for line in unit_text.replace("\\\n", " ").splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_units_run_unprivileged_sandboxed_with_metrics_and_no_secret(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert etcd_dr("render", str(EXAMPLE), "--out", str(out)).code == 0
+    member = unit_settings((out / "primary/etcd-p1/etcd.service").read_text())
+    assert member["User"] == ["etcd"] and member["Group"] == ["etcd"]
+    # systemd makes the data dir /var/lib/etcd/etcd-p1, owned by etcd, before etcd starts.
+    assert member["StateDirectory"] == ["etcd/etcd-p1"] and member["StateDirectoryMode"] == ["0700"]
+    assert member["NoNewPrivileges"] == ["yes"]
+
+    text = (out / "standby/etcd-dr-mirror.service").read_text()
+    mirror = unit_settings(text)
+    assert mirror["User"] == ["etcd-dr"] and mirror["Group"] == ["etcd-dr"]
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "CapabilityBoundingSet": "",
+    }.items():
+        assert mirror[key] == [value], key
+    assert "ReadWritePaths" not in mirror  # it writes nothing on its host
+    assert mirror["ReadOnlyPaths"] == ["/etc/etcd-dr/pki/primary /etc/etcd-dr/pki/standby"]
+    assert mirror["EnvironmentFile"] == ["/etc/etcd-dr/mirror.env"]
+    argv = exec_start(text)
+    assert argv[argv.index("--metrics-addr") + 1] == "192.168.2.11:9379"
+    assert not any("password" in a.lower() or a.startswith("--user") for a in argv)
+    assert not [line for line in text.lower().splitlines() if "password" in line and not line.startswith("#")]
+
+    env = out / "standby/etcd-dr-mirror.env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert all(line.startswith("#") or not line for line in env.read_text().splitlines())  # no secret
+    plan = [c for c in install_plan(load_topology(EXAMPLE)) if c.source == "standby/etcd-dr-mirror.env"]
+    assert [(c.host, c.dest, c.private) for c in plan] == [("192.168.2.11", "/etc/etcd-dr/mirror.env", True)]
+    readme = (out / "README.txt").read_text()
+    assert "useradd --system --no-create-home --shell /usr/sbin/nologin etcd-dr" in readme
+
+
+def test_ha_pair_gets_one_unit_per_host(tmp_path: Path) -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    del doc["mirror"]["host"]
+    doc["mirror"]["hosts"] = ["192.168.2.11", "192.168.2.12"]
+    topology = parse_topology(yaml.safe_dump(doc))
+    files = {f.path.as_posix(): f for f in render(topology)}
+    units = sorted(p for p in files if p.endswith("etcd-dr-mirror.service"))
+    assert units == [
+        "standby/mirror@192.168.2.11/etcd-dr-mirror.service",
+        "standby/mirror@192.168.2.12/etcd-dr-mirror.service",
+    ]
+    for host, path in zip(("192.168.2.11", "192.168.2.12"), units, strict=True):
+        argv = exec_start(files[path].content)
+        assert argv[argv.index("--metrics-addr") + 1] == f"{host}:9379"
+        assert argv[:-2] == mirror_argv(topology, host)[:-2]
+    for host in ("192.168.2.11", "192.168.2.12"):
+        dests = {c.dest for c in install_plan(topology) if c.host == host and c.member is None}
+        assert {"/etc/systemd/system/etcd-dr-mirror.service", "/etc/etcd-dr/mirror.env"} <= dests
+        assert "/etc/etcd-dr/pki/primary/mirror-key.pem" in dests
+    doc["mirror"]["host"] = "192.168.2.11"
+    with pytest.raises(TopologyError, match=r"mirror\.hosts: give `host`"):
+        parse_topology(yaml.safe_dump(doc))
+
+
+def test_every_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    del doc["mirror"]["host"]
+    doc["mirror"]["hosts"] = ["192.168.2.11", "192.168.2.12"]
+    # verify checks that ExecStart's binary exists: point both at executables of this machine.
+    for site in doc["sites"].values():
+        site["etcd_binary"] = "/bin/sh"
+    doc["mirror"]["etcd_dr_binary"] = str(ETCD_DR_BIN)
+    topo = tmp_path / "topology.yaml"
+    topo.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    assert etcd_dr("render", str(topo), "--out", str(out)).code == 0
+    units = sorted(out.rglob("*.service"))
+    assert len(units) == 6 + 2
+    for unit in units:
+        # systemd-analyze wants the unit's own name: copy each to a directory of its own.
+        d = tmp_path / "verify" / unit.relative_to(out).parent
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(unit, d / unit.name)
+        done = subprocess.run(
+            [analyze, "verify", "--man=no", str(d / unit.name)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        # Unknown or misspelt settings are only warnings (exit 0): no output at all is the bar.
+        assert done.returncode == 0 and not done.stderr.strip() and not done.stdout.strip(), (
+            unit,
+            done.stdout + done.stderr,
+        )

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from . import __version__, etcdctl_compat, logs
 from .config import DEFAULT_STATE_PREFIX, MirrorConfig
 from .durations import Duration, DurationError, parse_duration
-from .errors import EtcdDrError
+from .errors import EtcdDrError, UsageError
 from .etcd import ClientConfig, EtcdError
 
 log = logging.getLogger("etcd_dr")
@@ -28,9 +29,83 @@ log = logging.getLogger("etcd_dr")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def split_list(values: tuple[str, ...]) -> list[str]:
+    """A repeatable option whose values may also be comma-separated: every item, in order, once."""
+    items = [item.strip() for value in values for item in value.split(",")]
+    return list(dict.fromkeys(item for item in items if item))
+
+
 def _b(text: str) -> bytes:
     # Keys given on the command line are UTF-8; undecodable argv bytes round-trip via surrogateescape.
     return text.encode("utf-8", "surrogateescape")
+
+
+# ---- one value per flag ------------------------------------------------------------------------
+
+
+def repeated_option(command: click.Command, args: list[str]) -> str | None:
+    """The first option of `command` that `args` give more than once although it takes one value (click
+    would keep the last and drop the others silently), e.g. "--hosts"; None when there is none."""
+    by_name: dict[str, click.Option] = {}
+    for param in command.params:
+        if isinstance(param, click.Option):
+            for name in (*param.opts, *param.secondary_opts):
+                by_name[name] = param
+    seen: dict[int, str] = {}
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            break
+        if not token.startswith("-") or token == "-":
+            continue
+        name, eq, _ = token.partition("=")
+        option = by_name.get(name)
+        if option is None:
+            continue  # an unknown flag or a value: click reports the former
+        if not (option.is_flag or option.count) and not eq:
+            for _ in range(max(option.nargs, 1)):
+                next(tokens, None)  # the option's value, even when it looks like a flag
+        if option.multiple or option.count or (option.is_eager and not option.expose_value):
+            continue  # repeatable, or --help / --version, which end the command anyway
+        if id(option) in seen:
+            first = seen[id(option)]
+            return first if first == name else f"{first}/{name}"
+        seen[id(option)] = name
+    return None
+
+
+class OneValueCommand(click.Command):
+    """A command whose single-value options refuse a second occurrence instead of keeping the last."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _refuse_repeats(self, args)
+        return super().parse_args(ctx, args)
+
+
+class OneValueGroup(click.Group):
+    """The same for a group's own options; its commands and subgroups get the same classes."""
+
+    command_class = OneValueCommand
+    group_class = type  # subgroups are OneValueGroups too
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A group's own options come before the subcommand's name: check only those.
+        head = []
+        for token in args:
+            if not token.startswith("-") and token in self.commands:
+                break
+            head.append(token)
+        _refuse_repeats(self, head)
+        return super().parse_args(ctx, args)
+
+
+def _refuse_repeats(command: click.Command, args: list[str]) -> None:
+    name = repeated_option(command, args)
+    if name is not None:
+        raise click.UsageError(
+            f"{name} is given more than once; it takes one value and all but the last would be "
+            "dropped: give it once"
+        )
 
 
 # ---- shared flags ------------------------------------------------------------------------------
@@ -52,8 +127,21 @@ def source_options(f: F) -> F:
         click.option("--cacert", envvar="ETCDCTL_CACERT", help="Source CA bundle (env ETCDCTL_CACERT)."),
         click.option("--cert", envvar="ETCDCTL_CERT", help="Source client certificate (env ETCDCTL_CERT)."),
         click.option("--key", envvar="ETCDCTL_KEY", help="Source client key (env ETCDCTL_KEY)."),
-        click.option("--user", envvar="ETCDCTL_USER", help="Source user, USER or USER:PASSWORD."),
-        click.option("--password", envvar="ETCDCTL_PASSWORD", help="Source password."),
+        click.option(
+            "--user", envvar="ETCDCTL_USER", help="Source user, USER or USER:PASSWORD (env ETCDCTL_USER)."
+        ),
+        click.option(
+            "--password",
+            envvar="ETCDCTL_PASSWORD",
+            help="Source password (env ETCDCTL_PASSWORD; on the command line others see it: prefer the "
+            "file or env).",
+        ),
+        click.option(
+            "--password-file",
+            default=None,
+            help="Read the source password from the first line of this file (env ETCDCTL_PASSWORD_FILE).",
+            envvar="ETCDCTL_PASSWORD_FILE",
+        ),
         click.option(
             "--dial-timeout",
             type=_POSITIVE,
@@ -80,11 +168,37 @@ def source_options(f: F) -> F:
 
 def dest_options(f: F) -> F:
     opts = [
-        click.option("--dest-cacert", help="Destination CA bundle."),
-        click.option("--dest-cert", help="Destination client certificate."),
-        click.option("--dest-key", help="Destination client key."),
-        click.option("--dest-user", help="Destination user, USER or USER:PASSWORD."),
-        click.option("--dest-password", help="Destination password."),
+        click.option(
+            "--dest-cacert",
+            envvar="ETCDCTL_DEST_CACERT",
+            help="Destination CA bundle (env ETCDCTL_DEST_CACERT).",
+        ),
+        click.option(
+            "--dest-cert",
+            envvar="ETCDCTL_DEST_CERT",
+            help="Destination client certificate (env ETCDCTL_DEST_CERT).",
+        ),
+        click.option(
+            "--dest-key", envvar="ETCDCTL_DEST_KEY", help="Destination client key (env ETCDCTL_DEST_KEY)."
+        ),
+        click.option(
+            "--dest-user",
+            envvar="ETCDCTL_DEST_USER",
+            help="Destination user, USER or USER:PASSWORD (env ETCDCTL_DEST_USER).",
+        ),
+        click.option(
+            "--dest-password",
+            envvar="ETCDCTL_DEST_PASSWORD",
+            help="Destination password (env ETCDCTL_DEST_PASSWORD; on the command line others see it: "
+            "prefer the file or env).",
+        ),
+        click.option(
+            "--dest-password-file",
+            envvar="ETCDCTL_DEST_PASSWORD_FILE",
+            default=None,
+            help="Read the destination password from the first line of this file "
+            "(env ETCDCTL_DEST_PASSWORD_FILE).",
+        ),
     ]
     f = etcdctl_compat.dest_etcdctl_options(f)
     for opt in reversed(opts):
@@ -122,6 +236,52 @@ def check_options(f: F) -> F:
     return click.argument("dest")(f)
 
 
+def read_password_file(path: str, flag: str) -> str:
+    """The first line of `path` without its line ending: a password kept out of `ps` and unit files."""
+    try:
+        with open(path, encoding="utf-8", errors="strict") as f:
+            line = f.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise UsageError(f"{flag} {path}: cannot read the password: {reason}") from None
+    password = line.rstrip("\r\n")
+    if not password:
+        raise UsageError(f"{flag} {path}: the first line is empty; it must hold the password")
+    return password
+
+
+def credentials(kw: dict[str, Any], prefix: str) -> tuple[str | None, str | None]:
+    """(user, password) of one side from --[dest-]user, --[dest-]password, --[dest-]password-file and
+    their environment variables; a password typed on the command line works but is warned about."""
+    name = prefix.replace("-", "_")
+    user, password, path = kw[f"{name}user"], kw[f"{name}password"], kw[f"{name}password_file"]
+    if path is not None:
+        if password is not None:
+            raise UsageError(f"--{prefix}password and --{prefix}password-file exclude each other")
+        if user is not None and ":" in user:
+            raise UsageError(f"--{prefix}user USER:PASSWORD and --{prefix}password-file exclude each other")
+        password = read_password_file(path, f"--{prefix}password-file")
+        if user is None:
+            raise UsageError(f"--{prefix}password-file is given without --{prefix}user")
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        typed = ctx.get_parameter_source(f"{name}password") is ParameterSource.COMMANDLINE
+        typed_in_user = user is not None and ":" in user
+        typed_in_user &= ctx.get_parameter_source(f"{name}user") is ParameterSource.COMMANDLINE
+        if typed or typed_in_user:
+            env = "ETCDCTL_DEST_PASSWORD" if prefix else "ETCDCTL_PASSWORD"
+            log.warning(
+                "the %s password is given on the command line (--%s%s), where other users of this "
+                "host see it (ps, the unit file): use --%spassword-file or %s instead",
+                "destination" if prefix else "source",
+                prefix,
+                "password" if typed else "user USER:PASSWORD",
+                prefix,
+                env,
+            )
+    return user, password
+
+
 def source_config(kw: dict[str, Any]) -> ClientConfig:
     ctx = click.get_current_context(silent=True)
     given = ctx is not None and ctx.get_parameter_source("endpoints") not in (
@@ -129,13 +289,14 @@ def source_config(kw: dict[str, Any]) -> ClientConfig:
         click.core.ParameterSource.DEFAULT,
     )
     etcdctl_compat.log_ignored(kw)
+    user, password = credentials(kw, "")
     return ClientConfig.create(
         etcdctl_compat.source_endpoints(kw, given),
         cacert=kw["cacert"],
         cert=kw["cert"],
         key=kw["key"],
-        user=kw["user"],
-        password=kw["password"],
+        user=user,
+        password=password,
         dial_timeout=kw["dial_timeout"],
         request_timeout=kw["command_timeout"],
         role="source",
@@ -145,13 +306,14 @@ def source_config(kw: dict[str, Any]) -> ClientConfig:
 
 
 def dest_config(dest: str, kw: dict[str, Any]) -> ClientConfig:
+    user, password = credentials(kw, "dest-")
     return ClientConfig.create(
         etcdctl_compat.dest_endpoints(dest, kw),
         cacert=kw["dest_cacert"],
         cert=kw["dest_cert"],
         key=kw["dest_key"],
-        user=kw["dest_user"],
-        password=kw["dest_password"],
+        user=user,
+        password=password,
         dial_timeout=kw["dial_timeout"],
         request_timeout=kw["command_timeout"],
         role="destination",
@@ -236,7 +398,9 @@ def run_async(coro: Coroutine[Any, Any, Any], *, stop_ok: bool = False) -> Any:
 # ---- commands ----------------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=OneValueGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.version_option(__version__, prog_name="etcd-dr")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
@@ -289,6 +453,11 @@ def cli(log_level: str, log_format: str) -> None:
     help="Seconds a stand-by mirror waits for a dead lock holder before taking over.",
 )
 @click.option("--allow-mass-delete", is_flag=True, help="Apply such deletes (and a source that reads empty).")
+@click.option(
+    "--take-over",
+    is_flag=True,
+    help="Replace the (stopped) mirror of another source cluster into this range; recorded.",
+)
 @click.option("--metrics-addr", default=None, help="Serve Prometheus /metrics and /healthz on HOST:PORT.")
 @click.option("--verify-every", default=None, help="Verify source and destination every DURATION (e.g. 10m).")
 @click.option(
@@ -312,6 +481,7 @@ def mirror(dest: str, **kw: Any) -> None:
         timeout=kw["timeout"],
         max_delete_ratio=kw["max_delete_ratio"],
         allow_mass_delete=kw["allow_mass_delete"],
+        take_over=kw["take_over"],
         lock_ttl=kw["lock_ttl"],
         metrics_addr=kw["metrics_addr"],
         verify_every=duration(kw["verify_every"], "--verify-every") if kw["verify_every"] else None,
@@ -581,7 +751,7 @@ def pki_init(
     help="cfssl's ca-config.json: the profile's usages and expiry (as cfssl gencert -config).",
 )
 @click.option("--name", required=True, help="Writes DIR/NAME.pem and DIR/NAME-key.pem.")
-@click.option("--hosts", default="", help="IPs and DNS names, comma-separated (SANs).")
+@click.option("--hosts", multiple=True, help="IPs and DNS names (SANs), comma-separated and/or repeated.")
 @click.option("--days", type=int, default=None, help="Default: the --config profile's expiry, else 3650.")
 @click.option(
     "--key-type", type=click.Choice(["ecdsa", "rsa"]), default=None, help="Default: the CSR's, else ecdsa."
@@ -593,7 +763,7 @@ def pki_issue(
     profile: str | None,
     config_file: Path | None,
     name: str,
-    hosts: str,
+    hosts: tuple[str, ...],
     days: int | None,
     key_type: str | None,
     csr: Path | None,
@@ -613,7 +783,7 @@ def pki_issue(
         directory,
         profile=profile,
         name=name,
-        hosts=[h for h in hosts.split(",") if h.strip()],
+        hosts=split_list(hosts),
         days=days,
         key_type=key_type,
         csr_json=csr,
@@ -639,7 +809,11 @@ def pki_issue(
     type=click.Path(path_type=Path),
     help="Check this certificate file instead of endpoints (repeatable).",
 )
-@click.option("--hosts", default="", help="With --cert-file: IPs / DNS names the SANs must include.")
+@click.option(
+    "--hosts",
+    multiple=True,
+    help="With --cert-file: IPs / DNS names the SANs must include (comma-separated and/or repeated).",
+)
 @click.option("--warn-days", type=int, default=30, show_default=True, help="Warn when fewer days are left.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (a certificate expiring soon).")
 @click.option("--dial-timeout", type=_POSITIVE, default=5.0, show_default=True, help="Seconds to connect.")
@@ -650,7 +824,7 @@ def pki_check(
     cert: Path | None,
     key: Path | None,
     cert_files: tuple[Path, ...],
-    hosts: str,
+    hosts: tuple[str, ...],
     warn_days: int,
     strict: bool,
     dial_timeout: float,
@@ -668,7 +842,7 @@ def pki_check(
         report = lib.check_files(
             cert_files,
             cacert=cacert,
-            hosts=[h.strip() for h in hosts.split(",") if h.strip()],
+            hosts=split_list(hosts),
             warn_days=warn_days,
             strict=strict,
         )

@@ -51,6 +51,9 @@ class MirrorConfig:
     max_delete_ratio: float = 0.5
     allow_mass_delete: bool = False
     mass_delete_min: int = 100
+    # Replace the mirror of another source cluster into an overlapping destination range (stopped
+    # first), instead of refusing: one standby range has one source.
+    take_over: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -149,7 +149,8 @@ def _mirror_config(topology: Topology) -> MirrorConfig:
     dest, flags = argv[2], argv[3:]
     opts = dict(zip(flags[::2], flags[1::2], strict=True))
     expected = {"--endpoints", "--cacert", "--cert", "--key", "--dest-cacert", "--dest-cert", "--dest-key"}
-    if not expected <= set(opts) <= expected | {"--prefix", "--state-prefix"}:
+    # --metrics-addr: the demo's mirror runs in-process, without a metrics server.
+    if not expected <= set(opts) <= expected | {"--prefix", "--state-prefix", "--metrics-addr"}:
         raise RuntimeError(f"unexpected mirror command line: {argv}")  # the demo's topology changed
     source = ClientConfig.create(
         opts["--endpoints"],
@@ -177,7 +178,7 @@ def _mirror_config(topology: Topology) -> MirrorConfig:
 
 
 def _files_line(written: list[Path], out: Path) -> str:
-    """ "6 etcd.conf.yml, 6 etcd.service, 2 pki.sh, etcd-dr-mirror.service, README.txt in OUT"."""
+    """ "6 etcd.conf.yml, 6 etcd.service, 2 pki.sh, etcd-dr-mirror.service, ..., README.txt in OUT"."""
     counts = Counter(p.name for p in written)
     return ", ".join(f"{n} {name}" if n > 1 else name for name, n in counts.most_common()) + f" in {out}"
 

@@ -6,8 +6,12 @@ Output, under the --out directory::
     README.txt                          what to run and copy where, host by host
     <site>/pki.sh                       the `etcd-dr pki init/issue` commands for the site's certificates
     <site>/<member>/etcd.conf.yml       etcd's configuration file (`etcd --config-file`)
-    <site>/<member>/etcd.service        systemd unit: Type=notify, Restart=always, LimitNOFILE=65536
-    <mirror site>/etcd-dr-mirror.service  systemd unit running `etcd-dr mirror` primary -> standby
+    <site>/<member>/etcd.service        systemd unit: Type=notify, Restart=always, LimitNOFILE=65536,
+                                        run as the `etcd` user
+    <mirror site>/etcd-dr-mirror.service  systemd unit running `etcd-dr mirror` primary -> standby as
+                                        its own unprivileged user, sandboxed, with /metrics on
+                                        (an HA pair: <mirror site>/mirror@<host>/etcd-dr-mirror.service)
+    <mirror site>/etcd-dr-mirror.env    the mirror's credentials (mode 0600), read by the unit
 
 Every site has its own CA; a member trusts only its own site's CA (client and peer mutual TLS). The
 host running the mirror needs a CA and a client certificate of *both* sites: the cross-site client
@@ -51,7 +55,49 @@ __all__ = [
 # The mirror's client certificates' CN: with etcd auth enabled it is the user the mirror acts as.
 MIRROR_CLIENT_CN = "etcd-dr-mirror"
 MIRROR_UNIT = "etcd-dr-mirror.service"
+MIRROR_ENV = "etcd-dr-mirror.env"
 RESTART_SEC = 5
+
+# What the mirror may do, as systemd sandboxing: it reads its certificates and talks TCP to both sites
+# (and serves /metrics); it writes nothing on its host, needs no privilege and no device.
+MIRROR_SANDBOX = (
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    "ProtectHome=yes",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectProc=invisible",
+    "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "CapabilityBoundingSet=",
+    "AmbientCapabilities=",
+    "UMask=0077",
+)
+# A member writes only its data dir; the rest of the system is read-only to it.
+MEMBER_SANDBOX = (
+    "NoNewPrivileges=yes",
+    "ProtectSystem=full",
+    "ProtectHome=yes",
+    "PrivateTmp=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectControlGroups=yes",
+    "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "CapabilityBoundingSet=",
+)
 
 
 @dataclass(frozen=True)
@@ -227,7 +273,11 @@ def _etcd_unit_text(topology: Topology, site_name: str, member: Member, source: 
         "Type=notify",
     ]
     if site.service_user is not None:
-        lines.append(f"User={site.service_user}")
+        lines += [f"User={site.service_user}", f"Group={site.service_user}"]
+        data_dir = PurePosixPath(member.effective_data_dir)
+        if data_dir.is_relative_to("/var/lib") and data_dir != PurePosixPath("/var/lib"):
+            # systemd creates the data dir owned by that user (mode 0700) before etcd starts.
+            lines += [f"StateDirectory={data_dir.relative_to('/var/lib')}", "StateDirectoryMode=0700"]
     lines += [
         _exec_start([site.etcd_binary, "--config-file", config_file_of(site_name, site, member)]),
         "Restart=always",
@@ -235,6 +285,7 @@ def _etcd_unit_text(topology: Topology, site_name: str, member: Member, source: 
         "LimitNOFILE=65536",
         # A new member waits for its peers before it notifies: do not give up on it early.
         "TimeoutStartSec=0",
+        *MEMBER_SANDBOX,
         "",
         "[Install]",
         "WantedBy=multi-user.target",
@@ -247,8 +298,18 @@ def _etcd_unit_text(topology: Topology, site_name: str, member: Member, source: 
 # the mirror
 
 
-def mirror_argv(topology: Topology) -> list[str]:
-    """The `etcd-dr mirror` command line the mirror unit runs: primary -> standby."""
+def metrics_addr(topology: Topology, host: str) -> str | None:
+    """HOST:PORT the mirror on `host` serves /metrics and /healthz on (None: off)."""
+    port = topology.mirror.metrics_port
+    if port is None:
+        return None
+    ip = host if is_ip(host) else "0.0.0.0"
+    return f"{_url_host(ip)}:{port}"
+
+
+def mirror_argv(topology: Topology, host: str | None = None) -> list[str]:
+    """The `etcd-dr mirror` command line the mirror unit on `host` (default: the first mirror host)
+    runs: primary -> standby. Credentials are not in it: the unit reads them from its env file."""
     src_name, dst_name = topology.primary, topology.standby
     src, dst = topology.sites[src_name], topology.sites[dst_name]
     s_ca, s_cert, s_key = _client_paths(src_name, src)
@@ -284,24 +345,54 @@ def mirror_argv(topology: Topology) -> list[str]:
     for e in m.exclude:
         argv += ["--exclude", e]
     argv += ["--state-prefix", m.state_prefix]
+    addr = metrics_addr(topology, host if host is not None else topology.mirror_host)
+    # The topology's own --metrics-addr (in extra_args) wins: a flag given twice is refused.
+    if addr is not None and not any(a.split("=", 1)[0] == "--metrics-addr" for a in m.extra_args):
+        argv += ["--metrics-addr", addr]
     argv += m.extra_args
     return argv
 
 
-def _mirror_unit_text(topology: Topology, source: str) -> str:
-    argv = mirror_argv(topology)
+def mirror_unit_path(topology: Topology, host: str) -> PurePosixPath:
+    """Where the mirror unit for `host` is rendered: one per host of an HA pair."""
+    if len(topology.mirror_hosts) == 1:
+        return PurePosixPath(topology.mirror_site, MIRROR_UNIT)
+    return PurePosixPath(topology.mirror_site, f"mirror@{host}", MIRROR_UNIT)
+
+
+def _cert_dirs(topology: Topology) -> list[str]:
+    """The directories of the mirror's certificates (both sites'), shown to it read-only."""
+    dirs: list[str] = []
+    for site_name, site in topology.sites.items():
+        for path in _client_paths(site_name, site):
+            d = str(PurePosixPath(path).parent)
+            if d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def _mirror_unit_text(topology: Topology, source: str, host: str) -> str:
+    argv = mirror_argv(topology, host)
     # One continuation line per group: DEST, source, source TLS, destination TLS, prefixes, extra.
     groups = [2, 3]
     groups += [
         i
         for i, a in enumerate(argv)
-        if a in ("--cacert", "--dest-cacert", "--prefix", "--exclude", "--state-prefix")
+        if a in ("--cacert", "--dest-cacert", "--prefix", "--exclude", "--state-prefix", "--metrics-addr")
     ]
     if topology.mirror.extra_args:
         groups.append(len(argv) - len(topology.mirror.extra_args))
+    m = topology.mirror
+    pair = topology.mirror_hosts
     lines = [
         f"# etcd-dr mirror, site {topology.primary} -> site {topology.standby}: install as",
-        f"# /etc/systemd/system/{MIRROR_UNIT} on {topology.mirror_host} (site {topology.mirror_site}).",
+        f"# /etc/systemd/system/{MIRROR_UNIT} on {host} (site {topology.mirror_site}).",
+    ]
+    if len(pair) > 1:
+        other = next(h for h in pair if h != host)
+        lines.append(f"# Its HA partner runs the same on {other}; a lock on the standby elects one active.")
+    lines += [
+        f"# Credentials (with etcd password auth) go in {m.env_file} (mode 0600), never in this unit.",
         f"# Rendered by `etcd-dr render {source}`.",
         "[Unit]",
         f"Description=etcd-dr mirror {topology.primary} -> {topology.standby}",
@@ -311,18 +402,41 @@ def _mirror_unit_text(topology: Topology, source: str) -> str:
         "[Service]",
         "Type=simple",
     ]
-    if topology.mirror.service_user is not None:
-        lines.append(f"User={topology.mirror.service_user}")
+    if m.service_user is not None:
+        lines += [f"User={m.service_user}", f"Group={m.service_user}"]
     lines += [
+        # Read by systemd before the service starts (as root), so the file stays 0600 root's.
+        f"EnvironmentFile={m.env_file}",
         _exec_start(argv, sorted(set(groups))),
         "Restart=always",
         f"RestartSec={RESTART_SEC}",
+        *MIRROR_SANDBOX,
+        f"ReadOnlyPaths={' '.join(_systemd_arg(d) for d in _cert_dirs(topology))}",
         "",
         "[Install]",
         "WantedBy=multi-user.target",
         "",
     ]
     return "\n".join(lines)
+
+
+def _mirror_env_text(topology: Topology, source: str) -> str:
+    m = topology.mirror
+    return "\n".join(
+        [
+            f"# Credentials of etcd-dr mirror ({topology.primary} -> {topology.standby}): install as",
+            f"# {m.env_file}, owner root, mode 0600 (systemd reads it for the unit; the mirror's user",
+            "# cannot read it). Rendered by `etcd-dr render " + source + "`.",
+            "# With etcd auth on and client-certificate users, nothing is needed here: the client",
+            f"# certificate's CN ({MIRROR_CLIENT_CN}) is the user. With password auth, set the users and",
+            "# passwords (docs/failover.md lists the permissions each one needs):",
+            "#ETCDCTL_USER=etcd-dr-mirror",
+            "#ETCDCTL_PASSWORD=",
+            "#ETCDCTL_DEST_USER=etcd-dr-mirror",
+            "#ETCDCTL_DEST_PASSWORD=",
+            "",
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -425,21 +539,16 @@ def install_plan(topology: Topology) -> list[Copy]:
             ]
             plan += [Copy(src, m.host, dest, site_name, m.name, private) for src, dest, private in copies]
     # The cross-site client certificate bundles: the mirror host reaches both sites.
-    host = topology.mirror_host
-    for site_name, site in topology.sites.items():
-        ca, cert, key = _client_paths(site_name, site)
-        plan.append(Copy(f"pki/{site_name}/ca.pem", host, ca, topology.mirror_site, None))
-        plan.append(Copy(f"pki/{site_name}/mirror.pem", host, cert, topology.mirror_site, None))
-        plan.append(Copy(f"pki/{site_name}/mirror-key.pem", host, key, topology.mirror_site, None, True))
-    plan.append(
-        Copy(
-            f"{topology.mirror_site}/{MIRROR_UNIT}",
-            host,
-            f"/etc/systemd/system/{MIRROR_UNIT}",
-            topology.mirror_site,
-            None,
-        )
-    )
+    ms = topology.mirror_site
+    for host in topology.mirror_hosts:
+        for site_name, site in topology.sites.items():
+            ca, cert, key = _client_paths(site_name, site)
+            plan.append(Copy(f"pki/{site_name}/ca.pem", host, ca, ms, None))
+            plan.append(Copy(f"pki/{site_name}/mirror.pem", host, cert, ms, None))
+            plan.append(Copy(f"pki/{site_name}/mirror-key.pem", host, key, ms, None, True))
+        unit = mirror_unit_path(topology, host).as_posix()
+        plan.append(Copy(unit, host, f"/etc/systemd/system/{MIRROR_UNIT}", ms, None))
+        plan.append(Copy(f"{ms}/{MIRROR_ENV}", host, topology.mirror.env_file, ms, None, True))
     return plan
 
 
@@ -474,12 +583,18 @@ def _check_plan(topology: Topology, plan: Sequence[Copy], source: str) -> None:
 def _readme(topology: Topology, plan: Sequence[Copy], source: str) -> str:
     primary, standby, ms = topology.primary, topology.standby, topology.mirror_site
     other = primary if ms == standby else standby
+    mirror_hosts = " and ".join(topology.mirror_hosts)
     out = [
         f"Rendered by `etcd-dr render {source}`.",
         "",
         f'Two etcd sites: "{primary}" (primary) and "{standby}" (standby), each with its own CA and',
         "mutual TLS for clients and peers. etcd-dr mirror copies the primary into the standby; it runs at",
-        f'site "{ms}" on host {topology.mirror_host}.',
+        f'site "{ms}" on host {mirror_hosts}'
+        + (
+            " (an HA pair: a lock on the standby elects one active mirror)."
+            if len(topology.mirror_hosts) > 1
+            else "."
+        ),
         "",
         "1. Certificates. In this directory, on a trusted machine, once per site:",
     ]
@@ -493,6 +608,13 @@ def _readme(topology: Topology, plan: Sequence[Copy], source: str) -> str:
         "",
         "2. Copy to each member host (private keys mode 0600, owned by the user etcd runs as):",
     ]
+    users = sorted({s.service_user for s in topology.sites.values() if s.service_user is not None})
+    if users:
+        out += [
+            f"   etcd runs as the user {' / '.join(users)} (Debian's etcd-server package creates it; else",
+            "   `useradd --system --home-dir /var/lib/etcd --shell /usr/sbin/nologin etcd`). A data dir",
+            "   outside /var/lib must exist, owned by that user: `install -d -o etcd -g etcd -m 0700 DIR`.",
+        ]
     by_host: dict[tuple[str, str, str | None], list[Copy]] = {}
     for c in plan:
         by_host.setdefault((c.site, c.host, c.member), []).append(c)
@@ -502,16 +624,24 @@ def _readme(topology: Topology, plan: Sequence[Copy], source: str) -> str:
         out.append(f"   site {site_of}, member {member}, host {host}:")
         width = max(len(c.source) for c in copies)
         out += [f"     {c.source.ljust(width)}  ->  {c.dest}" for c in copies]
+    mu = topology.mirror.service_user
     out += [
         "",
-        f"3. The cross-site client certificate bundles, to the mirror host {topology.mirror_host} "
-        f"(site {ms}):",
+        f"3. The cross-site client certificate bundles, to the mirror host {mirror_hosts} (site {ms}):",
         "   it needs a CA and a client certificate of BOTH sites; the ones of site "
         f'"{other}" come from the other site.',
     ]
-    for (_site, _host, member), copies in by_host.items():
+    if mu is not None:
+        out += [
+            f"   The mirror runs as its own user {mu}: `useradd --system --no-create-home --shell "
+            f"/usr/sbin/nologin {mu}`;",
+            f"   its private keys are mode 0600 owned by {mu}. {MIRROR_ENV} (its credentials, if any) is",
+            "   mode 0600 owned by root: systemd reads it for the unit, the mirror's user cannot.",
+        ]
+    for (_site, host, member), copies in by_host.items():
         if member is not None:
             continue
+        out.append(f"   mirror host {host}:")
         width = max(len(c.source) for c in copies)
         out += [f"     {c.source.ljust(width)}  ->  {c.dest}" for c in copies]
     out += [
@@ -521,8 +651,14 @@ def _readme(topology: Topology, plan: Sequence[Copy], source: str) -> str:
         "4. Start. A new member waits for its peers, so start all members of a site together:",
         "     systemctl daemon-reload && systemctl enable --now --no-block "
         + " ".join(sorted({unit_of(n, s, m) for n, s in topology.sites.items() for m in s.members})),
-        "   then, on the mirror host:",
+        f"   then, on the mirror host{'s' if len(topology.mirror_hosts) > 1 else ''} {mirror_hosts}:",
         f"     systemctl daemon-reload && systemctl enable --now {MIRROR_UNIT}",
+    ]
+    for host in topology.mirror_hosts:
+        addr = metrics_addr(topology, host)
+        if addr is not None:
+            out.append(f"   Its /metrics and /healthz on {host}: {addr} (docs/metrics.md).")
+    out += [
         "",
         "5. Check the certificates the members present (expiry, SANs, chain):",
     ]
@@ -553,8 +689,14 @@ def render(topology: Topology, *, source: str = "topology.yaml") -> list[Rendere
             d = PurePosixPath(site_name, m.name)
             files.append(RenderedFile(d / "etcd.conf.yml", _etcd_conf_text(topology, site_name, m, source)))
             files.append(RenderedFile(d / "etcd.service", _etcd_unit_text(topology, site_name, m, source)))
+    for host in topology.mirror_hosts:
+        files.append(
+            RenderedFile(mirror_unit_path(topology, host), _mirror_unit_text(topology, source, host))
+        )
     files.append(
-        RenderedFile(PurePosixPath(topology.mirror_site, MIRROR_UNIT), _mirror_unit_text(topology, source))
+        RenderedFile(
+            PurePosixPath(topology.mirror_site, MIRROR_ENV), _mirror_env_text(topology, source), 0o600
+        )
     )
     files.append(RenderedFile(PurePosixPath("README.txt"), _readme(topology, plan, source)))
     return files

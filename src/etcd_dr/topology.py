@@ -101,7 +101,7 @@ RENDERED_FLAGS: dict[str, str] = {
     "config-file": "config_file",
 }
 # Files `render` writes into a site's directory next to the member directories.
-RESERVED_MEMBER_NAMES = frozenset({"pki.sh", "etcd-dr-mirror.service"})
+RESERVED_MEMBER_NAMES = frozenset({"pki.sh", "etcd-dr-mirror.service", "etcd-dr-mirror.env"})
 
 
 class TopologyError(UsageError):
@@ -284,7 +284,8 @@ class Site(_Model):
     # The systemd unit's name on each member host (members sharing a host need their own: {member}).
     unit_name: UnitName = "etcd.service"
     cluster_token: Annotated[str, Field(min_length=1)] | None = None
-    service_user: Annotated[str, Field(min_length=1)] | None = None
+    # The user (and group) etcd runs as, as Debian's package does; null runs it as root (not advised).
+    service_user: Annotated[str, Field(min_length=1)] | None = "etcd"
     # More etcd settings, written into etcd.conf.yml (etcd ignores command-line flags when it reads a
     # configuration file): flag names without the dashes, e.g. {auto-compaction-retention: "1"}.
     extra_flags: dict[str, FlagValue] = {}
@@ -314,8 +315,10 @@ class Site(_Model):
 class MirrorSettings(_Model):
     # The site whose host runs the mirror daemon; default: the standby.
     site: str | None = None
-    # The host that runs it (for README.txt); default: the first member of that site.
+    # The host that runs it; default: the first member of that site.
     host: Host | None = None
+    # Or the two hosts of an HA pair (one unit each; they elect one active mirror): not with `host`.
+    hosts: Annotated[list[Host], Field(max_length=2)] = []
     prefix: str = ""
     # None: keys keep their names; "" strips `prefix` (--no-dest-prefix); else --dest-prefix.
     dest_prefix: str | None = None
@@ -324,7 +327,12 @@ class MirrorSettings(_Model):
     etcd_dr_binary: AbsPath = "/usr/local/bin/etcd-dr"
     # More `etcd-dr mirror` arguments, appended as given (e.g. ["--max-txn-ops", "256"]).
     extra_args: list[str] = []
-    service_user: Annotated[str, Field(min_length=1)] | None = None
+    # An unprivileged user of its own (it needs only to read its certificates and reach both sites).
+    service_user: Annotated[str, Field(min_length=1)] | None = "etcd-dr"
+    # Its credentials (ETCDCTL_USER/PASSWORD, ETCDCTL_DEST_USER/PASSWORD), mode 0600: never in the unit.
+    env_file: AbsPath = "/etc/etcd-dr/mirror.env"
+    # /metrics and /healthz on the mirror host's address (every interface when it is a name); null: off.
+    metrics_port: Port | None = 9379
 
 
 class Topology(_Model):
@@ -345,9 +353,17 @@ class Topology(_Model):
 
     @property
     def mirror_host(self) -> str:
+        """The (first) host running the mirror."""
+        return self.mirror_hosts[0]
+
+    @property
+    def mirror_hosts(self) -> list[str]:
+        """The hosts running the mirror: one, or the two of an HA pair."""
+        if self.mirror.hosts:
+            return list(self.mirror.hosts)
         if self.mirror.host is not None:
-            return self.mirror.host
-        return self.sites[self.mirror_site].members[0].host
+            return [self.mirror.host]
+        return [self.sites[self.mirror_site].members[0].host]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -540,6 +556,11 @@ def _cross_checks(raw: Mapping[Any, Any]) -> Iterator[tuple[str, str]]:
         site = mirror.get("site")
         if isinstance(site, str) and site not in sites:
             yield "mirror.site", f"unknown site {site!r}: use one of {', '.join(names)}"
+        hosts = mirror.get("hosts")
+        if mirror.get("host") is not None and hosts:
+            yield "mirror.hosts", "give `host` (one mirror host) or `hosts` (an HA pair), not both"
+        if isinstance(hosts, list) and len(hosts) == 2 and hosts[0] == hosts[1]:
+            yield "mirror.hosts", f"the two hosts of the pair are the same ({hosts[0]})"
 
 
 def expand(template: str, *, site: str, member: str = "") -> str:

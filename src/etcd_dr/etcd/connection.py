@@ -63,7 +63,7 @@ class ClientConfig:
     endpoints: tuple[Endpoint, ...]
     tls: TLSConfig | None = None
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line or a message
     dial_timeout: float = 5.0
     request_timeout: float = 30.0
     keepalive_time: float = 10.0

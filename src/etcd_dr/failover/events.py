@@ -15,6 +15,10 @@ log = logging.getLogger("etcd_dr.failover")
 
 KEEP = 200  # events kept per cluster; older ones are removed when a new one is written
 
+# A mirror from another source cluster replaced the one that wrote into this range (`--take-over`);
+# its fields name both sources and the replaced checkpoint (mirror/sourceguard.py).
+TAKE_OVER = "take-over"
+
 
 def events_prefix(state_prefix: bytes) -> bytes:
     return state_prefix + b"events/"

@@ -41,6 +41,7 @@ from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseLost, LeaseMirror
 from .lock import MirrorLock
 from .replay import Replayer
+from .sourceguard import guard_one_source
 from .stats import MirrorStats
 from .sync import SyncResult, diff_sync
 
@@ -436,6 +437,15 @@ class Mirror:
                 "and the key ranges overlap: "
                 "mirroring a cluster into itself is refused"
             )
+        await guard_one_source(
+            dest,
+            state_prefix=self.config.state_prefix,
+            source_id=src.cluster_id,
+            source_prefix=self.config.prefix,
+            dest_prefix=self.mapper.dest_prefix,
+            dest_text=self.config.dest.endpoints_text,
+            take_over=self.config.take_over,
+        )
         self._heartbeat_key = heartbeat_key(self.config.state_prefix, dst.cluster_id)
         self._lock_key = lock_key(
             self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix

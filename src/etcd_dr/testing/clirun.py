@@ -44,8 +44,9 @@ def etcd_dr_sync(*args: str, timeout: float = 60) -> Run:
     return Run(out.returncode, out.stdout, out.stderr)
 
 
-async def etcd_dr(*args: str, timeout: float = 60) -> Run:
-    """Run `etcd-dr ARGS` without blocking the event loop (the test's own clients keep working)."""
+async def etcd_dr(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Run:
+    """Run `etcd-dr ARGS` without blocking the event loop (the test's own clients keep working);
+    `env`: variables added to its environment (e.g. ETCDCTL_DEST_PASSWORD)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -54,7 +55,7 @@ async def etcd_dr(*args: str, timeout: float = 60) -> Run:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=_env(),
+        env={**_env(), **(env or {})},
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
