@@ -63,13 +63,6 @@ async def test_failover_rpo_comes_from_the_running_mirror_not_a_stale_checkpoint
                 await asyncio.sleep(0.1)
             assert stale_rev < last
 
-            listed = await etcd_dr("checkpoints", b.endpoints[0], "--json")
-            assert listed.code == 0, listed.stderr
-            doc = {c["source_prefix"]: c for c in json.loads(listed.stdout)["checkpoints"]}
-            assert doc["/app"]["state"] == "stale" and doc["/app"]["lock_holder"] is None
-            assert doc["/app/"]["state"] == "live" and doc["/app/"]["lock_holder"]
-            assert doc["/app/"]["revision"] == last and doc["/app"]["revision"] == stale_rev
-
             a.kill(0)  # the primary is lost; the mirror keeps its lock while it retries
             run = await etcd_dr(
                 "failover", b.endpoints[0], "--endpoints", a.endpoints[0], "--prefix", "/app/",
@@ -104,6 +97,14 @@ async def test_checkpoints_lists_and_removes_only_what_it_is_asked(etcd_cluster_
             assert stale_line.startswith(full_id) and "STALE, lock free" in stale_line
             assert "live, lock held by" in live_line
             assert "1 stale" in text.stdout
+
+            listed = await etcd_dr("checkpoints", dest, "--json")
+            assert listed.code == 0, listed.stderr
+            doc = {c["source_prefix"]: c for c in json.loads(listed.stdout)["checkpoints"]}
+            assert doc["/app"]["state"] == "stale" and doc["/app"]["lock_holder"] is None
+            assert doc["/app/"]["state"] == "live" and doc["/app/"]["lock_holder"]
+            assert doc["/app"]["id"] == full_id and doc["/app"]["phase"] == "replay"
+            assert doc["/app/"]["revision"] >= doc["/app"]["revision"] > 0
 
             live_id = live_line.split()[0]
             refused = await etcd_dr("checkpoints", dest, "--remove", live_id)
