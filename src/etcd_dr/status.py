@@ -375,7 +375,8 @@ class StatusReport:
         for c in (self.source, self.dest):
             if c.down:
                 out.append(f"{c.role}: {c.endpoints} DOWN ({c.down})")
-                out += [f"  {m.endpoint}: DOWN ({m.error})" for m in c.members]
+                if len(c.members) > 1:  # one member: the line above says it all
+                    out += [f"  {m.endpoint}: DOWN ({m.error})" for m in c.members]
                 continue
             out.append(
                 f"{c.role}: cluster {c.cluster_id:x}, revision {c.revision}, "
