@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable
 
+from etcd_dr.checkpoints import CheckpointInfo, choose_live
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key
 from etcd_dr.mirror.health import HealthRecord, health_key
@@ -136,3 +137,30 @@ async def test_prefix_without_trailing_slash_is_warned_about(etcd_cluster_factor
     run = await etcd_dr("verify", b.endpoints[0], "--endpoints", a.endpoints[0], "--prefix", "/app/")
     assert run.code == 0, run.stderr
     assert "trailing" not in run.stderr
+
+
+def test_the_rpo_checkpoint_is_the_running_mirrors() -> None:
+    """The choice among one source's checkpoints (pure: no cluster), rule by rule."""
+
+    def info(prefix: bytes, revision: int, updated: float, holder: str | None) -> CheckpointInfo:
+        ck = Checkpoint(1, prefix, prefix, revision, updated=updated)
+        key = checkpoint_key(STATE, 1, prefix, prefix)
+        return CheckpointInfo(key, ck.encode(), 1, ck, holder)
+
+    old_once = info(b"/app", 100, 50.0, None)
+    shard_a, shard_b = info(b"/a/", 300, 90.0, "h:1:x"), info(b"/b/", 250, 80.0, "h:2:y")
+    own = info(APP, 200, 60.0, None)
+    # This --prefix's mirror runs: its checkpoint, whatever else is there.
+    own_live = info(APP, 200, 60.0, "h:3:z")
+    assert choose_live([old_once, own_live, shard_a], own_live.key).used == [own_live]
+    # Another pair's (sharded) mirrors run: theirs, the lowest revision counts for the RPO.
+    choice = choose_live([old_once, shard_a, shard_b, own], own.key)
+    assert choice.used == [shard_a, shard_b] and choice.ignored == [old_once, own]
+    # No lock held: this --prefix's checkpoint; without one, the most recently updated.
+    assert choose_live([old_once, own], own.key).used == [own]
+    assert choose_live([old_once, own], None).used == [own]
+    assert choose_live([own, old_once], checkpoint_key(STATE, 1, b"/x/", b"/x/")).used == [own]
+    # An unreadable record is never used (and still listed among the ignored).
+    bad = CheckpointInfo(checkpoint_key(STATE, 1, b"/z/", b"/z/"), b"{", 1, None, "h:4:w", "bad json")
+    choice = choose_live([bad], None)
+    assert choice.used == [] and choice.ignored == [bad]

@@ -15,7 +15,7 @@ from etcd_dr.etcd import EtcdClient
 from etcd_dr.failover.events import record_event
 from etcd_dr.failover.roles import PRIMARY, read_role, write_role
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import lock_key
+from etcd_dr.mirror.checkpoint import checkpoint_key, lock_key
 from etcd_dr.mirror.health import HealthRecord, VerifyResult, health_key
 from etcd_dr.testing.clirun import ERROR_PREFIX, Run, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
@@ -137,6 +137,16 @@ async def test_stopped_mirror_with_unapplied_writes_and_lag_limit(etcd_cluster_f
     assert d["lag_revisions"] == 30 and d["healthy"] is False
     assert kinds(doc) == {"mirror-stopped", "lag"}, d["problems"]
     assert any("above --max-lag-revisions 20" in p["message"] for p in d["problems"])
+
+    # A checkpoint that cannot be read is a problem reported, not an error that hides the rest.
+    async with connect(a) as ca, connect(b) as cb:
+        a_id = (await ca.status()).cluster_id
+        await cb.put(checkpoint_key(STATE, a_id, APP, APP), b"{not json")
+    broken = await status(a, b, "--no-fence")
+    assert broken.code == 1 and "checkpoint-unreadable: the checkpoint" in broken.stdout, broken.stdout
+    assert "source: cluster" in broken.stdout and "destination: cluster" in broken.stdout
+    listed = await etcd_dr("checkpoints", b.endpoints[0])
+    assert listed.code == 0 and "unreadable" in listed.stdout, listed.stdout + listed.stderr
 
 
 async def test_two_primaries_and_the_last_move(etcd_cluster_factory: Factory) -> None:

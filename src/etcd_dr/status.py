@@ -17,7 +17,7 @@ from typing import Any
 
 from .checkpoints import CheckpointInfo, list_checkpoints
 from .config import MirrorConfig
-from .etcd import EtcdClient, EtcdError, Status, TransientError
+from .etcd import EtcdClient, Status, TransientError
 from .failover.events import Event, recent_events
 from .failover.roles import Role, RoleUnreadable, read_role
 from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key, heartbeat_key, lock_key
@@ -93,6 +93,7 @@ class StatusReport:
     health: HealthRecord | None = None  # the mirror's health record (mirror/health.py), if written
     checkpoints: list[CheckpointInfo] = field(default_factory=list)  # every one on the destination
     checkpoint_id: str = ""  # this pair's, in `etcd-dr checkpoints` form
+    checkpoint_error: str = ""  # why this pair's checkpoint could not be read
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -208,7 +209,9 @@ class StatusReport:
         out: list[Problem] = []
         ck = self.checkpoint
         lim = self.limits
-        if ck is None:
+        if self.checkpoint_error:
+            out.append(Problem("checkpoint-unreadable", self.checkpoint_error))
+        elif ck is None:
             others = f" (it holds {len(self.checkpoints)} of other pairs)" if self.checkpoints else ""
             out.append(
                 Problem(
@@ -341,6 +344,7 @@ class StatusReport:
             },
             "health": None if self.health is None else self._health_json(self.health),
             "checkpoint_id": self.checkpoint_id or None,
+            "checkpoint_error": self.checkpoint_error or None,
             "checkpoints": [c.to_json(self.now) for c in self.checkpoints],
             "stale_checkpoints": [c.id for c in self.stale_checkpoints],
             "last_move": _event_json(self.last_move),
@@ -600,10 +604,10 @@ async def _read_mirror(
     if kv is not None:
         try:
             report.checkpoint = Checkpoint.decode(kv.value)
-        except (ValueError, KeyError) as e:
-            raise EtcdError(
+        except (ValueError, KeyError, TypeError) as e:
+            report.checkpoint_error = (
                 f"the checkpoint {encode_key(key)} on the destination is not readable: {e}"
-            ) from None
+            )
     lock = await dest.get(lock_key(sp, source_id, config.prefix, mapper.dest_prefix))
     report.lock_holder = lock.value.decode(errors="replace") if lock is not None else None
     hv = await dest.get(health_key(sp, source_id, config.prefix, mapper.dest_prefix))
