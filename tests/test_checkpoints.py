@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from etcd_dr.checkpoints import CheckpointInfo, choose_live
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key
+from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key, lock_key
 from etcd_dr.mirror.health import HealthRecord, health_key
 from etcd_dr.testing.clirun import assert_refused, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
@@ -127,6 +127,14 @@ async def test_checkpoints_lists_and_removes_only_what_it_is_asked(etcd_cluster_
             assert [c["source_prefix"] for c in json.loads(after.stdout)["checkpoints"]] == ["/app/"]
             events = await etcd_dr("status", dest, "--endpoints", a.endpoints[0], "--prefix", "/app/")
             assert "checkpoint-removed" in events.stdout, events.stdout
+        # A live one (its lock held by a mirror elsewhere) goes only with --force, which says so.
+        lease = await cb.lease_grant(300)
+        await cb.put(lock_key(STATE, a_id, APP, APP), b"other-host:1:x", lease=lease.id)
+        assert_refused(await etcd_dr("checkpoints", dest, "--remove", live_id), "other-host:1:x")
+        forced = await etcd_dr("checkpoints", dest, "--remove", live_id, "--force")
+        assert forced.code == 0, forced.stderr
+        assert "--force: its mirror (lock held by other-host:1:x) will copy again" in forced.stderr
+        assert await cb.get(checkpoint_key(STATE, a_id, APP, APP)) is None
 
 
 async def test_prefix_without_trailing_slash_is_warned_about(etcd_cluster_factory: Factory) -> None:
