@@ -96,6 +96,14 @@ async def test_each_site_down_still_shows_the_other(etcd_cluster_factory: Factor
         await hold_lock(cb, a_id)
         b_id = (await cb.status()).cluster_id
 
+    a.pause(0)  # hung: it accepts connections and answers nothing
+    try:
+        run = await status(a, b, "--no-fence")
+    finally:
+        a.resume(0)
+    assert run.code == 1 and f"source: {a.endpoints[0]} DOWN (" in run.stdout, run.stdout
+    assert f"destination: cluster {b_id:x}" in run.stdout, run.stdout
+
     a.kill(0)
     run = await status(a, b, "--no-fence")
     assert run.code == 1

@@ -497,8 +497,12 @@ def in_our_words(e: BaseException, timeout: float) -> str:
     """Why a cluster or member did not answer, without the transport's internals (those go to the
     debug log)."""
     text = str(e).lower()
-    if isinstance(e, TimeoutError) or any(w in text for w in ("deadline", "timed out", "timeout")):
+    if isinstance(e, TimeoutError):
         return f"no answer within {timeout:g} s"
+    if "settings frame" in text:
+        return "it accepts connections but does not answer: a hung process, or not etcd"
+    if any(w in text for w in ("deadline", "timed out", "timeout")):
+        return "no answer in time"
     if "refused" in text:
         return "connection refused: nothing listens at that address"
     if "no route" in text or "unreachable" in text:
