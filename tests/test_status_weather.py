@@ -146,6 +146,12 @@ async def test_stopped_mirror_with_unapplied_writes_and_lag_limit(etcd_cluster_f
     assert kinds(doc) == {"mirror-stopped", "lag"}, d["problems"]
     assert any("above --max-lag-revisions 20" in p["message"] for p in d["problems"])
 
+    # Without the mirror's --prefix: its pair is named, so the operator knows what to give.
+    bare = await etcd_dr("status", b.endpoints[0], "--endpoints", a.endpoints[0], "--no-fence")
+    assert bare.code == 1, bare.stderr
+    assert "no-checkpoint: no mirror checkpoint for this --prefix" in bare.stdout, bare.stdout
+    assert "'/app/' -> '/app/', stale; give their --prefix" in bare.stdout, bare.stdout
+
     # A checkpoint that cannot be read is a problem reported, not an error that hides the rest.
     async with connect(a) as ca, connect(b) as cb:
         a_id = (await ca.status()).cluster_id

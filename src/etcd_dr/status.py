@@ -212,7 +212,8 @@ class StatusReport:
         if self.checkpoint_error:
             out.append(Problem("checkpoint-unreadable", self.checkpoint_error))
         elif ck is None:
-            others = f" (it holds {len(self.checkpoints)} of other pairs)" if self.checkpoints else ""
+            pairs = "; ".join(f"{c.pair()}, {'live' if c.live else 'stale'}" for c in self.checkpoints[:3])
+            others = f" (it holds those of other pairs: {pairs}; give their --prefix)" if pairs else ""
             out.append(
                 Problem(
                     "no-checkpoint",
