@@ -454,7 +454,7 @@ class StatusReport:
         out.append(f"mirror lock: {holder}")
         h = self.health
         if h is None:
-            out.append("mirror health: no record (this mirror does not write one)")
+            out.append("mirror health: no record (no mirror has written one here)")
         else:
             problems = "; ".join(f"{k}: {v}" for k, v in sorted(h.problems.items())) or "no problem known"
             out.append(f"mirror health: {problems} (written {_ago(self.health_age or 0.0)})")
