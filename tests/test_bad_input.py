@@ -220,10 +220,10 @@ CASES: dict[str, Case] = {
         ["verify", (p := closed_port()), *x.s],
         ["destination endpoint", p],
     ),
-    "unreachable-source-status": lambda x: (
-        ["status", *x.d, "--endpoints", (p := closed_port()), "--dial-timeout", "1"],
-        ["source endpoint", p],
-    ),
+    # (status with a site down is no error: it reports a DOWN row, test_status_weather.py)
+    "status-max-lag-not-a-duration": lambda x: (["status", *x.d, *x.s, "--max-lag", "soon"], ["--max-lag"]),
+    "checkpoints-force-without-remove": lambda x: (["checkpoints", *x.d, "--force"], ["--force", "--remove"]),
+    "checkpoints-remove-unknown": lambda x: (["checkpoints", *x.d, "--remove", "abc"], ["--remove", "abc"]),
     "unreachable-dest-switchover": lambda x: (
         ["switchover", (p := closed_port()), *x.s, "--dial-timeout", "1"],
         ["destination endpoint", p],

@@ -341,8 +341,24 @@ def duration(text: str, flag: str) -> float:
     return value
 
 
+def warn_open_prefix(prefix: str) -> None:
+    """A prefix is a byte prefix: `/app` also takes `/apple/` and `/app2`. Said once, for every command
+    that takes --prefix (they all build their pair here)."""
+    if prefix and not prefix.endswith("/"):
+        log.warning(
+            "--prefix %r has no trailing '/': it also matches keys such as %r and %r, not only the "
+            "directory %r; give --prefix %r for the directory alone",
+            prefix,
+            prefix + "2",
+            prefix + "-old/",
+            prefix + "/",
+            prefix + "/",
+        )
+
+
 def pair_config(dest: str, kw: dict[str, Any], **options: Any) -> MirrorConfig:
     """The source/destination pair and key mapping that mirror, verify and status share."""
+    warn_open_prefix(kw["prefix"])
     return MirrorConfig(
         source=source_config(kw),
         dest=dest_config(dest, kw),
@@ -531,17 +547,101 @@ def verify(dest: str, as_json: bool, **kw: Any) -> None:
 
 @cli.command()
 @check_options
+@click.option(
+    "--max-lag-revisions",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Degraded when the mirror is more source revisions behind.",
+)
+@click.option(
+    "--max-lag", default="30s", show_default=True, help="Degraded when the mirror is further behind."
+)
+@click.option(
+    "--fence-hook",
+    default=None,
+    help="The moves fence with this command (not run here): etcd auth need not be on.",
+)
+@click.option("--no-fence", is_flag=True, help="The moves run with --no-fence: do not warn that auth is off.")
 def status(dest: str, as_json: bool, **kw: Any) -> None:
-    """Both clusters' health, the mirror's revisions, lag, checkpoint age and compaction headroom."""
+    """Both sites' health, roles, the mirror's lag, lock, health record and checkpoints: exit 0
+    healthy, 1 degraded (each problem said), 2 usage error. A site that is down gets a DOWN row."""
+    from .errors import CheckFailed
+    from .status import Limits
     from .status import status as run_status
 
     config = pair_config(dest, kw)
-    report = run_async(run_status(config))
+    limits = Limits(
+        max_lag_revisions=kw["max_lag_revisions"],
+        max_lag_seconds=duration(kw["max_lag"], "--max-lag"),
+        fencing_without_auth=bool(kw["fence_hook"]) or kw["no_fence"],
+    )
+    report = run_async(run_status(config, limits))
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
         for line in report.lines():
             click.echo(line)
+    if report.degraded:
+        raise SystemExit(CheckFailed.exit_code)
+
+
+@cli.command()
+@click.argument("dest")
+@dest_options
+@click.option(
+    "--state-prefix",
+    default=DEFAULT_STATE_PREFIX.decode(),
+    show_default=True,
+    help="Where etcd-dr keeps its own keys.",
+)
+@click.option("--dial-timeout", type=_POSITIVE, default=5.0, show_default=True, help="Seconds to connect.")
+@click.option(
+    "--command-timeout", type=_POSITIVE, default=30.0, show_default=True, help="Seconds per request."
+)
+@click.option("--remove", "remove_id", default=None, metavar="ID", help="Remove this checkpoint (its ID).")
+@click.option("--force", is_flag=True, help="With --remove: remove it even if its mirror is running.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def checkpoints(
+    dest: str, remove_id: str | None, force: bool, as_json: bool, state_prefix: str, **kw: Any
+) -> None:
+    """The mirror checkpoints DEST holds: pair, revision, age, lock holder, live or stale; --remove one."""
+    from .checkpoints import list_checkpoints, remove_checkpoint
+    from .errors import UsageError
+    from .etcd import EtcdClient
+
+    if force and remove_id is None:
+        raise UsageError("--force goes with --remove ID")
+    config = dest_config(dest, kw)
+    sp = _b(state_prefix)
+
+    async def run() -> tuple[Any, list[Any]]:
+        async with EtcdClient(config) as client:
+            removed = None
+            if remove_id is not None:
+                removed = await remove_checkpoint(client, sp, remove_id, force=force)
+            return removed, await list_checkpoints(client, sp)
+
+    removed, found = run_async(run())
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "removed": removed.to_json() if removed else None,
+                    "checkpoints": [c.to_json() for c in found],
+                }
+            )
+        )
+        return
+    if removed is not None:
+        click.echo(f"removed {removed.line()}")
+    for c in found:
+        click.echo(c.line())
+    stale = sum(not c.live for c in found)
+    click.echo(
+        f"{len(found)} checkpoints on {config.endpoints_text}, {stale} stale"
+        + (" (remove one with --remove ID once its mirror is known to be gone)" if stale else "")
+    )
 
 
 # ---- moving the service between sites ----------------------------------------------------------

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..checkpoints import live_checkpoints
 from ..errors import CheckFailed, Refused
 from ..etcd import Compare, CompareResult, Delete, EtcdClient, Status
-from ..mirror.checkpoint import SYNC
+from ..mirror.checkpoint import SYNC, checkpoint_key
+from ..mirror.keys import KeyMapper
 from .config import MoveConfig
 from .events import record_event
 from .fence import fence_writes, unfence_writes
 from .revision import mark_compacted, raise_revision
 from .roles import PRIMARY, Role, write_role
-from .sites import Site, checkpoints_from, mirror_command, open_site, probe, reversed_pair, switch_clients
+from .sites import Site, mirror_command, open_site, probe, reversed_pair, switch_clients
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -39,6 +41,8 @@ class FailoverResult:
     clients: str
     next_command: str
     finished_earlier_run: bool = False
+    # Checkpoints of mirrors that were not running, not used for the RPO (checkpoints.live_checkpoints).
+    stale_checkpoints: list[str] = field(default_factory=list)
 
     @property
     def rpo_seconds(self) -> float | None:
@@ -60,7 +64,7 @@ class FailoverResult:
             "later writes to the old primary are not: `etcd-dr failback` lists them when it is back",
             f"clients: {self.clients}",
             f"when the old primary is back: {self.next_command}",
-        ]
+        ] + [f"stale checkpoint not used for the RPO: {line}" for line in self.stale_checkpoints]
 
 
 async def failover(cfg: MoveConfig) -> FailoverResult:
@@ -80,19 +84,23 @@ async def failover(cfg: MoveConfig) -> FailoverResult:
             raise Refused(f"{standby.describe()}: no mirror has run into it; it is nobody's standby")
         old_id = role.peer_cluster_id
         await _check_primary_gone(cfg, old_id)
+        own_key = checkpoint_key(sp, old_id, pair.prefix, KeyMapper.from_config(pair).dest_prefix)
         for _attempt in range(10):
-            stored = await checkpoints_from(s_client, sp, old_id)
-            if not stored:
+            # The RPO comes from the mirror that was running (live_checkpoints), never from a checkpoint
+            # a stopped mirror left (another --prefix, an old one-off run): that one is behind.
+            found, choice = await live_checkpoints(s_client, sp, old_id, own_key)
+            if not choice.used:
                 raise Refused(f"{standby.describe()} holds no mirror checkpoint from cluster {old_id:x}")
-            unfinished = [s for s in stored if s.checkpoint.phase == SYNC]
+            used = [c.checkpoint for c in choice.used if c.checkpoint is not None]
+            unfinished = [c for c in used if c.phase == SYNC]
             if unfinished and not cfg.force:
                 raise CheckFailed(
                     f"failover refused: the standby {standby.text} is in the middle of a copy (its content "
                     "is not any one state of the primary); --force promotes it anyway"
                 )
-            rpo = min(s.checkpoint.revision for s in stored)
-            rpo_time = min(s.checkpoint.source_time for s in stored)
-            known = max(s.checkpoint.revision for s in stored)
+            rpo = min(c.revision for c in used)
+            rpo_time = min(c.source_time for c in used)
+            known = max(c.checkpoint.revision for c in found if c.checkpoint is not None)
             bump = await raise_revision(s_client, sp, known + cfg.revision_margin)
             await mark_compacted(s_client, bump.revision)
             epoch = role.epoch + 1
@@ -102,8 +110,8 @@ async def failover(cfg: MoveConfig) -> FailoverResult:
                 sp,
                 new,
                 standby.role,
-                compare=tuple(Compare.value_(s.key, CompareResult.EQUAL, s.raw) for s in stored),
-                also=tuple(Delete(s.key) for s in stored),
+                compare=tuple(Compare.value_(c.key, CompareResult.EQUAL, c.raw) for c in found),
+                also=tuple(Delete(c.key) for c in found),
             )
             if result.succeeded:
                 log.info(
@@ -114,7 +122,8 @@ async def failover(cfg: MoveConfig) -> FailoverResult:
                     old_id,
                 )
                 standby = await open_site(s_client, pair.dest, sp)
-                return await _after_promotion(cfg, standby, new, False)
+                stale = [f"{c.line(new.since)} (removed at the promotion)" for c in choice.ignored]
+                return await _after_promotion(cfg, standby, new, False, stale)
             # A mirror still applied something between the read and the promotion: read again.
             log.info("failover: the standby's checkpoint moved while promoting; reading it again")
             standby = await open_site(s_client, pair.dest, sp)
@@ -158,7 +167,9 @@ async def _check_primary_gone(cfg: MoveConfig, old_id: int) -> None:
         )
 
 
-async def _after_promotion(cfg: MoveConfig, standby: Site, role: Role, resumed: bool) -> FailoverResult:
+async def _after_promotion(
+    cfg: MoveConfig, standby: Site, role: Role, resumed: bool, stale: list[str] | None = None
+) -> FailoverResult:
     sp = cfg.pair.state_prefix
     if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
         log.info("failover: writes on %s allowed (its fence from an earlier move lifted)", standby.text)
@@ -186,6 +197,7 @@ async def _after_promotion(cfg: MoveConfig, standby: Site, role: Role, resumed: 
         clients=clients,
         next_command="etcd-dr failback " + _failback_args(cfg),
         finished_earlier_run=resumed,
+        stale_checkpoints=stale or [],
     )
 
 

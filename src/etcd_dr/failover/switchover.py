@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..checkpoints import live_checkpoints
 from ..errors import CheckFailed, EtcdDrError, Refused
 from ..etcd import CompactedError, Compare, CompareResult, Delete, EtcdClient, EtcdError
 from ..mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, lock_key
@@ -98,6 +99,7 @@ async def switchover(cfg: MoveConfig) -> SwitchoverResult:
         mapper = KeyMapper.from_config(pair)
         key = checkpoint_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
         stored = await _checkpoint(standby, key)
+        await live_checkpoints(s_client, sp, primary.id, key)  # logs the stale ones, with a warning
         log.info(
             "switchover: %s -> %s; the standby has applied revision %d of %d",
             primary.text,
