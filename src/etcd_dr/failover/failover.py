@@ -25,7 +25,16 @@ from .fence import fence_writes, unfence_writes
 from .plan import MovePlan, mirror_holders, old_mirror_lines
 from .revision import mark_compacted, raise_revision
 from .roles import PRIMARY, Role, write_role
-from .sites import Site, checkpoints_from, mirror_command, open_site, probe, reversed_pair, switch_clients
+from .sites import (
+    Site,
+    checkpoints_from,
+    mirror_command,
+    open_site,
+    probe,
+    reversed_pair,
+    switch_clients,
+    switch_plan,
+)
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -257,17 +266,7 @@ def _plan_steps(
     )
     for holder in holders:
         plan.step(f"the mirror holding the lock ({describe_holder(holder)}) is fenced by the promotion")
-    plan.step(f"lift any fence on {standby.text}; clients: {_switch_plan(cfg, standby)}")
-
-
-def _switch_plan(cfg: MoveConfig, site: Site) -> str:
-    done = []
-    if cfg.dns is not None:
-        to = ", ".join(cfg.dns_addresses) or f"the addresses of {site.text}"
-        done.append(f"DNS {cfg.dns.name} in {cfg.dns.zone} on {cfg.dns.server} -> {to}")
-    if cfg.switch_hook:
-        done.append(f"run --switch-hook {cfg.switch_hook!r}")
-    return "; ".join(done) or "not switched (no --dns-server or --switch-hook): yours to do"
+    plan.step(f"lift any fence on {standby.text}; clients: {switch_plan(cfg, standby)}")
 
 
 async def _check_primary_gone(

@@ -25,8 +25,8 @@ class MovePlan:
     def to_json(self) -> dict[str, Any]:
         return {"dry_run": True, "move": self.move, "steps": self.steps, "notes": self.notes}
 
-    def lines(self) -> list[str]:
-        out = [f"{self.move} plan (--dry-run: nothing was changed):"]
+    def lines(self, dry_run: bool = True) -> list[str]:
+        out = [f"{self.move} plan" + (" (--dry-run: nothing was changed):" if dry_run else ":")]
         out += [f"  {note}" for note in self.notes]
         out += [f"  {i}. {text}" for i, text in enumerate(self.steps, 1)]
         return out
