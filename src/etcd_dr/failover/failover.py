@@ -326,7 +326,7 @@ async def _check_primary_gone(
         return None
     if not cfg.force:
         raise CheckFailed(
-            f"failover refused: the primary (cluster {old_id:x}) answers at {where} and is healthy "
+            f"failover refused: the primary {where} (cluster {old_id:x}) answers and is healthy "
             f"(revision {status.revision}); use `etcd-dr switchover` for a planned move, or --force"
         )
     log.warning(
