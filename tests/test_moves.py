@@ -87,10 +87,8 @@ async def test_failover_refused_while_the_recorded_primary_answers(
     async with EtcdClient(ClientConfig.create(a.endpoints)) as ca:
         await ca.put(APP + b"k", b"v")
     await Mirror(pair(a, b, once=True)).run()
-    async with EtcdClient(ClientConfig.create(b.endpoints)) as cb:
-        (stored,) = await checkpoints_from(cb, STATE, (await ca_status(a)).cluster_id)
-    assert stored.checkpoint.source_endpoints == a.endpoints[0]
-    dest, common = b.endpoints[0], ["--no-fence", "--probe-timeout", "1", "--yes"]
+    # No --yes: without a terminal there is no prompt (and the same command runs on today's code).
+    dest, common = b.endpoints[0], ["--no-fence", "--probe-timeout", "1"]
     before = await role_of(b)
 
     missing = await etcd_dr("failover", dest, *common, timeout=30)
@@ -108,6 +106,9 @@ async def test_failover_refused_while_the_recorded_primary_answers(
     run = await etcd_dr("failover", dest, "--endpoints", dead, *common, "--dry-run", timeout=30)
     refused_once(run, 1, "answers and is healthy")
     assert await role_of(b) == before and before.startswith("standby")
+    async with EtcdClient(ClientConfig.create(b.endpoints)) as cb:
+        (stored,) = await checkpoints_from(cb, STATE, a_id)
+    assert stored.checkpoint.source_endpoints == a.endpoints[0]
 
 
 async def ca_status(cluster: EtcdCluster) -> Status:
@@ -129,7 +130,7 @@ async def test_failback_without_a_failover_and_once_beside_a_running_mirror_end_
         t0 = time.monotonic()
         run = await etcd_dr(
             "failback", b.endpoints[0], "--endpoints", a.endpoints[0], "--report", str(tmp_path / "r.json"),
-            "--no-fence", "--yes", timeout=30,
+            "--prefix", APP.decode(), "--no-fence", timeout=30,
         )  # fmt: skip
         assert_refused(run, "failback refused", "no failover or switchover", b.endpoints[0])
         assert time.monotonic() - t0 < 25
@@ -258,8 +259,9 @@ async def test_failover_raises_past_what_the_old_primary_wrote_unseen(
             a_id = (await ca.status()).cluster_id
 
             async def seen() -> int:
+                """What the mirror has applied (once caught up, it has seen the head too)."""
                 stored = await checkpoints_from(cb, STATE, a_id)
-                return max((s.checkpoint.seen_revision for s in stored), default=0)
+                return max((s.checkpoint.revision for s in stored), default=0)
 
             deadline = time.monotonic() + 60
             while await seen() == 0:
@@ -277,7 +279,7 @@ async def test_failover_raises_past_what_the_old_primary_wrote_unseen(
         a.kill(0)
         run = await etcd_dr(
             "failover", b.endpoints[0], "--endpoints", a.endpoints[0], "--prefix", APP.decode(),
-            "--no-fence", "--probe-timeout", "1", "--yes", timeout=180,
+            "--no-fence", "--probe-timeout", "1", timeout=180,
         )  # fmt: skip
         assert run.code == 0, run.stderr
         assert "revision raise to" in run.stdout and "rev/s" in run.stdout, run.stdout
