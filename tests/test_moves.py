@@ -282,10 +282,10 @@ async def test_failover_raises_past_what_the_old_primary_wrote_unseen(
             "--no-fence", "--probe-timeout", "1", timeout=180,
         )  # fmt: skip
         assert run.code == 0, run.stderr
-        assert "revision raise to" in run.stdout and "rev/s" in run.stdout, run.stdout
         b_revision = (await snapshot(b))[0]
         assert b_revision > last, (
             f"B raised to {b_revision}, not past A's last revision {last}:\n{run.stdout}"
         )
+        assert "revision raise to" in run.stdout and "rev/s" in run.stdout, run.stdout
     finally:
         proc.kill()
