@@ -114,6 +114,8 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
             raise Refused(f"{standby.describe()}: no mirror has run into it; it is nobody's standby")
         old_id = role.peer_cluster_id
         stored = await checkpoints_from(s_client, sp, old_id)
+        if not stored:
+            raise Refused(f"{standby.describe()} holds no mirror checkpoint from cluster {old_id:x}")
         recorded = sorted({s.checkpoint.source_endpoints for s in stored if s.checkpoint.source_endpoints})
         fence_at = await _check_primary_gone(cfg, old_id, recorded, plan)
         holders = await mirror_holders(s_client, sp, old_id)
@@ -134,7 +136,7 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
             if plan is not None:
                 _plan_steps(plan, cfg, standby, old_id, fence_at, rpo, target, epoch, holders)
                 return None
-            if fence_at is not None:
+            if fence_at is not None and _attempt == 0:
                 await _fence_anyway(cfg, fence_at)
             log.info("failover: %s", target.line())
             bump = await raise_revision(s_client, sp, target.target)
