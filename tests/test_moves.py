@@ -289,3 +289,27 @@ async def test_failover_raises_past_what_the_old_primary_wrote_unseen(
         assert "revision raise to" in run.stdout and "rev/s" in run.stdout, run.stdout
     finally:
         proc.kill()
+
+
+async def test_a_checkpoint_of_the_previous_version_still_resumes(
+    etcd_cluster_factory: Callable[..., EtcdCluster],
+) -> None:
+    """A checkpoint written before the new fields (endpoints, seen revision, rate) is resumed from, not
+    taken for another writer's (its txns compare the stored bytes, not a re-encoding)."""
+    a, b = etcd_cluster_factory(name="site-a"), etcd_cluster_factory(name="site-b")
+    cfg = pair(a, b, once=True)
+    await Mirror(cfg).run()
+    async with EtcdClient(cfg.source) as ca, EtcdClient(cfg.dest) as cb:
+        a_id = (await ca.status()).cluster_id
+        (stored,) = await checkpoints_from(cb, STATE, a_id)
+        old = json.loads(stored.raw)
+        for name in ("source_endpoints", "seen_revision", "seen_time", "source_rate"):
+            del old[name]
+        await cb.put(stored.key, json.dumps(old, sort_keys=True, separators=(",", ":")).encode())
+        await ca.put(APP + b"after-upgrade", b"1")
+        result = await asyncio.wait_for(Mirror(cfg).run(), 60)
+        assert result.copied is None, "the upgraded mirror copied again instead of resuming"
+        assert await cb.get(APP + b"after-upgrade") is not None
+        (stored,) = await checkpoints_from(cb, STATE, a_id)
+        assert stored.checkpoint.source_endpoints == cfg.source.endpoints_text
+        assert stored.checkpoint.seen_revision >= stored.checkpoint.revision > 0
