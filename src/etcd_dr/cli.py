@@ -407,7 +407,7 @@ def move_config(dest: str, kw: dict[str, Any], **options: Any) -> Any:
 
     if kw["no_fence"] and kw["fence_hook"]:
         raise click.UsageError("--fence-hook and --no-fence exclude each other")
-    if not kw["endpoints"]:
+    if kw["endpoints"] is None:
         raise click.UsageError(
             "--endpoints (or ETCDCTL_ENDPOINTS) is required: give the current primary's endpoints "
             "(for failover, the old primary's, as its mirror read them); a move has no default"
