@@ -254,6 +254,8 @@ def _plan_steps(
             f"--force: fence writes on the old primary {fence_at.endpoints_text} (cluster {old_id:x}, "
             f"{cfg.fence}), best effort"
         )
+    else:
+        plan.step(f"fence nothing: the old primary (cluster {old_id:x}) is not reachable to fence")
     plan.step(
         f"raise {standby.text}'s revision (now {standby.status.revision}) to {target.target} and compact "
         f"there: {target.line()}"
