@@ -255,7 +255,7 @@ def _plan_steps(
             f"{cfg.fence}), best effort"
         )
     else:
-        plan.step(f"fence nothing: the old primary (cluster {old_id:x}) is not reachable to fence")
+        plan.step(f"fence nothing: the old primary (cluster {old_id:x}) is gone (fenced only with --force)")
     plan.step(
         f"raise {standby.text}'s revision (now {standby.status.revision}) to {target.target} and compact "
         f"there: {target.line()}"
