@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -81,6 +82,10 @@ async def test_failover_drill_rpo_fencing_and_failback_report(
         result = await failover(move)
         rpo = result.rpo_revision
         assert result.epoch == 2 and rpo > 0 and not result.finished_earlier_run
+        # The mirror still running into B (this process) is named, with how to stop it.
+        assert [line for line in result.old_mirror if f":{os.getpid()}:" in line and "kill" in line], (
+            result.lines()
+        )
         again = await failover(move)  # a rerun (say after a crash) finishes, changes nothing
         assert again.finished_earlier_run and again.rpo_revision == rpo and again.epoch == 2
         on_b = await dump(cb)
@@ -203,6 +208,7 @@ async def test_switchover_no_fence_loses_nothing_and_reruns_cleanly(
         move = MoveConfig(pair=cfg, fence="none", revision_margin=500)
         result = await switchover(move)
         assert result.epoch == 2 and not result.finished_earlier_run
+        assert [line for line in result.old_mirror if f":{os.getpid()}:" in line], result.lines()
         assert await dump(ca) == await dump(cb)
         with pytest.raises(Refused, match="marked primary"):
             await asyncio.wait_for(daemon, 30)

@@ -86,7 +86,7 @@ async def test_switchover_from_the_command_line_fences_loses_nothing_and_moves_t
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "etcd_dr", "switchover", b.endpoints[0], "--endpoints", a.endpoints[0],
                 *creds, "--dns-server", ns.server, "--dns-zone", "dr.test.", "--dns-name", "etcd",
-                "--dns-tsig-key", str(ns.key_file), "--dns-address", "127.0.0.2", "--json",
+                "--dns-tsig-key", str(ns.key_file), "--dns-address", "127.0.0.2", "--json", "--yes",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
             )  # fmt: skip
             out_b, err_b = await asyncio.wait_for(proc.communicate(), 120)
@@ -136,18 +136,24 @@ def test_move_flags_are_checked_before_anything_is_done(tmp_path: Path) -> None:
     import subprocess
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
         return subprocess.run(
-            [sys.executable, "-m", "etcd_dr", *args], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "etcd_dr", *args], capture_output=True, text=True, timeout=60, env=env
         )
 
+    ep = ["--endpoints", "127.0.0.1:2"]
     cases = [
         (["switchover", "127.0.0.1:1", "--no-fence", "--fence-hook", "true"], "--fence-hook and --no-fence"),
-        (["failover", "127.0.0.1:1", "--dns-server", "127.0.0.1:53"], "--dns-zone"),
-        (["failback", "127.0.0.1:1", "--report", str(tmp_path / "nodir" / "r.json")], "--report"),
+        (["failover", "127.0.0.1:1", *ep, "--dns-server", "127.0.0.1:53"], "--dns-zone"),
+        (["failback", "127.0.0.1:1", *ep, "--report", str(tmp_path / "nodir" / "r.json")], "--report"),
+        (["failover", "127.0.0.1:1", "--no-fence"], "--endpoints (or ETCDCTL_ENDPOINTS) is required"),
+        (["switchover", "127.0.0.1:1", "--dry-run"], "--endpoints (or ETCDCTL_ENDPOINTS) is required"),
+        (["failback", "127.0.0.1:1", "--yes"], "--endpoints (or ETCDCTL_ENDPOINTS) is required"),
         (
             [
                 "switchover",
                 "etcd-b.example:2379",
+                *ep,
                 "--dns-server",
                 "127.0.0.1",
                 "--dns-zone",

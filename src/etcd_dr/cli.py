@@ -115,14 +115,15 @@ def _refuse_repeats(command: click.Command, args: list[str]) -> None:
 _POSITIVE = Duration()
 
 
-def source_options(f: F) -> F:
+def source_options(f: F, *, endpoints_default: str | None = "127.0.0.1:2379") -> F:
     opts = [
         click.option(
             "--endpoints",
             envvar="ETCDCTL_ENDPOINTS",
-            default="127.0.0.1:2379",
-            show_default=True,
-            help="Source endpoints, comma-separated (env ETCDCTL_ENDPOINTS).",
+            default=endpoints_default,
+            show_default=endpoints_default is not None,
+            help="Source endpoints, comma-separated (env ETCDCTL_ENDPOINTS)."
+            + ("" if endpoints_default else " Required: a move has no default."),
         ),
         click.option("--cacert", envvar="ETCDCTL_CACERT", help="Source CA bundle (env ETCDCTL_CACERT)."),
         click.option("--cert", envvar="ETCDCTL_CERT", help="Source client certificate (env ETCDCTL_CERT)."),
@@ -449,7 +450,7 @@ def cli(log_level: str, log_format: str) -> None:
     type=_POSITIVE,
     default=30.0,
     show_default=True,
-    help="With --once: seconds an endpoint may be unreachable.",
+    help="With --once: seconds an endpoint may be unreachable, or another mirror hold the lock.",
 )
 @click.option(
     "--inflight", type=int, default=8, show_default=True, help="Destination txns in flight during the copy."
@@ -686,10 +687,16 @@ def move_options(f: F) -> F:
             "--hook-timeout", type=_POSITIVE, default=60.0, show_default=True, help="Seconds per hook."
         ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines."),
+        click.option(
+            "--dry-run", is_flag=True, help="Run the checks and print the plan step by step; change nothing."
+        ),
+        click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal."),
     ]
     for opt in reversed(opts):
         f = opt(f)
-    f = source_options(dest_options(prefix_options(f)))
+    # No default endpoints: a move against a guessed address could promote a standby beside a healthy
+    # primary (issue 17, finding 1).
+    f = source_options(dest_options(prefix_options(f)), endpoints_default=None)
     return click.argument("dest")(f)
 
 
@@ -698,6 +705,11 @@ def move_config(dest: str, kw: dict[str, Any], **options: Any) -> Any:
 
     if kw["no_fence"] and kw["fence_hook"]:
         raise click.UsageError("--fence-hook and --no-fence exclude each other")
+    if kw["endpoints"] is None:
+        raise click.UsageError(
+            "--endpoints (or ETCDCTL_ENDPOINTS) is required: give the current primary's endpoints "
+            "(for failover, the old primary's, as its mirror read them); a move has no default"
+        )
     pair = pair_config(dest, kw)
     dns = None
     dns_flags = ("dns_server", "dns_zone", "dns_name")
@@ -735,6 +747,29 @@ def show_result(result: Any, as_json: bool) -> None:
             click.echo(line)
 
 
+def run_move(
+    config: Any,
+    kw: dict[str, Any],
+    as_json: bool,
+    move: Callable[[Any], Coroutine[Any, Any, Any]],
+    plan: Callable[[Any], Coroutine[Any, Any, Any]],
+) -> None:
+    """--dry-run: the plan only. On a terminal (stdin and stdout), the plan, then a confirmation
+    unless --yes; scripts (no terminal) are never prompted."""
+    if kw["dry_run"]:
+        show_result(run_async(plan(config)), as_json)
+        return
+    if not kw["yes"] and sys.stdin.isatty() and sys.stdout.isatty():
+        steps = run_async(plan(config))
+        for line in steps.lines(dry_run=False):
+            click.echo(line, err=as_json)
+        if not click.confirm(f"{steps.move} now?", default=False, err=as_json):
+            from .errors import CheckFailed
+
+            raise CheckFailed(f"{steps.move} not confirmed: nothing was changed (--yes skips the question)")
+    show_result(run_async(move(config)), as_json)
+
+
 @cli.command()
 @move_options
 @click.option(
@@ -747,10 +782,11 @@ def show_result(result: Any, as_json: bool) -> None:
 @click.option("--no-verify", is_flag=True, help="Do not compare the sites before the roles change.")
 def switchover(dest: str, as_json: bool, **kw: Any) -> None:
     """Planned move: fence the primary (--endpoints), let DEST catch up, verify, swap the roles."""
+    from .failover.switchover import plan_switchover
     from .failover.switchover import switchover as run_switchover
 
     config = move_config(dest, kw, catch_up_timeout=kw["catch_up_timeout"], verify=not kw["no_verify"])
-    show_result(run_async(run_switchover(config)), as_json)
+    run_move(config, kw, as_json, run_switchover, plan_switchover)
 
 
 @cli.command()
@@ -763,12 +799,26 @@ def switchover(dest: str, as_json: bool, **kw: Any) -> None:
     show_default=True,
     help="Seconds to wait for the primary before calling it unreachable.",
 )
+@click.option(
+    "--max-revision-estimate",
+    type=click.IntRange(min=0),
+    default=1_000_000,
+    show_default=True,
+    help="At most this many revisions are added for what the old primary may have written unseen.",
+)
 def failover(dest: str, as_json: bool, **kw: Any) -> None:
     """Unplanned move: promote DEST, the standby of the unreachable primary (--endpoints); report the RPO."""
     from .failover.failover import failover as run_failover
+    from .failover.failover import plan_failover
 
-    config = move_config(dest, kw, force=kw["force"], probe_timeout=kw["probe_timeout"])
-    show_result(run_async(run_failover(config)), as_json)
+    config = move_config(
+        dest,
+        kw,
+        force=kw["force"],
+        probe_timeout=kw["probe_timeout"],
+        max_revision_estimate=kw["max_revision_estimate"],
+    )
+    run_move(config, kw, as_json, run_failover, plan_failover)
 
 
 @cli.command()
@@ -785,11 +835,12 @@ def failback(dest: str, as_json: bool, **kw: Any) -> None:
     """The old primary DEST is back: report its unreplicated writes, re-sync it from the primary
     (--endpoints), then switch back (unless --stay)."""
     from .failover.failback import failback as run_failback
+    from .failover.failback import plan_failback
 
     config = move_config(
         dest, kw, report=kw["report"], stay=kw["stay"], catch_up_timeout=kw["catch_up_timeout"]
     )
-    show_result(run_async(run_failback(config)), as_json)
+    run_move(config, kw, as_json, run_failback, plan_failback)
 
 
 @cli.command()

@@ -491,7 +491,8 @@ def _command(verb: str, pair: MirrorConfig, *extra: str) -> str:
     """The `etcd-dr VERB` command line a user types for `pair` (source --endpoints, DEST)."""
     words = shlex.split(mirror_command(pair))
     words[1] = verb
-    return "   $ " + shlex.join([*words, *extra])
+    yes = ["--yes"] if verb in ("switchover", "failover", "failback") else []  # no prompt on a terminal
+    return "   $ " + shlex.join([*words, *extra, *yes])
 
 
 @contextlib.contextmanager

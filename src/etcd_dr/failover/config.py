@@ -35,6 +35,8 @@ class MoveConfig:
     report: Path | None = None  # failback: where the errant writes go (default: a new file in the cwd)
     stay: bool = False  # failback: keep the new primary; make the old one its standby and stop there
     hook_timeout: float = 60.0
+    # failover: the most revisions the raise adds for what the old primary may have written unseen.
+    max_revision_estimate: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.fence == "hook" and not self.fence_hook:

@@ -26,8 +26,9 @@ from ..mirror.keys import KeyMapper
 from .config import MoveConfig
 from .events import record_event
 from .fence import fence_writes
+from .plan import MovePlan
 from .roles import STANDBY, Role, write_role
-from .sites import Site, events_between, mirror_command, open_site, refuse_same_cluster
+from .sites import Site, events_between, mirror_command, open_site, refuse_same_cluster, switch_plan
 from .switchover import SwitchoverResult, switchover
 
 log = logging.getLogger("etcd_dr.failover")
@@ -70,6 +71,23 @@ class FailbackResult:
 
 
 async def failback(cfg: MoveConfig) -> FailbackResult:
+    result = await _failback(cfg, None)
+    assert result is not None
+    return result
+
+
+async def plan_failback(cfg: MoveConfig) -> MovePlan:
+    """The checks of a failback, then what it would do (--dry-run): nothing is changed."""
+    plan = MovePlan("failback")
+    await _failback(cfg, plan)
+    return plan
+
+
+# The moves after which the other site has lost the primary role (a failback may undo them).
+MOVES = ("failover", "switchover")
+
+
+async def _failback(cfg: MoveConfig, plan: MovePlan | None) -> FailbackResult | None:
     pair = cfg.pair  # source: the new primary; destination: the old primary that came back
     sp = pair.state_prefix
     async with EtcdClient(pair.source) as b_client, EtcdClient(pair.dest) as a_client:
@@ -99,6 +117,10 @@ async def failback(cfg: MoveConfig) -> FailbackResult:
             log.info(
                 "failback: %s is already the primary again (%s); finishing", old.text, current.describe()
             )
+            if plan is not None:
+                plan.note(f"{old.text} is already the primary again: an earlier failback promoted it")
+                plan.step(f"finish the switchover back: make {primary.text} its standby, switch clients")
+                return None
             done = await switchover(cfg)
             return FailbackResult(
                 primary=old.text,
@@ -113,6 +135,10 @@ async def failback(cfg: MoveConfig) -> FailbackResult:
                     "an earlier run had re-synced and promoted the old primary; this run finished the move"
                 ],
             )
+        _refuse_without_a_move(primary, old, role)
+        if plan is not None:
+            _plan_steps(plan, cfg, primary, old, role)
+            return None
         until = await _demote(cfg, primary, old, role)
         report_path = cfg.report or Path(f"etcd-dr-failback-{old.id:x}-{time.strftime('%Y%m%dT%H%M%S')}.json")
         mapper = KeyMapper.from_config(pair)
@@ -134,7 +160,14 @@ async def failback(cfg: MoveConfig) -> FailbackResult:
         )
     log.info("failback: re-syncing %s from %s (only what differs)", old.text, primary.text)
     result = await Mirror(
-        replace(pair, once=True, heartbeat_interval=0.0, allow_mass_delete=True, status_interval=3600.0)
+        replace(
+            pair,
+            once=True,
+            heartbeat_interval=0.0,
+            allow_mass_delete=True,
+            status_interval=3600.0,
+            timeout=cfg.catch_up_timeout,  # also bounds the wait for a mirror lock held by another
+        )
     ).run()
     copied = result.copied
     fb = FailbackResult(
@@ -151,6 +184,58 @@ async def failback(cfg: MoveConfig) -> FailbackResult:
         log.info("failback: switching over back to %s", old.text)
         fb.switched_back = await switchover(cfg)
     return fb
+
+
+def _refuse_without_a_move(primary: Site, old: Site, role: Role) -> None:
+    """A failback undoes a failover or switchover recorded on the two clusters: the source became the
+    primary by one of them, and DEST lost the primary role by it (it still says primary at an older
+    epoch, or a move made it the standby at this epoch). Anything else, say the primary as the first
+    mirror marked it, is refused at once: re-syncing there would overwrite a standby for nothing (and
+    wait on the running mirror's lock)."""
+    current = old.role.role
+    lost = (
+        current is None
+        or (current.is_primary and current.epoch < role.epoch)
+        or (not current.is_primary and current.epoch == role.epoch and current.via in (*MOVES, "failback"))
+    )
+    if role.via in MOVES and lost:
+        return
+    raise Refused(
+        f"failback refused: no failover or switchover made {old.text} lose the primary role: "
+        f"{primary.text} is {role.describe()} and {old.describe()}. Failback moves the service back "
+        "after `etcd-dr failover`; to move a healthy primary use `etcd-dr switchover`"
+    )
+
+
+def _plan_steps(plan: MovePlan, cfg: MoveConfig, primary: Site, old: Site, role: Role) -> None:
+    plan.note(f"primary {primary.describe()}; old primary {old.describe()}")
+    current = old.role.role
+    if current is not None and not current.is_primary and current.epoch == role.epoch:
+        plan.step(f"{old.text} is already the standby of {primary.text} (an earlier run): not fenced again")
+    else:
+        fence = "NOT fenced (--no-fence)" if cfg.fence == "none" else f"fenced ({cfg.fence})"
+        plan.step(
+            f"writes on the old primary {old.text} {fence}; its role record becomes standby, "
+            f"epoch {role.epoch}"
+        )
+    unseen = max(0, old.status.revision - role.applied_revision)
+    report = cfg.report or "a new file etcd-dr-failback-<cluster>-<time>.json here"
+    plan.step(
+        f"list the writes {old.text} took after revision {role.applied_revision} (the RPO of the failover; "
+        f"{unseen} revisions to read, up to its revision {old.status.revision}) in {report}"
+    )
+    plan.step(
+        f"re-sync {old.text} from {primary.text}, only what differs (its writes after the RPO are "
+        "overwritten or removed, after being listed)"
+    )
+    if cfg.stay:
+        plan.step(f"stop there (--stay): {primary.text} stays the primary, {old.text} its standby")
+    else:
+        plan.step(
+            f"switch over back: fence {primary.text}, let {old.text} catch up, verify, raise its revision "
+            f"past {primary.text}'s (now {primary.status.revision}) + margin, promote it (epoch "
+            f"{role.epoch + 1}); clients: {switch_plan(cfg, old)}"
+        )
 
 
 async def _demote(cfg: MoveConfig, primary: Site, old: Site, role: Role) -> int:

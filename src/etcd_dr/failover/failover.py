@@ -10,21 +10,33 @@ fenced by the promotion (its txns compare the role record).
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..checkpoints import live_checkpoints
 from ..errors import CheckFailed, Refused
-from ..etcd import Compare, CompareResult, Delete, EtcdClient, Status
-from ..mirror.checkpoint import SYNC, checkpoint_key
+from ..etcd import ClientConfig, Compare, CompareResult, Delete, EtcdClient, Status, parse_endpoints
+from ..mirror.checkpoint import SYNC, Checkpoint, checkpoint_key
 from ..mirror.keys import KeyMapper
+from ..mirror.lock import describe_holder
 from .config import MoveConfig
 from .events import record_event
 from .fence import fence_writes, unfence_writes
+from .plan import MovePlan, mirror_holders, old_mirror_lines
 from .revision import mark_compacted, raise_revision
 from .roles import PRIMARY, Role, write_role
-from .sites import Site, mirror_command, open_site, probe, reversed_pair, switch_clients
+from .sites import (
+    Site,
+    checkpoints_from,
+    mirror_command,
+    open_site,
+    probe,
+    reversed_pair,
+    switch_clients,
+    switch_plan,
+)
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -43,6 +55,9 @@ class FailoverResult:
     finished_earlier_run: bool = False
     # Checkpoints of mirrors that were not running, not used for the RPO (checkpoints.live_checkpoints).
     stale_checkpoints: list[str] = field(default_factory=list)
+    revision_raise: dict[str, Any] | None = None  # each term of the raise (RaiseTarget)
+    raise_line: str = ""
+    old_mirror: list[str] = field(default_factory=list)
 
     @property
     def rpo_seconds(self) -> float | None:
@@ -62,12 +77,27 @@ class FailoverResult:
             f"failover done: {self.new_primary} is the primary (epoch {self.epoch})",
             f"RPO: every write of the old primary up to its revision {self.rpo_revision} is here ({when}); "
             "later writes to the old primary are not: `etcd-dr failback` lists them when it is back",
+            *([self.raise_line + f"; the revision is now {self.new_revision}"] if self.raise_line else []),
             f"clients: {self.clients}",
+            *self.old_mirror,
             f"when the old primary is back: {self.next_command}",
         ] + [f"stale checkpoint not used for the RPO: {line}" for line in self.stale_checkpoints]
 
 
 async def failover(cfg: MoveConfig) -> FailoverResult:
+    result = await _failover(cfg, None)
+    assert result is not None
+    return result
+
+
+async def plan_failover(cfg: MoveConfig) -> MovePlan:
+    """The checks of a failover, then what it would do (--dry-run): nothing is changed."""
+    plan = MovePlan("failover")
+    await _failover(cfg, plan)
+    return plan
+
+
+async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | None:
     pair = cfg.pair
     sp = pair.state_prefix
     async with EtcdClient(pair.dest) as s_client:
@@ -79,11 +109,20 @@ async def failover(cfg: MoveConfig) -> FailoverResult:
                 standby.text,
                 role.describe(),
             )
-            return await _after_promotion(cfg, standby, role, True)
+            if plan is not None:
+                plan.note(f"{standby.text} is already {role.describe()}: an earlier failover promoted it")
+                plan.step(f"lift any fence left on {standby.text} and switch the clients to it")
+                return None
+            return await _after_promotion(cfg, standby, role, True, [])
         if role is None:
             raise Refused(f"{standby.describe()}: no mirror has run into it; it is nobody's standby")
         old_id = role.peer_cluster_id
-        await _check_primary_gone(cfg, old_id)
+        stored = await checkpoints_from(s_client, sp, old_id)
+        if not stored:
+            raise Refused(f"{standby.describe()} holds no mirror checkpoint from cluster {old_id:x}")
+        recorded = sorted({s.checkpoint.source_endpoints for s in stored if s.checkpoint.source_endpoints})
+        fence_at = await _check_primary_gone(cfg, old_id, recorded, plan)
+        holders = await mirror_holders(s_client, sp, old_id)
         own_key = checkpoint_key(sp, old_id, pair.prefix, KeyMapper.from_config(pair).dest_prefix)
         for _attempt in range(10):
             # The RPO comes from the mirror that was running (live_checkpoints), never from a checkpoint
@@ -100,10 +139,17 @@ async def failover(cfg: MoveConfig) -> FailoverResult:
                 )
             rpo = min(c.revision for c in used)
             rpo_time = min(c.source_time for c in used)
-            known = max(c.checkpoint.revision for c in found if c.checkpoint is not None)
-            bump = await raise_revision(s_client, sp, known + cfg.revision_margin)
-            await mark_compacted(s_client, bump.revision)
+            # The raise covers every checkpoint (and what each mirror saw of the source), stale ones too.
+            target = raise_target([c.checkpoint for c in found if c.checkpoint is not None], cfg)
             epoch = role.epoch + 1
+            if plan is not None:
+                _plan_steps(plan, cfg, standby, old_id, fence_at, rpo, target, epoch, holders)
+                return None
+            if fence_at is not None and _attempt == 0:
+                await _fence_anyway(cfg, fence_at)
+            log.info("failover: %s", target.line())
+            bump = await raise_revision(s_client, sp, target.target)
+            await mark_compacted(s_client, bump.revision)
             new = role.moved(PRIMARY, epoch, old_id, "failover", applied_revision=rpo, applied_time=rpo_time)
             result = await write_role(
                 s_client,
@@ -123,7 +169,7 @@ async def failover(cfg: MoveConfig) -> FailoverResult:
                 )
                 standby = await open_site(s_client, pair.dest, sp)
                 stale = [f"{c.line(new.since)} (removed at the promotion)" for c in choice.ignored]
-                return await _after_promotion(cfg, standby, new, False, stale)
+                return await _after_promotion(cfg, standby, new, False, holders, target, stale)
             # A mirror still applied something between the read and the promotion: read again.
             log.info("failover: the standby's checkpoint moved while promoting; reading it again")
             standby = await open_site(s_client, pair.dest, sp)
@@ -134,32 +180,181 @@ async def failover(cfg: MoveConfig) -> FailoverResult:
         )
 
 
-async def _check_primary_gone(cfg: MoveConfig, old_id: int) -> None:
-    """Refuse to promote while the primary answers and has a leader, unless --force (then fence it)."""
-    answer = await probe(cfg.pair.source, cfg.probe_timeout)
-    if not isinstance(answer, Status):
-        log.info("failover: the primary %s does not answer (%s)", cfg.pair.source.endpoints_text, answer)
-        return
-    if answer.cluster_id != old_id:
-        log.warning(
-            "failover: %s answers but is cluster %x, not the standby's primary %x; going on",
-            cfg.pair.source.endpoints_text,
-            answer.cluster_id,
-            old_id,
-        )
-        return
-    healthy = answer.leader != 0
-    if not cfg.force:
-        if healthy:
-            raise CheckFailed(
-                f"failover refused: the primary {cfg.pair.source.endpoints_text} answers and is healthy "
-                f"(revision {answer.revision}); use `etcd-dr switchover` for a planned move, or --force"
+@dataclass(frozen=True)
+class RaiseTarget:
+    """The revision the new primary is raised past, and each term of it (printed: the operator sees
+    how the number came about). The old primary may have written on after the mirror last saw it."""
+
+    applied: int  # the newest source revision applied on the standby
+    seen: int  # the newest source revision the mirror saw (the source's head then)
+    seen_time: float  # when (the mirror's clock; 0: unknown, a checkpoint of an older etcd-dr)
+    rate: float  # the source's recent peak write rate, revisions/s
+    elapsed: float  # seconds from seen_time to now
+    estimate: int  # rate x elapsed x safety, at most the cap
+    capped: bool
+    margin: int
+    target: int
+
+    def line(self) -> str:
+        if self.seen_time:
+            unseen = (
+                f" + {self.rate:.0f} rev/s x {self.elapsed:.1f} s since seen x {RATE_SAFETY:g} (safety)"
+                f" = {self.estimate}" + (" (capped: --max-revision-estimate)" if self.capped else "")
             )
-        log.info("failover: the primary answers but has no leader; promoting the standby")
-        return
-    log.warning("failover --force: the primary answers; fencing its writes first (best effort)")
+        else:
+            unseen = " + 0 (the checkpoint does not record the source's rate: an older mirror wrote it)"
+        return (
+            f"revision raise to {self.target} = max(seen {self.seen}, applied {self.applied})"
+            f"{unseen} + margin {self.margin} (--revision-margin)"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "safety": RATE_SAFETY}
+
+
+# How much faster than its recent peak the old primary is assumed to have written while unseen.
+RATE_SAFETY = 2.0
+
+
+def raise_target(ckpts: list[Checkpoint], cfg: MoveConfig) -> RaiseTarget:
+    applied = max(c.revision for c in ckpts)
+    seen = max(c.seen_revision for c in ckpts)
+    seen_time = max(c.seen_time for c in ckpts)
+    rate = max(c.source_rate for c in ckpts)
+    elapsed = max(0.0, time.time() - seen_time) if seen_time else 0.0
+    estimate = math.ceil(rate * elapsed * RATE_SAFETY)
+    capped = estimate > cfg.max_revision_estimate
+    if capped:
+        log.warning(
+            "failover: the old primary may have written %d revisions since the mirror last saw it "
+            "(%.0f/s for %.0f s); raising by --max-revision-estimate %d only",
+            estimate,
+            rate,
+            elapsed,
+            cfg.max_revision_estimate,
+        )
+        estimate = cfg.max_revision_estimate
+    base = max(seen, applied)
+    return RaiseTarget(
+        applied=applied,
+        seen=seen,
+        seen_time=seen_time,
+        rate=round(rate, 1),
+        elapsed=round(elapsed, 3),
+        estimate=estimate,
+        capped=capped,
+        margin=cfg.revision_margin,
+        target=base + estimate + cfg.revision_margin,
+    )
+
+
+def _plan_steps(
+    plan: MovePlan,
+    cfg: MoveConfig,
+    standby: Site,
+    old_id: int,
+    fence_at: ClientConfig | None,
+    rpo: int,
+    target: RaiseTarget,
+    epoch: int,
+    holders: list[str],
+) -> None:
+    if fence_at is not None:
+        plan.step(
+            f"--force: fence writes on the old primary {fence_at.endpoints_text} (cluster {old_id:x}, "
+            f"{cfg.fence}), best effort"
+        )
+    else:
+        plan.step(f"fence nothing: the old primary (cluster {old_id:x}) is gone (fenced only with --force)")
+    plan.step(
+        f"raise {standby.text}'s revision (now {standby.status.revision}) to {target.target} and compact "
+        f"there: {target.line()}"
+    )
+    plan.step(
+        f"promote {standby.text} (cluster {standby.id:x}): its role record becomes primary, epoch {epoch}; "
+        f"its mirror checkpoints from cluster {old_id:x} are removed in the same txn"
+    )
+    plan.step(
+        f"RPO: every write of the old primary up to its revision {rpo} is on {standby.text}; later ones "
+        "are not (failback lists them)"
+    )
+    for holder in holders:
+        plan.step(f"the mirror holding the lock ({describe_holder(holder)}) is fenced by the promotion")
+    plan.step(f"lift any fence on {standby.text}; clients: {switch_plan(cfg, standby)}")
+
+
+async def _check_primary_gone(
+    cfg: MoveConfig, old_id: int, recorded: list[str], plan: MovePlan | None
+) -> ClientConfig | None:
+    """Refuse to promote while the old primary answers and has a leader, at --endpoints or at the
+    endpoints its mirror recorded, or when --endpoints is another cluster; --force overrides (and says
+    so). Returns where to fence the primary (--force with it answering), else None."""
+    given = cfg.pair.source
+    answer = await probe(given, cfg.probe_timeout)
+    answering: list[tuple[ClientConfig, Status]] = []
+    if isinstance(answer, Status) and answer.cluster_id != old_id:
+        what = (
+            f"--endpoints {given.endpoints_text} is cluster {answer.cluster_id:x}, not the standby's primary "
+            f"{old_id:x}" + (f" (its mirror read it at {', '.join(recorded)})" if recorded else "")
+        )
+        if not cfg.force:
+            raise Refused(f"failover refused: {what}; give the old primary's endpoints")
+        log.warning("failover --force overrides: %s; that cluster is not touched", what)
+        if plan is not None:
+            plan.note(f"--force overrides: {what}")
+    elif isinstance(answer, Status):
+        answering.append((given, answer))
+    else:
+        log.info("failover: the primary does not answer at --endpoints %s (%s)", given.endpoints_text, answer)
+    if not recorded:
+        log.warning(
+            "failover: the standby's checkpoints do not record where its mirror read the primary (written "
+            "by an older etcd-dr): only --endpoints %s was probed",
+            given.endpoints_text,
+        )
+    for text in recorded:
+        if text == given.endpoints_text:
+            continue
+        at = replace(given, endpoints=parse_endpoints(text))
+        seen = await probe(at, cfg.probe_timeout)
+        if isinstance(seen, Status) and seen.cluster_id == old_id:
+            answering.append((at, seen))
+        elif isinstance(seen, Status):
+            log.info("failover: %s (recorded by the mirror) is now cluster %x", text, seen.cluster_id)
+        else:
+            log.info("failover: the primary does not answer at %s, where its mirror read it (%s)", text, seen)
+    if not answering:
+        if plan is not None:
+            plan.note(
+                f"the old primary (cluster {old_id:x}) answers nowhere: "
+                + ", ".join([given.endpoints_text, *[t for t in recorded if t != given.endpoints_text]])
+            )
+        return None
+    at, status = next(((c, s) for c, s in answering if s.leader != 0), answering[0])
+    healthy = status.leader != 0
+    where = at.endpoints_text + ("" if at is given else " (where its mirror read it)")
+    if not healthy:
+        log.info("failover: the primary answers at %s but has no leader; promoting the standby", where)
+        if plan is not None:
+            plan.note(f"the old primary answers at {where} but has no leader")
+        return None
+    if not cfg.force:
+        raise CheckFailed(
+            f"failover refused: the primary {where} (cluster {old_id:x}) answers and is healthy "
+            f"(revision {status.revision}); use `etcd-dr switchover` for a planned move, or --force"
+        )
+    log.warning(
+        "failover --force overrides: the primary answers at %s and is healthy; fencing its writes first",
+        where,
+    )
+    if plan is not None:
+        plan.note(f"--force overrides: the primary answers at {where} and is healthy")
+    return at
+
+
+async def _fence_anyway(cfg: MoveConfig, at: ClientConfig) -> None:
     try:
-        async with EtcdClient(cfg.pair.source) as p_client:
+        async with EtcdClient(at) as p_client:
             await fence_writes(p_client, cfg.pair.state_prefix, mode=cfg.fence, hook=cfg.fence_hook)
     except Exception as e:  # best effort by design: --force promotes whatever happens here
         log.warning(
@@ -168,7 +363,13 @@ async def _check_primary_gone(cfg: MoveConfig, old_id: int) -> None:
 
 
 async def _after_promotion(
-    cfg: MoveConfig, standby: Site, role: Role, resumed: bool, stale: list[str] | None = None
+    cfg: MoveConfig,
+    standby: Site,
+    role: Role,
+    resumed: bool,
+    holders: list[str],
+    target: RaiseTarget | None = None,
+    stale: list[str] | None = None,
 ) -> FailoverResult:
     sp = cfg.pair.state_prefix
     if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
@@ -198,6 +399,9 @@ async def _after_promotion(
         next_command="etcd-dr failback " + _failback_args(cfg),
         finished_earlier_run=resumed,
         stale_checkpoints=stale or [],
+        revision_raise=target.to_json() if target else None,
+        raise_line=target.line() if target else "",
+        old_mirror=await old_mirror_lines(standby.client, sp, role.peer_cluster_id, holders, standby.text),
     )
 
 

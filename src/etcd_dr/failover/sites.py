@@ -197,3 +197,14 @@ async def _switch_clients(cfg: MoveConfig, new_primary: Site, old_primary_text: 
         )
         return "clients not switched (no --dns-server or --switch-hook)"
     return "; ".join(done)
+
+
+def switch_plan(cfg: MoveConfig, site: Site) -> str:
+    """What switch_clients would do, for a --dry-run plan."""
+    done = []
+    if cfg.dns is not None:
+        to = ", ".join(cfg.dns_addresses) or f"the addresses of {site.text}"
+        done.append(f"DNS {cfg.dns.name} in {cfg.dns.zone} on {cfg.dns.server} -> {to}")
+    if cfg.switch_hook:
+        done.append(f"run --switch-hook {cfg.switch_hook!r}")
+    return "; ".join(done) or "not switched (no --dns-server or --switch-hook): yours to do"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..checkpoints import live_checkpoints
@@ -21,10 +21,12 @@ from ..etcd import CompactedError, Compare, CompareResult, Delete, EtcdClient, E
 from ..mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, lock_key
 from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
+from ..mirror.lock import describe_holder
 from ..verify import verify
 from .config import MoveConfig
 from .events import record_event
 from .fence import fence_writes, unfence_writes
+from .plan import MovePlan, mirror_holders, old_mirror_lines
 from .revision import mark_compacted, raise_revision
 from .roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from .sites import (
@@ -37,6 +39,7 @@ from .sites import (
     refuse_same_cluster,
     reversed_pair,
     switch_clients,
+    switch_plan,
 )
 
 log = logging.getLogger("etcd_dr.failover")
@@ -58,6 +61,7 @@ class SwitchoverResult:
     next_command: str
     finished_earlier_run: bool = False
     fenced: bool = True  # False with --no-fence: writes_refused_seconds is then how long the move took
+    old_mirror: list[str] = field(default_factory=list)  # the mirror that ran into the new primary
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,11 +79,25 @@ class SwitchoverResult:
             f"every write up to the old primary's revision {self.last_revision} is on the new primary; "
             + refused,
             f"clients: {self.clients}",
+            *self.old_mirror,
             f"keep the old primary current with: {self.next_command}",
         ]
 
 
 async def switchover(cfg: MoveConfig) -> SwitchoverResult:
+    result = await _switchover(cfg, None)
+    assert result is not None
+    return result
+
+
+async def plan_switchover(cfg: MoveConfig) -> MovePlan:
+    """The checks of a switchover, then what it would do (--dry-run): nothing is changed."""
+    plan = MovePlan("switchover")
+    await _switchover(cfg, plan)
+    return plan
+
+
+async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResult | None:
     pair = cfg.pair
     sp = pair.state_prefix
     async with EtcdClient(pair.source) as p_client, EtcdClient(pair.dest) as s_client:
@@ -94,6 +112,12 @@ async def switchover(cfg: MoveConfig) -> SwitchoverResult:
             log.info(
                 "switchover: %s is already the primary; finishing what an earlier run left", standby.text
             )
+            if plan is not None:
+                plan.note(f"{standby.text} is already {s_role.describe()}: an earlier switchover promoted it")
+                plan.step(
+                    f"make {primary.text} its standby, lift the fence on {standby.text}, switch clients"
+                )
+                return None
             return await _after_promotion(cfg, primary, standby, s_role.epoch, time.monotonic(), True)
         _check_roles(primary, standby)
         mapper = KeyMapper.from_config(pair)
@@ -109,6 +133,10 @@ async def switchover(cfg: MoveConfig) -> SwitchoverResult:
         )
         # Raised ahead while writes still flow, so that little is left to do while they are refused.
         margin = min(cfg.revision_margin, SWITCHOVER_MARGIN)
+        holders = await mirror_holders(s_client, sp, primary.id)
+        if plan is not None:
+            _plan_steps(plan, cfg, primary, standby, stored, holders, margin)
+            return None
         for _ in range(5):
             top = (await p_client.status()).revision
             if (await s_client.status()).revision >= top + 2 * margin:
@@ -158,7 +186,60 @@ async def switchover(cfg: MoveConfig) -> SwitchoverResult:
                 await record_event(p_client, sp, "unfenced", f"switchover to {standby.text} stopped: {e}")
             raise
         standby = await refresh(standby, sp)
-        return await _after_promotion(cfg, primary, standby, epoch, t_fence, False, last=last)
+        return await _after_promotion(
+            cfg, primary, standby, epoch, t_fence, False, last=last, holders=holders
+        )
+
+
+def _plan_steps(
+    plan: MovePlan,
+    cfg: MoveConfig,
+    primary: Site,
+    standby: Site,
+    stored: StoredCheckpoint,
+    holders: list[str],
+    margin: int,
+) -> None:
+    top = primary.status.revision
+    plan.note(
+        f"primary {primary.describe()}; standby {standby.describe()}, applied revision "
+        f"{stored.checkpoint.revision} of {top}"
+    )
+    plan.step(
+        f"raise {standby.text}'s revision (now {standby.status.revision}) ahead to about {top + 3 * margin}"
+    )
+    if cfg.fence == "none":
+        plan.step(f"do NOT fence writes on {primary.text} (--no-fence): later writes there are not moved")
+    else:
+        plan.step(
+            f"fence writes on {primary.text} ({cfg.fence}): refused from here on (it stays fenced as the "
+            "new standby)"
+        )
+    if holders:
+        catch_up = "by the running mirror " + ", ".join(describe_holder(h) for h in holders)
+    else:
+        catch_up = "by a one-shot mirror run here (no mirror holds the lock)"
+    plan.step(
+        f"wait (at most {cfg.catch_up_timeout:g} s) until {standby.text} has applied the fenced primary's "
+        f"last revision, {catch_up}"
+    )
+    plan.step(
+        "compare both sites (verify)" if cfg.verify else "skip the comparison of the sites (--no-verify)"
+    )
+    plan.step(
+        f"raise {standby.text}'s revision past the primary's last one + {margin} and compact there "
+        "(watchers of the old primary re-list)"
+    )
+    epoch = max(primary.role.epoch, standby.role.epoch) + 1
+    plan.step(
+        f"promote {standby.text} (cluster {standby.id:x}): primary, epoch {epoch}, its checkpoint removed; "
+        f"the mirror into it is fenced by the new role record; then make {primary.text} its standby"
+    )
+    plan.step(f"lift any fence on {standby.text}; clients: {switch_plan(cfg, standby)}")
+    plan.step(
+        "RPO 0: every write up to the fenced primary's last revision is on the new primary"
+        + ("" if cfg.fence != "none" else " (not with --no-fence)")
+    )
 
 
 def _check_roles(primary: Site, standby: Site) -> None:
@@ -203,7 +284,15 @@ async def _catch_up(
     Returns the revision the checkpoint must have reached."""
     if await dest.get(lock) is None:
         log.info("switchover: no mirror is running into the standby; catching up here")
-        mirror = Mirror(replace(cfg.pair, once=True, heartbeat_interval=0.0, status_interval=3600.0))
+        mirror = Mirror(
+            replace(
+                cfg.pair,
+                once=True,
+                heartbeat_interval=0.0,
+                status_interval=3600.0,
+                timeout=cfg.catch_up_timeout,
+            )
+        )
         await mirror.run()
     deadline = time.monotonic() + cfg.catch_up_timeout
     stored = await _read_checkpoint(dest, key)
@@ -296,6 +385,7 @@ async def _after_promotion(
     t_fence: float,
     resumed: bool,
     last: int = 0,
+    holders: list[str] | None = None,
 ) -> SwitchoverResult:
     sp = cfg.pair.state_prefix
     p_role = await read_role(primary.client, sp)
@@ -332,4 +422,5 @@ async def _after_promotion(
         next_command=mirror_command(reversed_pair(cfg.pair)),
         finished_earlier_run=resumed,
         fenced=cfg.fence != "none",
+        old_mirror=await old_mirror_lines(standby.client, sp, primary.id, holders or [], standby.text),
     )

@@ -48,6 +48,14 @@ class Checkpoint:
     updated: float = 0.0
     # The source's wall-clock time of the newest applied heartbeat (0: none): lag in seconds.
     source_time: float = 0.0
+    # Where the mirror read the source (its --endpoints): a failover probes them, whatever it is given.
+    source_endpoints: str = ""
+    # The newest source revision the mirror has seen (response headers: the source's head, applied or
+    # not), the mirror's clock then, and the source's recent peak write rate (revisions/s). A failover
+    # that cannot read the old primary estimates its last revision from them.
+    seen_revision: int = 0
+    seen_time: float = 0.0
+    source_rate: float = 0.0
 
     def advanced(
         self, revision: int, *, split_revision: int = 0, split_done: int = 0, source_time: float = 0.0
@@ -83,7 +91,51 @@ class Checkpoint:
             split_done=int(d.get("split_done", 0)),
             updated=float(d.get("updated", 0.0)),
             source_time=float(d.get("source_time", 0.0)),
+            source_endpoints=str(d.get("source_endpoints", "")),
+            seen_revision=int(d.get("seen_revision", 0)),
+            seen_time=float(d.get("seen_time", 0.0)),
+            source_rate=float(d.get("source_rate", 0.0)),
         )
+
+    def seen(self, revision: int, rate: float) -> Checkpoint:
+        """This checkpoint with the source's head as seen now (never below what it covers)."""
+        return replace(
+            self,
+            seen_revision=max(revision, self.revision, self.split_revision),
+            seen_time=round(time.time(), 3),
+            source_rate=round(rate, 1),
+        )
+
+
+class SourceRate:
+    """The source's write rate in revisions/s: the peak over recent windows of `window` seconds (a peak,
+    not a mean: a failover extrapolates from it how far the old primary may have gone unseen)."""
+
+    def __init__(self, window: float = 10.0, keep: float = 300.0) -> None:
+        self._window = window
+        self._keep = keep
+        self._start: tuple[float, int] | None = None  # (monotonic time, revision) the window began
+        self._peaks: list[tuple[float, float]] = []  # (monotonic end, rate) of finished windows
+        self._carried = 0.0  # from an earlier run's checkpoint, until a window of our own is done
+
+    def carry(self, ckpt: Checkpoint) -> None:
+        """Start from the rate the last checkpoint recorded, if it is recent."""
+        if ckpt.source_rate and time.time() - ckpt.seen_time < self._keep:
+            self._carried = ckpt.source_rate
+
+    def observe(self, revision: int) -> float:
+        now = time.monotonic()
+        if self._start is None or revision < self._start[1]:
+            self._start = (now, revision)
+        t0, r0 = self._start
+        current = (revision - r0) / (now - t0) if now - t0 >= 2.0 else 0.0
+        if now - t0 >= self._window:
+            self._peaks.append((now, current))
+            self._start = (now, revision)
+        self._peaks = [(t, r) for t, r in self._peaks if now - t < self._keep]
+        if self._peaks:
+            self._carried = 0.0
+        return max([current, self._carried, *(r for _, r in self._peaks)])
 
 
 def lock_key(state_prefix: bytes, source_cluster_id: int, source_prefix: bytes, dest_prefix: bytes) -> bytes:

@@ -36,7 +36,16 @@ from ..etcd import (
     Unavailable,
 )
 from ..failover.roles import RoleState, claim_standby
-from .checkpoint import REPLAY, SYNC, Checkpoint, checkpoint_key, encode_key, heartbeat_key, lock_key
+from .checkpoint import (
+    REPLAY,
+    SYNC,
+    Checkpoint,
+    SourceRate,
+    checkpoint_key,
+    encode_key,
+    heartbeat_key,
+    lock_key,
+)
 from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseLost, LeaseMirror
 from .lock import MirrorLock
@@ -75,6 +84,7 @@ class Mirror:
         self._rev_pending = config.start_revision
         self._last_copy: SyncResult | None = None
         self._max_txn_bytes = config.max_txn_bytes
+        self._rate = SourceRate()
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -103,7 +113,9 @@ class Mirror:
         while True:
             try:
                 if not self._lock.revision or self._lock.lost.is_set():
-                    await self._lock.acquire()
+                    # A one-shot run beside a running mirror says so and gives up after --timeout; the
+                    # daemon stands by as long as it takes (that is its high availability).
+                    await self._lock.acquire(self.config.timeout if self.config.once else None)
                     if self._leases is not None:
                         await self._leases.load()
                 ckpt = await self._while_holding_lock(self._cycle(source, dest, target))
@@ -250,6 +262,7 @@ class Mirror:
         self.stats.applied_revision = ckpt.revision
         if target is not None and ckpt.revision >= target:
             return ckpt
+        self._rate.carry(ckpt)
         replayer = Replayer(
             source,
             dest,
@@ -266,6 +279,9 @@ class Mirror:
             guard_deletes=lambda n: self._check_replay_deletes(dest, n),
             checkpoint_interval=self.config.checkpoint_interval,
             retry_for=self.config.timeout if self.config.once else None,
+            checkpoint_raw=raw,
+            source_rate=self._rate,
+            source_endpoints=self.config.source.endpoints_text,
         )
         return await replayer.run()
 
@@ -384,6 +400,7 @@ class Mirror:
         self._refuse_mass_delete(deletes, dest_keys, "a replayed batch of source deletes")
 
     def _new_checkpoint(self, revision: int, phase: str) -> Checkpoint:
+        head = self.stats.source_revision
         return Checkpoint(
             source_cluster_id=self._source_id,
             source_prefix=self.config.prefix,
@@ -392,7 +409,8 @@ class Mirror:
             phase=phase,
             epoch=self._role.epoch,
             updated=round(time.time(), 3),
-        )
+            source_endpoints=self.config.source.endpoints_text,
+        ).seen(head, self._rate.observe(head))
 
     async def _read_checkpoint(self, dest: EtcdClient) -> tuple[Checkpoint | None, bytes | None]:
         kv = await dest.get(self._key)

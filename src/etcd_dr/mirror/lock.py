@@ -11,6 +11,7 @@ import socket
 import uuid
 
 from ..aio import cancel_and_wait
+from ..errors import CheckFailed
 from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, Get, LeaseNotFound, Put, TransientError
 from .checkpoint import encode_key
 
@@ -19,6 +20,20 @@ log = logging.getLogger("etcd_dr.mirror")
 
 def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def describe_holder(owner: str) -> str:
+    """A lock holder (HOST:PID:TOKEN) as the operator acts on it: where it runs and how to stop it."""
+    host, sep, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if not sep or not pid.isdigit():
+        return owner
+    return f"{owner} (etcd-dr process {pid} on host {host}: stop it there with `kill {pid}` or its service)"
+
+
+class LockHeld(CheckFailed):
+    """A one-shot command gave up waiting for the mirror lock: another mirror runs into the destination.
+    Exit 1 (a precondition that does not hold now), not 2: nothing is wrong with the command itself."""
 
 
 class MirrorLock:
@@ -36,9 +51,11 @@ class MirrorLock:
         """The compare every txn carries: our lock key is still the one we created."""
         return Compare.create(self.key, CompareResult.EQUAL, self.revision)
 
-    async def acquire(self) -> None:
-        """Wait until this process holds the lock (a dead holder's lease expires within the TTL)."""
+    async def acquire(self, wait: float | None = None) -> None:
+        """Wait until this process holds the lock (a dead holder's lease expires within the TTL); with
+        `wait`, at most that many seconds, then LockHeld naming the holder."""
         waiting_for = ""
+        deadline = None if wait is None else asyncio.get_running_loop().time() + wait
         while True:
             grant = await self._dest.lease_grant(self.ttl)
             result = await self._dest.txn(
@@ -63,8 +80,22 @@ class MirrorLock:
             rng = result.responses[0].range if result.responses else None
             holder = rng.kvs[0].value.decode(errors="replace") if rng and rng.kvs else "?"
             if holder != waiting_for:
-                log.info("standing by: the mirror lock is held by %s; taking over if it stops", holder)
+                if deadline is None:
+                    log.info("standing by: the mirror lock is held by %s; taking over if it stops", holder)
+                else:
+                    log.warning(
+                        "the mirror lock is held by %s: another mirror runs into this destination; waiting "
+                        "at most %g s for it to stop",
+                        holder,
+                        wait,
+                    )
                 waiting_for = holder
+            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                raise LockHeld(
+                    f"the mirror lock {encode_key(self.key)} on the destination is held by "
+                    f"{describe_holder(holder)}: another mirror runs into it; gave up after {wait:g} s "
+                    "(--timeout). Stop that mirror, or let it do the work"
+                )
             await asyncio.sleep(min(1.0, self.ttl / 3))
 
     async def _keep(self) -> None:

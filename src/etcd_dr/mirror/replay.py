@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..aio import cancel_and_wait
 from ..errors import Fenced
@@ -37,7 +37,7 @@ from ..etcd import (
     Unavailable,
     WatchBatch,
 )
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, SourceRate
 from .keys import ALL_KEYS, KeyMapper
 from .leases import LeaseMirror
 from .stats import MirrorStats
@@ -114,13 +114,19 @@ class Replayer:
         retry_for: float | None = None,
         backlog_ops: int | None = None,
         backlog_bytes: int = BACKLOG_BYTES,
+        checkpoint_raw: bytes | None = None,
+        source_rate: SourceRate | None = None,
+        source_endpoints: str = "",
     ) -> None:
         self._source = source
         self._dest = dest
         self._mapper = mapper
         self._key = checkpoint_key
         self._ckpt = checkpoint
-        self._ckpt_bytes = checkpoint.encode()
+        # The stored bytes, as the txns compare them (a record of an older version re-encodes otherwise).
+        self._ckpt_bytes = checkpoint_raw if checkpoint_raw is not None else checkpoint.encode()
+        self._rate = source_rate
+        self._endpoints = source_endpoints or checkpoint.source_endpoints
         self._max_ops = max_txn_ops - 1  # one op of every txn is the checkpoint
         self._max_bytes = max_txn_bytes
         self._stats = stats
@@ -221,6 +227,10 @@ class Replayer:
             ops = await self._leases.prepare(ops)
         if self._heartbeat and not ckpt.split_revision:
             ckpt = ckpt.advanced(ckpt.revision, source_time=self._heartbeat)
+        if self._rate is not None:
+            # Where the source is and how fast it moves, written with the data (no extra txn).
+            head = self._stats.source_revision
+            ckpt = replace(ckpt.seen(head, self._rate.observe(head)), source_endpoints=self._endpoints)
         data = ckpt.encode()
         guard = [Compare.value_(self._key, CompareResult.EQUAL, self._ckpt_bytes), *self._guards]
         batch = TxnBatch(ops)

@@ -1,0 +1,70 @@
+"""What a move would do, step by step, without doing it (`--dry-run`), and the old mirror a move leaves
+behind (named in its output with how to stop it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..etcd import EtcdClient, EtcdError, prefix_range_end
+from ..mirror.lock import describe_holder
+
+
+@dataclass
+class MovePlan:
+    move: str  # "switchover", "failover", "failback"
+    steps: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the checks found (not steps)
+
+    def step(self, text: str) -> None:
+        self.steps.append(text)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": True, "move": self.move, "steps": self.steps, "notes": self.notes}
+
+    def lines(self, dry_run: bool = True) -> list[str]:
+        out = [f"{self.move} plan" + (" (--dry-run: nothing was changed):" if dry_run else ":")]
+        out += [f"  {note}" for note in self.notes]
+        out += [f"  {i}. {text}" for i, text in enumerate(self.steps, 1)]
+        return out
+
+
+def lock_prefix(state_prefix: bytes, source_id: int) -> bytes:
+    """Where the locks of the mirrors from cluster `source_id` are (mirror/checkpoint.py: lock_key)."""
+    return state_prefix + f"lock/{source_id:016x}/".encode()
+
+
+async def mirror_holders(client: EtcdClient, state_prefix: bytes, source_id: int) -> list[str]:
+    """The holders (HOST:PID:TOKEN) of the mirror locks on `client` of mirrors from `source_id`."""
+    prefix = lock_prefix(state_prefix, source_id)
+    try:
+        result = await client.range(prefix, prefix_range_end(prefix))
+    except EtcdError:
+        return []
+    return [kv.value.decode(errors="replace") for kv in result.kvs]
+
+
+async def old_mirror_lines(
+    client: EtcdClient, state_prefix: bytes, source_id: int, before: list[str], into: str
+) -> list[str]:
+    """After a move: the mirror that ran into the new primary before it (read before the move), and
+    whether it still holds its lock. The promotion fenced it: it cannot write, and it ends at its next
+    attempt; its service must not start it again."""
+    if not before:
+        return []
+    now = set(await mirror_holders(client, state_prefix, source_id))
+    lines = []
+    for holder in before:
+        state = (
+            "still running (fenced: it can no longer write; it ends at its next attempt)"
+            if holder in now
+            else "it has stopped"
+        )
+        lines.append(
+            f"old mirror into {into}: {describe_holder(holder)}; {state}. Disable its service there so it "
+            "does not start again"
+        )
+    return lines
