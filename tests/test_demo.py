@@ -226,8 +226,8 @@ async def test_demo_runs_to_the_end_and_cleans_up() -> None:
     ("signum", "after", "code", "message"),
     [
         # Sites up, no mirror yet; then with the mirror running.
-        (signal.SIGINT, "site B:", 130, "interrupted"),
-        (signal.SIGTERM, "site B holds the same", 143, "terminated by SIGTERM"),
+        (signal.SIGINT, "site B:", 130, "stopped (SIGINT)"),
+        (signal.SIGTERM, "site B holds the same", 143, "stopped (SIGTERM)"),
     ],
     ids=["ctrl-c", "sigterm"],
 )
@@ -245,7 +245,7 @@ async def test_demo_signal_ends_every_process_and_removes_files(
     finally:
         await _end(proc)
     assert proc.returncode == code, err.decode()[-2000:]
-    assert err.decode().strip().splitlines()[-1] == f"etcd-dr: error: {message}"
+    assert err.decode().strip().splitlines()[-1] == f"etcd-dr: {message}"
     assert "Traceback" not in err.decode()
     await _check_nothing_left(dirs)
 
@@ -278,5 +278,5 @@ async def test_demo_keep_prints_working_etcdctl_commands() -> None:
     finally:
         await _end(proc)
     assert proc.returncode == 130, err.decode()[-2000:]
-    assert err.decode().strip().splitlines()[-1] == "etcd-dr: error: interrupted"
+    assert err.decode().strip().splitlines()[-1] == "etcd-dr: stopped (SIGINT)"
     await _check_nothing_left(dirs)

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .config import MirrorConfig
-from .errors import CheckFailed, EtcdDrError, Refused, UsageError
+from .errors import CheckFailed, EtcdDrError, Interrupted, Refused, UsageError
 from .etcd import ClientConfig, EtcdClient, EtcdError, TLSError, TransientError, prefix_range_end
 from .failover.config import MoveConfig
 from .failover.failback import failback
@@ -269,13 +269,11 @@ class _Sites:
         self.stop(self.clusters)
 
 
-class Stopped(EtcdDrError):
+class Stopped(Interrupted):
     """A signal ended the demo (after its cleanup): Ctrl-C, SIGTERM, or SIGHUP (a closed terminal)."""
 
     def __init__(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        super().__init__("interrupted" if signum == signal.SIGINT else f"terminated by {name}")
-        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name, 128 + signum)
 
 
 class _Signals:
