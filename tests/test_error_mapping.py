@@ -46,6 +46,8 @@ def test_connections_closing_or_never_made_are_transient(details: str, never_sen
         CONNECT + "Ssl handshake failed: SSL_ERROR_SSL: error:1000007d:SSL routines:"
         "OPENSSL_internal:CERTIFICATE_VERIFY_FAILED",
         CONNECT + "Handshake failed",
+        # A server certificate without the name the client asked for (grpc's own hostname check).
+        "Custom verification check failed with error: UNAUTHENTICATED: Hostname Verification Check failed.",
     ],
 )
 def test_tls_failures_are_fatal(details: str) -> None:

@@ -618,3 +618,53 @@ async def test_rendered_sites_start_and_mirror(
         with contextlib.suppress(Exception):
             leader = await asyncio.wait_for(leader_port(dc1), 5)
         stop(procs, last=leader)
+
+
+def test_clients_script_bundles_both_cas_and_issues_the_applications_certificates(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert etcd_dr("render", str(EXAMPLE), "--out", str(out)).code == 0
+    for site in ("primary", "standby"):
+        (out / "pki" / site).mkdir(parents=True)
+        (out / "pki" / site / "ca.pem").write_text(f"{site} CA\n")
+    calls = tmp_path / "calls.jsonl"
+    recorder = tmp_path / "record"
+    recorder.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"with open({str(calls)!r}, 'a') as f: f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    recorder.chmod(0o755)
+    env = {**os.environ, "ETCD_DR": str(recorder)}
+    done = subprocess.run(
+        ["sh", "clients-pki.sh"], cwd=out, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "pki/clients-ca.pem").read_text() == "primary CA\nstandby CA\n"
+    commands = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert commands == [
+        ["pki", "issue", "--dir", "pki/primary", "--profile", "client", "--name", "kube-apiserver-client",
+         "--cn", "kube-apiserver"],
+        ["pki", "issue", "--dir", "pki/primary", "--profile", "client", "--name", "patroni-client",
+         "--cn", "patroni"],
+    ]  # fmt: skip
+    # Without a site's CA, it says which script to run first.
+    (out / "pki/standby/ca.pem").unlink()
+    done = subprocess.run(
+        ["sh", "clients-pki.sh"], cwd=out, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1 and "run standby/pki.sh first" in done.stderr, done.stderr
+    # Where the files go: kube-apiserver's are kubeadm's paths on its three hosts.
+    plan = [c for c in install_plan(load_topology(EXAMPLE)) if c.app == "kube-apiserver"]
+    assert {c.host for c in plan} == {"192.168.1.21", "192.168.1.22", "192.168.1.23"}
+    assert {(c.source, c.dest, c.private) for c in plan} == {
+        ("pki/clients-ca.pem", "/etc/kubernetes/pki/etcd/ca.crt", False),
+        ("pki/primary/kube-apiserver-client.pem", "/etc/kubernetes/pki/apiserver-etcd-client.crt", False),
+        ("pki/primary/kube-apiserver-client-key.pem", "/etc/kubernetes/pki/apiserver-etcd-client.key", True),
+    }
+    # The standby's members trust the primary's CA for clients too; the primary's only their own.
+    members = {(c.site, c.dest): c.source for c in install_plan(load_topology(EXAMPLE)) if c.member}
+    assert members[("standby", "/etc/etcd/pki/ca.pem")] == "pki/clients-ca.pem"
+    assert members[("primary", "/etc/etcd/pki/ca.pem")] == "pki/primary/ca.pem"
+    readme = (out / "README.txt").read_text()
+    assert (
+        "--etcd-servers=https://etcd.example.com:2379 --etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt" in readme
+    )

@@ -190,7 +190,16 @@ def load_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
 
 # ---- error mapping --------------------------------------------------------------------------------
 
-_TLS_HINTS = ("ssl", "handshake", "certificate", "tsi_", "tls", "wrong_version_number", "x509")
+_TLS_HINTS = (
+    "ssl",
+    "handshake",
+    "certificate",
+    "tsi_",
+    "tls",
+    "wrong_version_number",
+    "x509",
+    "hostname verification",
+)
 _CONNECTION_HINTS = ("socket closed", "connection reset", "failed to connect", "connection refused", "eof")
 
 _BY_MESSAGE: list[tuple[str, type[EtcdError]]] = [
@@ -280,6 +289,11 @@ def _tls_hint(low: str, config: ClientConfig | None) -> str:
     if config is None or config.tls is None:
         return ""
     tls, p = config.tls, config.flag_prefix
+    if "hostname verification" in low:
+        return (
+            " (the server's certificate does not name the address it was reached by: "
+            "see its SANs with `etcd-dr pki check`)"
+        )
     if "certificate_verify_failed" in low or "unable to get local issuer" in low:
         if tls.cacert is None:
             return f" (the server's certificate is not signed by a CA the system trusts; give --{p}cacert)"
@@ -312,6 +326,8 @@ def _short(details: str) -> str:
         return "the server closed the connection during the TLS handshake"
     if "socket closed" in low or "connection reset" in low:
         return "the connection was closed"
+    if "hostname verification" in low:
+        return "hostname verification failed"
     if "failed to connect to remote host" in low:
         reason = d.split(":", 1)[1].strip().lower() if ":" in d else ""
         return f"cannot connect ({reason})" if reason else "cannot connect"
