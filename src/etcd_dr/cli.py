@@ -518,11 +518,12 @@ def failback(dest: str, as_json: bool, **kw: Any) -> None:
 @click.option(
     "--etcd-version", default=None, help="Use this etcd version (e.g. 3.4, 3.5); default: the newest found."
 )
-def demo(keep: bool, etcd_version: str | None) -> None:
+@click.option("--verbose", is_flag=True, help="Print every command in full (endpoints, TLS flags).")
+def demo(keep: bool, etcd_version: str | None, verbose: bool) -> None:
     """Two local TLS clusters, the mirror between them, and the procedure narrated."""
     from .demo import run_demo
 
-    run_async(run_demo(lambda line: click.echo(line), keep=keep, version=etcd_version))
+    run_async(run_demo(lambda line: click.echo(line), keep=keep, version=etcd_version, verbose=verbose))
 
 
 @cli.group()
