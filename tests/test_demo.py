@@ -321,4 +321,8 @@ def test_narration_names_sites_and_verbose_keeps_commands_whole() -> None:
             assert out[0].startswith("   (commands name the sites A and B")
             assert out[1] == "   $ etcd-dr failover B --endpoints A --prefix /registry/"
         assert out[-2].startswith("   | failover done: site B is the primary (epoch 2); and more")
-        assert out[-1].startswith("        ") and out[-1][8] != " " and all(len(line) <= WIDTH for line in out[-2:])
+        assert (
+            out[-1].startswith("        ")
+            and out[-1][8] != " "
+            and all(len(line) <= WIDTH for line in out[-2:])
+        )

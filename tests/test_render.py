@@ -152,6 +152,21 @@ def test_several_mistakes_each_reported_nothing_written(tmp_path: Path) -> None:
             "  b: {members: [{name: n, host: h2}]}\nmirror: {prefixx: /a}\n",
             "mirror.prefixx: unknown field (did you mean prefix?)",
         ),
+        (
+            "sites:\n  a: {role: primary, members: [{name: m, host: h}]}\n"
+            "  b: {members: [{name: n, host: h2}]}\nclients: {applications: [{name: kube-apiserver}]}\n",
+            "clients.applications: the applications need a name that follows the primary",
+        ),
+        (
+            "sites:\n  a: {role: primary, client_dns: e.x, members: [{name: m, host: h}]}\n"
+            "  b: {members: [{name: n, host: h2}]}\nclients: {applications: [{name: x}, {name: x}]}\n",
+            "clients.applications: duplicate name 'x'",
+        ),
+        (
+            "sites:\n  a: {role: primary, members: [{name: m, host: h}]}\n"
+            "  b: {members: [{name: n, host: h2}]}\nclients: {ca: one}\n",
+            "clients.ca: must be 'bundle' or 'shared'",
+        ),
     ],
 )
 def test_one_problem(text: str, message: str) -> None:

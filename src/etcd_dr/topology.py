@@ -26,6 +26,10 @@ Example (see examples/topology.yaml for a full one)::
           - {name: etcd-s1, host: 10.0.2.11}
     mirror:
       prefix: /registry/
+    clients:                      # optional: applications that follow the primary by name
+      dns: etcd.example.com       # default: the primary's client_dns
+      applications:
+        - {name: kube-apiserver, hosts: [10.0.1.21]}
 """
 
 from __future__ import annotations
