@@ -112,6 +112,22 @@ def test_ctrl_c_stops_the_mirror_with_a_plain_line_and_130(
     assert dst.etcdctl("get", "--prefix", "/etcd-dr/lock/", "--keys-only").strip() == ""
 
 
+def test_sigterm_stops_a_one_shot_run_with_a_plain_line_and_143(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """`mirror --once` stopped before its end did not do its job: 143, not the daemon's 0."""
+    log = tmp_path / "once.log"
+    dead = f"http://127.0.0.1:{_dead_port()}"
+    args = ["mirror", etcd_cluster.endpoints[0], "--endpoints", dead, "--once", "--timeout", "300"]
+    proc = _start(args, log)
+    _wait_for(proc, log, "source not reachable yet")
+    code = _stop(proc, signal.SIGTERM)
+    text = log.read_text()
+    assert code == 143, text
+    assert text.strip().splitlines()[-1] == "etcd-dr: stopped (SIGTERM)", text
+    assert ERROR_PREFIX not in text and "Traceback" not in text, text
+
+
 def test_a_source_down_is_warned_once_then_with_a_count(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
     log = tmp_path / "mirror.log"
     dead = f"http://127.0.0.1:{_dead_port()}"

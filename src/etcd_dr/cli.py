@@ -323,7 +323,8 @@ def mirror(dest: str, **kw: Any) -> None:
 
             stack.enter_context(MetricsServer(config.metrics_addr, mirror.stats))
         try:
-            result = run_async(with_copy_progress(mirror.stats, mirror.run()), stop_ok=True)
+            # The daemon stops on SIGTERM (exit 0); a one-shot run stopped before its end did not do its job.
+            result = run_async(with_copy_progress(mirror.stats, mirror.run()), stop_ok=not config.once)
         except Stopped:
             log.info("stopped at source revision %d applied", mirror.stats.applied_revision)
             raise
