@@ -91,6 +91,12 @@ async def _check_nothing_left(dirs: Dirs) -> None:
     assert not await asyncio.to_thread(Path(dirs.data).exists)
 
 
+def _unwrap(text: str) -> str:
+    """The demo's lines as they were before it wrapped them at 119 columns (a continuation is indented 5
+    more than its line)."""
+    return re.sub(r"\n {5,}(?=\S)", " ", text)
+
+
 def _final_keys(text: str) -> int:
     """The key count of the demo's last verify (1,920 of step 9 plus the application's writes)."""
     found = re.search(r"^18\. etcd-dr verify: equal: (\d+) keys \(", text, re.M)
@@ -102,7 +108,8 @@ def _check_switchover_and_back(text: str) -> None:
     """Step 10: to B (epoch 2) and back to A (epoch 3), each fencing the mirror into the new primary."""
     for epoch, old, new in ((2, "A -> B", "B -> A"), (3, "B -> A", "A -> B")):
         done = re.search(
-            rf"^   \| switchover done: (\S+) is the primary \(epoch {epoch}\); (\S+) is its standby$",
+            rf"^   \| switchover done: (site [AB]) is the primary \(epoch {epoch}\); "
+            r"(site [AB]) is its standby$",
             text,
             re.M,
         )
@@ -114,7 +121,7 @@ def _check_switchover_and_back(text: str) -> None:
             text,
             re.M,
         ), text
-    assert len(re.findall(r"^   \$ etcd-dr switchover https://\S+ --endpoints https://\S+ ", text, re.M)) == 2
+    assert len(re.findall(r"^   \$ etcd-dr switchover [AB] --endpoints [AB] --prefix ", text, re.M)) == 2
     # Two switchovers of step 10 and the one that ends the failback.
     moved = r"^   \| every write up to the old primary's revision \d+ is on the new primary"
     assert len(re.findall(moved, text, re.M)) == 3, text
@@ -149,7 +156,7 @@ def _check_failover_and_failback(text: str, dirs: Dirs) -> None:
     # The mirror from before the failover cannot write into the new primary.
     refused = re.search(
         r"^   (The mirror left running from step 10 reaches site A again and stops|Started again "
-        r"\(as its unit's Restart= would\), it stops): the destination \S+ is marked primary "
+        r"\(as its unit's Restart= would\), it stops): the destination site B is marked primary "
         r"\(epoch 4, by failover",
         text,
         re.M,
@@ -163,13 +170,13 @@ def _check_failover_and_failback(text: str, dirs: Dirs) -> None:
     listed = 0 if report.group(2) == "no" else int(report.group(2))
     assert listed >= lost
     assert re.search(
-        rf"^   \| failback: {listed} writes the old primary \S+ took after the last revision", text, re.M
+        rf"^   \| failback: {listed} writes the old primary site A took after the last revision", text, re.M
     )
     if lost:
         assert f"the {lost} recorded writes after the RPO" in text
     # Switched back to A, the mirror A -> B again, and both sites equal: what site B had (the writes up
     # to the RPO, perhaps some never acknowledged) and the application's 200 writes since; not the lost.
-    assert re.search(r"^   \| switchover done: \S+ is the primary \(epoch 5\)", text, re.M), text
+    assert re.search(r"^   \| switchover done: site A is the primary \(epoch 5\)", text, re.M), text
     assert 1920 + kept + 200 <= _final_keys(text) <= 1920 + acked + 200 + 32  # 32 writes in flight
 
 
@@ -184,14 +191,19 @@ async def test_demo_runs_to_the_end_and_cleans_up() -> None:
         out, err = await asyncio.wait_for(proc.communicate(), 150)
     finally:
         await _end(proc)
-    text = "".join(lines) + out.decode()
+    raw = "".join(lines) + out.decode()
     assert proc.returncode == 0, err.decode()[-2000:]
+    # A terminal of 120 columns shows every line whole; sites are named, not listed by endpoint.
+    assert max(len(line) for line in raw.splitlines()) <= 119, raw
+    assert not re.search(r"https://\S+,https://", raw), raw
+    assert " --cacert " not in raw and " --dest-key " not in raw, raw
+    text = _unwrap(raw)
     steps = [
         "1. Topology: sites A (primary) and B (standby), 3 members each on 127.0.0.1",
         f"-> {dirs.workdir}/topology.yaml",
         f"-> 16 certificates in {dirs.workdir}/sites/pki/{{site-a,site-b}}",
         "3. render: 6 etcd.conf.yml, 6 etcd.service, 2 pki.sh, etcd-dr-mirror.service, etcd-dr-mirror.env, "
-        "README.txt in "
+        "clients-pki.sh, README.txt in "
         f"{dirs.workdir}/sites\n",
         f"4. Start the 6 members as their rendered units do: etcd --config-file {dirs.workdir}/sites/",
         "pki/site-a/mirror.pem and pki/site-b/mirror.pem",
@@ -202,11 +214,13 @@ async def test_demo_runs_to_the_end_and_cleans_up() -> None:
         "10. A planned switchover to site B (site A's maintenance, a drill) and back. --no-fence",
         f"   The application finds the primary in {dirs.workdir}/clients.endpoints",
         "11. The application writes to the site named in clients.endpoints (site A)",
-        "   $ etcd-dr failover https://127.0.0.1:",
+        "   (commands name the sites A and B and leave out their TLS flags; `etcd-dr demo --verbose` prints",
+        "   $ etcd-dr failover B --endpoints A --prefix /registry/ --no-fence ",
         "   | failover done: ",
         "14. The application follows clients.endpoints to site B: 100 writes there",
         "15. Site A is back, its 3 members started again",
-        "   $ etcd-dr failback https://127.0.0.1:",
+        "   $ etcd-dr failback A --endpoints B --prefix /registry/ --no-fence ",
+        "   | keep the old primary current with: etcd-dr mirror B --endpoints A --prefix /registry/\n",
         f"--report {dirs.workdir}/failback-report.json",
         "17. The mirror A -> B again",
         "the application's 100 new writes on site A are on site B",
@@ -227,8 +241,8 @@ async def test_demo_runs_to_the_end_and_cleans_up() -> None:
     ("signum", "after", "code", "message"),
     [
         # Sites up, no mirror yet; then with the mirror running.
-        (signal.SIGINT, "site B:", 130, "interrupted"),
-        (signal.SIGTERM, "site B holds the same", 143, "terminated by SIGTERM"),
+        (signal.SIGINT, "site B:", 130, "stopped (SIGINT)"),
+        (signal.SIGTERM, "site B holds the same", 143, "stopped (SIGTERM)"),
     ],
     ids=["ctrl-c", "sigterm"],
 )
@@ -246,7 +260,7 @@ async def test_demo_signal_ends_every_process_and_removes_files(
     finally:
         await _end(proc)
     assert proc.returncode == code, err.decode()[-2000:]
-    assert err.decode().strip().splitlines()[-1] == f"etcd-dr: error: {message}"
+    assert err.decode().strip().splitlines()[-1] == f"etcd-dr: {message}"
     assert "Traceback" not in err.decode()
     await _check_nothing_left(dirs)
 
@@ -262,14 +276,16 @@ async def test_demo_keep_prints_working_etcdctl_commands() -> None:
         dirs = _dirs("".join(lines))
         commands = {line.split(":", 1)[0].strip(): line.split(":", 1)[1] for line in lines[-2:]}
         for site, line in commands.items():
-            argv = shlex.split(line)
-            assert "--cacert" in argv and f"{dirs.workdir}/sites/pki/" in line, line
+            # ". ENV_FILE && "$ETCDCTL" get ...": etcdctl's endpoints and TLS files in a file of their own.
+            env_file = Path(shlex.split(line)[1])
+            env = await asyncio.to_thread(env_file.read_text)
+            assert f"ETCDCTL_CACERT={dirs.workdir}/sites/pki/" in env, env
             done = await asyncio.to_thread(
-                subprocess.run, argv, capture_output=True, text=True, timeout=30, check=False
+                subprocess.run, ["sh", "-c", line], capture_output=True, text=True, timeout=30, check=False
             )
             assert done.returncode == 0, f"{site}: {done.stderr}"
             keys = done.stdout.split()
-            count = _final_keys("".join(lines))
+            count = _final_keys(_unwrap("".join(lines)))
             assert len(keys) == count and keys[0] == "/registry/pods/pod-0000", (site, len(keys), keys[:3])
         await asyncio.sleep(0.5)
         assert proc.returncode is None, "--keep: the demo ended by itself"
@@ -279,5 +295,34 @@ async def test_demo_keep_prints_working_etcdctl_commands() -> None:
     finally:
         await _end(proc)
     assert proc.returncode == 130, err.decode()[-2000:]
-    assert err.decode().strip().splitlines()[-1] == "etcd-dr: error: interrupted"
+    assert err.decode().strip().splitlines()[-1] == "etcd-dr: stopped (SIGINT)"
     await _check_nothing_left(dirs)
+
+
+def test_narration_names_sites_and_verbose_keeps_commands_whole() -> None:
+    """The demo's narrator without running the demo: endpoint lists become site names, commands lose
+    their TLS flags and long lines wrap (continuations 5 columns in); --verbose prints commands whole."""
+    from etcd_dr.demo import WIDTH, _Narrator
+
+    a = ["https://127.0.0.1:1001", "https://127.0.0.1:1002"]
+    b = ["https://127.0.0.1:2001", "https://127.0.0.1:2002"]
+    tls = " --cacert /tmp/d/pki/site-b/ca.pem --cert /tmp/d/pki/site-b/m.pem --key /tmp/d/pki/site-b/k.pem"
+    command = f"   $ etcd-dr failover {','.join(b)} --endpoints {','.join(a)}{tls} --prefix /registry/"
+    prose = f"   | failover done: {','.join(b)} is the primary (epoch 2); " + "and more words " * 8
+    for verbose in (False, True):
+        out: list[str] = []
+        say = _Narrator(out.append, verbose)
+        say.name_sites({"A": a, "B": b})
+        say(command)
+        say(prose)
+        if verbose:
+            assert out[0] == command
+        else:
+            assert out[0].startswith("   (commands name the sites A and B")
+            assert out[1] == "   $ etcd-dr failover B --endpoints A --prefix /registry/"
+        assert out[-2].startswith("   | failover done: site B is the primary (epoch 2); and more")
+        assert (
+            out[-1].startswith("        ")
+            and out[-1][8] != " "
+            and all(len(line) <= WIDTH for line in out[-2:])
+        )

@@ -46,8 +46,50 @@ def test_connections_closing_or_never_made_are_transient(details: str, never_sen
         CONNECT + "Ssl handshake failed: SSL_ERROR_SSL: error:1000007d:SSL routines:"
         "OPENSSL_internal:CERTIFICATE_VERIFY_FAILED",
         CONNECT + "Handshake failed",
+        # A server certificate without the name the client asked for (grpc's own hostname check).
+        "Custom verification check failed with error: UNAUTHENTICATED: Hostname Verification Check failed.",
     ],
 )
 def test_tls_failures_are_fatal(details: str) -> None:
     err = map_grpc_error(_Failure(grpc.StatusCode.UNAVAILABLE, details), "127.0.0.1:2379", "source")
     assert isinstance(err, TLSError), err
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "plain"),
+    [
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            CONNECT + "Failed to connect to remote host: Connection refused",
+            "source endpoint 127.0.0.1:2379 unavailable: cannot connect (connection refused)",
+        ),
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            CONNECT + "tcp handshaker shutdown",
+            "source endpoint 127.0.0.1:2379 unavailable: cannot connect (no answer)",
+        ),
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            "failed to connect to all addresses; last error: UNKNOWN: ipv6:[::1]:2379: "
+            "Failed to connect to remote host: Connection refused",
+            "source endpoint 127.0.0.1:2379 unavailable: cannot connect (connection refused)",
+        ),
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            CONNECT + "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+            "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK",
+            "source endpoint 127.0.0.1:2379: TLS handshake failed: certificate verify failed: unable to get "
+            "local issuer certificate",
+        ),
+        (
+            grpc.StatusCode.UNKNOWN,
+            "etcdserver: some new failure",
+            "source endpoint 127.0.0.1:2379: etcdserver: some new failure",
+        ),
+    ],
+)
+def test_messages_carry_no_grpc_internals(code: grpc.StatusCode, details: str, plain: str) -> None:
+    """Our message names the endpoint and says what happened in words: no status names, subchannel
+    addresses or OpenSSL error codes (they made `etcd-dr: error:` lines long and cryptic)."""
+    err = map_grpc_error(_Failure(code, details), "127.0.0.1:2379", "source")
+    assert str(err) == plain

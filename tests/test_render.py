@@ -152,6 +152,21 @@ def test_several_mistakes_each_reported_nothing_written(tmp_path: Path) -> None:
             "  b: {members: [{name: n, host: h2}]}\nmirror: {prefixx: /a}\n",
             "mirror.prefixx: unknown field (did you mean prefix?)",
         ),
+        (
+            "sites:\n  a: {role: primary, members: [{name: m, host: h}]}\n"
+            "  b: {members: [{name: n, host: h2}]}\nclients: {applications: [{name: kube-apiserver}]}\n",
+            "clients.applications: the applications need a name that follows the primary",
+        ),
+        (
+            "sites:\n  a: {role: primary, client_dns: e.x, members: [{name: m, host: h}]}\n"
+            "  b: {members: [{name: n, host: h2}]}\nclients: {applications: [{name: x}, {name: x}]}\n",
+            "clients.applications: duplicate name 'x'",
+        ),
+        (
+            "sites:\n  a: {role: primary, members: [{name: m, host: h}]}\n"
+            "  b: {members: [{name: n, host: h2}]}\nclients: {ca: one}\n",
+            "clients.ca: must be 'bundle' or 'shared'",
+        ),
     ],
 )
 def test_one_problem(text: str, message: str) -> None:
@@ -196,6 +211,7 @@ EXPECTED_FILES = {
     "standby/pki.sh",
     "standby/etcd-dr-mirror.service",
     "standby/etcd-dr-mirror.env",
+    "clients-pki.sh",
     *(f"primary/etcd-p{i}/{f}" for i in (1, 2, 3) for f in ("etcd.conf.yml", "etcd.service")),
     *(f"standby/etcd-s{i}/{f}" for i in (1, 2, 3) for f in ("etcd.conf.yml", "etcd.service")),
 }
@@ -348,13 +364,14 @@ def test_example_pki_script_makes_every_certificate(tmp_path: Path, monkeypatch:
     made = {p.name for p in (out / "pki/primary").iterdir()}
     # Every certificate the install plan names for site primary exists.
     plan = install_plan(load_topology(EXAMPLE))
-    needed = {Path(c.source).name for c in plan if c.source.startswith("pki/primary/")}
+    needed = {Path(c.source).name for c in plan if c.source.startswith("pki/primary/") and c.app is None}
     assert needed <= made, needed - made
     cert = x509.load_pem_x509_certificate((out / "pki/primary/etcd-p1-server.pem").read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {str(n.value) for n in sans} == {
         "192.168.1.11",
         "etcd.primary.example.com",
+        "etcd.example.com",  # the name clients use, which a failover moves (clients.dns)
         "localhost",
         "127.0.0.1",
     }
@@ -748,3 +765,53 @@ def test_every_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> No
             unit,
             done.stdout + done.stderr,
         )
+
+
+def test_clients_script_bundles_both_cas_and_issues_the_applications_certificates(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert etcd_dr("render", str(EXAMPLE), "--out", str(out)).code == 0
+    for site in ("primary", "standby"):
+        (out / "pki" / site).mkdir(parents=True)
+        (out / "pki" / site / "ca.pem").write_text(f"{site} CA\n")
+    calls = tmp_path / "calls.jsonl"
+    recorder = tmp_path / "record"
+    recorder.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"with open({str(calls)!r}, 'a') as f: f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    recorder.chmod(0o755)
+    env = {**os.environ, "ETCD_DR": str(recorder)}
+    done = subprocess.run(
+        ["sh", "clients-pki.sh"], cwd=out, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "pki/clients-ca.pem").read_text() == "primary CA\nstandby CA\n"
+    commands = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert commands == [
+        ["pki", "issue", "--dir", "pki/primary", "--profile", "client", "--name", "kube-apiserver-client",
+         "--cn", "kube-apiserver"],
+        ["pki", "issue", "--dir", "pki/primary", "--profile", "client", "--name", "patroni-client",
+         "--cn", "patroni"],
+    ]  # fmt: skip
+    # Without a site's CA, it says which script to run first.
+    (out / "pki/standby/ca.pem").unlink()
+    done = subprocess.run(
+        ["sh", "clients-pki.sh"], cwd=out, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1 and "run standby/pki.sh first" in done.stderr, done.stderr
+    # Where the files go: kube-apiserver's are kubeadm's paths on its three hosts.
+    plan = [c for c in install_plan(load_topology(EXAMPLE)) if c.app == "kube-apiserver"]
+    assert {c.host for c in plan} == {"192.168.1.21", "192.168.1.22", "192.168.1.23"}
+    assert {(c.source, c.dest, c.private) for c in plan} == {
+        ("pki/clients-ca.pem", "/etc/kubernetes/pki/etcd/ca.crt", False),
+        ("pki/primary/kube-apiserver-client.pem", "/etc/kubernetes/pki/apiserver-etcd-client.crt", False),
+        ("pki/primary/kube-apiserver-client-key.pem", "/etc/kubernetes/pki/apiserver-etcd-client.key", True),
+    }
+    # The standby's members trust the primary's CA for clients too; the primary's only their own.
+    members = {(c.site, c.dest): c.source for c in install_plan(load_topology(EXAMPLE)) if c.member}
+    assert members[("standby", "/etc/etcd/pki/ca.pem")] == "pki/clients-ca.pem"
+    assert members[("primary", "/etc/etcd/pki/ca.pem")] == "pki/primary/ca.pem"
+    readme = (out / "README.txt").read_text()
+    assert (
+        "--etcd-servers=https://etcd.example.com:2379 --etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt" in readme
+    )

@@ -21,7 +21,7 @@ from click.core import ParameterSource
 from . import __version__, etcdctl_compat, logs
 from .config import DEFAULT_STATE_PREFIX, MirrorConfig
 from .durations import Duration, DurationError, parse_duration
-from .errors import EtcdDrError, UsageError
+from .errors import EtcdDrError, Interrupted, UsageError
 from .etcd import ClientConfig, EtcdError
 
 log = logging.getLogger("etcd_dr")
@@ -372,14 +372,21 @@ def pair_config(dest: str, kw: dict[str, Any], **options: Any) -> MirrorConfig:
     )
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGHUP (systemd stopping the service, a closed terminal) ended the command."""
+class Stopped(Interrupted):
+    """SIGINT (Ctrl-C), SIGTERM (systemd stopping the service) or SIGHUP (a closed terminal) ended the
+    command: exit 130, 143 or 129, the shell's convention, after the command's own cleanup."""
+
+    def __init__(self, signal_name: str) -> None:
+        import signal
+
+        super().__init__(signal_name, 128 + int(signal.Signals[signal_name]))
 
 
 def run_async(coro: Coroutine[Any, Any, Any], *, stop_ok: bool = False) -> Any:
-    """Run `coro`; SIGTERM and SIGHUP cancel it like Ctrl-C, so that its cleanup runs (the mirror
-    releases its lock at once instead of making a successor wait out the lock's TTL). With `stop_ok`,
-    such a stop is a normal end (None); otherwise it is an error."""
+    """Run `coro`; SIGINT, SIGTERM and SIGHUP cancel it, so that its cleanup runs (the mirror releases its
+    lock at once instead of making a successor wait out the lock's TTL), then raise Stopped. With
+    `stop_ok` (the mirror daemon), SIGTERM and SIGHUP are its normal end and return None: systemd stops a
+    service with SIGTERM, and an exit code other than 0 would show the unit as failed."""
 
     async def main() -> Any:
         import signal
@@ -394,7 +401,7 @@ def run_async(coro: Coroutine[Any, Any, Any], *, stop_ok: bool = False) -> Any:
             received.append(name)
             task.cancel()
 
-        signals = (signal.SIGTERM, signal.SIGHUP)
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         for sig in signals:
             loop.add_signal_handler(sig, stop, sig.name)
         try:
@@ -402,7 +409,7 @@ def run_async(coro: Coroutine[Any, Any, Any], *, stop_ok: bool = False) -> Any:
         except asyncio.CancelledError:
             if not received:
                 raise
-            if stop_ok:
+            if stop_ok and received[0] != "SIGINT":
                 return None
             raise Stopped(received[0]) from None
         finally:
@@ -423,9 +430,17 @@ def run_async(coro: Coroutine[Any, Any, Any], *, stop_ok: bool = False) -> Any:
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def cli(log_level: str, log_format: str) -> None:
+@click.option(
+    "--log-repeat-interval",
+    type=click.FloatRange(min=0),
+    default=logs.DEFAULT_REPEAT_INTERVAL,
+    show_default=True,
+    help="A warning repeated with the same text is logged once, then once per this many seconds with "
+    "the count of repeats left out (0: every time).",
+)
+def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     """Disaster recovery for etcd across sites: mirror, verify, switch over, fail over, fail back."""
-    logs.setup(log_level, log_format)
+    logs.setup(log_level, log_format, log_repeat_interval)
 
 
 @cli.command()
@@ -512,7 +527,12 @@ def mirror(dest: str, **kw: Any) -> None:
             from .metrics import MetricsServer
 
             stack.enter_context(MetricsServer(config.metrics_addr, mirror.stats))
-        result = run_async(with_copy_progress(mirror.stats, mirror.run()), stop_ok=True)
+        try:
+            # The daemon stops on SIGTERM (exit 0); a one-shot run stopped before its end did not do its job.
+            result = run_async(with_copy_progress(mirror.stats, mirror.run()), stop_ok=not config.once)
+        except Stopped:
+            log.info("stopped at source revision %d applied", mirror.stats.applied_revision)
+            raise
     if result is None:
         log.info("stopped at source revision %d applied", mirror.stats.applied_revision)
     else:
@@ -848,11 +868,12 @@ def failback(dest: str, as_json: bool, **kw: Any) -> None:
 @click.option(
     "--etcd-version", default=None, help="Use this etcd version (e.g. 3.4, 3.5); default: the newest found."
 )
-def demo(keep: bool, etcd_version: str | None) -> None:
+@click.option("--verbose", is_flag=True, help="Print every command in full (endpoints, TLS flags).")
+def demo(keep: bool, etcd_version: str | None, verbose: bool) -> None:
     """Two local TLS clusters, the mirror between them, and the procedure narrated."""
     from .demo import run_demo
 
-    run_async(run_demo(lambda line: click.echo(line), keep=keep, version=etcd_version))
+    run_async(run_demo(lambda line: click.echo(line), keep=keep, version=etcd_version, verbose=verbose))
 
 
 @cli.group()
@@ -1050,6 +1071,13 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def stopped(message: str, code: int) -> NoReturn:
+    """A signal ended the command: a plain line, not an error (the operator asked for it)."""
+    sys.stderr.flush()
+    print(f"etcd-dr: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     from .pki import PkiError
 
@@ -1061,12 +1089,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except click.ClickException as e:
         fail(e.format_message())
-    except click.exceptions.Abort:
-        fail("interrupted", 130)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except Stopped as e:
-        fail(f"stopped by {e}", 143)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Ctrl-C outside an async command (a prompt, a certificate being written).
+        stopped(str(Stopped("SIGINT")), 130)
+    except Interrupted as e:
+        stopped(str(e), e.exit_code)
     except EtcdDrError as e:
         fail(str(e), e.exit_code)
     except EtcdError as e:

@@ -22,11 +22,13 @@ import functools
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -39,7 +41,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .config import MirrorConfig
-from .errors import CheckFailed, EtcdDrError, Refused, UsageError
+from .errors import CheckFailed, EtcdDrError, Interrupted, Refused, UsageError
 from .etcd import ClientConfig, EtcdClient, EtcdError, TLSError, TransientError, prefix_range_end
 from .failover.config import MoveConfig
 from .failover.failback import failback
@@ -86,6 +88,7 @@ def _topology_doc(etcd: Path, out: Path, data_root: Path, ports: list[int], toke
     configuration file is where render writes it: nothing needs copying."""
     pki = f"{out}/pki/{{site}}"
     doc: dict[str, Any] = {"sites": {}}
+    standby = next(site for site, (_, role) in SITES.items() if role == "standby")
     port = iter(ports)
     for site, (letter, role) in SITES.items():
         doc["sites"][site] = {
@@ -103,7 +106,9 @@ def _topology_doc(etcd: Path, out: Path, data_root: Path, ports: list[int], toke
             ],
             "tls": {
                 "server": {
-                    "ca": f"{pki}/ca.pem",
+                    # The standby's members also trust the primary's CA for clients (render's
+                    # clients-pki.sh makes this bundle of both CAs).
+                    "ca": f"{out}/pki/clients-ca.pem" if site == standby else f"{pki}/ca.pem",
                     "cert": f"{pki}/{{member}}-server.pem",
                     "key": f"{pki}/{{member}}-server-key.pem",
                 },
@@ -270,13 +275,11 @@ class _Sites:
         self.stop(self.clusters)
 
 
-class Stopped(EtcdDrError):
+class Stopped(Interrupted):
     """A signal ended the demo (after its cleanup): Ctrl-C, SIGTERM, or SIGHUP (a closed terminal)."""
 
     def __init__(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        super().__init__("interrupted" if signum == signal.SIGINT else f"terminated by {name}")
-        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name, 128 + signum)
 
 
 class _Signals:
@@ -314,7 +317,68 @@ class _Signals:
         self._loop.call_later(self.RETRY, self._cancel)
 
 
-async def run_demo(say: Callable[[str], None], *, keep: bool = False, version: str | None = None) -> None:
+# The narration's width: a terminal of 120 columns shows every line whole.
+WIDTH = 119
+_TLS_FLAG = re.compile(r" --(?:dest-)?(?:cacert|cert|key) \S+")
+_COMMAND = re.compile(
+    r"\betcd-dr (?:mirror|switchover|failover|failback|verify|status) (?=\S*https?://|[AB] )"
+)
+
+
+class _Narrator:
+    """The demo's lines as a reader wants them: the sites named ("site A") instead of their endpoint
+    lists, commands without their TLS flags, and no line wider than WIDTH. With --verbose, the commands
+    are printed in full (to copy them), on one line each."""
+
+    def __init__(self, out: Callable[[str], None], verbose: bool) -> None:
+        self.out = out
+        self.verbose = verbose
+        self._names: list[tuple[str, str, str]] = []  # (endpoint text, in prose, in a command)
+        self._told = False
+
+    def name_sites(self, sites: dict[str, list[str]]) -> None:
+        for letter, endpoints in sites.items():
+            self._names.append((",".join(endpoints), f"site {letter}", letter))
+            self._names += [(e, f"site {letter}", letter) for e in endpoints]
+        self._names.sort(key=lambda n: -len(n[0]))  # a list before its first endpoint
+
+    def __call__(self, line: str) -> None:
+        # A command line: "   $ etcd-dr ..." or a result's "| ...: etcd-dr mirror B --endpoints A ...".
+        found = _COMMAND.search(line)
+        if found is not None and self.verbose:
+            self.out(line)
+            return
+        head, command = (line[: found.start()], line[found.start() :]) if found else (line, "")
+        if command:
+            command = _TLS_FLAG.sub("", command)
+        for text, prose, short in self._names:
+            head = head.replace(text, prose)
+            command = command.replace(text, short)
+        if command and not self._told:
+            self._told = True
+            self._wrapped(
+                "   (commands name the sites A and B and leave out their TLS flags; "
+                "`etcd-dr demo --verbose` prints them in full)"
+            )
+        self._wrapped(head + command)
+
+    def _wrapped(self, line: str) -> None:
+        if len(line) <= WIDTH:
+            self.out(line)
+            return
+        # Continuation lines are indented 5 more than their line (no line of the demo starts with 5
+        # spaces): a reader, or a test, can join them back.
+        indent = " " * (len(line) - len(line.lstrip(" ")) + 5)
+        for piece in textwrap.wrap(
+            line, WIDTH, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+        ):
+            self.out(piece)
+
+
+async def run_demo(
+    say: Callable[[str], None], *, keep: bool = False, version: str | None = None, verbose: bool = False
+) -> None:
+    say = _Narrator(say, verbose)
     # The narration says what happens; the mirror's own info lines would only repeat it.
     for name in ("etcd_dr.mirror", "etcd_dr.etcd", "etcd_dr.failover"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -340,10 +404,8 @@ async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Sig
     mirrors: list[asyncio.Task[Any]] = []  # every mirror started, ended on the way out
     try:
         data_root = _data_root()
-        say(
-            f"etcd {binaries.version} ({binaries.etcd}); working directory {workdir} "
-            f"(member data in {data_root})"
-        )
+        say(f"etcd {binaries.version} ({binaries.etcd})")
+        say(f"working directory {workdir} (member data in {data_root})")
         topo_file, out = workdir / "topology.yaml", workdir / "sites"
         token = uuid.uuid4().hex[:8]
         for attempt in range(_START_ATTEMPTS):
@@ -392,8 +454,11 @@ async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Sig
             for d in data_root.iterdir():
                 shutil.rmtree(d, ignore_errors=True)
         site_a, site_b = clusters["site-a"], clusters["site-b"]
-        say(f"   site A: {','.join(site_a.endpoints)}")
-        say(f"   site B: {','.join(site_b.endpoints)}")
+        if isinstance(say, _Narrator):
+            say.name_sites({"A": site_a.endpoints, "B": site_b.endpoints})
+        for letter, cluster in (("A", site_a), ("B", site_b)):
+            members = ", ".join(f"{m.name} :{m.client_port}" for m in cluster.members)
+            say(f"   site {letter}: {members}")
         config = _mirror_config(topology)
         async with EtcdClient(config.source) as a, EtcdClient(config.dest) as b:
             say(f"5. Applications write to site A: 2,000 keys under {PREFIX}.")
@@ -453,15 +518,28 @@ async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Sig
             if keep:
                 say(
                     f"   --keep: the {MEMBERS * len(SITES)} members and the mirror keep running; Ctrl-C "
-                    f"ends them. Files: {workdir}. Reach the sites with:"
+                    f"ends them. Files: {workdir}."
                 )
+                say("   Reach the sites with:")
                 for letter, site, cluster in (("A", source_site, site_a), ("B", dest_site, site_b)):
                     tls = _client_tls(topology, site)
-                    say(
-                        f"   site {letter}: {binaries.etcdctl} --endpoints {','.join(cluster.endpoints)} "
-                        f"--cacert {tls.cacert} --cert {tls.cert} --key {tls.key} "
-                        f"get --prefix {PREFIX} --keys-only"
+                    # etcdctl's settings in a file of their own: the command fits on a line.
+                    env = workdir / f"site-{letter.lower()}.env"
+                    env.write_text(
+                        "".join(
+                            f"export {k}={shlex.quote(str(v))}\n"
+                            for k, v in (
+                                ("ETCDCTL", binaries.etcdctl),
+                                ("ETCDCTL_API", 3),
+                                ("ETCDCTL_ENDPOINTS", ",".join(cluster.endpoints)),
+                                ("ETCDCTL_CACERT", tls.cacert),
+                                ("ETCDCTL_CERT", tls.cert),
+                                ("ETCDCTL_KEY", tls.key),
+                            )
+                        ),
+                        encoding="utf-8",
                     )
+                    say(f'   site {letter}: . {env} && "$ETCDCTL" get --prefix {PREFIX} --keys-only')
                 await asyncio.Event().wait()
     finally:
         signals.cleaning = True

@@ -29,3 +29,13 @@ class MassDeleteRefused(Refused):
 
 class Fenced(EtcdDrError):
     """Another writer changed this mirror's checkpoint: we are no longer the one allowed to write."""
+
+
+class Interrupted(EtcdDrError):
+    """A signal ended the command, after its cleanup: printed as ``etcd-dr: stopped (SIGINT)``, not as an
+    error, with the shell's convention for the exit code (128 + the signal's number)."""
+
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(f"stopped ({signal_name})")
+        self.signal_name = signal_name
+        self.exit_code = exit_code

@@ -12,10 +12,17 @@ Output, under the --out directory::
                                         its own unprivileged user, sandboxed, with /metrics on
                                         (an HA pair: <mirror site>/mirror@<host>/etcd-dr-mirror.service)
     <mirror site>/etcd-dr-mirror.env    the mirror's credentials (mode 0600), read by the unit
+    clients-pki.sh                      the clients' CA bundle and the applications' client certificates
 
-Every site has its own CA; a member trusts only its own site's CA (client and peer mutual TLS). The
+Every site has its own CA (`clients.ca: bundle`, the default), or one CA signs both (`shared`). The
 host running the mirror needs a CA and a client certificate of *both* sites: the cross-site client
 certificate bundles, made by each site's pki.sh (pki/<site>/ca.pem, mirror.pem, mirror-key.pem).
+
+Clients follow a failover by name: the name applications use (`clients.dns`, default the primary's
+client_dns), which the DNS switch moves to the new primary, is in the server certificate of every member
+of both sites; applications verify either site with pki/clients-ca.pem (both CAs, or the shared one) and
+present a client certificate that every member accepts (signed by the primary's CA, which the standby's
+members also trust for clients in `bundle` mode).
 
 Everything is computed first, then checked, then written: a refusal writes nothing.
 """
@@ -36,13 +43,17 @@ import yaml
 
 from . import pki
 from .errors import UsageError
-from .topology import Member, Site, Topology, TopologyError, expand, is_ip
+from .topology import Application, Member, Site, Topology, TopologyError, expand, is_ip
 
 __all__ = [
+    "CLIENTS_CA",
+    "CLIENTS_SCRIPT",
     "MIRROR_CLIENT_CN",
     "CertRequest",
     "Copy",
     "RenderedFile",
+    "app_cert_name",
+    "clients_plan",
     "etcd_config",
     "install_plan",
     "make_pki",
@@ -51,6 +62,9 @@ __all__ = [
     "render",
     "write_rendered",
 ]
+
+CLIENTS_CA = "pki/clients-ca.pem"
+CLIENTS_SCRIPT = "clients-pki.sh"
 
 # The mirror's client certificates' CN: with etcd auth enabled it is the user the mirror acts as.
 MIRROR_CLIENT_CN = "etcd-dr-mirror"
@@ -127,8 +141,9 @@ class Copy:
     host: str
     dest: str
     site: str  # the site of the host it goes to
-    member: str | None  # None: the mirror host
+    member: str | None  # None: the mirror host, or an application's host
     private: bool = False  # a private key (mode 0600)
+    app: str | None = None  # an application's files (clients.applications)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -467,8 +482,12 @@ def pki_plan(topology: Topology) -> dict[str, list[CertRequest]]:
                     site_name,
                     "server",
                     f"{m.name}-server",
-                    # The member's address, the site's client name, and loopback for etcdctl on the host.
-                    _san_hosts(m.host, listen, site.client_dns, "localhost", "127.0.0.1"),
+                    # The member's address, the site's client name, the name clients use (which the
+                    # DNS switch moves to this site when it becomes the primary), and loopback for
+                    # etcdctl on the host.
+                    _san_hosts(
+                        m.host, listen, site.client_dns, topology.switched_dns, "localhost", "127.0.0.1"
+                    ),
                     m.name,
                     m.name,
                 )
@@ -481,17 +500,55 @@ def pki_plan(topology: Topology) -> dict[str, list[CertRequest]]:
     return plan
 
 
+def app_cert_name(app: Application) -> str:
+    """pki/<primary>/<name>.pem: the application's client certificate, signed by the primary's CA."""
+    return f"{app.name}-client"
+
+
+def clients_plan(topology: Topology) -> list[CertRequest]:
+    """The applications' client certificates (clients-pki.sh), signed by the primary's CA."""
+    return [
+        CertRequest(topology.primary, "client", app_cert_name(a), (), a.common_name)
+        for a in topology.clients.applications
+    ]
+
+
+def _server_trust(topology: Topology, site_name: str) -> str:
+    """The file a member trusts client certificates with (its trusted-ca-file), under --out: the standby's
+    members also trust the primary's CA, which signs the applications' certificates (clients.ca: bundle);
+    the primary's members trust their own CA only, so the standby's certificates are refused there."""
+    if topology.clients.ca == "bundle" and site_name != topology.primary:
+        return CLIENTS_CA
+    return f"pki/{site_name}/ca.pem"
+
+
+def _ca_cn(topology: Topology, site_name: str) -> str:
+    return "etcd CA" if topology.clients.ca == "shared" else f"{site_name} etcd CA"
+
+
 def make_pki(topology: Topology, pki_root: Path, *, days: int = 3650) -> None:
-    """Do what every site's pki.sh does, with etcd_dr.pki: PKI_ROOT/<site>/{ca,<member>-server,...}."""
-    for site_name, reqs in pki_plan(topology).items():
-        d = Path(pki_root) / site_name
-        pki.init_ca(d, cn=f"{site_name} etcd CA")
-        for r in reqs:
+    """Do what every site's pki.sh and clients-pki.sh do, with etcd_dr.pki: PKI_ROOT/<site>/{ca,
+    <member>-server,...}, PKI_ROOT/clients-ca.pem and the applications' certificates."""
+    root = Path(pki_root)
+    primary = root / topology.primary
+    for site_name in [topology.primary, *(n for n in topology.sites if n != topology.primary)]:
+        d = root / site_name
+        if topology.clients.ca == "shared" and site_name != topology.primary:
+            d.mkdir(parents=True, exist_ok=True)
+            for f in ("ca.pem", "ca-key.pem"):
+                (d / f).write_bytes((primary / f).read_bytes())
+            (d / "ca-key.pem").chmod(0o600)
+        else:
+            pki.init_ca(d, cn=_ca_cn(topology, site_name))
+        for r in pki_plan(topology)[site_name]:
             pki.issue(d, profile=r.profile, name=r.name, hosts=r.hosts, cn=r.cn, days=days)
+    cas = [topology.primary] if topology.clients.ca == "shared" else list(topology.sites)
+    (root / "clients-ca.pem").write_bytes(b"".join((root / s / "ca.pem").read_bytes() for s in cas))
+    for r in clients_plan(topology):
+        pki.issue(primary, profile=r.profile, name=r.name, hosts=r.hosts, cn=r.cn, days=days)
 
 
 def _pki_script(topology: Topology, site_name: str, source: str) -> str:
-    q = shlex.quote
     lines = [
         "#!/bin/sh",
         f"# Certificates of site {site_name}: its CA, a server and a peer certificate per member, and the",
@@ -501,13 +558,55 @@ def _pki_script(topology: Topology, site_name: str, source: str) -> str:
         "set -eu",
         'ETCD_DR="${ETCD_DR:-etcd-dr}"',
         f'PKI_DIR="${{1:-pki/{site_name}}}"',
-        f'"$ETCD_DR" pki init --dir "$PKI_DIR" --cn {q(f"{site_name} etcd CA")}',
     ]
+    primary = topology.primary
+    if topology.clients.ca == "shared" and site_name != primary:
+        # One CA for both sites (clients.ca: shared): the primary's pki.sh made it.
+        lines += [
+            f"if [ ! -e pki/{primary}/ca-key.pem ]; then",
+            f"  echo 'run {primary}/pki.sh first: the sites share its CA (clients.ca: shared)' >&2",
+            "  exit 1",
+            "fi",
+            'mkdir -p "$PKI_DIR"',
+            f'cp -p pki/{primary}/ca.pem pki/{primary}/ca-key.pem "$PKI_DIR/"',
+        ]
+    else:
+        lines.append(f'"$ETCD_DR" pki init --dir "$PKI_DIR" --cn {shlex.quote(_ca_cn(topology, site_name))}')
     for r in pki_plan(topology)[site_name]:
-        cmd = f'"$ETCD_DR" pki issue --dir "$PKI_DIR" --profile {r.profile} --name {q(r.name)} --cn {q(r.cn)}'
-        if r.hosts:
-            cmd += f" --hosts {q(','.join(r.hosts))}"
-        lines.append(cmd)
+        lines.append(_issue_cmd(r, '"$PKI_DIR"'))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _issue_cmd(r: CertRequest, directory: str) -> str:
+    q = shlex.quote
+    cmd = f'"$ETCD_DR" pki issue --dir {directory} --profile {r.profile} --name {q(r.name)} --cn {q(r.cn)}'
+    if r.hosts:
+        cmd += f" --hosts {q(','.join(r.hosts))}"
+    return cmd
+
+
+def _clients_script(topology: Topology, source: str) -> str:
+    primary = topology.primary
+    cas = [primary] if topology.clients.ca == "shared" else list(topology.sites)
+    what = "the sites' shared CA" if topology.clients.ca == "shared" else "the CAs of both sites"
+    lines = [
+        "#!/bin/sh",
+        f"# The clients' CA bundle ({CLIENTS_CA}: {what}), with which an application verifies",
+        "# whichever site the switched name points at, and a client certificate per application of the",
+        f"# topology's clients section, signed by the CA of site {primary}, which every member accepts.",
+        "# Run after every site's pki.sh, from the same directory (see README.txt).",
+        f"# Rendered by `etcd-dr render {source}`.",
+        "set -eu",
+        'ETCD_DR="${ETCD_DR:-etcd-dr}"',
+    ]
+    for s in cas:
+        lines += [
+            f"[ -e pki/{s}/ca.pem ] || {{ echo 'run {s}/pki.sh first' >&2; exit 1; }}",
+        ]
+    lines.append(f"cat {' '.join(f'pki/{s}/ca.pem' for s in cas)} > {CLIENTS_CA}")
+    for r in clients_plan(topology):
+        lines.append(_issue_cmd(r, f"pki/{primary}"))
     lines.append("")
     return "\n".join(lines)
 
@@ -524,7 +623,7 @@ def install_plan(topology: Topology) -> list[Copy]:
             p = _member_paths(site_name, site, m)
             pki_dir = f"pki/{site_name}"
             copies = [
-                (f"{pki_dir}/ca.pem", p["server_ca"], False),
+                (_server_trust(topology, site_name), p["server_ca"], False),
                 *([(f"{pki_dir}/ca.pem", p["peer_ca"], False)] if p["peer_ca"] != p["server_ca"] else []),
                 (f"{pki_dir}/{m.name}-server.pem", p["server_cert"], False),
                 (f"{pki_dir}/{m.name}-server-key.pem", p["server_key"], True),
@@ -549,6 +648,14 @@ def install_plan(topology: Topology) -> list[Copy]:
         unit = mirror_unit_path(topology, host).as_posix()
         plan.append(Copy(unit, host, f"/etc/systemd/system/{MIRROR_UNIT}", ms, None))
         plan.append(Copy(f"{ms}/{MIRROR_ENV}", host, topology.mirror.env_file, ms, None, True))
+    # The applications: the clients' CA bundle and their own client certificate.
+    for app in topology.clients.applications:
+        ca, cert, key = app.paths()
+        name = app_cert_name(app)
+        for h in app.hosts:
+            plan.append(Copy(CLIENTS_CA, h, ca, "", None, app=app.name))
+            plan.append(Copy(f"pki/{topology.primary}/{name}.pem", h, cert, "", None, app=app.name))
+            plan.append(Copy(f"pki/{topology.primary}/{name}-key.pem", h, key, "", None, True, app=app.name))
     return plan
 
 
@@ -587,7 +694,8 @@ def _readme(topology: Topology, plan: Sequence[Copy], source: str) -> str:
     out = [
         f"Rendered by `etcd-dr render {source}`.",
         "",
-        f'Two etcd sites: "{primary}" (primary) and "{standby}" (standby), each with its own CA and',
+        f'Two etcd sites: "{primary}" (primary) and "{standby}" (standby), '
+        + ("each with its own CA and" if topology.clients.ca == "bundle" else "one CA for both, and"),
         "mutual TLS for clients and peers. etcd-dr mirror copies the primary into the standby; it runs at",
         f'site "{ms}" on host {mirror_hosts}'
         + (
@@ -596,10 +704,12 @@ def _readme(topology: Topology, plan: Sequence[Copy], source: str) -> str:
             else "."
         ),
         "",
-        "1. Certificates. In this directory, on a trusted machine, once per site:",
+        "1. Certificates. In this directory, on a trusted machine, once per site"
+        + (f" ({primary} first: its CA is shared):" if topology.clients.ca == "shared" else ":"),
     ]
-    for s in topology.sites:
+    for s in [primary, *(n for n in topology.sites if n != primary)]:
         out.append(f"     sh {s}/pki.sh          # writes pki/{s}/ (keys 0600)")
+    out.append(f"     sh {CLIENTS_SCRIPT}       # then: {CLIENTS_CA} and the applications' certificates")
     out += [
         "   (ETCD_DR=/path/to/etcd-dr if it is not on PATH.) Each site's CA signs its members' server and",
         "   peer certificates and one client certificate for the mirror "
@@ -617,7 +727,8 @@ def _readme(topology: Topology, plan: Sequence[Copy], source: str) -> str:
         ]
     by_host: dict[tuple[str, str, str | None], list[Copy]] = {}
     for c in plan:
-        by_host.setdefault((c.site, c.host, c.member), []).append(c)
+        if c.app is None:
+            by_host.setdefault((c.site, c.host, c.member), []).append(c)
     for (site_of, host, member), copies in by_host.items():
         if member is None:
             continue
@@ -668,8 +779,62 @@ def _readme(topology: Topology, plan: Sequence[Copy], source: str) -> str:
             f"     etcd-dr pki check --endpoints {','.join(client_endpoints(site))} "
             f"--cacert {ca} --cert {cert} --key {key}"
         )
+    out += _readme_clients(topology)
     out.append("")
     return "\n".join(out)
+
+
+def _readme_clients(topology: Topology) -> list[str]:
+    name = topology.switched_dns
+    port = topology.sites[topology.primary].members[0].client_port
+    trust = "the CAs of both sites" if topology.clients.ca == "bundle" else "the CA both sites share"
+    out = [
+        "",
+        "6. Clients. Applications reach the primary by a name that a failover moves to the new primary:",
+    ]
+    if name is None:
+        return [
+            *out,
+            "   none is set (clients.dns, or the primary site's client_dns): applications must be",
+            '   re-pointed by hand after a move. See docs/failover.md, "Clients that follow a move".',
+        ]
+    out += [
+        f"   https://{name}:{port}. Every member of both sites has {name} in its server certificate, so",
+        f"   a client verifying with {CLIENTS_CA} ({trust}) accepts whichever site the",
+        f"   name points at; a move's DNS switch (--dns-name {name} --dns-server ..., or a hook)",
+        "   moves it.",
+    ]
+    if topology.clients.ca == "bundle":
+        out += [
+            f"   The applications' certificates are signed by site {topology.primary}'s CA, which the",
+            f"   members of site {topology.standby} also trust for clients ({CLIENTS_CA} is their trusted CA",
+            "   file; give tls.peer.ca a path of its own to keep their peer trust to their own CA).",
+        ]
+    for app in topology.clients.applications:
+        ca, cert, key = app.paths()
+
+        hosts = ", ".join(app.hosts) if app.hosts else "its hosts (none listed: clients.applications[].hosts)"
+        out.append(f"   {app.name} (CN {app.common_name}), on {hosts}:")
+        sources = [
+            CLIENTS_CA,
+            f"pki/{topology.primary}/{app_cert_name(app)}.pem",
+            f"pki/{topology.primary}/{app_cert_name(app)}-key.pem",
+        ]
+        width = max(len(x) for x in sources)
+        out += [
+            f"     {src.ljust(width)}  ->  {dest}" for src, dest in zip(sources, (ca, cert, key), strict=True)
+        ]
+
+        if app.name == "kube-apiserver":
+            out.append(
+                f"     flags: --etcd-servers=https://{name}:{port} --etcd-cafile={ca} "
+                f"--etcd-certfile={cert} --etcd-keyfile={key}"
+            )
+        else:
+            out.append(
+                f"     etcdctl --endpoints=https://{name}:{port} --cacert={ca} --cert={cert} --key={key}"
+            )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -698,6 +863,7 @@ def render(topology: Topology, *, source: str = "topology.yaml") -> list[Rendere
             PurePosixPath(topology.mirror_site, MIRROR_ENV), _mirror_env_text(topology, source), 0o600
         )
     )
+    files.append(RenderedFile(PurePosixPath(CLIENTS_SCRIPT), _clients_script(topology, source), 0o755))
     files.append(RenderedFile(PurePosixPath("README.txt"), _readme(topology, plan, source)))
     return files
 

@@ -26,6 +26,10 @@ Example (see examples/topology.yaml for a full one)::
           - {name: etcd-s1, host: 10.0.2.11}
     mirror:
       prefix: /registry/
+    clients:                      # optional: applications that follow the primary by name
+      dns: etcd.example.com       # default: the primary's client_dns
+      applications:
+        - {name: kube-apiserver, hosts: [10.0.1.21]}
 """
 
 from __future__ import annotations
@@ -47,12 +51,15 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .errors import UsageError
 
 __all__ = [
+    "Application",
     "ClientTLS",
+    "Clients",
     "Member",
     "MirrorSettings",
     "PeerTLS",
@@ -102,6 +109,8 @@ RENDERED_FLAGS: dict[str, str] = {
 }
 # Files `render` writes into a site's directory next to the member directories.
 RESERVED_MEMBER_NAMES = frozenset({"pki.sh", "etcd-dr-mirror.service", "etcd-dr-mirror.env"})
+# Files `render` writes at the top of the --out directory, next to the site directories.
+RESERVED_SITE_NAMES = frozenset({"README.txt", "clients-pki.sh", "pki"})
 
 
 class TopologyError(UsageError):
@@ -335,9 +344,80 @@ class MirrorSettings(_Model):
     metrics_port: Port | None = 9379
 
 
+# Where kubeadm puts kube-apiserver's etcd client files (--etcd-cafile, --etcd-certfile, --etcd-keyfile).
+KUBE_APISERVER_PATHS = (
+    "/etc/kubernetes/pki/etcd/ca.crt",
+    "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+    "/etc/kubernetes/pki/apiserver-etcd-client.key",
+)
+
+
+class Application(_Model):
+    """An etcd client application (kube-apiserver, Patroni, a service's own program): `render` plans a
+    client certificate for it and the CA bundle it verifies either site with."""
+
+    name: Name
+    # The hosts it runs on, where the files go (README.txt lists the copies).
+    hosts: list[Host] = []
+    # The certificate's CN: with etcd auth on, the user the application acts as. Default: `name`.
+    cn: Annotated[str, Field(min_length=1)] | None = None
+    # Where the application reads the CA bundle, its certificate and its key. Defaults: kubeadm's paths
+    # for kube-apiserver, /etc/etcd-dr/clients/<name>/{ca,client,client-key}.pem for the others.
+    ca: AbsPath | None = None
+    cert: AbsPath | None = None
+    key: AbsPath | None = None
+
+    def paths(self) -> tuple[str, str, str]:
+        if self.name == "kube-apiserver":
+            defaults = KUBE_APISERVER_PATHS
+        else:
+            d = f"/etc/etcd-dr/clients/{self.name}"
+            defaults = (f"{d}/ca.pem", f"{d}/client.pem", f"{d}/client-key.pem")
+        return (self.ca or defaults[0], self.cert or defaults[1], self.key or defaults[2])
+
+    @property
+    def common_name(self) -> str:
+        return self.cn if self.cn is not None else self.name
+
+
+class Clients(_Model):
+    """How applications reach whichever site is the primary."""
+
+    # The name applications use: the failover's DNS switch points it at the new primary, so every
+    # member of BOTH sites has it in its server certificate. Default: the primary site's client_dns.
+    dns: Host | None = None
+    # How clients trust both sites. "bundle": each site keeps its own CA; clients get both CAs in one
+    # file, and every member accepts client certificates of either CA. "shared": one CA (made by the
+    # primary's pki.sh) signs the certificates of both sites.
+    ca: Literal["bundle", "shared"] = "bundle"
+    applications: list[Application] = []
+
+
 class Topology(_Model):
     sites: dict[Name, Site]
     mirror: MirrorSettings = MirrorSettings()
+    clients: Clients = Clients()
+
+    @model_validator(mode="after")
+    def _check_clients(self) -> Topology:
+        names = [a.name for a in self.clients.applications]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"clients.applications: duplicate name {dup[0]!r}")
+        if self.clients.applications and self.switched_dns is None:
+            raise ValueError(
+                "clients.applications: the applications need a name that follows the primary: set "
+                "clients.dns (or the primary site's client_dns)"
+            )
+        return self
+
+    @property
+    def switched_dns(self) -> str | None:
+        """The name clients use, moved to the new primary by a failover's DNS switch."""
+        if self.clients.dns is not None:
+            return self.clients.dns
+        primaries = [s for s in self.sites.values() if s.role == "primary"]
+        return primaries[0].client_dns if primaries else None
 
     @property
     def primary(self) -> str:
@@ -460,7 +540,18 @@ def _loc(parts: tuple[int | str, ...]) -> str:
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    for model in (ServerTLS, PeerTLS, ClientTLS, SiteTLS, Member, Site, MirrorSettings, Topology):
+    for model in (
+        ServerTLS,
+        PeerTLS,
+        ClientTLS,
+        SiteTLS,
+        Member,
+        Site,
+        MirrorSettings,
+        Application,
+        Clients,
+        Topology,
+    ):
         names.update(model.model_fields)
     return names
 
@@ -506,6 +597,9 @@ def _cross_checks(raw: Mapping[Any, Any]) -> Iterator[tuple[str, str]]:
             return  # pydantic reports the missing field
         return
     names = [str(n) for n in sites]
+    for n in names:
+        if n in RESERVED_SITE_NAMES:
+            yield f"sites.{n}", f"{n!r} is reserved (render writes a file or directory of that name)"
     if len(sites) != 2:
         yield "sites", f"must name exactly two sites, not {len(sites)} ({', '.join(names) or 'none'})"
     primaries = [str(n) for n, s in sites.items() if isinstance(s, dict) and s.get("role") == "primary"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -189,7 +190,16 @@ def load_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
 
 # ---- error mapping --------------------------------------------------------------------------------
 
-_TLS_HINTS = ("ssl", "handshake", "certificate", "tsi_", "tls", "wrong_version_number", "x509")
+_TLS_HINTS = (
+    "ssl",
+    "handshake",
+    "certificate",
+    "tsi_",
+    "tls",
+    "wrong_version_number",
+    "x509",
+    "hostname verification",
+)
 _CONNECTION_HINTS = ("socket closed", "connection reset", "failed to connect", "connection refused", "eof")
 
 _BY_MESSAGE: list[tuple[str, type[EtcdError]]] = [
@@ -269,7 +279,9 @@ def map_grpc_error(
         return PermissionDenied(f"{where}: {details}", endpoint=endpoint)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequest(f"{where}: {details}", endpoint=endpoint)
-    return EtcdError(f"{where}: {code.name if code else 'error'}: {details}", endpoint=endpoint)
+    return EtcdError(
+        f"{where}: {_short(details) if details else (code.name if code else 'error')}", endpoint=endpoint
+    )
 
 
 def _tls_hint(low: str, config: ClientConfig | None) -> str:
@@ -277,6 +289,11 @@ def _tls_hint(low: str, config: ClientConfig | None) -> str:
     if config is None or config.tls is None:
         return ""
     tls, p = config.tls, config.flag_prefix
+    if "hostname verification" in low:
+        return (
+            " (the server's certificate does not name the address it was reached by: "
+            "see its SANs with `etcd-dr pki check`)"
+        )
     if "certificate_verify_failed" in low or "unable to get local issuer" in low:
         if tls.cacert is None:
             return f" (the server's certificate is not signed by a CA the system trusts; give --{p}cacert)"
@@ -289,11 +306,39 @@ def _tls_hint(low: str, config: ClientConfig | None) -> str:
 
 
 def _short(details: str) -> str:
-    # grpc's connection errors are long and repetitive; keep the most specific part.
-    details = details.strip()
-    if "last error:" in details:
-        details = details.split("last error:", 1)[1].strip()
-    return details[:300]
+    """grpc's failure text in plain words: without its status names, subchannel addresses and OpenSSL
+    error codes (``failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to
+    connect to remote host: Connection refused`` -> ``cannot connect (connection refused)``). Our
+    message already names the endpoint; these internals only make it longer and harder to search."""
+    d = " ".join(details.split())
+    if "last error:" in d:
+        d = d.split("last error:", 1)[1].strip()
+    # Status names and the subchannel's address that grpc puts in front ("UNKNOWN: ipv4:1.2.3.4:5: ").
+    d = re.sub(r"^(?:[A-Z][A-Z_]+: )+", "", d)
+    d = re.sub(r"^(?:ipv4|ipv6|unix|unix-abstract|dns):(?:\[[^\]]*\]|[^ ]*?)(?::\d+)?: ", "", d)
+    d = re.sub(r":? ?\bOK$", "", d).strip().rstrip(":").strip()
+    low = d.lower()
+    if "connection refused" in low:
+        return "cannot connect (connection refused)"
+    if "tcp handshaker" in low:
+        return "cannot connect (no answer)"
+    if "endpoint closing" in low:
+        return "the server closed the connection during the TLS handshake"
+    if "socket closed" in low or "connection reset" in low:
+        return "the connection was closed"
+    if "hostname verification" in low:
+        return "hostname verification failed"
+    if "failed to connect to remote host" in low:
+        reason = d.split(":", 1)[1].strip().lower() if ":" in d else ""
+        return f"cannot connect ({reason})" if reason else "cannot connect"
+    # TLS: keep OpenSSL's reason, in words ("certificate verify failed: unable to get local issuer
+    # certificate", "sslv3 alert bad certificate").
+    d = re.sub(r"\s*\(TSI_[A-Z_]+\)", "", d)
+    d = re.sub(r"SSL_ERROR_[A-Z_]+: ", "", d)
+    d = re.sub(r"error:[0-9a-fA-F]+:[A-Za-z ]+ routines:(?:OPENSSL_internal:)?", "", d)
+    d = re.sub(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", lambda m: m.group(0).lower().replace("_", " "), d)
+    d = d.replace("Tls handshake failed: ", "").replace("Handshake failed", "handshake failed")
+    return (d or "no details")[:300]
 
 
 # ---- the connection -------------------------------------------------------------------------------

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 ERROR_PREFIX = "etcd-dr: error: "
+# gRPC C-core's own log line ("E1205 11:25:59.727685    7404 ssl_transport_security.cc:2563] ..."):
+# etcd-dr turns that log off, so none may reach a user's terminal.
+GRPC_LOG_LINE = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.\w+:\d+\]", re.M)
 
 
 @dataclass
@@ -73,8 +77,10 @@ def tls_flags(prefix: str, cacert: Path, cert: Path, key: Path) -> list[str]:
 
 
 def assert_refused(run: Run, *needles: str) -> None:
-    """Exit 2, the last stderr line is `etcd-dr: error: ...` naming every needle, and no traceback."""
+    """Exit 2, the last stderr line is `etcd-dr: error: ...` naming every needle, and no traceback or
+    gRPC log line."""
     assert run.code == 2, f"exit {run.code}, expected 2:\n{run.stderr}"
+    assert not GRPC_LOG_LINE.search(run.stderr), f"a gRPC log line on stderr:\n{run.stderr}"
     assert run.last_line.startswith(ERROR_PREFIX), run.stderr
     assert run.stderr.count(ERROR_PREFIX) == 1, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
