@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +74,20 @@ class VerifyResult:
         }
 
 
-async def verify(config: MirrorConfig, *, on_difference: Any = None) -> VerifyResult:
+async def verify(
+    config: MirrorConfig,
+    *,
+    on_difference: Any = None,
+    rate: float | None = None,
+    page_size: int | None = None,
+) -> VerifyResult:
     """Compare source and destination as `config` maps them; `on_difference(kind, key)` is called for
-    each difference as it is found (the CLI prints them as they come)."""
+    each difference as it is found (the CLI prints them as they come).
+
+    `rate`: at most this many bytes of keys and values read per second, both sides together (the pages
+    are then spread over time instead of read in one burst: a running mirror's periodic verify).
+    `page_size`: keys per page (default: config.page_size)."""
+    pages = page_size or config.page_size
     mapper = KeyMapper.from_config(config)
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
         src_status, dst_status = await asyncio.gather(source.status(), dest.status())
@@ -105,7 +117,7 @@ async def verify(config: MirrorConfig, *, on_difference: Any = None) -> VerifyRe
             result.checkpoint_revision = ckpt.revision
             src_rev = ckpt.revision
         try:
-            await _compare(source, dest, mapper, src_rev, dest_rev, config.page_size, result, on_difference)
+            await _compare(source, dest, mapper, src_rev, dest_rev, pages, result, on_difference, rate)
         except CompactedError:
             if src_rev == current:
                 raise
@@ -117,7 +129,7 @@ async def verify(config: MirrorConfig, *, on_difference: Any = None) -> VerifyRe
                 current,
             )
             result = VerifyResult(dest_revision=dest_rev, source_current_revision=current)
-            await _compare(source, dest, mapper, current, dest_rev, config.page_size, result, on_difference)
+            await _compare(source, dest, mapper, current, dest_rev, pages, result, on_difference, rate)
         return result
 
 
@@ -130,8 +142,11 @@ async def _compare(
     page_size: int,
     result: VerifyResult,
     on_difference: Any,
+    rate: float | None = None,
 ) -> None:
     result.source_revision = src_rev
+    started = time.monotonic()
+    nbytes = 0
     lists = {Kind.MISSING: result.missing, Kind.EXTRA: result.extra, Kind.DIFFERENT: result.different}
     pair: Pair
     async for batch in compare_ranges(
@@ -144,3 +159,36 @@ async def _compare(
                 lists[pair.kind].append(pair.key)
                 if on_difference is not None:
                     on_difference(pair.kind.value, pair.key)
+        if rate:
+            # Pace the reads: the next page is read (one page of read-ahead) once the bytes read so far
+            # fit the budget.
+            for pair in batch:
+                for kv in (pair.source, pair.dest):
+                    if kv is not None:
+                        nbytes += len(kv.key) + len(kv.value)
+            wait = nbytes / rate - (time.monotonic() - started)
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+
+async def recheck(config: MirrorConfig, keys: list[bytes]) -> list[bytes]:
+    """The destination keys among `keys` that still differ from the source when read again: the
+    destination (with the mirror's checkpoint) at one revision, the source at the checkpoint's. A
+    difference that a live mirror's moving state made is gone by then; a real one stays."""
+    mapper = KeyMapper.from_config(config)
+    still: list[bytes] = []
+    async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
+        src_id = (await source.status()).cluster_id
+        key = checkpoint_key(config.state_prefix, src_id, config.prefix, mapper.dest_prefix)
+        for dkey in keys:
+            ckpt_read = await dest.range(key)
+            ckpt = Checkpoint.decode(ckpt_read.kvs[0].value) if ckpt_read.kvs else None
+            d = await dest.get(dkey, revision=ckpt_read.header.revision)
+            skey = mapper.prefix + dkey[len(mapper.dest_prefix) :]
+            try:
+                s = await source.get(skey, revision=ckpt.revision if ckpt and ckpt.phase == REPLAY else 0)
+            except CompactedError:
+                s = await source.get(skey)
+            if (s is None) != (d is None) or (s is not None and d is not None and s.value != d.value):
+                still.append(dkey)
+        return still
