@@ -237,7 +237,7 @@ async def test_fence_standby_refuses_an_application_write(etcd_cluster_factory: 
     [
         (("--verify-rate", "0"), "--verify-rate '0': must be above 0"),
         (("--verify-rate", "fast"), "--verify-rate 'fast': expected a size"),
-        (("--verify-every", "soon"), "--verify-every 'soon': expected a duration"),
+        (("--foreign-writes", "sometimes"), "'--foreign-writes': 'sometimes' is not one of 'restore'"),
     ],
 )
 async def test_bad_verify_options_are_refused(args: tuple[str, ...], needle: str) -> None:
