@@ -5,8 +5,8 @@
 Loads KEYS keys of 256 B into a source cluster and mirrors them (`mirror --once`, in process). Then:
 
 1. capacity: READERS concurrent clients (in a process of their own) scan the source's range in pages
-   of 1,000 keys, over and over, for SECONDS: the source's read throughput (bytes of keys and values per second, pages per second)
-   with nothing else running;
+   of 1,000 keys, over and over, for SECONDS: the source's read throughput (bytes of keys and values
+   per second, pages per second) with nothing else running;
 2. the same readers while a verify paced to RATE (the periodic verify's `--verify-rate`, pages of
    `verify_page_size` keys) runs: their throughput, and the verify's own source read rate;
 3. the same with an unpaced verify (`etcd-dr verify`, one burst), for comparison.
