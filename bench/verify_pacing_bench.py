@@ -9,7 +9,9 @@ Loads KEYS keys of 256 B into a source cluster and mirrors them (`mirror --once`
    per second, pages per second) with nothing else running;
 2. the same readers while a verify paced to RATE (the periodic verify's `--verify-rate`, pages of
    `verify_page_size` keys) runs: their throughput, and the verify's own source read rate;
-3. the same with an unpaced verify (`etcd-dr verify`, one burst), for comparison.
+3. the same with an unpaced verify (`etcd-dr verify`, one burst), for comparison;
+4. before those, each verify alone, with the source member's CPU time (from /proc) while it runs: the
+   share of a core the verify keeps the source busy, the steadiest figure on a shared machine.
 
 The share of the source's read capacity a verify takes is shown two ways: its own source read rate over
 the capacity measured in 1., and the drop of the readers' throughput while it runs (noisier: the
@@ -44,6 +46,23 @@ async def load(client: EtcdClient, keys: int, value: bytes) -> None:
             )
 
     await asyncio.gather(*(txn(s) for s in range(0, keys, 100)))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def verify_alone(config: MirrorConfig, pid: int, rate: float | None) -> tuple[float, float, float]:
+    """A verify with nothing else running: (seconds, the source member's CPU seconds meanwhile, the
+    source's bytes read)."""
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    result = await verify(config, rate=rate, page_size=config.verify_page_size if rate else None)
+    took, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+    assert result.equal, result.summary()
+    return took, cpu, result.keys * (len(b"/bench/00000000") + 256)
 
 
 def size(text: str) -> float:
@@ -144,6 +163,15 @@ async def main() -> None:
             f"source read capacity ({args.readers} readers scanning, pages of 1,000 keys): "
             f"{cap / mib:.1f} MiB/s, {cap_pages:.0f} pages/s"
         )
+        pid = src.members[0].pid
+        assert pid is not None
+        for label, r in ((f"paced verify (--verify-rate {args.rate})", rate), ("unpaced verify", None)):
+            took, cpu, nbytes = await verify_alone(config, pid, r)
+            print(
+                f"{label}, alone: {args.keys} keys in {took:.1f} s; the source member's CPU meanwhile "
+                f"{cpu:.2f} s = {100 * cpu / took:.1f}% of one core on average ({cpu / (nbytes / mib):.3f} "
+                f"CPU s per MiB read)"
+            )
         for label, r in ((f"paced verify (--verify-rate {args.rate})", rate), ("unpaced verify", None)):
             got, _, v_rate, v_took = await with_readers(config, args.readers, args.seconds, r)
             print(
