@@ -165,12 +165,17 @@ async def main() -> None:
         )
         pid = src.members[0].pid
         assert pid is not None
+        cpu0 = cpu_seconds(pid)
+        await asyncio.sleep(5.0)
+        idle = (cpu_seconds(pid) - cpu0) / 5.0
+        print(f"the source member idle: {100 * idle:.1f}% of one core (subtracted below)")
         for label, r in ((f"paced verify (--verify-rate {args.rate})", rate), ("unpaced verify", None)):
             took, cpu, nbytes = await verify_alone(config, pid, r)
+            cpu = max(cpu - idle * took, 0.0)
             print(
-                f"{label}, alone: {args.keys} keys in {took:.1f} s; the source member's CPU meanwhile "
+                f"{label}, alone: {args.keys} keys in {took:.1f} s; the source member's CPU for it "
                 f"{cpu:.2f} s = {100 * cpu / took:.1f}% of one core on average ({cpu / (nbytes / mib):.3f} "
-                f"CPU s per MiB read)"
+                f"CPU s per MiB read: {1 / max(cpu / (nbytes / mib), 1e-9):.0f} MiB/s per core)"
             )
         for label, r in ((f"paced verify (--verify-rate {args.rate})", rate), ("unpaced verify", None)):
             got, _, v_rate, v_took = await with_readers(config, args.readers, args.seconds, r)
