@@ -122,6 +122,8 @@ async def with_readers(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+    if len(out.split()) != 3:
+        raise RuntimeError(f"the readers' process failed (exit {proc.returncode}); see its stderr above")
     nbytes, pages, took = (float(x) for x in out.split())
     return nbytes / took, pages / took, v_bytes / max(v_seconds, 1e-9), v_seconds
 
