@@ -78,7 +78,6 @@ class Mirror:
         self._leases: LeaseMirror | None = None
         self._heartbeat_key = b""
         self._health_key = b""
-        self._dest_start_revision = 0
         self._rev_pending = config.start_revision
         self._last_copy: SyncResult | None = None
         self._max_txn_bytes = config.max_txn_bytes
@@ -464,7 +463,6 @@ class Mirror:
         self._health_key = health_key(
             self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
         )
-        self._dest_start_revision = dst.revision + 1
         log.info(
             "source %s (cluster %x, etcd %s, revision %d) -> destination %s (cluster %x, etcd %s); "
             "prefix %s -> %s",
@@ -616,8 +614,8 @@ class Mirror:
 
     async def _watch_foreign_writes(self, source: EtcdClient, dest: EtcdClient) -> None:
         """Watch the standby's range for writes the mirror did not make (mirror/foreign.py), while this
-        process holds the lock, from the destination revision the mirror started at."""
-        start = self._dest_start_revision
+        process holds the lock, from the destination revision at which it first held it."""
+        start = 0
         restore = self.config.foreign_writes == "restore"
 
         async def put_back(writes: list[ForeignWrite]) -> None:
@@ -634,6 +632,10 @@ class Mirror:
         while True:
             while not self._holding_lock() or not self._key:  # noqa: ASYNC110 (the lock has no event for it)
                 await asyncio.sleep(0.2)
+            if not start:
+                # From the destination revision at which this process took the lock (a stand-by
+                # process that takes over: before, the writes were the other holder's to judge).
+                start = self._lock.revision + 1
             run = asyncio.ensure_future(watch.run(start))
             lost = asyncio.ensure_future(self._lock.lost.wait())
             try:

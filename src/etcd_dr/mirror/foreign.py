@@ -36,6 +36,7 @@ from ..etcd import (
     Delete,
     EtcdClient,
     EtcdError,
+    Event,
     EventType,
     Put,
     WatchBatch,
@@ -82,6 +83,7 @@ class ForeignWatch:
         self._restore = restore
         self._own: dict[int, str] = {}  # destination revision of a checkpoint put -> its phase
         self._ckpt_seen = 0  # the checkpoint watch delivered every put up to this revision
+        self._last_phase = ""  # of the newest checkpoint put it delivered
         self._ckpt_moved = asyncio.Event()
         self.next_revision = 0  # where a new watch resumes (after the last range revision handled)
 
@@ -111,6 +113,7 @@ class ForeignWatch:
                         with contextlib.suppress(ValueError, KeyError):
                             phase = Checkpoint.decode(ev.kv.value).phase
                     self._own[ev.kv.mod_revision] = phase
+                    self._last_phase = phase
                 if len(self._own) > OWN_MEMORY:
                     for rev in sorted(self._own)[: len(self._own) - OWN_MEMORY // 2]:
                         del self._own[rev]
@@ -121,7 +124,9 @@ class ForeignWatch:
 
     async def _is_own(self, revision: int) -> bool:
         """Whether a destination revision that touched the range is the mirror's (or its copy's)."""
-        if revision not in self._own and self._ckpt_seen < revision:
+        if revision not in self._own and self._ckpt_seen < revision and self._last_phase != SYNC:
+            # Replaying: the checkpoint watch names the mirror's txns about as fast as this one sees
+            # them. (During a copy it names nothing: its txns do not write the checkpoint; read.)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(OWN_GRACE):
                     while revision not in self._own and self._ckpt_seen < revision:
@@ -133,7 +138,7 @@ class ForeignWatch:
         try:
             kv = await self._dest.get(self._ckpt_key, revision=revision)
         except CompactedError:
-            return False  # the write is compacted away: decided as foreign, checked again below
+            return False  # the write is compacted away: taken as foreign; the restore checks the key
         if kv is None:
             return False
         if kv.mod_revision == revision:
@@ -150,22 +155,21 @@ class ForeignWatch:
             return False
 
     async def _handle(self, batch: WatchBatch) -> None:
-        found: list[ForeignWrite] = []
         protected = self._mapper.dest_is_protected
-        by_revision: dict[int, list[ForeignWrite]] = {}
+        by_revision: dict[int, list[Event]] = {}
         for ev in batch.events:
-            if protected(ev.kv.key) or not ev.kv.key.startswith(self._mapper.dest_prefix):
+            if ev.kv.key.startswith(self._mapper.dest_prefix) and not protected(ev.kv.key):
+                by_revision.setdefault(ev.kv.mod_revision, []).append(ev)
+        found: list[ForeignWrite] = []
+        for rev, events in by_revision.items():
+            if await self._is_own(rev):
                 continue
-            deleted = ev.type is EventType.DELETE
-            lease = ev.prev_kv.lease if deleted and ev.prev_kv is not None else 0
-            if lease and await self._lease_ended(lease):
-                continue
-            by_revision.setdefault(ev.kv.mod_revision, []).append(
-                ForeignWrite(ev.kv.key, ev.kv.mod_revision, deleted, b"" if deleted else ev.kv.value)
-            )
-        for rev, writes in by_revision.items():
-            if not await self._is_own(rev):
-                found.extend(writes)
+            for ev in events:
+                deleted = ev.type is EventType.DELETE
+                lease = ev.prev_kv.lease if deleted and ev.prev_kv is not None else 0
+                if lease and await self._lease_ended(lease):
+                    continue  # a destination lease ended (expired, or revoked by the mirror)
+                found.append(ForeignWrite(ev.kv.key, rev, deleted, b"" if deleted else ev.kv.value))
         if not found:
             return
         s = self._stats
