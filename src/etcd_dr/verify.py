@@ -183,12 +183,16 @@ async def recheck(config: MirrorConfig, keys: list[bytes]) -> list[bytes]:
         for dkey in keys:
             ckpt_read = await dest.range(key)
             ckpt = Checkpoint.decode(ckpt_read.kvs[0].value) if ckpt_read.kvs else None
+            if ckpt is None or ckpt.phase != REPLAY:
+                raise Refused(
+                    "the mirror is copying (or has no checkpoint): differences cannot be judged now"
+                )
             d = await dest.get(dkey, revision=ckpt_read.header.revision)
             skey = mapper.prefix + dkey[len(mapper.dest_prefix) :]
             try:
-                s = await source.get(skey, revision=ckpt.revision if ckpt and ckpt.phase == REPLAY else 0)
+                s = await source.get(skey, revision=ckpt.revision)
             except CompactedError:
-                s = await source.get(skey)
+                s = await source.get(skey)  # newer than the checkpoint: a change not yet applied may show
             if (s is None) != (d is None) or (s is not None and d is not None and s.value != d.value):
                 still.append(dkey)
         return still
