@@ -198,6 +198,24 @@ async def _no_problems(s: EtcdClient, d: EtcdClient) -> bool:
     return rec is not None and not rec.problems and rec.verify is not None and rec.verify.equal
 
 
+async def test_foreign_writes_report_only_leaves_the_key_and_flags_it(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with connect(src) as s, connect(dst) as d:
+        await s.put(b"/app/a", b"a1")
+        config = pair_config(src, dst, prefix=b"/app/", foreign_writes="report", verify_every=None)
+        async with running(config) as mirror:
+            await until(lambda: _is(d, b"/app/a", b"a1"), "the copy")
+            await d.put(b"/app/a", b"WRONG")
+
+            async def flagged() -> bool:
+                return "foreign_write" in mirror.stats.problems
+
+            await until(flagged, "foreign_write flagged")
+            await asyncio.sleep(1.0)  # what a restore would have done by now
+            assert await value(d, b"/app/a") == b"WRONG"
+            assert mirror.stats.foreign_writes == 1 and mirror.stats.last_foreign_key == "/app/a"
+
+
 async def test_fence_standby_refuses_an_application_write(etcd_cluster_factory: Factory) -> None:
     src = etcd_cluster_factory(name="src")
     dst = etcd_cluster_factory(name="dst", auth=("root", "rootpw"))
