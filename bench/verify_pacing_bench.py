@@ -7,8 +7,9 @@ Loads KEYS keys of 256 B into a source cluster and mirrors them (`mirror --once`
 1. capacity: READERS concurrent clients (in a process of their own) scan the source's range in pages
    of 1,000 keys, over and over, for SECONDS: the source's read throughput (bytes of keys and values
    per second, pages per second) with nothing else running;
-2. the same readers while a verify paced to RATE (the periodic verify's `--verify-rate`, pages of
-   `verify_page_size` keys) runs: their throughput, and the verify's own source read rate;
+2. the same readers while a verify paced to RATE runs as the mirror's periodic one does
+   (`--verify-rate`, pages of `verify_page_size` keys, segments of 100,000 keys each at revisions of
+   its own): their throughput, and the verify's own source read rate;
 3. the same with an unpaced verify (`etcd-dr verify`, one burst), for comparison;
 4. before those, each verify alone, with the source member's CPU time (from /proc) while it runs: the
    share of a core the verify keeps the source busy, the steadiest figure on a shared machine.
@@ -33,7 +34,7 @@ from etcd_dr.etcd import EtcdClient, Put
 from etcd_dr.mirror import Mirror
 from etcd_dr.testing.binaries import find
 from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.verify import verify
+from etcd_dr.verify import verify, verify_in_segments
 
 
 async def load(client: EtcdClient, keys: int, value: bytes) -> None:
@@ -59,7 +60,9 @@ async def verify_alone(config: MirrorConfig, pid: int, rate: float | None) -> tu
     """A verify with nothing else running: (seconds, the source member's CPU seconds meanwhile, the
     source's bytes read)."""
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
-    result = await verify(config, rate=rate, page_size=config.verify_page_size if rate else None)
+    result = await (
+        verify_in_segments(config, rate=rate, page_size=config.verify_page_size) if rate else verify(config)
+    )
     took, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
     assert result.equal, result.summary()
     return took, cpu, result.keys * (len(b"/bench/00000000") + 256)
@@ -113,7 +116,11 @@ async def with_readers(
         v_bytes = v_seconds = 0.0
         if rate != 0:
             t0 = time.monotonic()
-            result = await verify(config, rate=rate, page_size=config.verify_page_size if rate else None)
+            result = await (
+                verify_in_segments(config, rate=rate, page_size=config.verify_page_size)
+                if rate
+                else verify(config)
+            )
             v_seconds = time.monotonic() - t0
             assert result.equal, result.summary()
             v_bytes = result.keys * (len(b"/bench/00000000") + 256)

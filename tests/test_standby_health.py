@@ -22,11 +22,13 @@ import pytest
 
 from etcd_dr.config import DEFAULT_STATE_PREFIX
 from etcd_dr.etcd import ClientConfig, EtcdClient, PermissionDenied
+from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.health import HealthRecord, health_key
 from etcd_dr.testing.clirun import etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster, free_ports
 from etcd_dr.testing.mirroring import connect, pair_config, running
 from etcd_dr.testing.mirrorproc import MirrorProcess
+from etcd_dr.verify import verify, verify_in_segments
 
 Factory = Callable[..., EtcdCluster]
 SP = DEFAULT_STATE_PREFIX
@@ -248,6 +250,35 @@ async def test_fence_standby_refuses_an_application_write(etcd_cluster_factory: 
     # Recorded where a move finds it (a promotion lifts it).
     async with EtcdClient(dest_as("etcd-dr", "drpw")) as dr:
         assert await dr.get(SP + b"fence") is not None
+
+
+@pytest.mark.parametrize("dest_prefix", [None, b"/copy/"])
+async def test_the_periodic_verify_in_segments_finds_what_verify_finds(
+    etcd_cluster_factory: Factory, dest_prefix: bytes | None
+) -> None:
+    """Segments of 5 keys (pages of 3): every difference at a segment's edge or past the last source
+    key is found, the same as one whole verify finds, with the keys mapped."""
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    dp = b"/app/" if dest_prefix is None else dest_prefix
+    async with connect(src) as s, connect(dst) as d:
+        for i in range(23):
+            await s.put(b"/app/k%02d" % i, b"v%d" % i)
+        await s.put(b"/app/skip/x", b"excluded")
+        config = pair_config(
+            src, dst, prefix=b"/app/", dest_prefix=dest_prefix, excludes=(b"/app/skip/",), once=True
+        )
+        await Mirror(config).run()
+        await d.delete_range(dp + b"k04")  # the last key of the first segment
+        await d.put(dp + b"k05", b"changed")  # the first of the second
+        await d.put(dp + b"k04x", b"extra between segments")
+        await d.put(dp + b"zz", b"extra past the last source key")
+        await d.put(b"/app0", b"outside the range")
+        whole = await verify(config)
+        parts = await verify_in_segments(config, rate=None, page_size=3, segment_keys=5)
+        assert (parts.missing, parts.extra, parts.different) == (whole.missing, whole.extra, whole.different)
+        assert parts.missing == [dp + b"k04"] and parts.different == [dp + b"k05"]
+        assert parts.extra == [dp + b"k04x", dp + b"zz"]
+        assert parts.keys == whole.keys == 23
 
 
 @pytest.mark.parametrize(

@@ -535,7 +535,7 @@ class Mirror:
         """Compare the standby with the source every --verify-every, paced to --verify-rate. A difference
         is checked again key by key before it is believed (flag verify_differs); an equal verify clears
         it, and clears foreign_write when no foreign write came since it began."""
-        from ..verify import recheck, verify
+        from ..verify import recheck, verify_in_segments
 
         assert self.config.verify_every
         while True:
@@ -545,7 +545,7 @@ class Mirror:
             foreign_before = self.stats.foreign_writes
             t0, started = time.monotonic(), time.time()
             try:
-                result = await verify(
+                result = await verify_in_segments(
                     self.config, rate=self.config.verify_rate, page_size=self.config.verify_page_size
                 )
                 found = [*result.missing, *result.extra, *result.different]
