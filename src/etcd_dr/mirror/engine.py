@@ -628,7 +628,12 @@ class Mirror:
             except (EtcdError, Refused) as e:
                 log.warning("foreign writes not restored: %s; the next verify checks them", e)
                 return
-            log.info("foreign writes: %d keys restored, %d already as the source has them", restored, left)
+            log.warning(
+                "foreign writes: %d keys restored to the source's state, %d left as they were (written by "
+                "the mirror since, or a copy under way)",
+                restored,
+                left,
+            )
 
         watch = ForeignWatch(dest, self.mapper, self._key, self.stats, restore=put_back if restore else None)
         while True:

@@ -260,6 +260,8 @@ async def restore_foreign(
             result = await dest.txn(compare, [op, Put(checkpoint_key, ckpt_kv.value)])
             if result.succeeded:
                 restored += 1
+                if restored > LOG_EACH:
+                    break  # the caller logs how many in all
                 log.warning(
                     "restore: %s %s, as of source revision %d, at destination revision %d (reason: "
                     "a write on the standby not made by the mirror, at destination revision %d)",
@@ -272,7 +274,7 @@ async def restore_foreign(
                 break
         else:
             log.warning(
-                "foreign write on %s: not restored after %d attempts (the mirror kept moving); "
+                "foreign write on %s: not restored after %d attempts (the checkpoint kept moving); "
                 "the next verify checks it",
                 encode_key(w.key),
                 attempts,
