@@ -252,6 +252,17 @@ async def test_fence_standby_refuses_an_application_write(etcd_cluster_factory: 
         assert await dr.get(SP + b"fence") is not None
 
 
+async def test_fence_standby_without_auth_is_refused(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    run = await etcd_dr("mirror", dst.endpoints[0], "--endpoints", src.endpoints[0], "--fence-standby")
+    assert run.code == 2, run.stderr
+    assert run.last_line == (
+        f"etcd-dr: error: --fence-standby: etcd auth is not enabled on the destination {dst.endpoints[0]}, "
+        "so its writes cannot be fenced; enable auth there (with a user holding the root role for the "
+        "mirror), or run without --fence-standby"
+    )
+
+
 @pytest.mark.parametrize("dest_prefix", [None, b"/copy/"])
 async def test_the_periodic_verify_in_segments_finds_what_verify_finds(
     etcd_cluster_factory: Factory, dest_prefix: bytes | None

@@ -701,6 +701,12 @@ class Mirror:
         makes; a promotion lifts it)."""
         from ..failover.fence import fence_writes
 
+        if not await dest.auth_enabled():
+            raise Refused(
+                f"--fence-standby: etcd auth is not enabled on the destination "
+                f"{self.config.dest.endpoints_text}, so its writes cannot be fenced; enable auth there "
+                "(with a user holding the root role for the mirror), or run without --fence-standby"
+            )
         log.info(
             "--fence-standby: fencing application writes on the destination %s through etcd auth (reason: "
             "a standby takes writes only from its mirror)",
