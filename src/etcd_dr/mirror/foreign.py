@@ -108,10 +108,11 @@ class ForeignWatch:
         try:
             async for batch in watch:
                 for ev in batch.events:
+                    if ev.type is not EventType.PUT:
+                        continue  # the checkpoint removed (by hand): no write of the mirror's
                     phase = ""
-                    if ev.type is EventType.PUT:
-                        with contextlib.suppress(ValueError, KeyError):
-                            phase = Checkpoint.decode(ev.kv.value).phase
+                    with contextlib.suppress(ValueError, KeyError):
+                        phase = Checkpoint.decode(ev.kv.value).phase
                     self._own[ev.kv.mod_revision] = phase
                     self._last_phase = phase
                 if len(self._own) > OWN_MEMORY:
