@@ -26,7 +26,7 @@ from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.health import HealthRecord, health_key
 from etcd_dr.testing.clirun import etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster, free_ports
-from etcd_dr.testing.mirroring import connect, pair_config, running
+from etcd_dr.testing.mirroring import connect, pair_config, running, wait_equal
 from etcd_dr.testing.mirrorproc import MirrorProcess
 from etcd_dr.verify import verify, verify_in_segments
 
@@ -216,6 +216,35 @@ async def test_foreign_writes_report_only_leaves_the_key_and_flags_it(etcd_clust
             await asyncio.sleep(1.0)  # what a restore would have done by now
             assert await value(d, b"/app/a") == b"WRONG"
             assert mirror.stats.foreign_writes == 1 and mirror.stats.last_foreign_key == "/app/a"
+
+
+async def test_the_mirrors_own_writes_under_load_are_not_foreign(etcd_cluster_factory: Factory) -> None:
+    """Copy and replay under concurrent source writes (puts, deletes, a txn of several keys, a leased
+    key whose lease is revoked): not one of the mirror's writes is taken for a foreign one."""
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with connect(src) as s, connect(dst) as d:
+        for i in range(200):
+            await s.put(b"/app/c%03d" % i, b"copied")
+        config = pair_config(src, dst, prefix=b"/app/", verify_every=None, max_txn_ops=16)
+        async with running(config) as mirror:
+            lease = (await s.lease_grant(60)).id
+            keys = iter(range(600))
+
+            async def writer() -> None:
+                for i in keys:
+                    if i % 5 == 4:
+                        await s.delete_range(b"/app/k%03d" % (i - 1))
+                    elif i % 50 == 7:
+                        await s.put(b"/app/l%03d" % i, b"leased", lease=lease)
+                    else:
+                        await s.put(b"/app/k%03d" % i, b"v")
+
+            await asyncio.gather(*(writer() for _ in range(16)))
+            await s.lease_revoke(lease)
+            await wait_equal(s, d, b"/app/", timeout=60)
+            await asyncio.sleep(1.5)  # the foreign-write watch has judged every revision by now
+            assert mirror.stats.foreign_writes == 0, mirror.stats.problems
+            assert "foreign_write" not in mirror.stats.problems
 
 
 async def test_fence_standby_refuses_an_application_write(etcd_cluster_factory: Factory) -> None:
