@@ -97,7 +97,7 @@ class Mirror:
             if self.config.verify_every and not self.config.once:
                 helpers.append(asyncio.create_task(self._verify_periodically()))
             if self.config.foreign_writes != "ignore" and not self.config.once:
-                helpers.append(asyncio.create_task(self._watch_foreign_writes(source, dest)))
+                helpers.append(asyncio.create_task(self._watch_foreign_writes(source)))
             if not self.config.once:
                 helpers.append(asyncio.create_task(self._write_health(dest)))
             helpers.append(asyncio.create_task(self._heartbeats(source)))
@@ -614,9 +614,17 @@ class Mirror:
                 f"{differences} keys differing (first: {encode_key(confirmed[0])})",
             )
 
-    async def _watch_foreign_writes(self, source: EtcdClient, dest: EtcdClient) -> None:
+    async def _watch_foreign_writes(self, source: EtcdClient) -> None:
         """Watch the standby's range for writes the mirror did not make (mirror/foreign.py), while this
-        process holds the lock, from the destination revision at which it first held it."""
+        process holds the lock, from the destination revision at which it first held it. Its watches
+        have connections of their own: a watch moving to another endpoint closes its connection's
+        channel, which must not cut the replay's txns (nor the other watch)."""
+        async with EtcdClient(self.config.dest) as dest, EtcdClient(self.config.dest) as ckpt_dest:
+            await self._watch_foreign_writes_on(source, dest, ckpt_dest)
+
+    async def _watch_foreign_writes_on(
+        self, source: EtcdClient, dest: EtcdClient, ckpt_dest: EtcdClient
+    ) -> None:
         start = 0
         restore = self.config.foreign_writes == "restore"
 
@@ -635,7 +643,14 @@ class Mirror:
                 left,
             )
 
-        watch = ForeignWatch(dest, self.mapper, self._key, self.stats, restore=put_back if restore else None)
+        watch = ForeignWatch(
+            dest,
+            self.mapper,
+            self._key,
+            self.stats,
+            restore=put_back if restore else None,
+            checkpoint_dest=ckpt_dest,
+        )
         while True:
             while not self._holding_lock() or not self._key:  # noqa: ASYNC110 (the lock has no event for it)
                 await asyncio.sleep(0.2)

@@ -75,8 +75,12 @@ class ForeignWatch:
         stats: MirrorStats,
         *,
         restore: Callable[[list[ForeignWrite]], Awaitable[None]] | None = None,
+        checkpoint_dest: EtcdClient | None = None,
     ) -> None:
         self._dest = dest
+        # The checkpoint's watch on a connection of its own: two watches on one connection would cut
+        # each other's stream each time one of them moves to another endpoint.
+        self._ckpt_dest = checkpoint_dest or dest
         self._mapper = mapper
         self._ckpt_key = checkpoint_key
         self._stats = stats
@@ -104,7 +108,7 @@ class ForeignWatch:
             await cancel_and_wait(ckpt_task)
 
     async def _follow_checkpoint(self, start: int) -> None:
-        watch = self._dest.watch(self._ckpt_key, start_revision=start)
+        watch = self._ckpt_dest.watch(self._ckpt_key, start_revision=start)
         try:
             async for batch in watch:
                 for ev in batch.events:
