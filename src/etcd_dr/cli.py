@@ -331,6 +331,19 @@ def dest_prefix_of(kw: dict[str, Any]) -> bytes | None:
     return None if kw["dest_prefix"] is None else _b(kw["dest_prefix"])
 
 
+def byte_size(text: str, flag: str) -> float:
+    """'4MiB', '512KiB', '1000000' (bytes), '2M' -> bytes; must be above 0."""
+    t = text.strip().lower().removesuffix("/s").removesuffix("b").removesuffix("i")
+    scale = {"k": 1024.0, "m": 1024.0**2, "g": 1024.0**3}.get(t[-1:])
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1.0)
+    except ValueError:
+        raise click.UsageError(f"{flag} {text!r}: expected a size like 4MiB, 512KiB or 1000000") from None
+    if value <= 0:
+        raise click.UsageError(f"{flag} {text!r}: must be above 0")
+    return value
+
+
 def duration(text: str, flag: str) -> float:
     """'90', '90s', '5m', '1h', '1m30s', '500ms' -> seconds."""
     try:
@@ -491,7 +504,31 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     help="Replace the (stopped) mirror of another source cluster into this range; recorded.",
 )
 @click.option("--metrics-addr", default=None, help="Serve Prometheus /metrics and /healthz on HOST:PORT.")
-@click.option("--verify-every", default=None, help="Verify source and destination every DURATION (e.g. 10m).")
+@click.option(
+    "--verify-every",
+    default="10m",
+    show_default=True,
+    help="Verify the standby against the source every DURATION, paced by --verify-rate (0 or off: never).",
+)
+@click.option(
+    "--verify-rate",
+    default="4MiB",
+    show_default=True,
+    help="Bytes of keys and values a periodic verify reads per second (both sides), e.g. 512KiB, 4MiB.",
+)
+@click.option(
+    "--foreign-writes",
+    type=click.Choice(["restore", "report", "ignore"]),
+    default="restore",
+    show_default=True,
+    help="Writes on the standby's range not made by the mirror: report and put the source's state "
+    "back, only report, or do not watch for them.",
+)
+@click.option(
+    "--fence-standby",
+    is_flag=True,
+    help="Fence application writes on DEST through etcd auth at start (needs auth and the root role).",
+)
 @click.option(
     "--heartbeat-interval",
     default="1s",
@@ -516,7 +553,12 @@ def mirror(dest: str, **kw: Any) -> None:
         take_over=kw["take_over"],
         lock_ttl=kw["lock_ttl"],
         metrics_addr=kw["metrics_addr"],
-        verify_every=duration(kw["verify_every"], "--verify-every") if kw["verify_every"] else None,
+        verify_every=None
+        if kw["verify_every"].strip().lower() in ("off", "never")
+        else duration(kw["verify_every"], "--verify-every") or None,
+        verify_rate=byte_size(kw["verify_rate"], "--verify-rate"),
+        foreign_writes=kw["foreign_writes"],
+        fence_standby=kw["fence_standby"],
         heartbeat_interval=duration(kw["heartbeat_interval"], "--heartbeat-interval"),
     )
     from .progress import with_copy_progress

@@ -39,7 +39,19 @@ class MirrorConfig:
     # How often the mirror writes its heartbeat on the source (0: never), for lag in seconds.
     heartbeat_interval: float = 1.0
     compaction_poll_interval: float = 30.0
-    verify_every: float | None = None  # seconds between periodic verifications (None: never)
+    # Seconds between periodic verifications by a running mirror (None or 0: never).
+    verify_every: float | None = 600.0
+    # Bytes of keys and values a periodic verify reads per second, source and destination together, in
+    # pages of verify_page_size keys: a small share of the source's read capacity (docs/benchmarks.md).
+    verify_rate: float = 4 * 1024 * 1024
+    verify_page_size: int = 1000
+    # Writes into the mirrored range on the destination not made by the mirror: "restore" (report them
+    # and put the source's state back), "report" (only report), "ignore" (do not watch for them).
+    foreign_writes: Literal["restore", "report", "ignore"] = "restore"
+    # Fence application writes on the destination through etcd auth at start (failover/fence.py).
+    fence_standby: bool = False
+    # How often the mirror rewrites its health record on the destination (and at once on a change).
+    health_interval: float = 5.0
     status_interval: float = 30.0
     metrics_addr: str | None = None
     # TTL (seconds) of the lease that holds the mirror lock: how long a stand-by mirror waits for a dead
@@ -63,6 +75,10 @@ class MirrorConfig:
             )
         if not 0.0 < self.max_delete_ratio <= 1.0:
             raise UsageError(f"--max-delete-ratio {self.max_delete_ratio}: must be above 0 and at most 1")
+        if self.verify_rate <= 0:
+            raise UsageError(f"--verify-rate {self.verify_rate:g}: must be above 0")
+        if self.foreign_writes not in ("restore", "report", "ignore"):
+            raise UsageError(f"--foreign-writes {self.foreign_writes!r}: expected restore, report or ignore")
         if self.inflight < 1:
             raise UsageError("--inflight must be at least 1")
         if self.start_revision is not None and self.start_revision < 1:

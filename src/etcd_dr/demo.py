@@ -49,6 +49,7 @@ from .failover.failover import failover
 from .failover.roles import read_role
 from .failover.sites import mirror_command, reversed_pair
 from .failover.switchover import SwitchoverResult, switchover
+from .metrics import health
 from .mirror import Mirror
 from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
 from .testing.acked import AckedWriter
@@ -923,6 +924,11 @@ async def _failover_and_failback(
         say(f"18. etcd-dr verify: {result_v.summary()}")
         if not result_v.equal:
             raise CheckFailed(f"demo: verify found differences: {result_v.summary()}")
+        # The standby's health as the mirror itself reports it (/healthz) must agree with verify.
+        healthy, why = health(mirror.stats)
+        say(f"   the mirror's /healthz: {'200' if healthy else '503'} {why} (verify: equal)")
+        if not healthy:
+            raise CheckFailed(f"demo: verify says equal but the mirror's health says: {why}")
     finally:
         writing.cancel()
 

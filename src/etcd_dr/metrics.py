@@ -82,6 +82,30 @@ class MirrorCollector(Collector):
             1.0 if s.nospace else 0.0,
         )
         yield _gauge("etcd_dr_leases", "Destination leases the mirror keeps alive.", s.leases)
+        yield _counter(
+            "etcd_dr_foreign_writes",
+            "Writes into the mirrored range on the destination that the mirror did not make.",
+            s.foreign_writes,
+        )
+        problems = GaugeMetricFamily(
+            "etcd_dr_problem",
+            "1 while the standby is known to lack or differ from the source, by kind (as /healthz says).",
+            labels=["kind"],
+        )
+        for kind in sorted({"lease_lost", "verify_differs", "foreign_write", *s.problems}):
+            problems.add_metric([kind], 1.0 if kind in s.problems else 0.0)
+        yield problems
+        if s.last_verify is not None:
+            yield _gauge(
+                "etcd_dr_verify_last_timestamp_seconds",
+                "Unix time the last periodic verify finished.",
+                s.last_verify.at,
+            )
+            yield _gauge(
+                "etcd_dr_verify_duration_seconds",
+                "How long the last periodic verify took.",
+                s.last_verify.seconds,
+            )
         phase = GaugeMetricFamily(
             "etcd_dr_phase", "The mirror's phase (1 for the current one).", labels=["phase"]
         )

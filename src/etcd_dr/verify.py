@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .config import MirrorConfig
@@ -73,9 +74,20 @@ class VerifyResult:
         }
 
 
-async def verify(config: MirrorConfig, *, on_difference: Any = None) -> VerifyResult:
+async def verify(
+    config: MirrorConfig,
+    *,
+    on_difference: Any = None,
+    rate: float | None = None,
+    page_size: int | None = None,
+) -> VerifyResult:
     """Compare source and destination as `config` maps them; `on_difference(kind, key)` is called for
-    each difference as it is found (the CLI prints them as they come)."""
+    each difference as it is found (the CLI prints them as they come).
+
+    `rate`: at most this many bytes of keys and values read per second, both sides together (the pages
+    are then spread over time instead of read in one burst: a running mirror's periodic verify).
+    `page_size`: keys per page (default: config.page_size)."""
+    pages = page_size or config.page_size
     mapper = KeyMapper.from_config(config)
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
         src_status, dst_status = await asyncio.gather(source.status(), dest.status())
@@ -105,7 +117,7 @@ async def verify(config: MirrorConfig, *, on_difference: Any = None) -> VerifyRe
             result.checkpoint_revision = ckpt.revision
             src_rev = ckpt.revision
         try:
-            await _compare(source, dest, mapper, src_rev, dest_rev, config.page_size, result, on_difference)
+            await _compare(source, dest, mapper, src_rev, dest_rev, pages, result, on_difference, rate)
         except CompactedError:
             if src_rev == current:
                 raise
@@ -117,7 +129,7 @@ async def verify(config: MirrorConfig, *, on_difference: Any = None) -> VerifyRe
                 current,
             )
             result = VerifyResult(dest_revision=dest_rev, source_current_revision=current)
-            await _compare(source, dest, mapper, current, dest_rev, config.page_size, result, on_difference)
+            await _compare(source, dest, mapper, current, dest_rev, pages, result, on_difference, rate)
         return result
 
 
@@ -130,8 +142,11 @@ async def _compare(
     page_size: int,
     result: VerifyResult,
     on_difference: Any,
+    rate: float | None = None,
 ) -> None:
     result.source_revision = src_rev
+    started = time.monotonic()
+    nbytes = 0
     lists = {Kind.MISSING: result.missing, Kind.EXTRA: result.extra, Kind.DIFFERENT: result.different}
     pair: Pair
     async for batch in compare_ranges(
@@ -144,3 +159,117 @@ async def _compare(
                 lists[pair.kind].append(pair.key)
                 if on_difference is not None:
                     on_difference(pair.kind.value, pair.key)
+        if rate:
+            # Pace the reads: the next page is read (one page of read-ahead) once the bytes read so far
+            # fit the budget.
+            for pair in batch:
+                for kv in (pair.source, pair.dest):
+                    if kv is not None:
+                        nbytes += len(kv.key) + len(kv.value)
+            wait = nbytes / rate - (time.monotonic() - started)
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+
+@dataclass(frozen=True)
+class _Segment(KeyMapper):
+    """The mapping of `mapper`, over one segment of the range only."""
+
+    segment_source: tuple[bytes, bytes] = (b"", b"")
+    segment_dest: tuple[bytes, bytes] = (b"", b"")
+
+    @property
+    def source_range(self) -> tuple[bytes, bytes]:
+        return self.segment_source
+
+    @property
+    def dest_range(self) -> tuple[bytes, bytes]:
+        return self.segment_dest
+
+
+async def verify_in_segments(
+    config: MirrorConfig, *, rate: float | None, page_size: int, segment_keys: int = 100_000
+) -> VerifyResult:
+    """What a running mirror's periodic verify does: `verify`, one segment of about `segment_keys`
+    source keys at a time, each compared at revisions of its own (the destination with the mirror's
+    checkpoint at one revision, the source at the checkpoint's). A verify paced to a small rate takes
+    minutes on a large keyspace; in segments, no revision has to outlive a compaction for that long,
+    and each segment is as exact as a whole verify. Raises Refused while the mirror copies."""
+    mapper = KeyMapper.from_config(config)
+    base = {f.name: getattr(mapper, f.name) for f in fields(KeyMapper)}
+    src_key, src_end = mapper.source_range
+    dst_key, dst_end = mapper.dest_range
+
+    def to_dest(source_key: bytes) -> bytes:
+        return mapper.dest_prefix + source_key[len(mapper.prefix) :]
+
+    result = VerifyResult()
+    async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
+        src_id = (await source.status()).cluster_id
+        key = checkpoint_key(config.state_prefix, src_id, config.prefix, mapper.dest_prefix)
+        cursor, dest_cursor = src_key, dst_key
+        while True:
+            for attempt in range(50):
+                read = await dest.range(key)
+                ckpt = Checkpoint.decode(read.kvs[0].value) if read.kvs else None
+                if ckpt is None or ckpt.phase != REPLAY:
+                    raise Refused("the mirror is copying (or has no checkpoint): nothing to compare yet")
+                if not ckpt.split_revision:
+                    break
+                await asyncio.sleep(0.1 * (attempt + 1))  # inside a source revision applied in parts
+            else:
+                raise Refused("the mirror stays inside a source revision applied in parts; try again")
+            # Where this segment ends: after `segment_keys` source keys (a keys-only read; etcd walks
+            # its in-memory index, not the data).
+            bound = await source.range(
+                cursor, src_end, revision=ckpt.revision, limit=segment_keys, keys_only=True
+            )
+            last = bound.more and bool(bound.kvs)
+            seg_src = (cursor, bound.kvs[-1].key + b"\0") if last else (cursor, src_end)
+            seg_dst = (dest_cursor, to_dest(seg_src[1])) if last else (dest_cursor, dst_end)
+            segment = _Segment(**base, segment_source=seg_src, segment_dest=seg_dst)
+            await _compare(
+                source,
+                dest,
+                segment,
+                ckpt.revision,
+                read.header.revision,
+                page_size,
+                result,
+                None,
+                rate,
+            )
+            result.checkpoint_revision = ckpt.revision
+            result.dest_revision = read.header.revision
+            if not last:
+                break
+            cursor, dest_cursor = seg_src[1], seg_dst[1]
+        result.source_current_revision = (await source.range(b"\0", b"\0", count_only=True)).header.revision
+    return result
+
+
+async def recheck(config: MirrorConfig, keys: list[bytes]) -> list[bytes]:
+    """The destination keys among `keys` that still differ from the source when read again: the
+    destination (with the mirror's checkpoint) at one revision, the source at the checkpoint's. A
+    difference that a live mirror's moving state made is gone by then; a real one stays."""
+    mapper = KeyMapper.from_config(config)
+    still: list[bytes] = []
+    async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
+        src_id = (await source.status()).cluster_id
+        key = checkpoint_key(config.state_prefix, src_id, config.prefix, mapper.dest_prefix)
+        for dkey in keys:
+            ckpt_read = await dest.range(key)
+            ckpt = Checkpoint.decode(ckpt_read.kvs[0].value) if ckpt_read.kvs else None
+            if ckpt is None or ckpt.phase != REPLAY:
+                raise Refused(
+                    "the mirror is copying (or has no checkpoint): differences cannot be judged now"
+                )
+            d = await dest.get(dkey, revision=ckpt_read.header.revision)
+            skey = mapper.prefix + dkey[len(mapper.dest_prefix) :]
+            try:
+                s = await source.get(skey, revision=ckpt.revision)
+            except CompactedError:
+                s = await source.get(skey)  # newer than the checkpoint: a change not yet applied may show
+            if (s is None) != (d is None) or (s is not None and d is not None and s.value != d.value):
+                still.append(dkey)
+        return still

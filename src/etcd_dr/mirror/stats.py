@@ -6,6 +6,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from .health import VerifyResult as VerifyRecord
+
 # Upper bounds (seconds) of the destination txn duration histogram; the last is +Inf.
 TXN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 
@@ -36,15 +38,25 @@ class MirrorStats:
     # verify_differs, foreign_write, ...) -> one line saying what and since when. /healthz, the metrics,
     # the health record (status) and the log report them; the code that saw a problem clears it once fixed.
     problems: dict[str, str] = field(default_factory=dict)
+    problems_changed: int = 0  # bumped when a kind appears or clears (the health record is then written)
+    # Writes into the mirrored range on the destination that the mirror did not make (mirror/foreign.py).
+    foreign_writes: int = 0
+    last_foreign_key: str = ""  # encode_key form
+    last_foreign_revision: int = 0
+    last_verify: VerifyRecord | None = None  # the last periodic verify's result
+    verify_runs: int = 0
 
     # (source revision, monotonic time the mirror received it) of received, not yet applied revisions.
     _unapplied: deque[tuple[int, float]] = field(default_factory=deque)
 
     def flag(self, kind: str, detail: str) -> None:
+        if kind not in self.problems:
+            self.problems_changed += 1
         self.problems[kind] = detail
 
     def clear(self, kind: str) -> None:
-        self.problems.pop(kind, None)
+        if self.problems.pop(kind, None) is not None:
+            self.problems_changed += 1
 
     def observe_txn(self, seconds: float) -> None:
         for i, bound in enumerate(TXN_BUCKETS):
