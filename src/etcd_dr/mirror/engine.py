@@ -27,6 +27,7 @@ from ..etcd import (
     CompareResult,
     EtcdClient,
     EtcdError,
+    LeaseNotFound,
     NoSpaceError,
     Put,
     RequestTooLargeError,
@@ -103,14 +104,18 @@ class Mirror:
             try:
                 if not self._lock.revision or self._lock.lost.is_set():
                     await self._lock.acquire()
-                    if self._leases is not None:
-                        await self._leases.load()
                 ckpt = await self._while_holding_lock(self._cycle(source, dest, target))
                 return MirrorResult(ckpt, self._last_copy)
             except LeaseLost:
                 self.stats.resyncs += 1
                 self._force_sync = "a destination lease expired while its source lease lives"
                 continue
+            except LeaseNotFound as e:
+                # A txn named a destination lease that is gone (it expired between the cycle's lease
+                # check and the txn): nothing was applied; the next cycle grants it again and copies.
+                self.stats.resyncs += 1
+                log.warning("%s: granting the leases again and copying", e)
+                self._force_sync = "a destination lease was gone when a key was attached to it"
             except TooManyOpsError as e:
                 raise UsageError(
                     f"--max-txn-ops {self.config.max_txn_ops}: the destination takes fewer ops per txn "
@@ -230,6 +235,9 @@ class Mirror:
             dest_text=self.config.dest.endpoints_text,
         )
         ckpt, raw = await self._read_checkpoint(dest)
+        # The lease registry checked against both clusters before any key is attached this cycle.
+        if self._leases is not None and await self._leases.reconcile() and not self._force_sync:
+            self._force_sync = "destination leases expired while their source leases live"
         if self._rev_pending is not None:
             ckpt, raw = await self._start_at_revision(dest, ckpt, raw, self._rev_pending)
             self._rev_pending = None
@@ -244,6 +252,8 @@ class Mirror:
             log.info("copy: %s; copying the source at one revision", reason)
             ckpt, raw = await self._copy(source, dest, ckpt, raw)
             self._force_sync = ""
+            if self._leases is not None:
+                self._leases.restored()
         else:
             log.info("resuming from the checkpoint: source revision %d applied", ckpt.revision)
         self.stats.applied_revision = ckpt.revision
