@@ -57,8 +57,8 @@ async def test_leases_follow_the_source(etcd_cluster_factory: Factory) -> None:
             for _ in range(3):
                 await s.lease_keepalive_once(kept.id)
                 await asyncio.sleep(1.5)
-                dst = await d.lease_time_to_live(kept.id)
-                assert dst.granted_ttl == 6 and 0 < dst.ttl <= 6, dst
+                info = await d.lease_time_to_live(kept.id)
+                assert info.granted_ttl == 6 and 0 < info.ttl <= 6, info
             # Refreshed on the source for longer than its TTL: still alive on the destination.
             for _ in range(5):
                 await s.lease_keepalive_once(kept.id)

@@ -125,8 +125,9 @@ class LeaseMirror:
         missing = [lease for lease in registered if lease in source_live and lease not in dest_live]
         foreign = sorted((source_live & dest_live) - registered.keys())
         now = time.monotonic()
+        # Refreshed at the first look: how long each has left is not known here.
         self._owned = {
-            lease: (self._owned.get(lease, (ttl, now))[0] or ttl, now)
+            lease: (ttl or 1, now - (ttl or 1))
             for lease, ttl in registered.items()
             if lease in source_live and lease in dest_live
         }
