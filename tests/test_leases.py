@@ -1,5 +1,6 @@
 """Lease mirroring against real etcd: destination leases have the source's TTL, are kept alive while the
-source lease lives, and end with it; the registry survives a restart; --leases ignore keeps make-mirror's behaviour."""
+source lease lives, and end with it; the registry survives a restart; --leases ignore keeps make-mirror's
+behaviour."""
 
 from __future__ import annotations
 

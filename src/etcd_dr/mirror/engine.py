@@ -115,7 +115,7 @@ class Mirror:
                 # check and the txn): nothing was applied; the next cycle grants it again and copies.
                 self.stats.resyncs += 1
                 log.warning("%s: granting the leases again and copying", e)
-                self._force_sync = "a destination lease was gone when a key was attached to it"
+                self._force_sync = "a destination lease expired while its source lease lives"
             except TooManyOpsError as e:
                 raise UsageError(
                     f"--max-txn-ops {self.config.max_txn_ops}: the destination takes fewer ops per txn "
@@ -237,7 +237,7 @@ class Mirror:
         ckpt, raw = await self._read_checkpoint(dest)
         # The lease registry checked against both clusters before any key is attached this cycle.
         if self._leases is not None and await self._leases.reconcile() and not self._force_sync:
-            self._force_sync = "destination leases expired while their source leases live"
+            self._force_sync = "a destination lease expired while its source lease lives"
         if self._rev_pending is not None:
             ckpt, raw = await self._start_at_revision(dest, ckpt, raw, self._rev_pending)
             self._rev_pending = None

@@ -137,7 +137,11 @@ class LeaseMirror:
                 "leases: %d registered source leases ended while the mirror was away: dropped", len(ended)
             )
         if missing:
-            self._flag_lost(missing, "expired while the mirror was away and the source's lives")
+            self._flag_lost(
+                missing,
+                "expired on the destination while the source's lives: the mirror was stopped or cut off "
+                "for longer than their TTL",
+            )
             log.info("leases: granting %d leases again before any key is attached", len(missing))
             await self._grant(missing, register=False)
         if foreign:
@@ -290,8 +294,11 @@ class LeaseMirror:
     def _flag_lost(self, leases: Sequence[int], why: str) -> None:
         for lease in leases:
             self._owned.pop(lease, None)
+        new = set(leases) - self._lost
         self._lost.update(leases)
         self._count()
+        if not new:
+            return  # already said
         detail = (
             f"destination lease{'s' if len(self._lost) > 1 else ''} {_ids(sorted(self._lost))} lost ({why}): "
             "their keys are missing from the standby until the re-sync restores them"
