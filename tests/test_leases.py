@@ -113,3 +113,21 @@ async def test_leases_ignore(etcd_cluster_factory: Factory) -> None:
         kv = await d.get(b"/svc/x")
         assert kv is not None and kv.lease == 0
         assert await d.leases() == []
+
+
+async def test_same_cluster_leases_are_not_kept_alive_by_the_mirror(etcd_cluster_factory: Factory) -> None:
+    """Mirroring /svc/ into /copy/ of the same cluster: the copy's key is attached to the source lease
+    itself, which the mirror must not keep alive: once its owner stops refreshing it, it ends, and both
+    keys go."""
+    one = etcd_cluster_factory(name="one")
+    async with EtcdClient(ClientConfig.create(one.endpoints)) as c:
+        lease = await c.lease_grant(3)
+        await c.put(b"/svc/x", b"1", lease=lease.id)
+        async with running(cfg(one, one, dest_prefix=b"/copy/")):
+            await until(lambda: c.get(b"/copy/x"))
+            kv = await c.get(b"/copy/x")
+            assert kv is not None and kv.lease == lease.id
+            # Nobody refreshes the lease: it ends after its TTL, mirror or not.
+            await until(lambda: _lease_gone(c, lease.id), timeout=10)
+            await until(lambda: _gone(c, b"/copy/x"))
+            assert (await c.get(b"/svc/x")) is None

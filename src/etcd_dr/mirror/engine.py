@@ -198,7 +198,7 @@ class Mirror:
         cycle = asyncio.ensure_future(work)
         helpers: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._lock.lost.wait())]
         if self._leases is not None:
-            self._leases.lost.clear()
+            self._leases.new_cycle()
             helpers.append(asyncio.ensure_future(self._leases.keep_alive()))
             helpers.append(asyncio.ensure_future(self._leases.lost.wait()))
         try:
@@ -453,7 +453,14 @@ class Mirror:
         if self.config.leases == "mirror":
             # The leases this mirror owns on the destination, next to its lock and checkpoint.
             registry = self._lock_key.replace(b"/lock/", b"/leases/", 1) + b"/"
-            self._leases = LeaseMirror(source, dest, registry, self.stats, self._guards)
+            self._leases = LeaseMirror(
+                source,
+                dest,
+                registry,
+                self.stats,
+                self._guards,
+                same_cluster=src.cluster_id == dst.cluster_id,
+            )
         self._key = checkpoint_key(
             self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
         )

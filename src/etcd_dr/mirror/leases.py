@@ -79,7 +79,12 @@ class LeaseMirror:
         stats: MirrorStats,
         guards: Callable[[], list[Compare]],
         poll_interval: float = POLL_INTERVAL,
+        *,
+        same_cluster: bool = False,
     ) -> None:
+        # A mirror between two ranges of one cluster: a key's lease is the source lease itself, which
+        # the mirror must neither grant, keep alive (it would outlive its owner) nor revoke.
+        self._same = same_cluster
         self._guards = guards
         self._source = source
         self._dest = dest
@@ -98,7 +103,12 @@ class LeaseMirror:
     def owns(self, lease: int) -> bool:
         """Whether the destination lease `lease` is this mirror's (granted or taken over by it): only
         then is a destination key attached to it equal to a source key attached to the source's."""
-        return lease in self._owned
+        return self._same or lease in self._owned
+
+    def new_cycle(self) -> None:
+        """A cycle starts: nothing follows the leases until its `reconcile` has checked them."""
+        self._ready.clear()
+        self.lost.clear()
 
     def _count(self) -> None:
         self._stats.leases = len(self._owned)
@@ -116,6 +126,9 @@ class LeaseMirror:
         mirror did not grant is taken over (registered and kept alive from now on). True when keys are
         known to be missing on the destination (their lease expired there): the cycle must copy."""
         self._ready.clear()
+        if self._same:
+            self._ready.set()
+            return False
         kvs = (await self._dest.range(self._registry, prefix_range_end(self._registry))).kvs
         registered = {int(kv.key[len(self._registry) :], 16): int(kv.value or b"0") for kv in kvs}
         # One request each, whatever the number of leases (etcd >= 3.3).
@@ -179,6 +192,10 @@ class LeaseMirror:
         """`ensure` for many leases, the new ones granted with several requests in flight."""
         wanted = {lease for lease in leases if lease}
         await self._ready.wait()
+        if self._same:
+            ids = sorted(wanted)
+            infos = await _each(self._source.lease_time_to_live, ids)
+            return {lease: lease if info.ttl > 0 else 0 for lease, info in zip(ids, infos, strict=True)}
         new = sorted(lease for lease in wanted if lease not in self._owned)
         granted = await self._grant(new, register=True) if new else set()
         return {lease: lease if lease in self._owned or lease in granted else 0 for lease in wanted}
@@ -244,6 +261,8 @@ class LeaseMirror:
     async def keep_alive(self) -> None:
         """Follow every owned lease on the source: refresh the destination's at about a third of its
         TTL while the source lists it, revoke it when the source no longer does."""
+        if self._same:
+            await asyncio.Event().wait()  # nothing to follow: the leases are the source's own
         async with self._dest.lease_keepalive() as ka:
             while True:
                 await self._ready.wait()
