@@ -44,9 +44,11 @@ log = logging.getLogger("etcd_dr.mirror")
 
 T = TypeVar("T")
 
-# Requests in flight together when granting or revoking many leases, and registry entries per txn
-# (below etcd's default --max-txn-ops of 128, with room for the guards).
+# Requests in flight together when granting or revoking many leases (the source's TTLs are asked with
+# more: it may be a long round trip away, and 10,000 leases at 100 ms must not take minutes), and
+# registry entries per txn (below etcd's default --max-txn-ops of 128, with room for the guards).
 INFLIGHT = 64
+SOURCE_INFLIGHT = 256
 REGISTRY_TXN_OPS = 100
 # How often the source's lease list is read (seconds). A source lease that ends is revoked on the
 # destination within about this long (its keys go anyway, by the replay of their deletes).
@@ -93,7 +95,7 @@ class LeaseMirror:
         self._poll = poll_interval
         # Owned destination leases: id -> (its TTL, monotonic time of its last grant or refresh).
         self._owned: dict[int, tuple[int, float]] = {}
-        self._ready = asyncio.Event()  # set once `reconcile` has checked the registry this cycle
+        self._ready = asyncio.Event()  # set once `reconcile` has read the registry this cycle
         self._lost: set[int] = set()  # leases lost on the destination, until a copy has restored keys
         self.lost = asyncio.Event()
 
@@ -144,6 +146,9 @@ class LeaseMirror:
             for lease, ttl in registered.items()
             if lease in source_live and lease in dest_live
         }
+        # From here the leases can be followed (the ones granted below join as each is granted):
+        # granting thousands takes longer than a short TTL, and the first must not expire meanwhile.
+        self._ready.set()
         if ended:
             await self._end_many(ended, registered=True)
             log.info(
@@ -169,7 +174,6 @@ class LeaseMirror:
             )
             await self._take_over(foreign)
         self._count()
-        self._ready.set()
         return bool(self._lost)
 
     async def _take_over(self, leases: Sequence[int]) -> None:
@@ -194,7 +198,7 @@ class LeaseMirror:
         await self._ready.wait()
         if self._same:
             ids = sorted(wanted)
-            infos = await _each(self._source.lease_time_to_live, ids)
+            infos = await _each(self._source.lease_time_to_live, ids, SOURCE_INFLIGHT)
             return {lease: lease if info.ttl > 0 else 0 for lease, info in zip(ids, infos, strict=True)}
         new = sorted(lease for lease in wanted if lease not in self._owned)
         granted = await self._grant(new, register=True) if new else set()
@@ -204,7 +208,7 @@ class LeaseMirror:
         """Grant destination copies of source leases, with the source lease's TTL; the ones whose source
         lease is gone are left out. Registered before any key uses them (a crash in between leaves a
         lease with no keys, revoked when its source lease ends)."""
-        infos = await _each(self._source.lease_time_to_live, leases)
+        infos = await _each(self._source.lease_time_to_live, leases, SOURCE_INFLIGHT)
         # The TTL as granted, not what remains: a refresh gives a lease its own TTL back, so a copy
         # granted with a remainder would stay that short. The end of the source lease is caught by
         # its absence from the source's list, not by the copy's TTL.
@@ -219,13 +223,13 @@ class LeaseMirror:
             # else (taken over: this mirror keeps it alive from now on).
             with contextlib.suppress(LeaseExists):
                 await self._dest.lease_grant(ttls[lease], lease)
+            # Followed (kept alive) from its grant on, not once all are granted. Should the registry
+            # write below not land, the next cycle's reconcile takes the lease over.
+            self._owned[lease] = (ttls[lease], time.monotonic())
 
         await _each(grant, list(ttls))
         if register:
             await self._register(ttls)
-        now = time.monotonic()
-        for lease, ttl in ttls.items():
-            self._owned[lease] = (ttl, now)
         for lease in set(leases) - ttls.keys():
             if not register:  # registered, but its source lease ended meanwhile
                 await self._end_many([lease], registered=True)
