@@ -297,6 +297,13 @@ class LeaseMirror:
         if not due:
             return
         ttls = await ka.refresh_many(due)
+        log.debug(
+            "leases: %d listed on the source, %d of %d owned refreshed on the destination in %.2f s",
+            len(live),
+            len(due),
+            len(self._owned),
+            time.monotonic() - now,
+        )
         now = time.monotonic()
         lost = []
         for lease in due:
