@@ -218,3 +218,28 @@ async def _count_keys(d: EtcdClient) -> int:
 
 async def _count(d: EtcdClient, n: int) -> bool:
     return await _count_keys(d) == n
+
+
+async def test_a_lost_destination_lease_is_flagged_until_its_keys_are_back(
+    etcd_cluster_factory: Factory,
+) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with connect(src) as s, connect(dst) as d:
+        leases = await patroni_like(s, 5)
+        want = await leased(s)
+        async with kept_alive(lambda: s, leases), running(pair_config(src, dst, prefix=SVC)) as mirror:
+            flagged: list[str] = []
+            flag = mirror.stats.flag
+
+            def recording(kind: str, detail: str) -> None:
+                flagged.append(f"{kind}: {detail}")
+                flag(kind, detail)
+
+            mirror.stats.flag = recording  # type: ignore[method-assign]
+            await until(lambda: _has(d, want), 30, "first copy")
+            # The destination loses the shared lease (leader and m1) while the source's lives.
+            await d.lease_revoke(leases[0])
+            assert len(await leased(d)) == 2
+            await until(lambda: _has(d, want), 30, "keys restored under a live lease")
+            assert any(f.startswith("lease_lost: ") and f"{leases[0]:x}" in f for f in flagged), flagged
+            await until(lambda: not mirror.stats.problems, 10, "lease_lost cleared")
