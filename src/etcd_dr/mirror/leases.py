@@ -101,6 +101,9 @@ class LeaseMirror:
         self._owned: dict[int, tuple[int, float]] = {}
         self._ready = asyncio.Event()  # set once `reconcile` has read the registry this cycle
         self._lost: set[int] = set()  # leases lost on the destination, until a copy has restored keys
+        # Leases revoked because their source lease ended: a replay that is behind may still bring
+        # puts attached to one; they are written without it (the deletes of those keys follow).
+        self._ended: set[int] = set()
         self.lost = asyncio.Event()
 
     def _key(self, lease: int) -> bytes:
@@ -204,7 +207,7 @@ class LeaseMirror:
             ids = sorted(wanted)
             infos = await _each(self._source.lease_time_to_live, ids, SOURCE_INFLIGHT)
             return {lease: lease if info.ttl > 0 else 0 for lease, info in zip(ids, infos, strict=True)}
-        new = sorted(lease for lease in wanted if lease not in self._owned)
+        new = sorted(lease for lease in wanted if lease not in self._owned and lease not in self._ended)
         granted = await self._grant(new, register=True) if new else set()
         return {lease: lease if lease in self._owned or lease in granted else 0 for lease in wanted}
 
@@ -314,13 +317,12 @@ class LeaseMirror:
             len(self._owned),
             time.monotonic() - now,
         )
-        now = time.monotonic()
         lost = []
         for lease in due:
             if ttls.get(lease, 1) <= 0:
                 lost.append(lease)
             elif lease in self._owned:
-                self._owned[lease] = (self._owned[lease][0], now)
+                self._owned[lease] = (self._owned[lease][0], now)  # refreshed no earlier than this
         if lost:
             self.mark_lost(lost, "it expired on the destination while the source's lives")
 
@@ -363,8 +365,11 @@ class LeaseMirror:
             keys = [self._key(lease) for lease in leases]
             for i in range(0, len(keys), REGISTRY_TXN_OPS):
                 await self._dest.txn([], [Delete(k) for k in keys[i : i + REGISTRY_TXN_OPS]])
+        if len(self._ended) > 100_000:
+            self._ended.clear()  # bounded: only a replay far behind needs old ones
         for lease in leases:
             self._owned.pop(lease, None)
+            self._ended.add(lease)
         self._count()
         log.debug("leases: source leases ended, revoked on the destination: %s", _ids(leases))
 
