@@ -237,6 +237,7 @@ class Mirror:
         ckpt, raw = await self._read_checkpoint(dest)
         # The lease registry checked against both clusters before any key is attached this cycle.
         if self._leases is not None and await self._leases.reconcile() and not self._force_sync:
+            self.stats.resyncs += 1
             self._force_sync = "a destination lease expired while its source lease lives"
         if self._rev_pending is not None:
             ckpt, raw = await self._start_at_revision(dest, ckpt, raw, self._rev_pending)
