@@ -3,11 +3,11 @@
     .venv/bin/python -m bench.lease_bench [--leases 10000] [--ttl 10] [--rtt-ms 100] [--hold 60]
                                           [--etcd-version 3.4|3.5]
 
-Starts fresh single-member source and destination clusters, grants LEASES leases of TTL seconds on the
-source with one key each (a service registry), and keeps every one of them alive from this process at
-a third of the TTL, straight to the source, as the services would. `etcd-dr mirror` runs as a subprocess
-where `render` puts it, next to the destination, with the source behind the delay proxy
-(testing/proxy.py, RTT-MS round trip). Measured:
+Starts fresh single-member source and destination clusters; a process of its own plays the services:
+it grants LEASES leases of TTL seconds on the source with one key each (a service registry) and keeps
+every one of them alive at a third of the TTL, straight to the source (8 keepalive streams).
+`etcd-dr mirror` runs as a subprocess where `render` puts it, next to the destination, with the source
+behind the delay proxy (testing/proxy.py, RTT-MS round trip). Measured:
 
   - copy: the time until every leased key is on the destination under a live lease;
   - hold: for HOLD seconds after it, the destination's leased keys counted every 2 s (the least count
