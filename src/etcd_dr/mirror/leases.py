@@ -53,6 +53,9 @@ SOURCE_INFLIGHT = 256
 # after the other (etcd 3.4 about 1,750 a second on this project's test machine, 3.5 about 4,000),
 # and 10,000 leases of 10 s need 3,000 a second at a third of their TTL.
 KEEPALIVE_STREAMS = 4
+# A source lease listing older than this (seconds) keeps nothing alive: with the source unreachable,
+# the destination's copies run down as the source's leases may have.
+STALE_LISTING = 5.0
 REGISTRY_TXN_OPS = 100
 # How often the source's lease list is read (seconds). A source lease that ends is revoked on the
 # destination within about this long (its keys go anyway, by the replay of their deletes).
@@ -271,7 +274,9 @@ class LeaseMirror:
 
     async def keep_alive(self) -> None:
         """Follow every owned lease on the source: refresh the destination's at about a third of its
-        TTL while the source lists it, revoke it when the source no longer does."""
+        TTL while the source lists it, revoke it when the source no longer does. The listing and the
+        refreshing run side by side: a pass refreshing thousands of leases may take seconds, and the
+        end of a source lease must still be seen within about a second."""
         if self._same:
             await asyncio.Event().wait()  # nothing to follow: the leases are the source's own
         async with contextlib.AsyncExitStack() as stack:
@@ -279,27 +284,45 @@ class LeaseMirror:
                 await stack.enter_async_context(self._dest.lease_keepalive())
                 for _ in range(KEEPALIVE_STREAMS)
             ]
-            while True:
-                await self._ready.wait()
-                started = time.monotonic()
-                try:
-                    await self._follow(kas)
-                except (Fenced, LeaseLost):
-                    raise
-                except EtcdError as e:
-                    # Nothing is concluded from a failed look: the next one, a second later, decides.
-                    log.debug("leases: following the source: %s", e)
-                await asyncio.sleep(max(0.0, self._poll - (time.monotonic() - started)))
+            self._live = None
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._every_poll(self._list))
+                tg.create_task(self._every_poll(lambda: self._refresh(kas)))
 
-    async def _follow(self, kas: Sequence[LeaseKeepAlive]) -> None:
+    async def _every_poll(self, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await self._ready.wait()
+            started = time.monotonic()
+            try:
+                await step()
+            except EtcdError as e:
+                # Nothing is concluded from a failed look: the next one, a second later, decides.
+                log.debug("leases: following the source: %s", e)
+            await asyncio.sleep(max(0.0, self._poll - (time.monotonic() - started)))
+
+    # The source's live lease IDs at the last listing, and when that listing was asked for.
+    _live: tuple[set[int], float] | None = None
+
+    async def _list(self) -> None:
         # Leases owned before the listing was asked for: a lease granted meanwhile may be newer than
         # the list, and must not be taken for ended.
         before = set(self._owned)
+        asked = time.monotonic()
         live = set(await self._source.leases())
+        self._live = live, asked
         ended = [lease for lease in before if lease not in live and lease in self._owned]
         if ended:
             await self._end_many(ended, registered=True)
+
+    async def _refresh(self, kas: Sequence[LeaseKeepAlive]) -> None:
+        if self._live is None:
+            return
+        live, asked = self._live
         now = time.monotonic()
+        if now - asked > STALE_LISTING:
+            # The source has not said for a while which of its leases live (unreachable?): nothing is
+            # refreshed on its behalf, and the destination's copies run down as the source's may have.
+            return
         due = [
             lease
             for lease, (ttl, at) in self._owned.items()
