@@ -52,7 +52,7 @@ SOURCE_INFLIGHT = 256
 # Keepalive streams the destination's leases are refreshed on: etcd serves each stream's requests one
 # after the other (etcd 3.4 about 1,750 a second on this project's test machine, 3.5 about 4,000),
 # and 10,000 leases of 10 s need 3,000 a second at a third of their TTL.
-KEEPALIVE_STREAMS = 4
+KEEPALIVE_STREAMS = 8
 # A source lease listing older than this (seconds) keeps nothing alive: with the source unreachable,
 # the destination's copies run down as the source's leases may have.
 STALE_LISTING = 5.0
