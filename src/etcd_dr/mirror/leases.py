@@ -4,17 +4,19 @@ lives, and revoked when it ends. If the mirror dies, the destination leases expi
 their TTL, as ephemeral keys should.
 
 Using the source's lease ID on the destination keeps the mapping stateless; which leases the mirror
-owns is recorded under the state prefix (before the first key that uses each), so that a restarted
+owns is recorded under the state prefix (as each is granted), so that a restarted
 mirror keeps them alive too. That registry is only a claim: every cycle starts by checking it against
 both clusters (`reconcile`), because a registered lease may have expired on the destination while the
 mirror was down, and a destination lease with a source lease's ID may have been granted by someone else
 (the mirror of the other direction, before a switchover and back).
 
-Following the source costs a time and a source request rate independent of the round trip and of how
-often the source's clients refresh: one LeaseLeases request (every lease ID the source has) about once
-a second says which source leases live; the destination's copy of each is refreshed on one keepalive
-stream at about a third of its TTL, and revoked once the source no longer lists it. LeaseTimeToLive is
-asked only when granting (for the source lease's TTL), many at once.
+Following the source costs a time and a source request rate independent of the round trip and of the
+number of leases (asking each lease's TTL one after the other cost leases x round trip per pass, and
+the source 2 requests per lease per second): one LeaseLeases request (every lease ID the source has)
+once a second says which source leases live; the destination's copy of each is refreshed at about a
+third of its TTL on a few keepalive streams, pipelined, and revoked once the source no longer lists it.
+LeaseTimeToLive is asked only when granting (for the source lease's TTL), many at once. Figures:
+docs/benchmarks.md, "Leases at the scale of a service registry".
 """
 
 from __future__ import annotations
