@@ -650,3 +650,55 @@ class LeaseKeepAlive:
                 )
             ttl: int = resp.ttl
             return ttl
+
+    async def refresh_many(self, lease_ids: Sequence[int], window: int = 512) -> dict[int, int]:
+        """Refresh many leases: lease id -> its new TTL, 0 for a lease that is gone. Up to `window`
+        requests are written before their answers are read (etcd answers a keepalive stream in order,
+        one answer per request), so refreshing thousands of leases costs a few round trips, not one
+        per lease."""
+        out: dict[int, int] = {}
+        async with self._lock:
+            for i in range(0, len(lease_ids), window):
+                chunk = lease_ids[i : i + window]
+                try:
+                    await self._exchange(chunk, out)
+                except Unavailable:
+                    # Idempotent: once more on a fresh stream (next endpoint), as `refresh` does.
+                    await self._exchange(chunk, out)
+        return out
+
+    async def _exchange(self, lease_ids: Sequence[int], out: dict[int, int]) -> None:
+        ep = self._conn.endpoint
+        endpoint = str(ep)
+        try:
+            if self._call is None:
+                if self._conn.config.user is not None and not self._conn.metadata():
+                    await self._conn.authenticate()
+                fn = self._conn.stream(
+                    _LEASE + "LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse
+                )
+                self._call = fn(metadata=self._conn.metadata())
+            call = self._call
+            for lease_id in lease_ids:
+                await call.write(pb.LeaseKeepAliveRequest(id=lease_id))
+            async with asyncio.timeout(self._conn.config.request_timeout):
+                for _ in lease_ids:
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        raise EOFError
+                    out[resp.id] = max(int(resp.ttl), 0)
+        except grpc.RpcError as e:
+            await self.close()
+            err = map_grpc_error(e, endpoint, self._conn.config.role, config=self._conn.config)
+            if isinstance(err, Unavailable):
+                await self._conn.rotate(ep)
+            raise err from None
+        except (asyncio.InvalidStateError, asyncio.CancelledError, EOFError, TimeoutError) as e:
+            if isinstance(e, asyncio.CancelledError) and not closed_under_us():
+                raise
+            await self.close()
+            await self._conn.rotate(ep)
+            raise Unavailable(
+                f"{self._conn.config.role} endpoint {endpoint}: keepalive stream broken or timed out",
+                endpoint=endpoint,
+            ) from None

@@ -139,6 +139,7 @@ async def diff_ranges(
     dest_revision: int,
     page_size: int,
     compare_leases: bool = False,
+    owns_lease: Callable[[int], bool] | None = None,
     include_equal: bool = False,
 ) -> AsyncGenerator[Diff]:
     """Every mirrored key of either side once, in destination-key order, with how the two compare;
@@ -189,7 +190,16 @@ async def diff_ranges(
                     di += 1
                 else:
                     skv = skvs[si]
-                    if skv.value == dkv.value and (not compare_leases or skv.lease == dkv.lease):
+                    # With leases, the same lease ID is not enough: the destination's lease may be
+                    # one nobody keeps alive (granted by the mirror of the other direction before a
+                    # switchover and back); only one the mirror owns makes the keys equal.
+                    if skv.value == dkv.value and (
+                        not compare_leases
+                        or (
+                            skv.lease == dkv.lease
+                            and (not dkv.lease or owns_lease is None or owns_lease(dkv.lease))
+                        )
+                    ):
                         equal += 1
                         if include_equal:
                             add(Pair(EQUAL, sk, skv, dkv))

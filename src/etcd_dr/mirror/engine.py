@@ -27,6 +27,7 @@ from ..etcd import (
     CompareResult,
     EtcdClient,
     EtcdError,
+    LeaseNotFound,
     NoSpaceError,
     Put,
     RequestTooLargeError,
@@ -129,14 +130,18 @@ class Mirror:
                     # A one-shot run beside a running mirror says so and gives up after --timeout; the
                     # daemon stands by as long as it takes (that is its high availability).
                     await self._lock.acquire(self.config.timeout if self.config.once else None)
-                    if self._leases is not None:
-                        await self._leases.load()
                 ckpt = await self._while_holding_lock(self._cycle(source, dest, target))
                 return MirrorResult(ckpt, self._last_copy)
             except LeaseLost:
                 self.stats.resyncs += 1
                 self._force_sync = "a destination lease expired while its source lease lives"
                 continue
+            except LeaseNotFound as e:
+                # A txn named a destination lease that is gone (it expired between the cycle's lease
+                # check and the txn): nothing was applied; the next cycle grants it again and copies.
+                self.stats.resyncs += 1
+                log.warning("%s: granting the leases again and copying", e)
+                self._force_sync = "a destination lease expired while its source lease lives"
             except TooManyOpsError as e:
                 raise UsageError(
                     f"--max-txn-ops {self.config.max_txn_ops}: the destination takes fewer ops per txn "
@@ -219,7 +224,7 @@ class Mirror:
         cycle = asyncio.ensure_future(work)
         helpers: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._lock.lost.wait())]
         if self._leases is not None:
-            self._leases.lost.clear()
+            self._leases.new_cycle()
             helpers.append(asyncio.ensure_future(self._leases.keep_alive()))
             helpers.append(asyncio.ensure_future(self._leases.lost.wait()))
         try:
@@ -256,6 +261,10 @@ class Mirror:
             dest_text=self.config.dest.endpoints_text,
         )
         ckpt, raw = await self._read_checkpoint(dest)
+        # The lease registry checked against both clusters before any key is attached this cycle.
+        if self._leases is not None and await self._leases.reconcile() and not self._force_sync:
+            self.stats.resyncs += 1
+            self._force_sync = "a destination lease expired while its source lease lives"
         if self._rev_pending is not None:
             ckpt, raw = await self._start_at_revision(dest, ckpt, raw, self._rev_pending)
             self._rev_pending = None
@@ -270,6 +279,8 @@ class Mirror:
             log.info("copy: %s; copying the source at one revision", reason)
             ckpt, raw = await self._copy(source, dest, ckpt, raw)
             self._force_sync = ""
+            if self._leases is not None:
+                self._leases.restored()
         else:
             log.info("resuming from the checkpoint: source revision %d applied", ckpt.revision)
         self.stats.applied_revision = ckpt.revision
@@ -484,7 +495,14 @@ class Mirror:
         if self.config.leases == "mirror":
             # The leases this mirror owns on the destination, next to its lock and checkpoint.
             registry = self._lock_key.replace(b"/lock/", b"/leases/", 1) + b"/"
-            self._leases = LeaseMirror(source, dest, registry, self.stats, self._guards)
+            self._leases = LeaseMirror(
+                source,
+                dest,
+                registry,
+                self.stats,
+                self._guards,
+                same_cluster=src.cluster_id == dst.cluster_id,
+            )
         self._key = checkpoint_key(
             self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
         )

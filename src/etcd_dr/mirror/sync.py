@@ -147,7 +147,7 @@ async def _put_missing(
     so it is one tight loop without an await per key."""
     if leases is not None:
         # The leases these keys use exist on the destination first (most keys have none).
-        granted = {lease: await leases.ensure(lease) for lease in {kv.lease for kv in kvs} if lease}
+        granted = await leases.ensure_many(kv.lease for kv in kvs)
     try_put = pipeline.try_put
     for key, kv in zip(keys, kvs, strict=True):
         lease = kv.lease
@@ -196,6 +196,7 @@ async def diff_sync(
         dest_revision=dest_rev,
         page_size=page_size,
         compare_leases=leases is not None,
+        owns_lease=leases.owns if leases is not None else None,
     )
     last_report = time.monotonic()
     extras: list[bytes] = []
