@@ -291,7 +291,7 @@ def test_example_renders(tmp_path: Path) -> None:
     again = etcd_dr("render", str(EXAMPLE), "--out", str(out))
     assert again.code == 2
     assert again.last_line.startswith(f"etcd-dr: error: --out {out}: {out}/")
-    assert "already exists (and 16 more); nothing written (use --force to overwrite)" in again.last_line
+    assert "already exists (and 17 more); nothing written (use --force to overwrite)" in again.last_line
     assert (out / "primary/etcd-p1/etcd.service").read_text() == "edited by hand\n"
     forced = etcd_dr("render", str(EXAMPLE), "--out", str(out), "--force")
     assert forced.code == 0, forced.stderr
