@@ -6,23 +6,22 @@ Flag names follow etcdctl (source = etcdctl's global flags, destination = the sa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
 
-from . import __version__, etcdctl_compat, logs
+from . import __version__, etcdctl_compat, logs, runner
 from .config import DEFAULT_STATE_PREFIX, MirrorConfig
 from .durations import Duration, DurationError, parse_duration
-from .errors import EtcdDrError, Interrupted, UsageError
-from .etcd import ClientConfig, EtcdError
+from .errors import CheckFailed, EtcdDrError, Stopped, UsageError
+from .etcd import ClientConfig
 
 log = logging.getLogger("etcd_dr")
 
@@ -385,53 +384,6 @@ def pair_config(dest: str, kw: dict[str, Any], **options: Any) -> MirrorConfig:
     )
 
 
-class Stopped(Interrupted):
-    """SIGINT (Ctrl-C), SIGTERM (systemd stopping the service) or SIGHUP (a closed terminal) ended the
-    command: exit 130, 143 or 129, the shell's convention, after the command's own cleanup."""
-
-    def __init__(self, signal_name: str) -> None:
-        import signal
-
-        super().__init__(signal_name, 128 + int(signal.Signals[signal_name]))
-
-
-def run_async(coro: Coroutine[Any, Any, Any], *, stop_ok: bool = False) -> Any:
-    """Run `coro`; SIGINT, SIGTERM and SIGHUP cancel it, so that its cleanup runs (the mirror releases its
-    lock at once instead of making a successor wait out the lock's TTL), then raise Stopped. With
-    `stop_ok` (the mirror daemon), SIGTERM and SIGHUP are its normal end and return None: systemd stops a
-    service with SIGTERM, and an exit code other than 0 would show the unit as failed."""
-
-    async def main() -> Any:
-        import signal
-
-        task = asyncio.ensure_future(coro)
-        loop = asyncio.get_running_loop()
-        received: list[str] = []
-
-        def stop(name: str) -> None:
-            if not received:
-                log.info("%s received: stopping", name)
-            received.append(name)
-            task.cancel()
-
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        for sig in signals:
-            loop.add_signal_handler(sig, stop, sig.name)
-        try:
-            return await task
-        except asyncio.CancelledError:
-            if not received:
-                raise
-            if stop_ok and received[0] != "SIGINT":
-                return None
-            raise Stopped(received[0]) from None
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-
-    return asyncio.run(main())
-
-
 # ---- commands ----------------------------------------------------------------------------------
 
 
@@ -571,7 +523,7 @@ def mirror(dest: str, **kw: Any) -> None:
             stack.enter_context(MetricsServer(config.metrics_addr, mirror.stats))
         try:
             # The daemon stops on SIGTERM (exit 0); a one-shot run stopped before its end did not do its job.
-            result = run_async(with_copy_progress(mirror.stats, mirror.run()), stop_ok=not config.once)
+            result = runner.run(with_copy_progress(mirror.stats, mirror.run()), stop_ok=not config.once)
         except Stopped:
             log.info("stopped at source revision %d applied", mirror.stats.applied_revision)
             raise
@@ -589,7 +541,6 @@ cli.add_command(mirror, "make-mirror")
 @check_options
 def verify(dest: str, as_json: bool, **kw: Any) -> None:
     """Compare SOURCE and DEST: exit 0 equal, 1 different, 2 error."""
-    from .errors import CheckFailed
     from .mirror.checkpoint import encode_key
     from .verify import verify as run_verify
 
@@ -599,7 +550,7 @@ def verify(dest: str, as_json: bool, **kw: Any) -> None:
         if not as_json:
             click.echo(f"{kind} {encode_key(key)}")
 
-    result = run_async(run_verify(config, on_difference=show))
+    result = runner.run(run_verify(config, on_difference=show))
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
@@ -629,7 +580,6 @@ def verify(dest: str, as_json: bool, **kw: Any) -> None:
 def status(dest: str, as_json: bool, **kw: Any) -> None:
     """Both sites' health, roles, the mirror's lag, lock, health record and checkpoints: exit 0
     healthy, 1 degraded (each problem said), 2 usage error. A site that is down gets a DOWN row."""
-    from .errors import CheckFailed
     from .status import Limits
     from .status import status as run_status
 
@@ -639,7 +589,7 @@ def status(dest: str, as_json: bool, **kw: Any) -> None:
         max_lag_seconds=duration(kw["max_lag"], "--max-lag"),
         fencing_without_auth=bool(kw["fence_hook"]) or kw["no_fence"],
     )
-    report = run_async(run_status(config, limits))
+    report = runner.run(run_status(config, limits))
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -670,7 +620,6 @@ def checkpoints(
 ) -> None:
     """The mirror checkpoints DEST holds: pair, revision, age, lock holder, live or stale; --remove one."""
     from .checkpoints import list_checkpoints, remove_checkpoint
-    from .errors import UsageError
     from .etcd import EtcdClient
 
     if force and remove_id is None:
@@ -685,7 +634,7 @@ def checkpoints(
                 removed = await remove_checkpoint(client, sp, remove_id, force=force)
             return removed, await list_checkpoints(client, sp)
 
-    removed, found = run_async(run())
+    removed, found = runner.run(run())
     if as_json:
         click.echo(
             json.dumps(
@@ -819,17 +768,15 @@ def run_move(
     """--dry-run: the plan only. On a terminal (stdin and stdout), the plan, then a confirmation
     unless --yes; scripts (no terminal) are never prompted."""
     if kw["dry_run"]:
-        show_result(run_async(plan(config)), as_json)
+        show_result(runner.run(plan(config)), as_json)
         return
     if not kw["yes"] and sys.stdin.isatty() and sys.stdout.isatty():
-        steps = run_async(plan(config))
+        steps = runner.run(plan(config))
         for line in steps.lines(dry_run=False):
             click.echo(line, err=as_json)
         if not click.confirm(f"{steps.move} now?", default=False, err=as_json):
-            from .errors import CheckFailed
-
             raise CheckFailed(f"{steps.move} not confirmed: nothing was changed (--yes skips the question)")
-    show_result(run_async(move(config)), as_json)
+    show_result(runner.run(move(config)), as_json)
 
 
 @cli.command()
@@ -915,7 +862,10 @@ def demo(keep: bool, etcd_version: str | None, verbose: bool) -> None:
     """Two local TLS clusters, the mirror between them, and the procedure narrated."""
     from .demo import run_demo
 
-    run_async(run_demo(lambda line: click.echo(line), keep=keep, version=etcd_version, verbose=verbose))
+    runner.run(
+        run_demo(lambda line: click.echo(line), keep=keep, version=etcd_version, verbose=verbose),
+        repeat_cancel=True,
+    )
 
 
 @cli.group()
@@ -1046,7 +996,6 @@ def pki_check(
 ) -> None:
     """Check expiry, SANs and chain of endpoints' certificates (or files): exit 0 good, 1 problem, 2 error."""
     from . import pki_check as lib
-    from .errors import CheckFailed, UsageError
 
     if bool(endpoints) == bool(cert_files):
         raise UsageError("give --endpoints (check what members present) or --cert-file (check files)")
@@ -1107,41 +1056,34 @@ def render_cmd(topology_file: Path, out: Path, force: bool) -> None:
 # ---- entry point -------------------------------------------------------------------------------
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    sys.stderr.flush()
-    print(f"etcd-dr: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def stopped(message: str, code: int) -> NoReturn:
-    """A signal ended the command: a plain line, not an error (the operator asked for it)."""
-    sys.stderr.flush()
-    print(f"etcd-dr: {message}", file=sys.stderr)
-    raise SystemExit(code)
+def exit_status(e: BaseException) -> tuple[str, int]:
+    """The line (after "etcd-dr: ") and the exit code for what ended a command: the one place where
+    errors become exit codes (each error's code is drawn in etcd_dr.errors)."""
+    if isinstance(e, click.ClickException):
+        return f"error: {e.format_message()}", 2
+    if isinstance(e, click.exceptions.Abort | KeyboardInterrupt):
+        # Ctrl-C outside an async command (a prompt, a certificate being written).
+        e = Stopped("SIGINT")
+    if isinstance(e, Stopped):
+        # A signal ended the command: a plain line, not an error (the operator asked for it).
+        return str(e), e.exit_code
+    if isinstance(e, EtcdDrError):
+        return f"error: {e}", e.exit_code
+    # A bug: say so in one line; the traceback goes to the debug log.
+    return f"error: internal error: {type(e).__name__}: {e} (run with --log-level debug for details)", 2
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .pki import PkiError
-
     try:
         args = etcdctl_compat.normalize_argv(cli, sys.argv[1:] if argv is None else argv)
         cli.main(args=args, prog_name="etcd-dr", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:
         click.echo(e.ctx.get_help() if e.ctx else str(e))
         raise SystemExit(2) from None
-    except click.ClickException as e:
-        fail(e.format_message())
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        # Ctrl-C outside an async command (a prompt, a certificate being written).
-        stopped(str(Stopped("SIGINT")), 130)
-    except Interrupted as e:
-        stopped(str(e), e.exit_code)
-    except EtcdDrError as e:
-        fail(str(e), e.exit_code)
-    except EtcdError as e:
-        fail(str(e))
-    except PkiError as e:
-        fail(str(e))
-    except Exception as e:  # a bug: say so in one line; the traceback goes to the debug log
-        logging.getLogger("etcd_dr").debug("unexpected error", exc_info=True)
-        fail(f"internal error: {type(e).__name__}: {e} (run with --log-level debug for details)")
+    except (Exception, KeyboardInterrupt) as e:
+        if not isinstance(e, click.ClickException | click.exceptions.Abort | KeyboardInterrupt | EtcdDrError):
+            log.debug("unexpected error", exc_info=True)
+        line, code = exit_status(e)
+        sys.stderr.flush()
+        print(f"etcd-dr: {line}", file=sys.stderr)
+        raise SystemExit(code) from None
