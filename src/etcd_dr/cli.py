@@ -21,15 +21,13 @@ from .cli_options import (
     POSITIVE,
     DestOptions,
     MoveOptions,
-    PrefixOptions,
-    SourceOptions,
+    PairOptions,
     check_options,
     dest_config,
     dest_options,
     move_config,
     move_options,
-    prefix_options,
-    source_options,
+    pair_options,
 )
 from .cli_options import pair_config as pair_config  # tests build a pair from click's parameters
 from .config import DEFAULT_STATE_PREFIX
@@ -175,10 +173,7 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
 
 
 @cli.command()
-@click.argument("dest")
-@source_options
-@dest_options
-@prefix_options
+@pair_options
 @click.option(
     "--max-txn-ops",
     type=int,
@@ -254,10 +249,7 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     help="Write a heartbeat on the source this often, for lag in seconds (0: never).",
 )
 def mirror(
-    dest: str,
-    source: SourceOptions,
-    destination: DestOptions,
-    keys: PrefixOptions,
+    pair: PairOptions,
     max_txn_ops: int,
     rev: int | None,
     once: bool,
@@ -278,11 +270,7 @@ def mirror(
     """Continuously mirror SOURCE (--endpoints) into DEST, exactly once, resumable."""
     from .mirror import Mirror
 
-    config = pair_config(
-        dest,
-        source=source,
-        destination=destination,
-        keys=keys,
+    config = pair.config(
         max_txn_ops=max_txn_ops,
         inflight=inflight,
         start_revision=etcdctl_compat.make_mirror_rev(rev),
@@ -328,14 +316,12 @@ cli.add_command(mirror, "make-mirror")
 
 @cli.command()
 @check_options
-def verify(
-    dest: str, source: SourceOptions, destination: DestOptions, keys: PrefixOptions, as_json: bool
-) -> None:
+def verify(pair: PairOptions, as_json: bool) -> None:
     """Compare SOURCE and DEST: exit 0 equal, 1 different, 2 error."""
     from .mirror.checkpoint import encode_key
     from .verify import verify as run_verify
 
-    config = pair_config(dest, source=source, destination=destination, keys=keys)
+    config = pair.config()
 
     def show(kind: str, key: bytes) -> None:
         if not as_json:
@@ -369,10 +355,7 @@ def verify(
 )
 @click.option("--no-fence", is_flag=True, help="The moves run with --no-fence: do not warn that auth is off.")
 def status(
-    dest: str,
-    source: SourceOptions,
-    destination: DestOptions,
-    keys: PrefixOptions,
+    pair: PairOptions,
     as_json: bool,
     max_lag_revisions: int,
     max_lag: str,
@@ -384,7 +367,7 @@ def status(
     from .status import Limits
     from .status import status as run_status
 
-    config = pair_config(dest, source=source, destination=destination, keys=keys)
+    config = pair.config()
     limits = Limits(
         max_lag_revisions=max_lag_revisions,
         max_lag_seconds=duration(max_lag, "--max-lag"),
@@ -507,10 +490,7 @@ def run_move(
 )
 @click.option("--no-verify", is_flag=True, help="Do not compare the sites before the roles change.")
 def switchover(
-    dest: str,
-    source: SourceOptions,
-    destination: DestOptions,
-    keys: PrefixOptions,
+    pair: PairOptions,
     move: MoveOptions,
     catch_up_timeout: float,
     no_verify: bool,
@@ -519,9 +499,7 @@ def switchover(
     from .failover.switchover import plan_switchover
     from .failover.switchover import switchover as run_switchover
 
-    config = move_config(
-        dest, source, destination, keys, move, catch_up_timeout=catch_up_timeout, verify=not no_verify
-    )
+    config = move_config(pair, move, catch_up_timeout=catch_up_timeout, verify=not no_verify)
     run_move(config, move, run_switchover, plan_switchover)
 
 
@@ -543,10 +521,7 @@ def switchover(
     help="At most this many revisions are added for what the old primary may have written unseen.",
 )
 def failover(
-    dest: str,
-    source: SourceOptions,
-    destination: DestOptions,
-    keys: PrefixOptions,
+    pair: PairOptions,
     move: MoveOptions,
     force: bool,
     probe_timeout: float,
@@ -557,10 +532,7 @@ def failover(
     from .failover.failover import plan_failover
 
     config = move_config(
-        dest,
-        source,
-        destination,
-        keys,
+        pair,
         move,
         force=force,
         probe_timeout=probe_timeout,
@@ -580,10 +552,7 @@ def failover(
 @click.option("--stay", is_flag=True, help="Keep the current primary; make DEST its standby and stop there.")
 @click.option("--catch-up-timeout", type=POSITIVE, default=30.0, show_default=True)
 def failback(
-    dest: str,
-    source: SourceOptions,
-    destination: DestOptions,
-    keys: PrefixOptions,
+    pair: PairOptions,
     move: MoveOptions,
     report: Path | None,
     stay: bool,
@@ -594,9 +563,7 @@ def failback(
     from .failover.failback import failback as run_failback
     from .failover.failback import plan_failback
 
-    config = move_config(
-        dest, source, destination, keys, move, report=report, stay=stay, catch_up_timeout=catch_up_timeout
-    )
+    config = move_config(pair, move, report=report, stay=stay, catch_up_timeout=catch_up_timeout)
     run_move(config, move, run_failback, plan_failback)
 
 

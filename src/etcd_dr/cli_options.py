@@ -32,6 +32,7 @@ __all__ = [
     "POSITIVE",
     "DestOptions",
     "MoveOptions",
+    "PairOptions",
     "PrefixOptions",
     "SourceOptions",
     "check_options",
@@ -40,8 +41,7 @@ __all__ = [
     "move_config",
     "move_options",
     "pair_config",
-    "prefix_options",
-    "source_options",
+    "pair_options",
 ]
 
 log = logging.getLogger("etcd_dr")
@@ -271,6 +271,45 @@ class MoveOptions(Options):
     yes: bool = False
 
 
+@dataclass(frozen=True)
+class PairOptions:
+    """The source/destination pair and key mapping as the flags give them."""
+
+    dest: str
+    source: SourceOptions
+    destination: DestOptions
+    keys: PrefixOptions
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> PairOptions:
+        return cls(
+            dest=str(params["dest"]),
+            source=SourceOptions.from_params(params),
+            destination=DestOptions.from_params(params),
+            keys=PrefixOptions.from_params(params),
+        )
+
+    def config(self, **options: Any) -> MirrorConfig:
+        """The MirrorConfig of the pair, with `options` (the command's own) for the rest."""
+        warn_open_prefix(self.keys.prefix)
+        return MirrorConfig(
+            source=self.source.client_config(),
+            dest=dest_config(
+                self.dest,
+                self.destination,
+                dial_timeout=self.source.dial_timeout,
+                command_timeout=self.source.command_timeout,
+                etcdctl=self.source.etcdctl,
+            ),
+            prefix=_b(self.keys.prefix),
+            dest_prefix=self.keys.dest_prefix_bytes(),
+            excludes=tuple(_b(e) for e in self.keys.exclude),
+            ignore_keys_regex=self.keys.ignore_keys_regex,
+            state_prefix=_b(self.keys.state_prefix),
+            **options,
+        )
+
+
 # ---- the flags ---------------------------------------------------------------------------------
 
 
@@ -321,11 +360,19 @@ def _source_flags(endpoints_default: str | None) -> list[Callable[[F], F]]:
     ]
 
 
-def source_options(f: F, *, endpoints_default: str | None = "127.0.0.1:2379") -> F:
-    """The source's flags (etcdctl's global ones, which it reads from ETCDCTL_*), as `source`."""
-    # etcdctl's other global flags, listed after these.
-    flags = [*_source_flags(endpoints_default), etcdctl_compat.etcdctl_global_options]
-    return option_group("source", SourceOptions.from_params, *flags)(f)
+def pair_options(f: F, *, endpoints_default: str | None = "127.0.0.1:2379") -> F:
+    """DEST, the source's flags (etcdctl's global ones, read from ETCDCTL_* too), the destination's
+    and the key mapping, as `pair`: what mirror, verify, status and the moves share."""
+    flags = [
+        click.argument("dest"),
+        *_source_flags(endpoints_default),
+        # etcdctl's other global flags, listed after these.
+        etcdctl_compat.etcdctl_global_options,
+        *_dest_flags(),
+        etcdctl_compat.dest_etcdctl_options,
+        *_prefix_flags(),
+    ]
+    return option_group("pair", PairOptions.from_params, *flags)(f)
 
 
 def dest_options(f: F) -> F:
@@ -370,11 +417,6 @@ def _dest_flags() -> list[Callable[[F], F]]:
     ]
 
 
-def prefix_options(f: F) -> F:
-    """The key mapping's flags, as `keys`."""
-    return option_group("keys", PrefixOptions.from_params, *_prefix_flags())(f)
-
-
 def _prefix_flags() -> list[Callable[[F], F]]:
     return [
         click.option("--prefix", default="", help="Mirror only keys under this prefix."),
@@ -398,18 +440,16 @@ def _prefix_flags() -> list[Callable[[F], F]]:
 def check_options(f: F) -> F:
     """DEST, both clusters' flags, the key mapping and --json: what verify and status take."""
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")(f)
-    f = source_options(dest_options(prefix_options(f)))
-    return click.argument("dest")(f)
+    return pair_options(f)
 
 
 def move_options(f: F) -> F:
-    """DEST, both clusters' flags, the mirror's key mapping, and `move`: fencing, the clients' switch,
-    --json, --dry-run, --yes."""
+    """`pair` (DEST, both clusters' flags, the mirror's key mapping), and `move`: fencing, the clients'
+    switch, --json, --dry-run, --yes."""
     f = option_group("move", MoveOptions.from_params, *_move_flags())(f)
     # No default endpoints: a move against a guessed address could promote a standby beside a healthy
     # primary (issue 17, finding 1).
-    f = source_options(dest_options(prefix_options(f)), endpoints_default=None)
-    return click.argument("dest")(f)
+    return pair_options(f, endpoints_default=None)
 
 
 def _move_flags() -> list[Callable[[F], F]]:
@@ -489,58 +529,23 @@ def warn_open_prefix(prefix: str) -> None:
         )
 
 
-def pair_config(
-    dest: str,
-    params: Mapping[str, Any] | None = None,
-    *,
-    source: SourceOptions | None = None,
-    destination: DestOptions | None = None,
-    keys: PrefixOptions | None = None,
-    **options: Any,
-) -> MirrorConfig:
-    """The source/destination pair and key mapping that mirror, verify, status and the moves share,
-    from the groups (or from click's parameters, `params`, for what a group is not given)."""
-    params = params or {}
-    source = source or SourceOptions.from_params(params)
-    destination = destination or DestOptions.from_params(params)
-    keys = keys or PrefixOptions.from_params(params)
-    warn_open_prefix(keys.prefix)
-    return MirrorConfig(
-        source=source.client_config(),
-        dest=dest_config(
-            dest,
-            destination,
-            dial_timeout=source.dial_timeout,
-            command_timeout=source.command_timeout,
-            etcdctl=source.etcdctl,
-        ),
-        prefix=_b(keys.prefix),
-        dest_prefix=keys.dest_prefix_bytes(),
-        excludes=tuple(_b(e) for e in keys.exclude),
-        ignore_keys_regex=keys.ignore_keys_regex,
-        state_prefix=_b(keys.state_prefix),
-        **options,
-    )
+def pair_config(dest: str, params: Mapping[str, Any], **options: Any) -> MirrorConfig:
+    """The pair's MirrorConfig from click's parameters (a command's, or ctx.params) and DEST."""
+    return PairOptions.from_params({**params, "dest": dest}).config(**options)
 
 
-def move_config(
-    dest: str,
-    source: SourceOptions,
-    destination: DestOptions,
-    keys: PrefixOptions,
-    move: MoveOptions,
-    **options: Any,
-) -> MoveConfig:
+def move_config(pair: PairOptions, move: MoveOptions, **options: Any) -> MoveConfig:
+    """A move's config: the pair, fencing, the clients' switch, and `options` (the move's own)."""
     from .failover.config import MoveConfig
 
     if move.no_fence and move.fence_hook:
         raise click.UsageError("--fence-hook and --no-fence exclude each other")
-    if source.endpoints is None:
+    if pair.source.endpoints is None:
         raise click.UsageError(
             "--endpoints (or ETCDCTL_ENDPOINTS) is required: give the current primary's endpoints "
             "(for failover, the old primary's, as its mirror read them); a move has no default"
         )
-    pair = pair_config(dest, source=source, destination=destination, keys=keys)
+    mirror = pair.config()
     dns = None
     if move.dns_server or move.dns_zone or move.dns_name or move.dns_tsig_key or move.dns_address:
         from .failover.dns import DnsConfig, addresses_from_endpoints
@@ -555,9 +560,9 @@ def move_config(
         )
         if not move.dns_address:
             # Checked now, so that a DEST given by name fails before anything is changed.
-            addresses_from_endpoints([str(e) for e in pair.dest.endpoints])
+            addresses_from_endpoints([str(e) for e in mirror.dest.endpoints])
     return MoveConfig(
-        pair=pair,
+        pair=mirror,
         fence="none" if move.no_fence else "hook" if move.fence_hook else "auth",
         fence_hook=move.fence_hook,
         dns=dns,
