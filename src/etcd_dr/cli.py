@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -22,6 +22,7 @@ from .cli_options import (
     DestOptions,
     MoveOptions,
     PairOptions,
+    arg_bytes,
     check_options,
     dest_config,
     dest_options,
@@ -39,18 +40,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("etcd_dr")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 def split_list(values: tuple[str, ...]) -> list[str]:
     """A repeatable option whose values may also be comma-separated: every item, in order, once."""
     items = [item.strip() for value in values for item in value.split(",")]
     return list(dict.fromkeys(item for item in items if item))
-
-
-def _b(text: str) -> bytes:
-    # Keys given on the command line are UTF-8; undecodable argv bytes round-trip via surrogateescape.
-    return text.encode("utf-8", "surrogateescape")
 
 
 # ---- one value per flag ------------------------------------------------------------------------
@@ -416,7 +410,7 @@ def checkpoints(
     if force and remove_id is None:
         raise UsageError("--force goes with --remove ID")
     config = dest_config(dest, destination, dial_timeout=dial_timeout, command_timeout=command_timeout)
-    sp = _b(state_prefix)
+    sp = arg_bytes(state_prefix)
 
     async def run() -> tuple[Any, list[Any]]:
         async with EtcdClient(config) as client:
@@ -785,6 +779,7 @@ def exit_status(e: BaseException) -> tuple[str, int]:
     if isinstance(e, EtcdDrError):
         return f"error: {e}", e.exit_code
     # A bug: say so in one line; the traceback goes to the debug log.
+    log.debug("unexpected error", exc_info=e)
     return f"error: internal error: {type(e).__name__}: {e} (run with --log-level debug for details)", 2
 
 
@@ -796,8 +791,6 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(e.ctx.get_help() if e.ctx else str(e))
         raise SystemExit(2) from None
     except (Exception, KeyboardInterrupt) as e:
-        if not isinstance(e, click.ClickException | click.exceptions.Abort | KeyboardInterrupt | EtcdDrError):
-            log.debug("unexpected error", exc_info=True)
         line, code = exit_status(e)
         sys.stderr.flush()
         print(f"etcd-dr: {line}", file=sys.stderr)

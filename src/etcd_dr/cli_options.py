@@ -35,6 +35,7 @@ __all__ = [
     "PairOptions",
     "PrefixOptions",
     "SourceOptions",
+    "arg_bytes",
     "check_options",
     "dest_config",
     "dest_options",
@@ -52,7 +53,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 POSITIVE = Duration()
 
 
-def _b(text: str) -> bytes:
+def arg_bytes(text: str) -> bytes:
     # Keys given on the command line are UTF-8; undecodable argv bytes round-trip via surrogateescape.
     return text.encode("utf-8", "surrogateescape")
 
@@ -247,7 +248,7 @@ class PrefixOptions(Options):
             raise click.UsageError("--dest-prefix and --no-dest-prefix exclude each other")
         if self.no_dest_prefix:
             return b""
-        return None if self.dest_prefix is None else _b(self.dest_prefix)
+        return None if self.dest_prefix is None else arg_bytes(self.dest_prefix)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,11 +302,11 @@ class PairOptions:
                 command_timeout=self.source.command_timeout,
                 etcdctl=self.source.etcdctl,
             ),
-            prefix=_b(self.keys.prefix),
+            prefix=arg_bytes(self.keys.prefix),
             dest_prefix=self.keys.dest_prefix_bytes(),
-            excludes=tuple(_b(e) for e in self.keys.exclude),
+            excludes=tuple(arg_bytes(e) for e in self.keys.exclude),
             ignore_keys_regex=self.keys.ignore_keys_regex,
-            state_prefix=_b(self.keys.state_prefix),
+            state_prefix=arg_bytes(self.keys.state_prefix),
             **options,
         )
 
