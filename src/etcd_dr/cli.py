@@ -6,38 +6,45 @@ Flag names follow etcdctl (source = etcdctl's global flags, destination = the sa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
-from click.core import ParameterSource
 
-from . import __version__, etcdctl_compat, logs
-from .config import DEFAULT_STATE_PREFIX, MirrorConfig
+from . import __version__, etcdctl_compat, logs, runner
+from .cli_options import (
+    POSITIVE,
+    DestOptions,
+    MoveOptions,
+    PairOptions,
+    arg_bytes,
+    check_options,
+    dest_config,
+    dest_options,
+    move_config,
+    move_options,
+    pair_options,
+)
+from .cli_options import pair_config as pair_config  # tests build a pair from click's parameters
+from .config import DEFAULT_STATE_PREFIX
 from .durations import Duration, DurationError, parse_duration
-from .errors import EtcdDrError, Interrupted, UsageError
-from .etcd import ClientConfig, EtcdError
+from .errors import CheckFailed, EtcdDrError, Stopped, UsageError
+
+if TYPE_CHECKING:
+    from .failover.config import MoveConfig
 
 log = logging.getLogger("etcd_dr")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def split_list(values: tuple[str, ...]) -> list[str]:
     """A repeatable option whose values may also be comma-separated: every item, in order, once."""
     items = [item.strip() for value in values for item in value.split(",")]
     return list(dict.fromkeys(item for item in items if item))
-
-
-def _b(text: str) -> bytes:
-    # Keys given on the command line are UTF-8; undecodable argv bytes round-trip via surrogateescape.
-    return text.encode("utf-8", "surrogateescape")
 
 
 # ---- one value per flag ------------------------------------------------------------------------
@@ -108,227 +115,7 @@ def _refuse_repeats(command: click.Command, args: list[str]) -> None:
         )
 
 
-# ---- shared flags ------------------------------------------------------------------------------
-
-
-# Seconds that must be above zero (timeouts): plain seconds or Go durations ("2s", "1m30s"), as etcdctl.
-_POSITIVE = Duration()
-
-
-def source_options(f: F, *, endpoints_default: str | None = "127.0.0.1:2379") -> F:
-    opts = [
-        click.option(
-            "--endpoints",
-            envvar="ETCDCTL_ENDPOINTS",
-            default=endpoints_default,
-            show_default=endpoints_default is not None,
-            help="Source endpoints, comma-separated (env ETCDCTL_ENDPOINTS)."
-            + ("" if endpoints_default else " Required: a move has no default."),
-        ),
-        click.option("--cacert", envvar="ETCDCTL_CACERT", help="Source CA bundle (env ETCDCTL_CACERT)."),
-        click.option("--cert", envvar="ETCDCTL_CERT", help="Source client certificate (env ETCDCTL_CERT)."),
-        click.option("--key", envvar="ETCDCTL_KEY", help="Source client key (env ETCDCTL_KEY)."),
-        click.option(
-            "--user", envvar="ETCDCTL_USER", help="Source user, USER or USER:PASSWORD (env ETCDCTL_USER)."
-        ),
-        click.option(
-            "--password",
-            envvar="ETCDCTL_PASSWORD",
-            help="Source password (env ETCDCTL_PASSWORD; on the command line others see it: prefer the "
-            "file or env).",
-        ),
-        click.option(
-            "--password-file",
-            default=None,
-            help="Read the source password from the first line of this file (env ETCDCTL_PASSWORD_FILE).",
-            envvar="ETCDCTL_PASSWORD_FILE",
-        ),
-        click.option(
-            "--dial-timeout",
-            type=_POSITIVE,
-            default=5.0,
-            show_default=True,
-            envvar="ETCDCTL_DIAL_TIMEOUT",
-            help="Time to connect (seconds, or 2s, 1m30s).",
-        ),
-        click.option(
-            "--command-timeout",
-            type=_POSITIVE,
-            default=30.0,
-            show_default=True,
-            envvar="ETCDCTL_COMMAND_TIMEOUT",
-            help="Time per request.",
-        ),
-    ]
-    # etcdctl's other global flags, listed after these.
-    f = etcdctl_compat.etcdctl_global_options(f)
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def dest_options(f: F) -> F:
-    opts = [
-        click.option(
-            "--dest-cacert",
-            envvar="ETCDCTL_DEST_CACERT",
-            help="Destination CA bundle (env ETCDCTL_DEST_CACERT).",
-        ),
-        click.option(
-            "--dest-cert",
-            envvar="ETCDCTL_DEST_CERT",
-            help="Destination client certificate (env ETCDCTL_DEST_CERT).",
-        ),
-        click.option(
-            "--dest-key", envvar="ETCDCTL_DEST_KEY", help="Destination client key (env ETCDCTL_DEST_KEY)."
-        ),
-        click.option(
-            "--dest-user",
-            envvar="ETCDCTL_DEST_USER",
-            help="Destination user, USER or USER:PASSWORD (env ETCDCTL_DEST_USER).",
-        ),
-        click.option(
-            "--dest-password",
-            envvar="ETCDCTL_DEST_PASSWORD",
-            help="Destination password (env ETCDCTL_DEST_PASSWORD; on the command line others see it: "
-            "prefer the file or env).",
-        ),
-        click.option(
-            "--dest-password-file",
-            envvar="ETCDCTL_DEST_PASSWORD_FILE",
-            default=None,
-            help="Read the destination password from the first line of this file "
-            "(env ETCDCTL_DEST_PASSWORD_FILE).",
-        ),
-    ]
-    f = etcdctl_compat.dest_etcdctl_options(f)
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def prefix_options(f: F) -> F:
-    opts = [
-        click.option("--prefix", default="", help="Mirror only keys under this prefix."),
-        click.option("--dest-prefix", default=None, help="Rewrite --prefix to this on the destination."),
-        click.option(
-            "--no-dest-prefix",
-            is_flag=True,
-            help="Strip --prefix on the destination (make-mirror semantics).",
-        ),
-        click.option("--exclude", multiple=True, help="Never mirror keys under this prefix (repeatable)."),
-        click.option("--ignore-keys-regex", default=None, help="Never mirror keys matching this regex."),
-        click.option(
-            "--state-prefix",
-            default=DEFAULT_STATE_PREFIX.decode(),
-            show_default=True,
-            help="Where etcd-dr keeps its own keys; never mirrored.",
-        ),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def check_options(f: F) -> F:
-    """DEST, both clusters' flags, the key mapping and --json: what verify and status take."""
-    f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")(f)
-    f = source_options(dest_options(prefix_options(f)))
-    return click.argument("dest")(f)
-
-
-def read_password_file(path: str, flag: str) -> str:
-    """The first line of `path` without its line ending: a password kept out of `ps` and unit files."""
-    try:
-        with open(path, encoding="utf-8", errors="strict") as f:
-            line = f.readline()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-        raise UsageError(f"{flag} {path}: cannot read the password: {reason}") from None
-    password = line.rstrip("\r\n")
-    if not password:
-        raise UsageError(f"{flag} {path}: the first line is empty; it must hold the password")
-    return password
-
-
-def credentials(kw: dict[str, Any], prefix: str) -> tuple[str | None, str | None]:
-    """(user, password) of one side from --[dest-]user, --[dest-]password, --[dest-]password-file and
-    their environment variables; a password typed on the command line works but is warned about."""
-    name = prefix.replace("-", "_")
-    user, password, path = kw[f"{name}user"], kw[f"{name}password"], kw[f"{name}password_file"]
-    if path is not None:
-        if password is not None:
-            raise UsageError(f"--{prefix}password and --{prefix}password-file exclude each other")
-        if user is not None and ":" in user:
-            raise UsageError(f"--{prefix}user USER:PASSWORD and --{prefix}password-file exclude each other")
-        password = read_password_file(path, f"--{prefix}password-file")
-        if user is None:
-            raise UsageError(f"--{prefix}password-file is given without --{prefix}user")
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None:
-        typed = ctx.get_parameter_source(f"{name}password") is ParameterSource.COMMANDLINE
-        typed_in_user = user is not None and ":" in user
-        typed_in_user &= ctx.get_parameter_source(f"{name}user") is ParameterSource.COMMANDLINE
-        if typed or typed_in_user:
-            env = "ETCDCTL_DEST_PASSWORD" if prefix else "ETCDCTL_PASSWORD"
-            log.warning(
-                "the %s password is given on the command line (--%s%s), where other users of this "
-                "host see it (ps, the unit file): use --%spassword-file or %s instead",
-                "destination" if prefix else "source",
-                prefix,
-                "password" if typed else "user USER:PASSWORD",
-                prefix,
-                env,
-            )
-    return user, password
-
-
-def source_config(kw: dict[str, Any]) -> ClientConfig:
-    ctx = click.get_current_context(silent=True)
-    given = ctx is not None and ctx.get_parameter_source("endpoints") not in (
-        None,
-        click.core.ParameterSource.DEFAULT,
-    )
-    etcdctl_compat.log_ignored(kw)
-    user, password = credentials(kw, "")
-    return ClientConfig.create(
-        etcdctl_compat.source_endpoints(kw, given),
-        cacert=kw["cacert"],
-        cert=kw["cert"],
-        key=kw["key"],
-        user=user,
-        password=password,
-        dial_timeout=kw["dial_timeout"],
-        request_timeout=kw["command_timeout"],
-        role="source",
-        flag_prefix="",
-        **etcdctl_compat.client_options(kw),
-    )
-
-
-def dest_config(dest: str, kw: dict[str, Any]) -> ClientConfig:
-    user, password = credentials(kw, "dest-")
-    return ClientConfig.create(
-        etcdctl_compat.dest_endpoints(dest, kw),
-        cacert=kw["dest_cacert"],
-        cert=kw["dest_cert"],
-        key=kw["dest_key"],
-        user=user,
-        password=password,
-        dial_timeout=kw["dial_timeout"],
-        request_timeout=kw["command_timeout"],
-        role="destination",
-        flag_prefix="dest-",
-        **etcdctl_compat.client_options(kw),
-    )
-
-
-def dest_prefix_of(kw: dict[str, Any]) -> bytes | None:
-    if kw["no_dest_prefix"] and kw["dest_prefix"] is not None:
-        raise click.UsageError("--dest-prefix and --no-dest-prefix exclude each other")
-    if kw["no_dest_prefix"]:
-        return b""
-    return None if kw["dest_prefix"] is None else _b(kw["dest_prefix"])
+# ---- flag values ------------------------------------------------------------------------------
 
 
 def byte_size(text: str, flag: str) -> float:
@@ -353,83 +140,6 @@ def duration(text: str, flag: str) -> float:
     if value < 0:
         raise click.UsageError(f"{flag} {text!r}: must not be negative")
     return value
-
-
-def warn_open_prefix(prefix: str) -> None:
-    """A prefix is a byte prefix: `/app` also takes `/apple/` and `/app2`. Said once, for every command
-    that takes --prefix (they all build their pair here)."""
-    if prefix and not prefix.endswith("/"):
-        log.warning(
-            "--prefix %r has no trailing '/': it also matches keys such as %r and %r, not only the "
-            "directory %r; give --prefix %r for the directory alone",
-            prefix,
-            prefix + "2",
-            prefix + "-old/",
-            prefix + "/",
-            prefix + "/",
-        )
-
-
-def pair_config(dest: str, kw: dict[str, Any], **options: Any) -> MirrorConfig:
-    """The source/destination pair and key mapping that mirror, verify and status share."""
-    warn_open_prefix(kw["prefix"])
-    return MirrorConfig(
-        source=source_config(kw),
-        dest=dest_config(dest, kw),
-        prefix=_b(kw["prefix"]),
-        dest_prefix=dest_prefix_of(kw),
-        excludes=tuple(_b(e) for e in kw["exclude"]),
-        ignore_keys_regex=kw["ignore_keys_regex"],
-        state_prefix=_b(kw["state_prefix"]),
-        **options,
-    )
-
-
-class Stopped(Interrupted):
-    """SIGINT (Ctrl-C), SIGTERM (systemd stopping the service) or SIGHUP (a closed terminal) ended the
-    command: exit 130, 143 or 129, the shell's convention, after the command's own cleanup."""
-
-    def __init__(self, signal_name: str) -> None:
-        import signal
-
-        super().__init__(signal_name, 128 + int(signal.Signals[signal_name]))
-
-
-def run_async(coro: Coroutine[Any, Any, Any], *, stop_ok: bool = False) -> Any:
-    """Run `coro`; SIGINT, SIGTERM and SIGHUP cancel it, so that its cleanup runs (the mirror releases its
-    lock at once instead of making a successor wait out the lock's TTL), then raise Stopped. With
-    `stop_ok` (the mirror daemon), SIGTERM and SIGHUP are its normal end and return None: systemd stops a
-    service with SIGTERM, and an exit code other than 0 would show the unit as failed."""
-
-    async def main() -> Any:
-        import signal
-
-        task = asyncio.ensure_future(coro)
-        loop = asyncio.get_running_loop()
-        received: list[str] = []
-
-        def stop(name: str) -> None:
-            if not received:
-                log.info("%s received: stopping", name)
-            received.append(name)
-            task.cancel()
-
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        for sig in signals:
-            loop.add_signal_handler(sig, stop, sig.name)
-        try:
-            return await task
-        except asyncio.CancelledError:
-            if not received:
-                raise
-            if stop_ok and received[0] != "SIGINT":
-                return None
-            raise Stopped(received[0]) from None
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-
-    return asyncio.run(main())
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -457,10 +167,7 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
 
 
 @cli.command()
-@click.argument("dest")
-@source_options
-@dest_options
-@prefix_options
+@pair_options
 @click.option(
     "--max-txn-ops",
     type=int,
@@ -475,7 +182,7 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
 @click.option("--leases", type=click.Choice(["mirror", "ignore"]), default="mirror", show_default=True)
 @click.option(
     "--timeout",
-    type=_POSITIVE,
+    type=POSITIVE,
     default=30.0,
     show_default=True,
     help="With --once: seconds an endpoint may be unreachable, or another mirror hold the lock.",
@@ -535,31 +242,47 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     show_default=True,
     help="Write a heartbeat on the source this often, for lag in seconds (0: never).",
 )
-def mirror(dest: str, **kw: Any) -> None:
+def mirror(
+    pair: PairOptions,
+    max_txn_ops: int,
+    rev: int | None,
+    once: bool,
+    leases: Literal["mirror", "ignore"],
+    timeout: float,
+    inflight: int,
+    max_delete_ratio: float,
+    lock_ttl: int,
+    allow_mass_delete: bool,
+    take_over: bool,
+    metrics_addr: str | None,
+    verify_every: str,
+    verify_rate: str,
+    foreign_writes: Literal["restore", "report", "ignore"],
+    fence_standby: bool,
+    heartbeat_interval: str,
+) -> None:
     """Continuously mirror SOURCE (--endpoints) into DEST, exactly once, resumable."""
     from .mirror import Mirror
 
-    config = pair_config(
-        dest,
-        kw,
-        max_txn_ops=kw["max_txn_ops"],
-        inflight=kw["inflight"],
-        start_revision=etcdctl_compat.make_mirror_rev(kw["rev"]),
-        once=kw["once"],
-        leases=kw["leases"],
-        timeout=kw["timeout"],
-        max_delete_ratio=kw["max_delete_ratio"],
-        allow_mass_delete=kw["allow_mass_delete"],
-        take_over=kw["take_over"],
-        lock_ttl=kw["lock_ttl"],
-        metrics_addr=kw["metrics_addr"],
+    config = pair.config(
+        max_txn_ops=max_txn_ops,
+        inflight=inflight,
+        start_revision=etcdctl_compat.make_mirror_rev(rev),
+        once=once,
+        leases=leases,
+        timeout=timeout,
+        max_delete_ratio=max_delete_ratio,
+        allow_mass_delete=allow_mass_delete,
+        take_over=take_over,
+        lock_ttl=lock_ttl,
+        metrics_addr=metrics_addr,
         verify_every=None
-        if kw["verify_every"].strip().lower() in ("off", "never")
-        else duration(kw["verify_every"], "--verify-every") or None,
-        verify_rate=byte_size(kw["verify_rate"], "--verify-rate"),
-        foreign_writes=kw["foreign_writes"],
-        fence_standby=kw["fence_standby"],
-        heartbeat_interval=duration(kw["heartbeat_interval"], "--heartbeat-interval"),
+        if verify_every.strip().lower() in ("off", "never")
+        else duration(verify_every, "--verify-every") or None,
+        verify_rate=byte_size(verify_rate, "--verify-rate"),
+        foreign_writes=foreign_writes,
+        fence_standby=fence_standby,
+        heartbeat_interval=duration(heartbeat_interval, "--heartbeat-interval"),
     )
     from .progress import with_copy_progress
 
@@ -571,7 +294,7 @@ def mirror(dest: str, **kw: Any) -> None:
             stack.enter_context(MetricsServer(config.metrics_addr, mirror.stats))
         try:
             # The daemon stops on SIGTERM (exit 0); a one-shot run stopped before its end did not do its job.
-            result = run_async(with_copy_progress(mirror.stats, mirror.run()), stop_ok=not config.once)
+            result = runner.run(with_copy_progress(mirror.stats, mirror.run()), stop_ok=not config.once)
         except Stopped:
             log.info("stopped at source revision %d applied", mirror.stats.applied_revision)
             raise
@@ -587,19 +310,18 @@ cli.add_command(mirror, "make-mirror")
 
 @cli.command()
 @check_options
-def verify(dest: str, as_json: bool, **kw: Any) -> None:
+def verify(pair: PairOptions, as_json: bool) -> None:
     """Compare SOURCE and DEST: exit 0 equal, 1 different, 2 error."""
-    from .errors import CheckFailed
     from .mirror.checkpoint import encode_key
     from .verify import verify as run_verify
 
-    config = pair_config(dest, kw)
+    config = pair.config()
 
     def show(kind: str, key: bytes) -> None:
         if not as_json:
             click.echo(f"{kind} {encode_key(key)}")
 
-    result = run_async(run_verify(config, on_difference=show))
+    result = runner.run(run_verify(config, on_difference=show))
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
@@ -626,20 +348,26 @@ def verify(dest: str, as_json: bool, **kw: Any) -> None:
     help="The moves fence with this command (not run here): etcd auth need not be on.",
 )
 @click.option("--no-fence", is_flag=True, help="The moves run with --no-fence: do not warn that auth is off.")
-def status(dest: str, as_json: bool, **kw: Any) -> None:
+def status(
+    pair: PairOptions,
+    as_json: bool,
+    max_lag_revisions: int,
+    max_lag: str,
+    fence_hook: str | None,
+    no_fence: bool,
+) -> None:
     """Both sites' health, roles, the mirror's lag, lock, health record and checkpoints: exit 0
     healthy, 1 degraded (each problem said), 2 usage error. A site that is down gets a DOWN row."""
-    from .errors import CheckFailed
     from .status import Limits
     from .status import status as run_status
 
-    config = pair_config(dest, kw)
+    config = pair.config()
     limits = Limits(
-        max_lag_revisions=kw["max_lag_revisions"],
-        max_lag_seconds=duration(kw["max_lag"], "--max-lag"),
-        fencing_without_auth=bool(kw["fence_hook"]) or kw["no_fence"],
+        max_lag_revisions=max_lag_revisions,
+        max_lag_seconds=duration(max_lag, "--max-lag"),
+        fencing_without_auth=bool(fence_hook) or no_fence,
     )
-    report = run_async(run_status(config, limits))
+    report = runner.run(run_status(config, limits))
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -658,25 +386,31 @@ def status(dest: str, as_json: bool, **kw: Any) -> None:
     show_default=True,
     help="Where etcd-dr keeps its own keys.",
 )
-@click.option("--dial-timeout", type=_POSITIVE, default=5.0, show_default=True, help="Seconds to connect.")
+@click.option("--dial-timeout", type=POSITIVE, default=5.0, show_default=True, help="Seconds to connect.")
 @click.option(
-    "--command-timeout", type=_POSITIVE, default=30.0, show_default=True, help="Seconds per request."
+    "--command-timeout", type=POSITIVE, default=30.0, show_default=True, help="Seconds per request."
 )
 @click.option("--remove", "remove_id", default=None, metavar="ID", help="Remove this checkpoint (its ID).")
 @click.option("--force", is_flag=True, help="With --remove: remove it even if its mirror is running.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
 def checkpoints(
-    dest: str, remove_id: str | None, force: bool, as_json: bool, state_prefix: str, **kw: Any
+    dest: str,
+    destination: DestOptions,
+    state_prefix: str,
+    dial_timeout: float,
+    command_timeout: float,
+    remove_id: str | None,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """The mirror checkpoints DEST holds: pair, revision, age, lock holder, live or stale; --remove one."""
     from .checkpoints import list_checkpoints, remove_checkpoint
-    from .errors import UsageError
     from .etcd import EtcdClient
 
     if force and remove_id is None:
         raise UsageError("--force goes with --remove ID")
-    config = dest_config(dest, kw)
-    sp = _b(state_prefix)
+    config = dest_config(dest, destination, dial_timeout=dial_timeout, command_timeout=command_timeout)
+    sp = arg_bytes(state_prefix)
 
     async def run() -> tuple[Any, list[Any]]:
         async with EtcdClient(config) as client:
@@ -685,7 +419,7 @@ def checkpoints(
                 removed = await remove_checkpoint(client, sp, remove_id, force=force)
             return removed, await list_checkpoints(client, sp)
 
-    removed, found = run_async(run())
+    removed, found = runner.run(run())
     if as_json:
         click.echo(
             json.dumps(
@@ -710,97 +444,6 @@ def checkpoints(
 # ---- moving the service between sites ----------------------------------------------------------
 
 
-def move_options(f: F) -> F:
-    """DEST, both clusters' flags, the mirror's key mapping, fencing, the clients' switch, --json."""
-    opts = [
-        click.option(
-            "--fence-hook", default=None, help="Command that fences (and lifts) writes, when not by auth."
-        ),
-        click.option("--no-fence", is_flag=True, help="Do not fence writes on the old primary (not safe)."),
-        click.option("--dns-server", default=None, help="DNS server for an RFC 2136 update, HOST[:PORT]."),
-        click.option("--dns-zone", default=None, help="The zone holding --dns-name."),
-        click.option("--dns-name", default=None, help="The name the clients use; its A/AAAA records move."),
-        click.option(
-            "--dns-tsig-key", default=None, help="TSIG key file (BIND format, as tsig-keygen writes)."
-        ),
-        click.option(
-            "--dns-ttl",
-            type=Duration(min_seconds=0, min_open=False, max_seconds=2**31 - 1, whole=True),
-            default=30,
-            show_default=True,
-            help="TTL of the new records (seconds, or 5m).",
-        ),
-        click.option(
-            "--dns-address",
-            multiple=True,
-            help="The name's new address (repeatable; default: the new primary's endpoint IPs).",
-        ),
-        click.option(
-            "--switch-hook", default=None, help="Command that points the clients at the new primary."
-        ),
-        click.option(
-            "--revision-margin",
-            type=int,
-            default=10_000,
-            show_default=True,
-            help="Raise the new primary's revision this far above the old primary's last known one.",
-        ),
-        click.option(
-            "--hook-timeout", type=_POSITIVE, default=60.0, show_default=True, help="Seconds per hook."
-        ),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines."),
-        click.option(
-            "--dry-run", is_flag=True, help="Run the checks and print the plan step by step; change nothing."
-        ),
-        click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    # No default endpoints: a move against a guessed address could promote a standby beside a healthy
-    # primary (issue 17, finding 1).
-    f = source_options(dest_options(prefix_options(f)), endpoints_default=None)
-    return click.argument("dest")(f)
-
-
-def move_config(dest: str, kw: dict[str, Any], **options: Any) -> Any:
-    from .failover.config import MoveConfig
-
-    if kw["no_fence"] and kw["fence_hook"]:
-        raise click.UsageError("--fence-hook and --no-fence exclude each other")
-    if kw["endpoints"] is None:
-        raise click.UsageError(
-            "--endpoints (or ETCDCTL_ENDPOINTS) is required: give the current primary's endpoints "
-            "(for failover, the old primary's, as its mirror read them); a move has no default"
-        )
-    pair = pair_config(dest, kw)
-    dns = None
-    dns_flags = ("dns_server", "dns_zone", "dns_name")
-    if any(kw[f] for f in dns_flags) or kw["dns_tsig_key"] or kw["dns_address"]:
-        from .failover.dns import DnsConfig, addresses_from_endpoints
-
-        dns = DnsConfig.create(
-            server=kw["dns_server"],
-            zone=kw["dns_zone"],
-            name=kw["dns_name"],
-            tsig_key_file=kw["dns_tsig_key"],
-            ttl=kw["dns_ttl"],
-        )
-        if not kw["dns_address"]:
-            # Checked now, so that a DEST given by name fails before anything is changed.
-            addresses_from_endpoints([str(e) for e in pair.dest.endpoints])
-    return MoveConfig(
-        pair=pair,
-        fence="none" if kw["no_fence"] else "hook" if kw["fence_hook"] else "auth",
-        fence_hook=kw["fence_hook"],
-        dns=dns,
-        dns_addresses=tuple(a for arg in kw["dns_address"] for a in arg.split(",") if a),
-        switch_hook=kw["switch_hook"],
-        revision_margin=kw["revision_margin"],
-        hook_timeout=kw["hook_timeout"],
-        **options,
-    )
-
-
 def show_result(result: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.to_json()))
@@ -810,45 +453,48 @@ def show_result(result: Any, as_json: bool) -> None:
 
 
 def run_move(
-    config: Any,
-    kw: dict[str, Any],
-    as_json: bool,
-    move: Callable[[Any], Coroutine[Any, Any, Any]],
-    plan: Callable[[Any], Coroutine[Any, Any, Any]],
+    config: MoveConfig,
+    options: MoveOptions,
+    move: Callable[[MoveConfig], Coroutine[Any, Any, Any]],
+    plan: Callable[[MoveConfig], Coroutine[Any, Any, Any]],
 ) -> None:
     """--dry-run: the plan only. On a terminal (stdin and stdout), the plan, then a confirmation
     unless --yes; scripts (no terminal) are never prompted."""
-    if kw["dry_run"]:
-        show_result(run_async(plan(config)), as_json)
+    as_json = options.as_json
+    if options.dry_run:
+        show_result(runner.run(plan(config)), as_json)
         return
-    if not kw["yes"] and sys.stdin.isatty() and sys.stdout.isatty():
-        steps = run_async(plan(config))
+    if not options.yes and sys.stdin.isatty() and sys.stdout.isatty():
+        steps = runner.run(plan(config))
         for line in steps.lines(dry_run=False):
             click.echo(line, err=as_json)
         if not click.confirm(f"{steps.move} now?", default=False, err=as_json):
-            from .errors import CheckFailed
-
             raise CheckFailed(f"{steps.move} not confirmed: nothing was changed (--yes skips the question)")
-    show_result(run_async(move(config)), as_json)
+    show_result(runner.run(move(config)), as_json)
 
 
 @cli.command()
 @move_options
 @click.option(
     "--catch-up-timeout",
-    type=_POSITIVE,
+    type=POSITIVE,
     default=30.0,
     show_default=True,
     help="Seconds the standby may take to apply the fenced primary's last revision.",
 )
 @click.option("--no-verify", is_flag=True, help="Do not compare the sites before the roles change.")
-def switchover(dest: str, as_json: bool, **kw: Any) -> None:
+def switchover(
+    pair: PairOptions,
+    move: MoveOptions,
+    catch_up_timeout: float,
+    no_verify: bool,
+) -> None:
     """Planned move: fence the primary (--endpoints), let DEST catch up, verify, swap the roles."""
     from .failover.switchover import plan_switchover
     from .failover.switchover import switchover as run_switchover
 
-    config = move_config(dest, kw, catch_up_timeout=kw["catch_up_timeout"], verify=not kw["no_verify"])
-    run_move(config, kw, as_json, run_switchover, plan_switchover)
+    config = move_config(pair, move, catch_up_timeout=catch_up_timeout, verify=not no_verify)
+    run_move(config, move, run_switchover, plan_switchover)
 
 
 @cli.command()
@@ -856,7 +502,7 @@ def switchover(dest: str, as_json: bool, **kw: Any) -> None:
 @click.option("--force", is_flag=True, help="Promote even if the primary answers and is healthy.")
 @click.option(
     "--probe-timeout",
-    type=_POSITIVE,
+    type=POSITIVE,
     default=3.0,
     show_default=True,
     help="Seconds to wait for the primary before calling it unreachable.",
@@ -868,19 +514,25 @@ def switchover(dest: str, as_json: bool, **kw: Any) -> None:
     show_default=True,
     help="At most this many revisions are added for what the old primary may have written unseen.",
 )
-def failover(dest: str, as_json: bool, **kw: Any) -> None:
+def failover(
+    pair: PairOptions,
+    move: MoveOptions,
+    force: bool,
+    probe_timeout: float,
+    max_revision_estimate: int,
+) -> None:
     """Unplanned move: promote DEST, the standby of the unreachable primary (--endpoints); report the RPO."""
     from .failover.failover import failover as run_failover
     from .failover.failover import plan_failover
 
     config = move_config(
-        dest,
-        kw,
-        force=kw["force"],
-        probe_timeout=kw["probe_timeout"],
-        max_revision_estimate=kw["max_revision_estimate"],
+        pair,
+        move,
+        force=force,
+        probe_timeout=probe_timeout,
+        max_revision_estimate=max_revision_estimate,
     )
-    run_move(config, kw, as_json, run_failover, plan_failover)
+    run_move(config, move, run_failover, plan_failover)
 
 
 @cli.command()
@@ -892,17 +544,21 @@ def failover(dest: str, as_json: bool, **kw: Any) -> None:
     help="Where the old primary's unreplicated writes are listed (JSON; default: a new file here).",
 )
 @click.option("--stay", is_flag=True, help="Keep the current primary; make DEST its standby and stop there.")
-@click.option("--catch-up-timeout", type=_POSITIVE, default=30.0, show_default=True)
-def failback(dest: str, as_json: bool, **kw: Any) -> None:
+@click.option("--catch-up-timeout", type=POSITIVE, default=30.0, show_default=True)
+def failback(
+    pair: PairOptions,
+    move: MoveOptions,
+    report: Path | None,
+    stay: bool,
+    catch_up_timeout: float,
+) -> None:
     """The old primary DEST is back: report its unreplicated writes, re-sync it from the primary
     (--endpoints), then switch back (unless --stay)."""
     from .failover.failback import failback as run_failback
     from .failover.failback import plan_failback
 
-    config = move_config(
-        dest, kw, report=kw["report"], stay=kw["stay"], catch_up_timeout=kw["catch_up_timeout"]
-    )
-    run_move(config, kw, as_json, run_failback, plan_failback)
+    config = move_config(pair, move, report=report, stay=stay, catch_up_timeout=catch_up_timeout)
+    run_move(config, move, run_failback, plan_failback)
 
 
 @cli.command()
@@ -915,7 +571,10 @@ def demo(keep: bool, etcd_version: str | None, verbose: bool) -> None:
     """Two local TLS clusters, the mirror between them, and the procedure narrated."""
     from .demo import run_demo
 
-    run_async(run_demo(lambda line: click.echo(line), keep=keep, version=etcd_version, verbose=verbose))
+    runner.run(
+        run_demo(lambda line: click.echo(line), keep=keep, version=etcd_version, verbose=verbose),
+        repeat_cancel=True,
+    )
 
 
 @cli.group()
@@ -1030,7 +689,7 @@ def pki_issue(
 )
 @click.option("--warn-days", type=int, default=30, show_default=True, help="Warn when fewer days are left.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (a certificate expiring soon).")
-@click.option("--dial-timeout", type=_POSITIVE, default=5.0, show_default=True, help="Seconds to connect.")
+@click.option("--dial-timeout", type=POSITIVE, default=5.0, show_default=True, help="Seconds to connect.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
 def pki_check(
     endpoints: str | None,
@@ -1046,7 +705,6 @@ def pki_check(
 ) -> None:
     """Check expiry, SANs and chain of endpoints' certificates (or files): exit 0 good, 1 problem, 2 error."""
     from . import pki_check as lib
-    from .errors import CheckFailed, UsageError
 
     if bool(endpoints) == bool(cert_files):
         raise UsageError("give --endpoints (check what members present) or --cert-file (check files)")
@@ -1107,41 +765,33 @@ def render_cmd(topology_file: Path, out: Path, force: bool) -> None:
 # ---- entry point -------------------------------------------------------------------------------
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    sys.stderr.flush()
-    print(f"etcd-dr: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def stopped(message: str, code: int) -> NoReturn:
-    """A signal ended the command: a plain line, not an error (the operator asked for it)."""
-    sys.stderr.flush()
-    print(f"etcd-dr: {message}", file=sys.stderr)
-    raise SystemExit(code)
+def exit_status(e: BaseException) -> tuple[str, int]:
+    """The line (after "etcd-dr: ") and the exit code for what ended a command: the one place where
+    errors become exit codes (each error's code is drawn in etcd_dr.errors)."""
+    if isinstance(e, click.ClickException):
+        return f"error: {e.format_message()}", 2
+    if isinstance(e, click.exceptions.Abort | KeyboardInterrupt):
+        # Ctrl-C outside an async command (a prompt, a certificate being written).
+        e = Stopped("SIGINT")
+    if isinstance(e, Stopped):
+        # A signal ended the command: a plain line, not an error (the operator asked for it).
+        return str(e), e.exit_code
+    if isinstance(e, EtcdDrError):
+        return f"error: {e}", e.exit_code
+    # A bug: say so in one line; the traceback goes to the debug log.
+    log.debug("unexpected error", exc_info=e)
+    return f"error: internal error: {type(e).__name__}: {e} (run with --log-level debug for details)", 2
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .pki import PkiError
-
     try:
         args = etcdctl_compat.normalize_argv(cli, sys.argv[1:] if argv is None else argv)
         cli.main(args=args, prog_name="etcd-dr", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:
         click.echo(e.ctx.get_help() if e.ctx else str(e))
         raise SystemExit(2) from None
-    except click.ClickException as e:
-        fail(e.format_message())
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        # Ctrl-C outside an async command (a prompt, a certificate being written).
-        stopped(str(Stopped("SIGINT")), 130)
-    except Interrupted as e:
-        stopped(str(e), e.exit_code)
-    except EtcdDrError as e:
-        fail(str(e), e.exit_code)
-    except EtcdError as e:
-        fail(str(e))
-    except PkiError as e:
-        fail(str(e))
-    except Exception as e:  # a bug: say so in one line; the traceback goes to the debug log
-        logging.getLogger("etcd_dr").debug("unexpected error", exc_info=True)
-        fail(f"internal error: {type(e).__name__}: {e} (run with --log-level debug for details)")
+    except (Exception, KeyboardInterrupt) as e:
+        line, code = exit_status(e)
+        sys.stderr.flush()
+        print(f"etcd-dr: {line}", file=sys.stderr)
+        raise SystemExit(code) from None

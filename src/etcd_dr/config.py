@@ -97,3 +97,37 @@ class MirrorConfig:
     @property
     def effective_dest_prefix(self) -> bytes:
         return self.prefix if self.dest_prefix is None else self.dest_prefix
+
+
+def mirror_argv(
+    config: MirrorConfig, *, program: str = "etcd-dr", always_state_prefix: bool = False
+) -> list[str]:
+    """The `etcd-dr mirror` command line that runs `config`'s pair: the one inverse of the CLI's flags
+    (the rendered mirror unit and the commands the moves print both come from here). Passwords are
+    left out: the mirror reads them from its env file, or the user gives them by env or flag.
+    `always_state_prefix`: --state-prefix even when it is the default (a unit file says it)."""
+
+    def text(b: bytes) -> str:
+        return b.decode("utf-8", "surrogateescape")  # as the CLI encodes argv (surrogateescape)
+
+    argv = [program, "mirror", config.dest.endpoints_text, "--endpoints", config.source.endpoints_text]
+    for flag_prefix, side in (("", config.source), ("dest-", config.dest)):
+        if side.tls is not None:
+            for flag, path in (("cacert", side.tls.cacert), ("cert", side.tls.cert), ("key", side.tls.key)):
+                if path is not None:
+                    argv += [f"--{flag_prefix}{flag}", str(path)]
+        if side.user:
+            argv += [f"--{flag_prefix}user", side.user]
+    if config.prefix:
+        argv += ["--prefix", text(config.prefix)]
+    if config.dest_prefix is not None:
+        argv += ["--dest-prefix", text(config.dest_prefix)] if config.dest_prefix else ["--no-dest-prefix"]
+    for e in config.excludes:
+        argv += ["--exclude", text(e)]
+    if config.ignore_keys_regex:
+        argv += ["--ignore-keys-regex", config.ignore_keys_regex]
+    if always_state_prefix or config.state_prefix != DEFAULT_STATE_PREFIX:
+        argv += ["--state-prefix", text(config.state_prefix)]
+    if config.metrics_addr:
+        argv += ["--metrics-addr", config.metrics_addr]
+    return argv

@@ -40,8 +40,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from . import runner
 from .config import MirrorConfig
-from .errors import CheckFailed, EtcdDrError, Interrupted, Refused, UsageError
+from .errors import CheckFailed, EtcdDrError, Refused, UsageError
 from .etcd import ClientConfig, EtcdClient, EtcdError, TLSError, TransientError, prefix_range_end
 from .failover.config import MoveConfig
 from .failover.failback import failback
@@ -276,48 +277,6 @@ class _Sites:
         self.stop(self.clusters)
 
 
-class Stopped(Interrupted):
-    """A signal ended the demo (after its cleanup): Ctrl-C, SIGTERM, or SIGHUP (a closed terminal)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name, 128 + signum)
-
-
-class _Signals:
-    """Ctrl-C, SIGTERM and SIGHUP cancel the demo's task, so that its cleanup ends every process and
-    removes every file before it exits. A cancel can be lost (a library that swallows one as a call
-    completes): until the cleanup has begun, the cancel is repeated."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    RETRY = 1.0
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self.cleaning = False
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-
-    def __enter__(self) -> _Signals:
-        for signum in self.SIGNALS:
-            self._loop.add_signal_handler(signum, self._on_signal, signum)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # Ctrl-C goes back to raising KeyboardInterrupt (asyncio.run's own handler was replaced).
-        for signum in self.SIGNALS:
-            self._loop.remove_signal_handler(signum)
-
-    def _on_signal(self, signum: int) -> None:
-        self.received.append(signum)
-        self._cancel()
-
-    def _cancel(self) -> None:
-        if self._task is None or self._task.done() or self.cleaning:
-            return
-        self._task.cancel()
-        self._loop.call_later(self.RETRY, self._cancel)
-
-
 # The narration's width: a terminal of 120 columns shows every line whole.
 WIDTH = 119
 _TLS_FLAG = re.compile(r" --(?:dest-)?(?:cacert|cert|key) \S+")
@@ -387,18 +346,11 @@ async def run_demo(
         binaries: EtcdBinaries = find(version)
     except EtcdNotFoundError as e:
         raise UsageError(f"--etcd-version {version}: {e}" if version else str(e)) from None
-    with _Signals() as signals:
-        try:
-            await _run(say, binaries, signals, keep=keep)
-        except asyncio.CancelledError:
-            if signals.received:
-                raise Stopped(signals.received[0]) from None
-            raise
-        if signals.received:  # every cancel was lost, and the demo ran to its end
-            raise Stopped(signals.received[0])
+    # Signals: the runner (cli runs the demo with repeat_cancel); its cleanup ends every process.
+    await _run(say, binaries, keep=keep)
 
 
-async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Signals, *, keep: bool) -> None:
+async def _run(say: Callable[[str], None], binaries: EtcdBinaries, *, keep: bool) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="etcd-dr-demo-"))
     data_root: Path | None = None
     sites = _Sites()
@@ -543,7 +495,7 @@ async def _run(say: Callable[[str], None], binaries: EtcdBinaries, signals: _Sig
                     say(f'   site {letter}: . {env} && "$ETCDCTL" get --prefix {PREFIX} --keys-only')
                 await asyncio.Event().wait()
     finally:
-        signals.cleaning = True
+        runner.cleanup_begins()
         try:
             for task in mirrors:
                 await _end_mirror(task)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import click
@@ -30,6 +30,7 @@ from .durations import Duration
 __all__ = [
     "ETCDCTL_FLAGS",
     "EtcdctlFlag",
+    "EtcdctlOptions",
     "check_api_env",
     "client_options",
     "dest_endpoints",
@@ -47,6 +48,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _TRUE = {"1", "t", "true"}
 _FALSE = {"0", "f", "false"}
+
+
+@dataclass(frozen=True)
+class EtcdctlOptions:
+    """The values of etcdctl's global flags beyond the connection ones (etcdctl_global_options)."""
+
+    keepalive_time: float | None = None
+    keepalive_timeout: float | None = None
+    insecure_transport: bool = True
+    discovery_srv: str | None = None
+    discovery_srv_name: str | None = None
+    insecure_discovery: bool = True
+    debug: bool = False
+    write_out: str | None = None
+    hex: bool = False
+    max_request_bytes: int | None = None
+    max_recv_bytes: int | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> EtcdctlOptions:
+        """Out of click's parameters (or any mapping of them): the flags not given keep their defaults."""
+        return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
 
 
 @dataclass(frozen=True)
@@ -363,15 +386,12 @@ def _secure(endpoints: str) -> str:
     return ",".join(e if "://" in e else f"https://{e}" for e in endpoints.split(",") if e.strip())
 
 
-def source_endpoints(kw: Mapping[str, Any], given: bool = True) -> str:
+def source_endpoints(endpoints: str, flags: EtcdctlOptions, given: bool = True) -> str:
     """The source's endpoints: --endpoints, or the SRV records of --discovery-srv."""
     check_api_env()
-    endpoints = str(kw["endpoints"])
-    domain = kw.get("discovery_srv")
+    domain = flags.discovery_srv
     if domain:
-        found = srv_endpoints(
-            domain, kw.get("discovery_srv_name"), secure_only=not kw.get("insecure_discovery", True)
-        )
+        found = srv_endpoints(domain, flags.discovery_srv_name, secure_only=not flags.insecure_discovery)
         if found:
             if given:
                 log.warning(
@@ -384,27 +404,30 @@ def source_endpoints(kw: Mapping[str, Any], given: bool = True) -> str:
             log.warning(
                 "--discovery-srv %s: no https endpoint found; using --endpoints %s", domain, endpoints
             )
-    if not kw.get("insecure_transport", True):
+    if not flags.insecure_transport:
         endpoints = _secure(endpoints)
     return endpoints
 
 
-def dest_endpoints(dest: str, kw: Mapping[str, Any]) -> str:
-    return dest if kw.get("dest_insecure_transport", True) else _secure(dest)
+def dest_endpoints(dest: str, insecure_transport: bool = True) -> str:
+    """DEST, with https:// where --dest-insecure-transport=false asks for TLS."""
+    return dest if insecure_transport else _secure(dest)
 
 
-def client_options(kw: Mapping[str, Any]) -> dict[str, Any]:
+def client_options(flags: EtcdctlOptions | Mapping[str, Any]) -> dict[str, Any]:
     """ClientConfig keyword arguments from the etcdctl flags given (both clusters use them, as in
     make-mirror, whose destination client takes the global keepalive settings)."""
+    if not isinstance(flags, EtcdctlOptions):
+        flags = EtcdctlOptions.from_params(flags)
     out: dict[str, Any] = {}
-    if kw.get("discovery_srv") and not kw.get("insecure_discovery", True):
+    if flags.discovery_srv and not flags.insecure_discovery:
         # etcdctl then verifies the source's certificates against the discovery domain (its TLS
         # ServerName), not against each SRV target's host name.
-        out["extra_options"] = (("grpc.ssl_target_name_override", str(kw["discovery_srv"]).rstrip(".")),)
-    if kw.get("keepalive_time") is not None:
-        out["keepalive_time"] = float(kw["keepalive_time"])
-    if kw.get("keepalive_timeout") is not None:
-        out["keepalive_timeout"] = float(kw["keepalive_timeout"])
+        out["extra_options"] = (("grpc.ssl_target_name_override", flags.discovery_srv.rstrip(".")),)
+    if flags.keepalive_time is not None:
+        out["keepalive_time"] = float(flags.keepalive_time)
+    if flags.keepalive_timeout is not None:
+        out["keepalive_timeout"] = float(flags.keepalive_timeout)
     return out
 
 
@@ -418,16 +441,16 @@ def make_mirror_rev(rev: int | None) -> int | None:
     return rev
 
 
-def log_ignored(kw: Mapping[str, Any]) -> None:
+def log_ignored(flags: EtcdctlOptions) -> None:
     """Say which accepted etcdctl flags have no effect here (nothing is dropped silently)."""
-    for key, flag, why in (
-        ("write_out", "--write-out", "etcd-dr logs; make-mirror printed only a count"),
-        ("hex", "--hex", "etcd-dr logs keys escaped, never raw"),
-        ("max_request_bytes", "--max-request-bytes", "etcd-dr sizes its txns by --max-txn-ops"),
-        ("max_recv_bytes", "--max-recv-bytes", "etcd-dr pages its reads"),
+    for value, flag, why in (
+        (flags.write_out, "--write-out", "etcd-dr logs; make-mirror printed only a count"),
+        (flags.hex, "--hex", "etcd-dr logs keys escaped, never raw"),
+        (flags.max_request_bytes, "--max-request-bytes", "etcd-dr sizes its txns by --max-txn-ops"),
+        (flags.max_recv_bytes, "--max-recv-bytes", "etcd-dr pages its reads"),
     ):
-        if kw.get(key):
-            log.info("%s %s: ignored (%s)", flag, kw[key] if kw[key] is not True else "", why)
+        if value:
+            log.info("%s %s: ignored (%s)", flag, value if value is not True else "", why)
 
 
 def srv_endpoints(

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .errors import EtcdDrError
+
 __all__ = [
     "KEY_TYPES",
     "PROFILES",
@@ -74,8 +76,8 @@ _DNS_RE = re.compile(
 _PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
-class PkiError(Exception):
-    """A certificate operation was refused; the message names the file / flag / value at fault."""
+class PkiError(EtcdDrError):
+    """A certificate operation was refused; the message names the file / flag / value at fault (exit 2)."""
 
     def __init__(self, message: str, *, path: Path | None = None) -> None:
         super().__init__(message)

@@ -42,7 +42,10 @@ from typing import Any
 import yaml
 
 from . import pki
+from .config import MirrorConfig
+from .config import mirror_argv as config_mirror_argv
 from .errors import UsageError
+from .etcd import ClientConfig, TLSConfig, parse_endpoints
 from .topology import Application, Member, Site, Topology, TopologyError, expand, is_ip
 
 __all__ = [
@@ -327,45 +330,34 @@ def mirror_argv(topology: Topology, host: str | None = None) -> list[str]:
     runs: primary -> standby. Credentials are not in it: the unit reads them from its env file."""
     src_name, dst_name = topology.primary, topology.standby
     src, dst = topology.sites[src_name], topology.sites[dst_name]
-    s_ca, s_cert, s_key = _client_paths(src_name, src)
-    d_ca, d_cert, d_key = _client_paths(dst_name, dst)
     m = topology.mirror
-    argv = [
-        m.etcd_dr_binary,
-        "mirror",
-        ",".join(client_endpoints(dst)),
-        "--endpoints",
-        ",".join(client_endpoints(src)),
-        "--cacert",
-        s_ca,
-        "--cert",
-        s_cert,
-        "--key",
-        s_key,
-        "--dest-cacert",
-        d_ca,
-        "--dest-cert",
-        d_cert,
-        "--dest-key",
-        d_key,
-    ]
-    if m.prefix:
-        argv += ["--prefix", m.prefix]
-    if m.dest_prefix is not None:
-        if m.dest_prefix == "":
-            if m.prefix:
-                argv.append("--no-dest-prefix")
-        elif m.dest_prefix != m.prefix:
-            argv += ["--dest-prefix", m.dest_prefix]
-    for e in m.exclude:
-        argv += ["--exclude", e]
-    argv += ["--state-prefix", m.state_prefix]
+    prefix = m.prefix.encode("utf-8", "surrogateescape")
+    dest_prefix = None if m.dest_prefix is None else m.dest_prefix.encode("utf-8", "surrogateescape")
+    if dest_prefix == prefix or (dest_prefix == b"" and not prefix):
+        dest_prefix = None  # the keys keep their names: nothing to say
     addr = metrics_addr(topology, host if host is not None else topology.mirror_host)
     # The topology's own --metrics-addr (in extra_args) wins: a flag given twice is refused.
-    if addr is not None and not any(a.split("=", 1)[0] == "--metrics-addr" for a in m.extra_args):
-        argv += ["--metrics-addr", addr]
-    argv += m.extra_args
-    return argv
+    if any(a.split("=", 1)[0] == "--metrics-addr" for a in m.extra_args):
+        addr = None
+    config = MirrorConfig(
+        source=_mirror_client(src_name, src),
+        dest=_mirror_client(dst_name, dst),
+        prefix=prefix,
+        dest_prefix=dest_prefix,
+        excludes=tuple(e.encode("utf-8", "surrogateescape") for e in m.exclude),
+        state_prefix=m.state_prefix.encode("utf-8", "surrogateescape"),
+        metrics_addr=addr,
+    )
+    return config_mirror_argv(config, program=m.etcd_dr_binary, always_state_prefix=True) + m.extra_args
+
+
+def _mirror_client(site_name: str, site: Site) -> ClientConfig:
+    """The mirror's client of `site` as the unit names it (the files are not read here)."""
+    ca, cert, key = _client_paths(site_name, site)
+    return ClientConfig(
+        endpoints=tuple(parse_endpoints(client_endpoints(site))),
+        tls=TLSConfig(cacert=Path(ca), cert=Path(cert), key=Path(key)),
+    )
 
 
 def mirror_unit_path(topology: Topology, host: str) -> PurePosixPath:

@@ -6,9 +6,11 @@ names the endpoint (and, for TLS, the file) involved, so the CLI can print it as
 
 from __future__ import annotations
 
+from ..errors import EtcdDrError
 
-class EtcdError(Exception):
-    """Base of all client errors."""
+
+class EtcdError(EtcdDrError):
+    """Base of all client errors (exit code 2): a branch of etcd-dr's one error tree (etcd_dr.errors)."""
 
     def __init__(self, message: str, *, endpoint: str | None = None) -> None:
         super().__init__(message)

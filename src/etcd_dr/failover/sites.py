@@ -8,7 +8,7 @@ import logging
 import shlex
 from dataclasses import dataclass
 
-from ..config import DEFAULT_STATE_PREFIX, MirrorConfig
+from ..config import MirrorConfig, mirror_argv
 from ..errors import EtcdDrError, Refused
 from ..etcd import ClientConfig, EtcdClient, Event, Status, TransientError, prefix_range_end
 from ..mirror.checkpoint import Checkpoint
@@ -105,28 +105,7 @@ async def events_between(
 
 def mirror_command(pair: MirrorConfig) -> str:
     """The `etcd-dr mirror` command line for `pair` (passwords left out: give them by env or flag)."""
-    words = ["etcd-dr", "mirror", pair.dest.endpoints_text, "--endpoints", pair.source.endpoints_text]
-    for prefix, cfg in (("", pair.source), ("dest-", pair.dest)):
-        if cfg.tls is not None:
-            for flag, path in (("cacert", cfg.tls.cacert), ("cert", cfg.tls.cert), ("key", cfg.tls.key)):
-                if path is not None:
-                    words += [f"--{prefix}{flag}", str(path)]
-        if cfg.user:
-            words += [f"--{prefix}user", cfg.user]
-    if pair.prefix:
-        words += ["--prefix", pair.prefix.decode("utf-8", "surrogateescape")]
-    if pair.dest_prefix is not None:
-        if pair.dest_prefix:
-            words += ["--dest-prefix", pair.dest_prefix.decode("utf-8", "surrogateescape")]
-        else:
-            words.append("--no-dest-prefix")
-    for e in pair.excludes:
-        words += ["--exclude", e.decode("utf-8", "surrogateescape")]
-    if pair.ignore_keys_regex:
-        words += ["--ignore-keys-regex", pair.ignore_keys_regex]
-    if pair.state_prefix != DEFAULT_STATE_PREFIX:
-        words += ["--state-prefix", pair.state_prefix.decode("utf-8", "surrogateescape")]
-    return shlex.join(words)
+    return shlex.join(mirror_argv(pair))
 
 
 def reversed_pair(pair: MirrorConfig) -> MirrorConfig:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..aio import cancel_and_wait
 from ..config import MirrorConfig
-from ..errors import Fenced, MassDeleteRefused, Refused, UsageError
+from ..errors import Fenced, LeaseLost, MassDeleteRefused, Refused, UsageError
 from ..etcd import (
     AuthError,
     CompactedError,
@@ -51,7 +51,7 @@ from .foreign import ForeignWatch, ForeignWrite, restore_foreign
 from .health import HealthRecord, health_key
 from .health import VerifyResult as VerifyRecord
 from .keys import KeyMapper, ranges_overlap
-from .leases import LeaseLost, LeaseMirror
+from .leases import LeaseMirror
 from .lock import MirrorLock
 from .replay import Replayer
 from .sourceguard import guard_one_source

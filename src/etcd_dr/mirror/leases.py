@@ -64,11 +64,6 @@ REGISTRY_TXN_OPS = 100
 POLL_INTERVAL = 1.0
 
 
-class LeaseLost(EtcdError):
-    """A destination lease expired while its source lease lives: its keys are gone from the destination
-    and a re-sync must restore them."""
-
-
 async def _each(fn: Callable[[int], Awaitable[T]], leases: Sequence[int], limit: int = INFLIGHT) -> list[T]:
     """fn(lease) for every lease, at most `limit` in flight: following thousands of leases across a
     distance must not cost one round trip per lease one after the other."""
