@@ -49,13 +49,13 @@ from .failover.failover import failover
 from .failover.roles import read_role
 from .failover.sites import mirror_command, reversed_pair
 from .failover.switchover import SwitchoverResult, switchover
+from .local.acked import AckedWriter
+from .local.binaries import EtcdBinaries, EtcdNotFoundError, find
+from .local.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError, free_ports
+from .local.tls import TLSFiles
 from .metrics import health
 from .mirror import Mirror
 from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
-from .testing.acked import AckedWriter
-from .testing.binaries import EtcdBinaries, EtcdNotFoundError, find
-from .testing.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError, free_ports
-from .testing.tls import TLSFiles
 from .topology import Topology, expand, load_topology
 from .verify import verify
 

@@ -281,7 +281,7 @@ def _apparmor_note(named: Path) -> str:
         if line.startswith(str(named)) and "enforce" in line:
             return (
                 f"; AppArmor enforces a profile on {named}, which may forbid reading a config from a "
-                f"temporary directory (see the etcd_dr.testing.bind docstring)"
+                f"temporary directory (see the harness.bind docstring)"
             )
     return ""
 

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, Self
 
 import yaml
 
-from etcd_dr.testing.binaries import EtcdBinaries
+from etcd_dr.local.binaries import EtcdBinaries
 
 if TYPE_CHECKING:
-    from etcd_dr.testing.tls import ClusterTLS, TLSFiles
+    from etcd_dr.local.tls import ClusterTLS, TLSFiles
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -216,7 +216,7 @@ class EtcdCluster:
     etcdctl() authenticates as that user.
 
     To run the members elsewhere than on loopback, e.g. in a network namespace (see
-    etcd_dr.testing.netns): `command_prefix` goes before etcd's command line (["ip", "netns", "exec",
+    harness.netns): `command_prefix` goes before etcd's command line (["ip", "netns", "exec",
     NS]; it must exec etcd, so that the PID is etcd's), `host` is the address the members are reached at
     (from here, and advertised), and `listen_host` the one they bind ("0.0.0.0": every address of their
     namespace). Ports are still picked free on this host's loopback.
