@@ -1,8 +1,9 @@
 """Real etcd clusters on loopback, for the tests, `etcd-dr demo` and the benchmarks.
 
 Each member is a real etcd process on free 127.0.0.1 ports with its own data dir (on /dev/shm when
-there is one: tests then never wait on a disk). Processes are tracked by PID and ended by PID; an
-atexit hook stops whatever a crashed caller left running.
+there is one: tests then never wait on a disk). Processes are tracked by PID and ended by PID; a
+running cluster is registered in etcd_dr.local.resources, whose exit hook stops it if a crashed caller
+did not.
 
 `EtcdCluster.from_config_files` runs members from etcd configuration files instead (`etcd
 --config-file FILE`, e.g. the files `etcd-dr render` writes), with the same process control.
@@ -11,7 +12,6 @@ atexit hook stops whatever a crashed caller left running.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import json
 import os
@@ -21,7 +21,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import yaml
 
+from etcd_dr.local import resources
 from etcd_dr.local.binaries import EtcdBinaries
 
 if TYPE_CHECKING:
@@ -160,20 +160,6 @@ class Member:
         except OSError:
             return "(no log)"
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
-# Every cluster with live processes, so the atexit hook can end them if the caller never did.
-_LIVE: set[EtcdCluster] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    with _LIVE_LOCK:
-        leftovers = list(_LIVE)
-    for cluster in leftovers:
-        with contextlib.suppress(Exception):
-            cluster.stop()
 
 
 def free_ports(count: int) -> list[int]:
@@ -354,8 +340,7 @@ class EtcdCluster:
                 dir=str(self._base_dir_arg) if self._base_dir_arg else _base_tmpdir(),
             )
         )
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+        resources.track(self, f"etcd cluster {self.name} in {self.base_dir}", self.stop)
         try:
             # Ports from configuration files are fixed: another attempt would clash again.
             attempts = 1 if self._config_members else _PORT_ATTEMPTS
@@ -413,9 +398,8 @@ class EtcdCluster:
             self._terminate(self.members)
         finally:
             if self.base_dir is not None:
-                shutil.rmtree(self.base_dir, ignore_errors=True)
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
+                resources.remove_dir(self.base_dir)
+            resources.untrack(self)
 
     def __enter__(self) -> Self:
         if not self._started:
