@@ -11,6 +11,9 @@ the product, the mirror between them, and the source procedure narrated step by 
 then writes, a member killed and restarted, and `verify`.
 
 It ends every process it started and removes its files on any exit, Ctrl-C included.
+
+The code follows the story, one step per function or method: _Demo tells steps 1-9 (and --keep),
+_Moves steps 10-18 (switchover, failover, failback).
 """
 
 from __future__ import annotations
