@@ -7,7 +7,7 @@ Starts fresh single-member source and destination clusters; a process of its own
 it grants LEASES leases of TTL seconds on the source with one key each (a service registry) and keeps
 every one of them alive at a third of the TTL, straight to the source (8 keepalive streams).
 `etcd-dr mirror` runs as a subprocess where `render` puts it, next to the destination, with the source
-behind the delay proxy (testing/proxy.py, RTT-MS round trip). Measured:
+behind the delay proxy (tests/harness/proxy.py, RTT-MS round trip). Measured:
 
   - copy: the time until every leased key is on the destination under a live lease;
   - hold: for HOLD seconds after it, the destination's leased keys counted every 2 s (the least count
@@ -36,11 +36,12 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from harness.mirrorproc import MirrorProcess
+from harness.proxy import FaultProxy
+
 from etcd_dr.etcd import ClientConfig, EtcdClient, EtcdError, Put, prefix_range_end
-from etcd_dr.testing.binaries import find
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.mirrorproc import MirrorProcess
-from etcd_dr.testing.proxy import FaultProxy
+from etcd_dr.local.binaries import find
+from etcd_dr.local.cluster import EtcdCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = b"/bench/leases/"

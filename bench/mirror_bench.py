@@ -45,11 +45,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.proxy import FaultProxy
+
 from etcd_dr.etcd import ClientConfig, EtcdClient, Put, prefix_range_end
-from etcd_dr.testing import binaries as etcd_binaries
-from etcd_dr.testing.binaries import EtcdBinaries
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.proxy import FaultProxy
+from etcd_dr.local import binaries as etcd_binaries
+from etcd_dr.local.binaries import EtcdBinaries
+from etcd_dr.local.cluster import EtcdCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from etcd_dr.testing import binaries as etcd_binaries
+from etcd_dr.local import binaries as etcd_binaries
 
 from .mirror_bench import (
     DATA,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from etcd_dr.etcd import ClientConfig, EtcdClient
 from etcd_dr.failover.revision import raise_revision
-from etcd_dr.testing.binaries import find
-from etcd_dr.testing.cluster import EtcdCluster
+from etcd_dr.local.binaries import find
+from etcd_dr.local.cluster import EtcdCluster
 
 STATE = b"/etcd-dr/"
 

@@ -18,9 +18,9 @@ import time
 
 from etcd_dr import ClientConfig, MirrorConfig
 from etcd_dr.etcd import EtcdClient, Put
+from etcd_dr.local.binaries import find
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.testing.binaries import find
-from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.verify import verify
 
 

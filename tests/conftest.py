@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from etcd_dr.testing.binaries import ENV_VAR, EtcdBinaries, EtcdNotFoundError, find_all, matches
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.tls import make_cluster_tls
+from etcd_dr.local.binaries import ENV_VAR, EtcdBinaries, EtcdNotFoundError, find_all, matches
+from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.local.tls import make_cluster_tls
 
 _SELECTED = pytest.StashKey[list[EtcdBinaries]]()
 _FOUND = pytest.StashKey[list[EtcdBinaries]]()

@@ -12,9 +12,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from etcd_dr.testing.clirun import etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.mirroring import connect, dump, wait_equal
+from harness.clirun import etcd_dr
+from harness.mirroring import connect, dump, wait_equal
+
+from etcd_dr.local.cluster import EtcdCluster
 
 Factory = Callable[..., EtcdCluster]
 

@@ -22,11 +22,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from harness.clirun import assert_refused, etcd_dr, etcd_dr_sync, tls_flags
 
-from etcd_dr.testing.binaries import EtcdBinaries
-from etcd_dr.testing.clirun import assert_refused, etcd_dr, etcd_dr_sync, tls_flags
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.tls import ClusterTLS, TLSFiles, make_cluster_tls
+from etcd_dr.local.binaries import EtcdBinaries
+from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.local.tls import ClusterTLS, TLSFiles, make_cluster_tls
 
 
 def expired_client(ca_dir: Path) -> TLSFiles:

@@ -17,11 +17,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from harness.clirun import assert_refused, etcd_dr_sync
+from harness.seed import cfssl_gencert, cfssl_path, write_seed_json
 
 from etcd_dr import pki
 from etcd_dr.pki import PkiError
-from etcd_dr.testing.clirun import assert_refused, etcd_dr_sync
-from etcd_dr.testing.seed import cfssl_gencert, cfssl_path, write_seed_json
 
 needs_cfssl = pytest.mark.skipif(cfssl_path() is None, reason="cfssl/cfssljson not installed (golang-cfssl)")
 

@@ -10,13 +10,14 @@ import json
 import time
 from collections.abc import Callable
 
+from harness.clirun import assert_refused, etcd_dr
+from harness.mirroring import connect, pair_config, running
+
 from etcd_dr.checkpoints import CheckpointInfo, choose_live
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key, lock_key
 from etcd_dr.mirror.health import HealthRecord, health_key
-from etcd_dr.testing.clirun import assert_refused, etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.mirroring import connect, pair_config, running
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.clirun import assert_refused, etcd_dr, tls_flags
+
 from etcd_dr.etcd import ClientConfig, EtcdClient
-from etcd_dr.testing.clirun import assert_refused, etcd_dr, tls_flags
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.tls import make_cluster_tls
+from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.local.tls import make_cluster_tls
 
 Factory = Callable[..., EtcdCluster]
 

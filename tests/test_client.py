@@ -51,9 +51,9 @@ from etcd_dr.etcd import (
     parse_endpoint,
     prefix_range_end,
 )
-from etcd_dr.testing.binaries import EtcdBinaries
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.tls import ClusterTLS, make_cluster_tls
+from etcd_dr.local.binaries import EtcdBinaries
+from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.local.tls import ClusterTLS, make_cluster_tls
 
 EQ = CompareResult.EQUAL
 NE = CompareResult.NOT_EQUAL

@@ -9,9 +9,10 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.clirun import Run, assert_refused, etcd_dr
+
 from etcd_dr.etcd import ClientConfig, EtcdClient
-from etcd_dr.testing.clirun import Run, assert_refused, etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster
+from etcd_dr.local.cluster import EtcdCluster
 
 Factory = Callable[..., EtcdCluster]
 APP = "/app/"

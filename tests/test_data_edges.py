@@ -12,16 +12,16 @@ import logging
 from collections.abc import Callable
 
 import pytest
+from harness.clirun import assert_refused, etcd_dr
+from harness.history import check_exactly_once
+from harness.mirroring import connect, dump, pair_config, running, wait_equal
 
 from etcd_dr.config import MirrorConfig
 from etcd_dr.etcd import Delete, EtcdClient, Put
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.testing.clirun import assert_refused, etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.history import check_exactly_once
-from etcd_dr.testing.mirroring import connect, dump, pair_config, running, wait_equal
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"

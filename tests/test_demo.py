@@ -326,3 +326,20 @@ def test_narration_names_sites_and_verbose_keeps_commands_whole() -> None:
             and out[-1][8] != " "
             and all(len(line) <= WIDTH for line in out[-2:])
         )
+
+
+def test_every_function_of_the_demo_is_one_step_of_at_most_60_lines() -> None:
+    """The demo is read as its story: one step per function or method, none longer than a screen."""
+    import ast
+
+    import etcd_dr.demo
+
+    source = Path(etcd_dr.demo.__file__).read_text(encoding="utf-8")
+    functions = [
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
+    assert len(functions) > 30  # the walk found the demo's functions
+    long = {f"{f.name} (line {f.lineno})": f.end_lineno - f.lineno + 1 for f in functions if f.end_lineno}
+    assert {name: n for name, n in long.items() if n > 60} == {}

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from harness.mirroring import connect, dump, pair_config, wait_equal
 
 from etcd_dr.config import MirrorConfig
 from etcd_dr.etcd import EtcdClient
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.metrics import MetricsServer
 from etcd_dr.mirror import Mirror
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.mirroring import connect, dump, pair_config, wait_equal
 from etcd_dr.verify import verify
 
 Factory = Callable[..., EtcdCluster]

@@ -10,14 +10,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.history import check_exactly_once
+from harness.mirroring import connect, wait_equal
+from harness.mirrorproc import MirrorProcess, measure_lag, wait_caught_up
+from harness.proxy import FaultProxy
+
 from etcd_dr.etcd import EtcdClient
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.history import check_exactly_once
-from etcd_dr.testing.mirroring import connect, wait_equal
-from etcd_dr.testing.mirrorproc import MirrorProcess, measure_lag, wait_caught_up
-from etcd_dr.testing.proxy import FaultProxy
 
 STATE = b"/etcd-dr/"
 PREFIX = b"/app/"

@@ -15,6 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.bind import (
+    BindServer,
+    bind_server,
+    ipv6_loopback_usable,
+    key_text,
+    named_unavailable_reason,
+    new_tsig_secret,
+)
 
 from etcd_dr.errors import EtcdDrError, UsageError
 from etcd_dr.failover.dns import (
@@ -25,14 +33,6 @@ from etcd_dr.failover.dns import (
     switch_name,
 )
 from etcd_dr.failover.hooks import HookFailed, run_hook
-from etcd_dr.testing.bind import (
-    BindServer,
-    bind_server,
-    ipv6_loopback_usable,
-    key_text,
-    named_unavailable_reason,
-    new_tsig_secret,
-)
 
 ZONE = "dr.test."
 RECORDS = {

@@ -24,10 +24,10 @@ from etcd_dr.failover.failover import failover
 from etcd_dr.failover.roles import read_role, write_role
 from etcd_dr.failover.sites import reversed_pair
 from etcd_dr.failover.switchover import switchover
+from etcd_dr.local.acked import AckedWriter
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.status import status as mirror_status
-from etcd_dr.testing.acked import AckedWriter
-from etcd_dr.testing.cluster import EtcdCluster
 
 STATE = b"/etcd-dr/"
 APP = b"/app/"

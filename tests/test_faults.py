@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from harness.clirun import assert_refused, etcd_dr
+from harness.history import check_against_acks, check_exactly_once
+from harness.mirroring import connect, dump, pair_config, running, wait_equal
+from harness.workload import Acked, Workload
+
 from etcd_dr.etcd import Put
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.testing.clirun import assert_refused, etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.history import check_against_acks, check_exactly_once
-from etcd_dr.testing.mirroring import connect, dump, pair_config, running, wait_equal
-from etcd_dr.testing.workload import Acked, Workload
 
 STATE = b"/etcd-dr/"
 APP = b"/app/"

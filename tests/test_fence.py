@@ -25,7 +25,7 @@ from etcd_dr.failover.fence import (
     read_fence,
     unfence_writes,
 )
-from etcd_dr.testing.cluster import EtcdCluster
+from etcd_dr.local.cluster import EtcdCluster
 
 SP = DEFAULT_STATE_PREFIX
 ROOT_AUTH = ("root", "rootpw")

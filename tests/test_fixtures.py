@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from harness.proxy import FaultProxy
 
-from etcd_dr.testing import cluster as cluster_module
-from etcd_dr.testing.binaries import EtcdBinaries, EtcdNotFoundError, find, find_all
-from etcd_dr.testing.cluster import EtcdCluster, EtcdctlError
-from etcd_dr.testing.proxy import FaultProxy
+from etcd_dr.local import cluster as cluster_module
+from etcd_dr.local.binaries import EtcdBinaries, EtcdNotFoundError, find, find_all
+from etcd_dr.local.cluster import EtcdCluster, EtcdctlError
 
 EtcdClusterFactory = Callable[..., EtcdCluster]
 

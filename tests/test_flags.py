@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 import pytest
 from cryptography import x509
+from harness.clirun import assert_refused, etcd_dr_sync
 
 from etcd_dr.cli import OneValueCommand, OneValueGroup, cli
-from etcd_dr.testing.clirun import assert_refused, etcd_dr_sync
 
 
 def commands(

@@ -11,15 +11,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.history import check_exactly_once
+from harness.mirrorproc import MirrorProcess
+from harness.workload import Workload
+
 from etcd_dr import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient, prefix_range_end
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
 from etcd_dr.status import status as mirror_status
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.history import check_exactly_once
-from etcd_dr.testing.mirrorproc import MirrorProcess
-from etcd_dr.testing.workload import Workload
 
 STATE = b"/etcd-dr/"
 TTL = 2

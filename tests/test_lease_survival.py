@@ -15,13 +15,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from harness.clirun import etcd_dr
+from harness.mirroring import connect, pair_config, running
+from harness.mirrorproc import MirrorProcess
+from harness.proxy import FaultProxy
 
 from etcd_dr.etcd import ClientConfig, EtcdClient, EtcdError, prefix_range_end
-from etcd_dr.testing.clirun import etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.mirroring import connect, pair_config, running
-from etcd_dr.testing.mirrorproc import MirrorProcess
-from etcd_dr.testing.proxy import FaultProxy
+from etcd_dr.local.cluster import EtcdCluster
 
 Factory = Callable[..., EtcdCluster]
 SVC = b"/svc/"

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from harness.mirroring import running
+
 from etcd_dr import ClientConfig, MirrorConfig
 from etcd_dr.etcd import EtcdClient
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.mirroring import running
 
 Factory = Callable[..., EtcdCluster]
 

@@ -12,8 +12,8 @@ import pytest
 from etcd_dr import ClientConfig, MirrorConfig
 from etcd_dr.errors import MassDeleteRefused
 from etcd_dr.etcd import Delete, EtcdClient, Put, prefix_range_end
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.testing.cluster import EtcdCluster
 
 Factory = Callable[..., EtcdCluster]
 

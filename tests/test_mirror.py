@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.history import check_exactly_once
+from harness.mirroring import connect, dump, mapped, pair_config, running, wait_equal
+from harness.workload import Workload
 
 from etcd_dr import ClientConfig, Mirror, MirrorConfig
 from etcd_dr.errors import Refused
 from etcd_dr.etcd import Delete, EtcdClient, Put, prefix_range_end
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.history import check_exactly_once
-from etcd_dr.testing.mirroring import connect, dump, mapped, pair_config, running, wait_equal
-from etcd_dr.testing.workload import Workload
 
 STATE = b"/etcd-dr/"
 cfg = pair_config
@@ -327,7 +327,7 @@ async def test_delete_workload_with_prefix_deletes_and_txn_deletes(etcd_cluster_
 
 
 async def test_dropped_connections_on_both_sides(etcd_cluster_factory: Factory) -> None:
-    from etcd_dr.testing.proxy import FaultProxy
+    from harness.proxy import FaultProxy
 
     src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
     with FaultProxy.to(src.endpoints[0]) as sp, FaultProxy.to(dst.endpoints[0]) as dp:
@@ -385,7 +385,7 @@ async def test_destination_leader_killed(etcd_cluster_factory: Factory) -> None:
 async def test_replay_behind_groups_up_to_max_txn_ops(etcd_cluster_factory: Factory) -> None:
     """Over a slow link, single-key revisions (one watch response each) pile up while a txn is in
     flight: the next txn takes up to --max-txn-ops of them, not one per queued watch response."""
-    from etcd_dr.testing.proxy import FaultProxy
+    from harness.proxy import FaultProxy
 
     src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
     with FaultProxy.to(dst.endpoints[0]) as dp:

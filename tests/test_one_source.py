@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from harness.clirun import assert_refused, etcd_dr
+from harness.mirroring import connect, dump, pair_config, running
+
 from etcd_dr.etcd import EtcdClient
 from etcd_dr.failover.events import recent_events
 from etcd_dr.failover.roles import read_role
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.checkpoint import Checkpoint
-from etcd_dr.testing.clirun import assert_refused, etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.mirroring import connect, dump, pair_config, running
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"

@@ -12,15 +12,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.history import check_exactly_once
+from harness.mirroring import connect, wait_equal
+from harness.mirrorproc import MirrorProcess, read_checkpoint, wait_caught_up
+from harness.netns import NetnsUnavailable, TwoSites
+from harness.workload import Workload
 
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.history import check_exactly_once
-from etcd_dr.testing.mirroring import connect, wait_equal
-from etcd_dr.testing.mirrorproc import MirrorProcess, read_checkpoint, wait_caught_up
-from etcd_dr.testing.netns import NetnsUnavailable, TwoSites
-from etcd_dr.testing.workload import Workload
 
 pytestmark = pytest.mark.netns
 

@@ -1,4 +1,4 @@
-"""etcd_dr.pki and etcd_dr.testing.tls: certificate contents, file handling, refusals, and real use
+"""etcd_dr.pki and etcd_dr.local.tls: certificate contents, file handling, refusals, and real use
 (an `ssl` handshake, and etcd 3.4 itself accepting / refusing the certificates)."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from etcd_dr import pki
+from etcd_dr.local.tls import ClusterTLS, TLSFiles, make_cluster_tls
 from etcd_dr.pki import PkiError
-from etcd_dr.testing.tls import ClusterTLS, TLSFiles, make_cluster_tls
 
 ETCD = Path("/usr/bin/etcd")
 ETCDCTL = Path("/usr/bin/etcdctl")

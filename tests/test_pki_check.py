@@ -18,14 +18,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from harness.clirun import etcd_dr_sync as etcd_dr
 
 from etcd_dr import pki
 from etcd_dr.errors import UsageError
+from etcd_dr.local.binaries import EtcdBinaries
+from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.local.tls import ClusterTLS, TLSFiles, make_cluster_tls
 from etcd_dr.pki_check import check_endpoints, check_files, host_in_sans
-from etcd_dr.testing.binaries import EtcdBinaries
-from etcd_dr.testing.clirun import etcd_dr_sync as etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.tls import ClusterTLS, TLSFiles, make_cluster_tls
 
 
 def cluster_tls(directory: Path, *, server_days: int, hosts: tuple[str, ...]) -> ClusterTLS:

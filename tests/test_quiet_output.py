@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.clirun import ERROR_PREFIX, GRPC_LOG_LINE, assert_refused, etcd_dr_sync, tls_flags
+
+from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.local.tls import make_cluster_tls
 from etcd_dr.logs import RepeatFilter
-from etcd_dr.testing.clirun import ERROR_PREFIX, GRPC_LOG_LINE, assert_refused, etcd_dr_sync, tls_flags
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.tls import make_cluster_tls
 
 GRPC_INTERNALS = ("ipv4:", "ipv6:", "UNKNOWN:", "TSI_", "SSL routines", "OPENSSL_internal", ": OK")
 

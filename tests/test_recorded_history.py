@@ -14,16 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from harness.history import check_against_acks, check_exactly_once
+from harness.proxy import FaultProxy
+from harness.workload import Workload
 
 from etcd_dr import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient, Put, prefix_range_end
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.history import check_against_acks, check_exactly_once
-from etcd_dr.testing.proxy import FaultProxy
-from etcd_dr.testing.workload import Workload
 
 STATE = b"/etcd-dr/"
 APP = b"/app/"

@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
+from harness.clirun import etcd_dr_sync as etcd_dr
 
 from etcd_dr.cli import main as cli_main
 from etcd_dr.etcd import ClientConfig, EtcdClient, EtcdError, Member, Status
+from etcd_dr.local.binaries import EtcdBinaries
 from etcd_dr.pki_check import check_endpoints
 from etcd_dr.render import config_file_of, install_plan, make_pki, mirror_argv, render
-from etcd_dr.testing.binaries import EtcdBinaries
-from etcd_dr.testing.clirun import etcd_dr_sync as etcd_dr
 from etcd_dr.topology import Topology, TopologyError, load_topology, parse_topology
 
 REPO = Path(__file__).resolve().parent.parent

@@ -26,12 +26,12 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.bind import BindServer, bind_server, named_unavailable_reason
 
 from etcd_dr.etcd import ClientConfig, EtcdClient, TLSError
 from etcd_dr.failover.dns import DnsConfig, switch_name
+from etcd_dr.local.binaries import EtcdBinaries
 from etcd_dr.render import install_plan, make_pki, render, write_rendered
-from etcd_dr.testing.binaries import EtcdBinaries
-from etcd_dr.testing.bind import BindServer, bind_server, named_unavailable_reason
 from etcd_dr.topology import Topology, parse_topology
 
 ADDRESSES = {"a": "127.0.0.2", "b": "127.0.0.3"}

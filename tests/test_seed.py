@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from harness.seed import SeedCommand, cfssl_gencert, cfssl_path, seed_commands, write_seed_json
 
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.seed import SeedCommand, cfssl_gencert, cfssl_path, seed_commands, write_seed_json
-from etcd_dr.testing.tls import ClusterTLS, TLSFiles
+from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.local.tls import ClusterTLS, TLSFiles
 
 Factory = Callable[..., EtcdCluster]
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from harness.workload import Workload
+
 from etcd_dr import ClientConfig, MirrorConfig
 from etcd_dr.etcd import EtcdClient, prefix_range_end
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.workload import Workload
 from etcd_dr.verify import verify
 
 Factory = Callable[..., EtcdCluster]

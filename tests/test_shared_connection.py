@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 
 from etcd_dr.etcd import ClientConfig, EtcdClient, EtcdError, TransientError
-from etcd_dr.testing.cluster import EtcdCluster
+from etcd_dr.local.cluster import EtcdCluster
 
 
 async def test_concurrent_calls_on_a_dying_endpoint_fail_typed_not_cancelled(

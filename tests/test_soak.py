@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness.history import HistoryRecorder, check_exactly_once
+from harness.mirroring import connect, wait_equal
+from harness.mirrorproc import MirrorProcess, measure_lag, wait_caught_up
+from harness.workload import Workload
 
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.history import HistoryRecorder, check_exactly_once
-from etcd_dr.testing.mirroring import connect, wait_equal
-from etcd_dr.testing.mirrorproc import MirrorProcess, measure_lag, wait_caught_up
-from etcd_dr.testing.workload import Workload
 
 STATE = b"/etcd-dr/"
 PREFIX = b"/app/"

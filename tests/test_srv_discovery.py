@@ -9,13 +9,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.bind import BindServer, bind_server, named_unavailable_reason
 
 from etcd_dr.errors import UsageError
 from etcd_dr.etcd import ClientConfig, EtcdClient, EtcdError
 from etcd_dr.etcdctl_compat import client_options, srv_endpoints
-from etcd_dr.testing.bind import BindServer, bind_server, named_unavailable_reason
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.tls import make_cluster_tls
+from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.local.tls import make_cluster_tls
 
 Factory = Callable[..., EtcdCluster]
 

@@ -19,15 +19,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from harness.clirun import etcd_dr
+from harness.mirroring import connect, pair_config, running, wait_equal
+from harness.mirrorproc import MirrorProcess
 
 from etcd_dr.config import DEFAULT_STATE_PREFIX
 from etcd_dr.etcd import ClientConfig, EtcdClient, PermissionDenied
+from etcd_dr.local.cluster import EtcdCluster, free_ports
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.health import HealthRecord, health_key
-from etcd_dr.testing.clirun import etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster, free_ports
-from etcd_dr.testing.mirroring import connect, pair_config, running, wait_equal
-from etcd_dr.testing.mirrorproc import MirrorProcess
 from etcd_dr.verify import verify, verify_in_segments
 
 Factory = Callable[..., EtcdCluster]

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 
 import pytest
+from harness.mirroring import connect, pair_config
 
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key, heartbeat_key
 from etcd_dr.status import status
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.mirroring import connect, pair_config
 
 Factory = Callable[..., EtcdCluster]
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from etcd_dr import ClientConfig, MirrorConfig
 from etcd_dr.etcd import EtcdClient
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.metrics import MetricsServer
 from etcd_dr.mirror import Mirror
 from etcd_dr.status import status
-from etcd_dr.testing.cluster import EtcdCluster
 
 Factory = Callable[..., EtcdCluster]
 

@@ -11,15 +11,16 @@ import json
 import time
 from collections.abc import Callable
 
+from harness.clirun import ERROR_PREFIX, Run, etcd_dr
+from harness.mirroring import connect, pair_config, running
+
 from etcd_dr.etcd import EtcdClient
 from etcd_dr.failover.events import record_event
 from etcd_dr.failover.roles import PRIMARY, read_role, write_role
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.checkpoint import checkpoint_key, lock_key
 from etcd_dr.mirror.health import HealthRecord, VerifyResult, health_key
-from etcd_dr.testing.clirun import ERROR_PREFIX, Run, etcd_dr
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.mirroring import connect, pair_config, running
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"

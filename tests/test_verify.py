@@ -8,11 +8,12 @@ import json
 import sys
 from collections.abc import Callable
 
+from harness.workload import Workload
+
 from etcd_dr import ClientConfig, MirrorConfig
 from etcd_dr.etcd import EtcdClient
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.workload import Workload
 from etcd_dr.verify import verify
 
 Factory = Callable[..., EtcdCluster]

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from harness.proxy import FaultProxy
 
 from etcd_dr.etcd import (
     ClientConfig,
@@ -29,9 +30,8 @@ from etcd_dr.etcd import (
     WatchBatch,
     WatchCanceled,
 )
-from etcd_dr.testing.binaries import EtcdBinaries
-from etcd_dr.testing.cluster import EtcdCluster
-from etcd_dr.testing.proxy import FaultProxy
+from etcd_dr.local.binaries import EtcdBinaries
+from etcd_dr.local.cluster import EtcdCluster
 
 EtcdClusterFactory = Callable[..., EtcdCluster]  # conftest's etcd_cluster_factory
 

@@ -11,6 +11,9 @@ the product, the mirror between them, and the source procedure narrated step by 
 then writes, a member killed and restarted, and `verify`.
 
 It ends every process it started and removes its files on any exit, Ctrl-C included.
+
+The code follows the story, one step per function or method: _Demo tells steps 1-9 (and --keep),
+_Moves steps 10-18 (switchover, failover, failback).
 """
 
 from __future__ import annotations
@@ -45,18 +48,18 @@ from .config import MirrorConfig
 from .errors import CheckFailed, EtcdDrError, Refused, UsageError
 from .etcd import ClientConfig, EtcdClient, EtcdError, TLSError, TransientError, prefix_range_end
 from .failover.config import MoveConfig
-from .failover.failback import failback
+from .failover.failback import FailbackResult, failback
 from .failover.failover import failover
 from .failover.roles import read_role
 from .failover.sites import mirror_command, reversed_pair
 from .failover.switchover import SwitchoverResult, switchover
+from .local.acked import Ack, AckedWriter
+from .local.binaries import EtcdBinaries, EtcdNotFoundError, find
+from .local.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError, free_ports
+from .local.tls import TLSFiles
 from .metrics import health
 from .mirror import Mirror
 from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
-from .testing.acked import AckedWriter
-from .testing.binaries import EtcdBinaries, EtcdNotFoundError, find
-from .testing.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError, free_ports
-from .testing.tls import TLSFiles
 from .topology import Topology, expand, load_topology
 from .verify import verify
 
@@ -351,160 +354,207 @@ async def run_demo(
 
 
 async def _run(say: Callable[[str], None], binaries: EtcdBinaries, *, keep: bool) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="etcd-dr-demo-"))
-    data_root: Path | None = None
-    sites = _Sites()
-    mirrors: list[asyncio.Task[Any]] = []  # every mirror started, ended on the way out
+    demo = _Demo(say, binaries)
     try:
-        data_root = _data_root()
-        say(f"etcd {binaries.version} ({binaries.etcd})")
-        say(f"working directory {workdir} (member data in {data_root})")
-        topo_file, out = workdir / "topology.yaml", workdir / "sites"
+        await demo.run(keep=keep)
+    finally:
+        runner.cleanup_begins()
+        await demo.clean_up()
+
+
+class _Demo:
+    """Steps 1-9 and --keep: the two sites rendered and started, the mirror, writes, a member killed,
+    verify; _Moves tells steps 10-18. clean_up() ends whatever was started and removes every file."""
+
+    def __init__(self, say: Callable[[str], None], binaries: EtcdBinaries) -> None:
+        self.say = say
+        self.binaries = binaries
+        self.workdir = Path(tempfile.mkdtemp(prefix="etcd-dr-demo-"))
+        self.data_root: Path | None = None
+        self.sites = _Sites()
+        self.mirrors: list[asyncio.Task[Any]] = []  # every mirror started, ended on the way out
+
+    async def run(self, *, keep: bool) -> None:
+        self.data_root = _data_root()
+        self.say(f"etcd {self.binaries.version} ({self.binaries.etcd})")
+        self.say(f"working directory {self.workdir} (member data in {self.data_root})")
+        topology, clusters = await self._start_sites(self.data_root)
+        site_a, site_b = clusters["site-a"], clusters["site-b"]
+        if isinstance(self.say, _Narrator):
+            self.say.name_sites({"A": site_a.endpoints, "B": site_b.endpoints})
+        for letter, cluster in (("A", site_a), ("B", site_b)):
+            members = ", ".join(f"{m.name} :{m.client_port}" for m in cluster.members)
+            self.say(f"   site {letter}: {members}")
+        config = _mirror_config(topology)
+        async with EtcdClient(config.source) as a, EtcdClient(config.dest) as b:
+            await self._mirror(topology, config, a, b)
+            await self._member_dies(site_a, a, b)
+            result = await verify(config)
+            self.say(f"9. etcd-dr verify (the mirror's flags): {result.summary()}")
+            if not result.equal:
+                raise CheckFailed(f"demo: verify found differences: {result.summary()}")
+            moves = _Moves(self.say, self.sites, site_a, config, self.workdir, a, b, self.mirrors)
+            await moves.run()
+            if keep:
+                await self._keep_running(topology, site_a, site_b)
+
+    async def clean_up(self) -> None:
+        try:
+            for task in self.mirrors:
+                await _end_mirror(task)
+        finally:
+            self.sites.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            if self.data_root is not None:
+                shutil.rmtree(self.data_root, ignore_errors=True)
+            self.say("Stopped every process the demo started and removed its files.")
+
+    async def _start_sites(self, data_root: Path) -> tuple[Topology, dict[str, EtcdCluster]]:
+        """Steps 1-4: the topology, certificates, render, the members started; rendered again on new
+        ports if another program took one meanwhile."""
+        topo_file, out = self.workdir / "topology.yaml", self.workdir / "sites"
         token = uuid.uuid4().hex[:8]
         for attempt in range(_START_ATTEMPTS):
             ports = free_ports(2 * MEMBERS * len(SITES))
-            topology = _write_topology(topo_file, _topology_doc(binaries.etcd, out, data_root, ports, token))
+            topology = _write_topology(
+                topo_file, _topology_doc(self.binaries.etcd, out, data_root, ports, token)
+            )
             if attempt == 0:
-                say(
-                    f"1. Topology: sites A (primary) and B (standby), {MEMBERS} members each on {HOST}, "
-                    f"mirror of {PREFIX} from A to B -> {topo_file}"
-                )
-                make_pki(topology, out / "pki")
-                plan = pki_plan(topology)
-                say(
-                    "2. Certificates with etcd-dr pki (not cfssl), as the rendered pki.sh makes them: per "
-                    "site a CA, a server and a peer certificate per member, the mirror's client "
-                    f"certificate -> {sum(map(len, plan.values())) + len(plan)} certificates in "
-                    f"{out / 'pki'}/{{{','.join(plan)}}}"
-                )
+                self._certificates(topology, topo_file, out)
             # What `etcd-dr render topology.yaml --out DIR` does (again, with --force, on new ports).
             written = write_rendered(render(topology, source=str(topo_file)), out, force=attempt > 0)
             if attempt == 0:
-                say(f"3. render: {_files_line(written, out)}")
+                self.say(f"3. render: {_files_line(written, out)}")
             clusters = {
                 site: EtcdCluster.from_config_files(
-                    binaries,
+                    self.binaries,
                     [Path(config_file_of(site, s, m)) for m in s.members],
                     client_tls=_client_tls(topology, site),
                     name=site,
-                    base_dir=workdir,
+                    base_dir=self.workdir,
                 )
                 for site, s in topology.sites.items()
             }
             if attempt == 0:
-                say(
+                self.say(
                     f"4. Start the {MEMBERS * len(SITES)} members as their rendered units do: etcd "
                     f"--config-file {out}/<site>/<member>/etcd.conf.yml (client and peer mutual TLS)."
                 )
-            errors = await sites.start(list(clusters.values()))
-            if not any(errors):
-                break
-            sites.stop(list(clusters.values()))
-            failure = next(e for e in errors if e is not None)
-            if not isinstance(failure, EtcdPortInUseError) or attempt == _START_ATTEMPTS - 1:
-                raise _start_failed(failure)
-            say("   another program took one of the ports meanwhile: rendering again with new ports.")
-            for d in data_root.iterdir():
-                shutil.rmtree(d, ignore_errors=True)
-        site_a, site_b = clusters["site-a"], clusters["site-b"]
-        if isinstance(say, _Narrator):
-            say.name_sites({"A": site_a.endpoints, "B": site_b.endpoints})
-        for letter, cluster in (("A", site_a), ("B", site_b)):
-            members = ", ".join(f"{m.name} :{m.client_port}" for m in cluster.members)
-            say(f"   site {letter}: {members}")
-        config = _mirror_config(topology)
-        async with EtcdClient(config.source) as a, EtcdClient(config.dest) as b:
-            say(f"5. Applications write to site A: 2,000 keys under {PREFIX}.")
-            for i in range(0, 2000, 100):
-                await asyncio.gather(
-                    *(a.put(b"/registry/pods/pod-%04d" % j, b"spec-%d" % j) for j in range(i, i + 100))
-                )
-            source_site, dest_site = topology.primary, topology.standby
-            say(
-                f"6. etcd-dr mirror A -> B as the rendered {MIRROR_UNIT} runs it (here in-process), with "
-                f"its client certificates pki/{source_site}/mirror.pem and pki/{dest_site}/mirror.pem: "
-                "copy at one revision, then replay; checkpoint in site B."
+            if await self._started(list(clusters.values()), attempt, data_root):
+                return topology, clusters
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _certificates(self, topology: Topology, topo_file: Path, out: Path) -> None:
+        """Steps 1-2: the topology written, the certificates made as the rendered pki.sh makes them."""
+        self.say(
+            f"1. Topology: sites A (primary) and B (standby), {MEMBERS} members each on {HOST}, "
+            f"mirror of {PREFIX} from A to B -> {topo_file}"
+        )
+        make_pki(topology, out / "pki")
+        plan = pki_plan(topology)
+        self.say(
+            "2. Certificates with etcd-dr pki (not cfssl), as the rendered pki.sh makes them: per "
+            "site a CA, a server and a peer certificate per member, the mirror's client "
+            f"certificate -> {sum(map(len, plan.values())) + len(plan)} certificates in "
+            f"{out / 'pki'}/{{{','.join(plan)}}}"
+        )
+
+    async def _started(self, clusters: list[EtcdCluster], attempt: int, data_root: Path) -> bool:
+        """Start the clusters: True once all run; False (all stopped, data removed) if a port was taken
+        and another attempt is left; the failure otherwise."""
+        errors = await self.sites.start(clusters)
+        if not any(errors):
+            return True
+        self.sites.stop(clusters)
+        failure = next(e for e in errors if e is not None)
+        if not isinstance(failure, EtcdPortInUseError) or attempt == _START_ATTEMPTS - 1:
+            raise _start_failed(failure)
+        self.say("   another program took one of the ports meanwhile: rendering again with new ports.")
+        _empty(data_root)
+        return False
+
+    async def _mirror(self, topology: Topology, config: MirrorConfig, a: EtcdClient, b: EtcdClient) -> None:
+        """Steps 5-7: the application's keys, the mirror started, new writes mirrored."""
+        say = self.say
+        say(f"5. Applications write to site A: 2,000 keys under {PREFIX}.")
+        for i in range(0, 2000, 100):
+            await asyncio.gather(
+                *(a.put(b"/registry/pods/pod-%04d" % j, b"spec-%d" % j) for j in range(i, i + 100))
             )
-            mirror = Mirror(config)
-            mirror_task = asyncio.create_task(mirror.run())
-            mirrors.append(mirror_task)
-            took = await _wait_equal(a, b, PREFIX.encode(), mirror_task)
-            say(f"   site B holds the same 2,000 keys after {took:.2f} s.")
-            say("7. New writes, overwrites and a prefix delete on site A appear on site B:")
-            for j in range(10):
-                await a.put(b"/registry/services/svc-%d" % j, b"v1")
-            await a.put(b"/registry/pods/pod-0001", b"spec-1-updated")
-            await a.delete_range(b"/registry/pods/pod-19", prefix_range_end(b"/registry/pods/pod-19"))
-            took = await _wait_equal(a, b, PREFIX.encode(), mirror_task)
-            say(
-                f"   equal again after {took * 1000:.0f} ms; "
-                f"mirror at source revision {mirror.stats.applied_revision}."
+        say(
+            f"6. etcd-dr mirror A -> B as the rendered {MIRROR_UNIT} runs it (here in-process), with "
+            f"its client certificates pki/{topology.primary}/mirror.pem and "
+            f"pki/{topology.standby}/mirror.pem: copy at one revision, then replay; checkpoint in site B."
+        )
+        mirror = Mirror(config)
+        mirror_task = asyncio.create_task(mirror.run())
+        self.mirrors.append(mirror_task)
+        took = await _wait_equal(a, b, PREFIX.encode(), mirror_task)
+        say(f"   site B holds the same 2,000 keys after {took:.2f} s.")
+        say("7. New writes, overwrites and a prefix delete on site A appear on site B:")
+        for j in range(10):
+            await a.put(b"/registry/services/svc-%d" % j, b"v1")
+        await a.put(b"/registry/pods/pod-0001", b"spec-1-updated")
+        await a.delete_range(b"/registry/pods/pod-19", prefix_range_end(b"/registry/pods/pod-19"))
+        took = await _wait_equal(a, b, PREFIX.encode(), mirror_task)
+        say(
+            f"   equal again after {took * 1000:.0f} ms; "
+            f"mirror at source revision {mirror.stats.applied_revision}."
+        )
+
+    async def _member_dies(self, site_a: EtcdCluster, a: EtcdClient, b: EtcdClient) -> None:
+        """Step 8: the member the mirror reads from is killed, writes go on, it is restarted."""
+        # Member 0: the first endpoint, the one the mirror reads from.
+        victim = site_a.members[0].name
+        self.say(f"8. Member {victim} of site A dies: the mirror moves to another member and loses nothing.")
+        leader = await self.sites.run(site_a.leader)
+        await self.sites.run(site_a.kill, 0)
+        took_over = ""
+        if leader == 0:
+            # Writes sent before a new leader is elected would wait for etcd's request timeout
+            # (6 s here): the proposal went to the dead leader. Clients see a slow write; wait instead.
+            t0 = time.monotonic()
+            new = await self.sites.run(site_a.wait_leader)
+            took_over = (
+                f" (it led site A: {site_a.members[new].name} took over after "
+                f"{(time.monotonic() - t0) * 1000:.0f} ms)"
             )
-            # Member 0: the first endpoint, the one the mirror reads from.
-            victim = site_a.members[0].name
-            say(f"8. Member {victim} of site A dies: the mirror moves to another member and loses nothing.")
-            leader = await sites.run(site_a.leader)
-            await sites.run(site_a.kill, 0)
-            took_over = ""
-            if leader == 0:
-                # Writes sent before a new leader is elected would wait for etcd's request timeout
-                # (6 s here): the proposal went to the dead leader. Clients see a slow write; wait instead.
-                t0 = time.monotonic()
-                new = await sites.run(site_a.wait_leader)
-                took_over = (
-                    f" (it led site A: {site_a.members[new].name} took over after "
-                    f"{(time.monotonic() - t0) * 1000:.0f} ms)"
-                )
-            for j in range(10, 20):
-                await _app_put(a, b"/registry/services/svc-%d" % j, b"v1")
-            took = await _wait_equal(a, b, PREFIX.encode(), mirror_task)
-            await sites.run(site_a.restart, 0)
-            say(
-                f"   equal after {took * 1000:.0f} ms with {victim} down{took_over}; "
-                f"{victim} restarted from its etcd.conf.yml."
-            )
-            result = await verify(config)
-            say(f"9. etcd-dr verify (the mirror's flags): {result.summary()}")
-            if not result.equal:
-                raise CheckFailed(f"demo: verify found differences: {result.summary()}")
-            await _failover_and_failback(say, sites, site_a, config, workdir, a, b, mirrors)
-            if keep:
-                say(
-                    f"   --keep: the {MEMBERS * len(SITES)} members and the mirror keep running; Ctrl-C "
-                    f"ends them. Files: {workdir}."
-                )
-                say("   Reach the sites with:")
-                for letter, site, cluster in (("A", source_site, site_a), ("B", dest_site, site_b)):
-                    tls = _client_tls(topology, site)
-                    # etcdctl's settings in a file of their own: the command fits on a line.
-                    env = workdir / f"site-{letter.lower()}.env"
-                    env.write_text(
-                        "".join(
-                            f"export {k}={shlex.quote(str(v))}\n"
-                            for k, v in (
-                                ("ETCDCTL", binaries.etcdctl),
-                                ("ETCDCTL_API", 3),
-                                ("ETCDCTL_ENDPOINTS", ",".join(cluster.endpoints)),
-                                ("ETCDCTL_CACERT", tls.cacert),
-                                ("ETCDCTL_CERT", tls.cert),
-                                ("ETCDCTL_KEY", tls.key),
-                            )
-                        ),
-                        encoding="utf-8",
+        for j in range(10, 20):
+            await _app_put(a, b"/registry/services/svc-%d" % j, b"v1")
+        took = await _wait_equal(a, b, PREFIX.encode(), self.mirrors[-1])
+        await self.sites.run(site_a.restart, 0)
+        self.say(
+            f"   equal after {took * 1000:.0f} ms with {victim} down{took_over}; "
+            f"{victim} restarted from its etcd.conf.yml."
+        )
+
+    async def _keep_running(self, topology: Topology, site_a: EtcdCluster, site_b: EtcdCluster) -> None:
+        """--keep: how to reach each site with etcdctl, then wait for a signal."""
+        self.say(
+            f"   --keep: the {MEMBERS * len(SITES)} members and the mirror keep running; Ctrl-C "
+            f"ends them. Files: {self.workdir}."
+        )
+        self.say("   Reach the sites with:")
+        for letter, site, cluster in (("A", topology.primary, site_a), ("B", topology.standby, site_b)):
+            tls = _client_tls(topology, site)
+            # etcdctl's settings in a file of their own: the command fits on a line.
+            env = self.workdir / f"site-{letter.lower()}.env"
+            env.write_text(
+                "".join(
+                    f"export {k}={shlex.quote(str(v))}\n"
+                    for k, v in (
+                        ("ETCDCTL", self.binaries.etcdctl),
+                        ("ETCDCTL_API", 3),
+                        ("ETCDCTL_ENDPOINTS", ",".join(cluster.endpoints)),
+                        ("ETCDCTL_CACERT", tls.cacert),
+                        ("ETCDCTL_CERT", tls.cert),
+                        ("ETCDCTL_KEY", tls.key),
                     )
-                    say(f'   site {letter}: . {env} && "$ETCDCTL" get --prefix {PREFIX} --keys-only')
-                await asyncio.Event().wait()
-    finally:
-        runner.cleanup_begins()
-        try:
-            for task in mirrors:
-                await _end_mirror(task)
-        finally:
-            sites.close()
-            shutil.rmtree(workdir, ignore_errors=True)
-            if data_root is not None:
-                shutil.rmtree(data_root, ignore_errors=True)
-            say("Stopped every process the demo started and removed its files.")
+                ),
+                encoding="utf-8",
+            )
+            self.say(f'   site {letter}: . {env} && "$ETCDCTL" get --prefix {PREFIX} --keys-only')
+        await asyncio.Event().wait()
 
 
 # ---- failover and failback ----------------------------------------------------------------------
@@ -645,244 +695,273 @@ async def _switchover_and_back(
         )
 
 
-async def _failover_and_failback(
-    say: Callable[[str], None],
-    sites: _Sites,
-    site_a: EtcdCluster,
-    config: MirrorConfig,
-    workdir: Path,
-    a: EtcdClient,
-    b: EtcdClient,
-    mirrors: list[asyncio.Task[Any]],
-) -> None:
+class _Moves:
     """Steps 10-18: a switchover to B and back; site A dies under writes, failover to B with the RPO,
     the old mirror fenced, site A back, failback with the errant-writes report and the switch back, the
     mirror again, verify."""
-    sp = config.state_prefix
-    endpoints_file = workdir / "clients.endpoints"
-    endpoints_file.write_text(config.source.endpoints_text + "\n", encoding="utf-8")
-    # What points the clients at the new primary: here a file the application reads.
-    hook = f'echo "$ETCD_DR_NEW_PRIMARY_ENDPOINTS" > {shlex.quote(str(endpoints_file))}'
-    apps = {config.source.endpoints_text: ("A", a), config.dest.endpoints_text: ("B", b)}
 
-    def app_site() -> tuple[str, EtcdClient]:
-        return apps[endpoints_file.read_text(encoding="utf-8").strip()]
+    def __init__(
+        self,
+        say: Callable[[str], None],
+        sites: _Sites,
+        site_a: EtcdCluster,
+        config: MirrorConfig,
+        workdir: Path,
+        a: EtcdClient,
+        b: EtcdClient,
+        mirrors: list[asyncio.Task[Any]],
+    ) -> None:
+        self.say, self.sites, self.site_a, self.config = say, sites, site_a, config
+        self.workdir, self.a, self.b, self.mirrors = workdir, a, b, mirrors
+        self.endpoints_file = workdir / "clients.endpoints"
+        # What points the clients at the new primary: here a file the application reads.
+        self.hook = f'echo "$ETCD_DR_NEW_PRIMARY_ENDPOINTS" > {shlex.quote(str(self.endpoints_file))}'
+        self.apps = {config.source.endpoints_text: ("A", a), config.dest.endpoints_text: ("B", b)}
+        self.writer = AckedWriter(a, prefix=APP_PREFIX + b"a-", inflight=32)
 
-    say(
-        "10. A planned switchover to site B (site A's maintenance, a drill) and back. --no-fence: nothing "
-        'writes now ("writes were refused" below is how long a fenced site refuses them); a real site '
-        "fences writes on the old primary with etcd auth (etcd-dr's user holding the root role) or "
-        "--fence-hook CMD."
-    )
-    say(
-        f"   The application finds the primary in {endpoints_file}, which every move's --switch-hook "
-        "rewrites; a real site moves a DNS name instead (--dns-server/--dns-zone/--dns-name/"
-        "--dns-tsig-key) or its load balancer (--switch-hook)."
-    )
-    await _switchover_and_back(say, config, hook, a, b, mirrors)
-    say(
-        f"11. The application writes to the site named in {endpoints_file.name} (site A), recording every "
-        "write the site acknowledges (key, revision)."
-    )
-    old_mirror = mirrors[-1]  # the mirror A -> B that runs when site A dies
-    writer = AckedWriter(a, prefix=APP_PREFIX + b"a-", inflight=32)
-    writing = await _record_writes(writer, APP_WRITES)
-    try:
-        with _quiet("etcd_dr.mirror", "etcd_dr.etcd"):
-            pids = await sites.run(_kill_site, site_a)
-            writing.cancel()  # its next writes could only fail; those in flight are not acknowledged
-            with contextlib.suppress(asyncio.CancelledError):
-                await writing
-            last = max(w.revision for w in writer.acked)
-            say(
-                f"12. Site A dies while the application writes: SIGKILL to its {len(pids)} members "
-                f"(PIDs {', '.join(map(str, pids))}), as the demo started them. {len(writer.acked)} writes "
-                f"were acknowledged, the last at revision {last}."
-            )
-            move = MoveConfig(
-                pair=config,
-                fence="none",
-                switch_hook=hook,
-                revision_margin=REVISION_MARGIN,
-                probe_timeout=1.0,
-            )
-            say(
-                "13. etcd-dr failover promotes site B, the standby of the unreachable site A (it refuses "
-                "while site A answers and is healthy, unless --force). --no-fence: the demo's clusters "
-                "have no auth; a real site fences writes on the old primary with etcd auth (etcd-dr's "
-                "user holding the root role) or --fence-hook CMD."
-            )
-            say(
-                _command(
-                    "failover",
-                    config,
-                    "--no-fence",
-                    "--switch-hook",
-                    hook,
-                    "--probe-timeout",
-                    "1",
-                    "--revision-margin",
-                    str(REVISION_MARGIN),
-                )
-            )
-            t0 = time.monotonic()
-            result = await _rerun_if_cut(say, lambda _: failover(move))
-            took = time.monotonic() - t0
-            for line in result.lines():
-                say(f"   | {line}")
-            rpo = result.rpo_revision
-            on_b = await _dump(b, APP_PREFIX)
-            kept, lost = writer.up_to(rpo), writer.after(rpo)
-            missing = [w.key for w in kept if on_b.get(w.key) != w.value]
-            if missing:
-                raise CheckFailed(
-                    f"demo: {len(missing)} writes up to the RPO revision {rpo} are not on site B"
-                )
-            if any(w.key in on_b for w in lost):
-                raise CheckFailed(f"demo: site B holds writes after the RPO revision {rpo}")
-            after = (
-                f"{len(lost)} came after it (acknowledged by site A, not yet mirrored when it died): "
-                "failback will list them"
-                if lost
-                else "none came after it (the mirror had applied every write site A acknowledged)"
-            )
-            say(
-                f"   RPO, in {took:.2f} s: site B has applied site A's revision {rpo}: all {len(kept)} "
-                f"recorded writes up to it are on site B; {after}."
-            )
-            say(
-                "   Kubernetes: site B's revision was raised past site A's last known one + "
-                f"{REVISION_MARGIN} and compacted there (now {result.new_revision}): a watcher holding "
-                "site A's resource versions is told to re-list instead of waiting for events that never come."
-            )
-            letter, client = app_site()
-            if letter != "B":
-                raise CheckFailed(f"demo: the switch hook did not point the application at site B ({letter})")
-            for j in range(100):
-                await _app_put(client, APP_PREFIX + b"b-%04d" % j, b"written on B")
-            say(
-                f"14. The application follows {endpoints_file.name} to site {letter}: 100 writes there "
-                "while site A is down."
-            )
-            await sites.run(_start_site, site_a)
-            role_a = (await read_role(a, sp)).role
-            say(
-                f"15. Site A is back, its {len(site_a.members)} members started again from their "
-                f"etcd.conf.yml. It still says {role_a.describe() if role_a else 'nothing'} and holds the "
-                "writes site B never got; nothing writes into it (the clients point at site B)."
-            )
-            # The mirror of step 6 has been retrying site A all along (its replay waits for the source);
-            # back in touch, it begins a new cycle, which reads site B's role record first.
-            try:
-                await asyncio.wait_for(asyncio.shield(old_mirror), 30)
-            except Refused as e:
-                say(f"   The mirror left running from step 10 reaches site A again and stops: {e}")
-            except TimeoutError:
-                raise CheckFailed("demo: the mirror from before the failover still runs") from None
-            except (EtcdError, EtcdDrError) as e:
-                # Not the refusal: whatever ended it, the same mirror started again must be refused.
-                say(f"   The mirror left running from step 10 ended with: {e}")
-                try:
-                    await asyncio.wait_for(Mirror(config).run(), 30)
-                except Refused as refused:
-                    say(f"   Started again (as its unit's Restart= would), it stops: {refused}")
-                else:
-                    raise CheckFailed("demo: a mirror into the new primary was not refused") from None
-            else:
-                raise CheckFailed("demo: the mirror from before the failover ended without a refusal")
+    def app_site(self) -> tuple[str, EtcdClient]:
+        return self.apps[self.endpoints_file.read_text(encoding="utf-8").strip()]
 
-        report = workdir / "failback-report.json"
-        back = MoveConfig(
-            pair=reversed_pair(config),
+    async def run(self) -> None:
+        self.endpoints_file.write_text(self.config.source.endpoints_text + "\n", encoding="utf-8")
+        self._tell_switchover()
+        await _switchover_and_back(self.say, self.config, self.hook, self.a, self.b, self.mirrors)
+        self.say(
+            f"11. The application writes to the site named in {self.endpoints_file.name} (site A), recording "
+            "every write the site acknowledges (key, revision)."
+        )
+        old_mirror = self.mirrors[-1]  # the mirror A -> B that runs when site A dies
+        writing = await _record_writes(self.writer, APP_WRITES)
+        try:
+            with _quiet("etcd_dr.mirror", "etcd_dr.etcd"):
+                await self._site_a_dies(writing)
+                rpo, lost = await self._failover()
+                await self._writes_on_b()
+                await self._site_a_back(old_mirror)
+            fb = await self._failback(rpo, lost)
+            await self._mirror_again(fb)
+        finally:
+            writing.cancel()
+
+    def _tell_switchover(self) -> None:
+        self.say(
+            "10. A planned switchover to site B (site A's maintenance, a drill) and back. --no-fence: "
+            'nothing writes now ("writes were refused" below is how long a fenced site refuses them); '
+            "a real site fences writes on the old primary with etcd auth (etcd-dr's user holding the root "
+            "role) or --fence-hook CMD."
+        )
+        self.say(
+            f"   The application finds the primary in {self.endpoints_file}, which every move's "
+            "--switch-hook rewrites; a real site moves a DNS name instead (--dns-server/--dns-zone/"
+            "--dns-name/--dns-tsig-key) or its load balancer (--switch-hook)."
+        )
+
+    async def _site_a_dies(self, writing: asyncio.Task[None]) -> None:
+        """Step 12: every member of site A killed while the application writes."""
+        pids = await self.sites.run(_kill_site, self.site_a)
+        writing.cancel()  # its next writes could only fail; those in flight are not acknowledged
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing
+        last = max(w.revision for w in self.writer.acked)
+        self.say(
+            f"12. Site A dies while the application writes: SIGKILL to its {len(pids)} members "
+            f"(PIDs {', '.join(map(str, pids))}), as the demo started them. {len(self.writer.acked)} writes "
+            f"were acknowledged, the last at revision {last}."
+        )
+
+    async def _failover(self) -> tuple[int, list[Ack]]:
+        """Step 13: failover to site B; the acknowledged writes up to the RPO checked on site B. Returns
+        the RPO revision and the writes after it."""
+        move = MoveConfig(
+            pair=self.config,
             fence="none",
-            switch_hook=hook,
+            switch_hook=self.hook,
+            revision_margin=REVISION_MARGIN,
+            probe_timeout=1.0,
+        )
+        self.say(
+            "13. etcd-dr failover promotes site B, the standby of the unreachable site A (it refuses "
+            "while site A answers and is healthy, unless --force). --no-fence: the demo's clusters "
+            "have no auth; a real site fences writes on the old primary with etcd auth (etcd-dr's "
+            "user holding the root role) or --fence-hook CMD."
+        )
+        flags = ["--no-fence", "--switch-hook", self.hook, "--probe-timeout", "1"]
+        self.say(_command("failover", self.config, *flags, "--revision-margin", str(REVISION_MARGIN)))
+        t0 = time.monotonic()
+        result = await _rerun_if_cut(self.say, lambda _: failover(move))
+        took = time.monotonic() - t0
+        for line in result.lines():
+            self.say(f"   | {line}")
+        rpo = result.rpo_revision
+        kept, lost = await self._check_rpo(rpo)
+        after = (
+            f"{len(lost)} came after it (acknowledged by site A, not yet mirrored when it died): "
+            "failback will list them"
+            if lost
+            else "none came after it (the mirror had applied every write site A acknowledged)"
+        )
+        self.say(
+            f"   RPO, in {took:.2f} s: site B has applied site A's revision {rpo}: all {len(kept)} "
+            f"recorded writes up to it are on site B; {after}."
+        )
+        self.say(
+            "   Kubernetes: site B's revision was raised past site A's last known one + "
+            f"{REVISION_MARGIN} and compacted there (now {result.new_revision}): a watcher holding "
+            "site A's resource versions is told to re-list instead of waiting for events that never come."
+        )
+        return rpo, lost
+
+    async def _check_rpo(self, rpo: int) -> tuple[list[Ack], list[Ack]]:
+        """Every acknowledged write up to the RPO is on site B, none after it: (kept, lost)."""
+        on_b = await _dump(self.b, APP_PREFIX)
+        kept, lost = self.writer.up_to(rpo), self.writer.after(rpo)
+        missing = [w.key for w in kept if on_b.get(w.key) != w.value]
+        if missing:
+            raise CheckFailed(f"demo: {len(missing)} writes up to the RPO revision {rpo} are not on site B")
+        if any(w.key in on_b for w in lost):
+            raise CheckFailed(f"demo: site B holds writes after the RPO revision {rpo}")
+        return kept, lost
+
+    async def _writes_on_b(self) -> None:
+        """Step 14: the switch hook pointed the application at site B, which takes its writes."""
+        letter, client = self.app_site()
+        if letter != "B":
+            raise CheckFailed(f"demo: the switch hook did not point the application at site B ({letter})")
+        for j in range(100):
+            await _app_put(client, APP_PREFIX + b"b-%04d" % j, b"written on B")
+        self.say(
+            f"14. The application follows {self.endpoints_file.name} to site {letter}: 100 writes there "
+            "while site A is down."
+        )
+
+    async def _site_a_back(self, old_mirror: asyncio.Task[Any]) -> None:
+        """Step 15: site A started again; the mirror left running from before is refused."""
+        await self.sites.run(_start_site, self.site_a)
+        role_a = (await read_role(self.a, self.config.state_prefix)).role
+        self.say(
+            f"15. Site A is back, its {len(self.site_a.members)} members started again from their "
+            f"etcd.conf.yml. It still says {role_a.describe() if role_a else 'nothing'} and holds the "
+            "writes site B never got; nothing writes into it (the clients point at site B)."
+        )
+        # The mirror of step 6 has been retrying site A all along (its replay waits for the source);
+        # back in touch, it begins a new cycle, which reads site B's role record first.
+        try:
+            await asyncio.wait_for(asyncio.shield(old_mirror), 30)
+        except Refused as e:
+            self.say(f"   The mirror left running from step 10 reaches site A again and stops: {e}")
+        except TimeoutError:
+            raise CheckFailed("demo: the mirror from before the failover still runs") from None
+        except (EtcdError, EtcdDrError) as e:
+            # Not the refusal: whatever ended it, the same mirror started again must be refused.
+            self.say(f"   The mirror left running from step 10 ended with: {e}")
+            try:
+                await asyncio.wait_for(Mirror(self.config).run(), 30)
+            except Refused as refused:
+                self.say(f"   Started again (as its unit's Restart= would), it stops: {refused}")
+            else:
+                raise CheckFailed("demo: a mirror into the new primary was not refused") from None
+        else:
+            raise CheckFailed("demo: the mirror from before the failover ended without a refusal")
+
+    async def _failback(self, rpo: int, lost: list[Ack]) -> FailbackResult:
+        """Step 16: failback, its report checked against the writes recorded after the RPO."""
+        report = self.workdir / "failback-report.json"
+        back = MoveConfig(
+            pair=reversed_pair(self.config),
+            fence="none",
+            switch_hook=self.hook,
             revision_margin=REVISION_MARGIN,
             report=report,
         )
-        say(
+        self.say(
             "16. etcd-dr failback: fence site A and make it site B's standby, list the writes site A took "
             "after the RPO in a report (nothing is overwritten before it is listed), re-sync site A from "
             "site B (only what differs), then a planned switchover back to site A (--stay would stop "
             "before it):"
         )
-        say(
-            _command(
-                "failback",
-                back.pair,
-                "--no-fence",
-                "--switch-hook",
-                hook,
-                "--report",
-                str(report),
-                "--revision-margin",
-                str(REVISION_MARGIN),
-            )
-        )
+        flags = ["--no-fence", "--switch-hook", self.hook, "--report", str(report)]
+        self.say(_command("failback", back.pair, *flags, "--revision-margin", str(REVISION_MARGIN)))
         # The re-sync names each errant write it removes (the report has them); watches of the moves break.
         with _quiet("etcd_dr.mirror", "etcd_dr.etcd"):
             # A rerun writes the same list to a new file: a report is never overwritten.
             fb = await _rerun_if_cut(
-                say,
+                self.say,
                 lambda n: failback(
                     replace(back, report=report.with_name(f"failback-report-{n + 1}.json")) if n else back
                 ),
             )
-        report = Path(fb.report)
         for line in fb.lines():
-            say(f"   | {line}")
-        doc = json.loads(report.read_text(encoding="utf-8"))
-        listed = {(w["key"], w["mod_revision"]) for w in doc["writes"]}
-        absent = [w.key for w in lost if (w.key.decode(), w.revision) not in listed]
-        if absent or fb.errant_writes != len(doc["writes"]):
-            revisions = [int(w["mod_revision"]) for w in doc["writes"]] or [0]
-            first = min((w for w in lost if w.key in absent), key=lambda w: w.revision, default=None)
-            raise CheckFailed(
-                f"demo: {len(absent)} of the {len(lost)} recorded writes after the RPO revision {rpo} are "
-                f"not in {report}"
-                + (f" (the first: {first.key.decode()} at revision {first.revision})" if first else "")
-                + f"; it lists {len(doc['writes'])} writes (failback said {fb.errant_writes}), revisions "
-                f"{min(revisions)}-{max(revisions)}, applied up to {doc['applied_up_to_revision']}, "
-                f"fenced at {doc['old_primary_fenced_at_revision']}"
-            )
+            self.say(f"   | {line}")
+        self._tell_report(fb, _checked_report(fb, rpo, lost), lost)
+        return fb
+
+    def _tell_report(self, fb: FailbackResult, doc: dict[str, Any], lost: list[Ack]) -> None:
+        report = Path(fb.report)
         unacked = fb.errant_writes - len(lost)
         parts = [f"the {len(lost)} recorded writes after the RPO"] if lost else []
         if unacked:
             parts.append(f"{unacked} that site A applied but never acknowledged (in flight when it died)")
         if parts:
-            say(
+            self.say(
                 f"   The report {report} lists {fb.errant_writes} writes: {' and '.join(parts)}; each with "
                 "its key, value, mod revision and what site B has, e.g. "
                 f"{json.dumps(doc['writes'][0])}. The re-sync removed them from site A only after that."
             )
         else:
-            say(f"   The report {report} lists no writes: site B had every write site A took.")
+            self.say(f"   The report {report} lists no writes: site B had every write site A took.")
 
-        letter, client = app_site()
+    async def _mirror_again(self, fb: FailbackResult) -> None:
+        """Steps 17-18: the application back on site A, the mirror A -> B again, verify and /healthz."""
+        letter, client = self.app_site()
         if letter != "A":
             raise CheckFailed(
                 f"demo: the switch hook did not point the application back at site A ({letter})"
             )
-        mirror = Mirror(config)
-        mirrors.append(asyncio.create_task(mirror.run()))
+        mirror = Mirror(self.config)
+        self.mirrors.append(asyncio.create_task(mirror.run()))
         if fb.switched_back is None:
             raise CheckFailed("demo: failback did not switch back")
-        say("17. The mirror A -> B again (the rendered unit's command, which the switchover printed):")
-        say(f"   $ {fb.switched_back.next_command}")
+        self.say("17. The mirror A -> B again (the rendered unit's command, which the switchover printed):")
+        self.say(f"   $ {fb.switched_back.next_command}")
         for j in range(100):
             await _app_put(client, APP_PREFIX + b"c-%04d" % j, b"written on A again")
-        took = await _wait_equal(a, b, PREFIX.encode(), mirrors[-1])
-        say(f"   the application's 100 new writes on site A are on site B after {took * 1000:.0f} ms.")
-        result_v = await verify(config)
-        say(f"18. etcd-dr verify: {result_v.summary()}")
+        took = await _wait_equal(self.a, self.b, PREFIX.encode(), self.mirrors[-1])
+        self.say(f"   the application's 100 new writes on site A are on site B after {took * 1000:.0f} ms.")
+        result_v = await verify(self.config)
+        self.say(f"18. etcd-dr verify: {result_v.summary()}")
         if not result_v.equal:
             raise CheckFailed(f"demo: verify found differences: {result_v.summary()}")
         # The standby's health as the mirror itself reports it (/healthz) must agree with verify.
         healthy, why = health(mirror.stats)
-        say(f"   the mirror's /healthz: {'200' if healthy else '503'} {why} (verify: equal)")
+        self.say(f"   the mirror's /healthz: {'200' if healthy else '503'} {why} (verify: equal)")
         if not healthy:
             raise CheckFailed(f"demo: verify says equal but the mirror's health says: {why}")
-    finally:
-        writing.cancel()
+
+
+def _checked_report(fb: FailbackResult, rpo: int, lost: list[Ack]) -> dict[str, Any]:
+    """The failback report, read back: it must list every recorded write after the RPO, and as many
+    writes as failback said."""
+    report = Path(fb.report)
+    doc: dict[str, Any] = json.loads(report.read_text(encoding="utf-8"))
+    listed = {(w["key"], w["mod_revision"]) for w in doc["writes"]}
+    absent = [w.key for w in lost if (w.key.decode(), w.revision) not in listed]
+    if absent or fb.errant_writes != len(doc["writes"]):
+        revisions = [int(w["mod_revision"]) for w in doc["writes"]] or [0]
+        first = min((w for w in lost if w.key in absent), key=lambda w: w.revision, default=None)
+        raise CheckFailed(
+            f"demo: {len(absent)} of the {len(lost)} recorded writes after the RPO revision {rpo} are "
+            f"not in {report}"
+            + (f" (the first: {first.key.decode()} at revision {first.revision})" if first else "")
+            + f"; it lists {len(doc['writes'])} writes (failback said {fb.errant_writes}), revisions "
+            f"{min(revisions)}-{max(revisions)}, applied up to {doc['applied_up_to_revision']}, "
+            f"fenced at {doc['old_primary_fenced_at_revision']}"
+        )
+    return doc
+
+
+def _empty(directory: Path) -> None:
+    for d in directory.iterdir():
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _client_tls(topology: Topology, site: str) -> TLSFiles:

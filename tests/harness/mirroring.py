@@ -10,8 +10,8 @@ from typing import Any
 
 from etcd_dr.config import DEFAULT_STATE_PREFIX, MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient, prefix_range_end
+from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.testing.cluster import EtcdCluster
 
 
 def pair_config(src: EtcdCluster, dst: EtcdCluster, **kw: Any) -> MirrorConfig:

@@ -19,12 +19,12 @@ traffic between the sites can only cross their link, so cutting it partitions th
 still reaches both sides (to write, read and check).
 
 Only what this module made is removed: its namespaces and the veth ends it put in this namespace.
-An atexit hook removes what a crashed caller left behind.
+Started sites are registered in etcd_dr.local.resources, whose exit hook removes what a crashed
+caller left behind.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ipaddress
 import json
@@ -34,10 +34,11 @@ import secrets
 import shutil
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
+
+from etcd_dr.local import resources
 
 _IP_TIMEOUT = 10.0
 _WAN = "wan"  # the inter-site link's device name inside each site
@@ -91,20 +92,6 @@ def unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns add)"
     return None
-
-
-# Every TwoSites with something made, so the atexit hook can remove it if the caller never did.
-_LIVE: set[TwoSites] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-@atexit.register
-def _remove_leftovers() -> None:
-    with _LIVE_LOCK:
-        leftovers = list(_LIVE)
-    for sites in leftovers:
-        with contextlib.suppress(Exception):
-            sites.close()
 
 
 def _used_networks() -> list[ipaddress.IPv4Network]:
@@ -178,8 +165,7 @@ class TwoSites:
             Site("a", f"etcd-dr-{self.tag}-a", str(hosts[1]), str(hosts[8])),
             Site("b", f"etcd-dr-{self.tag}-b", str(hosts[5]), str(hosts[9])),
         )
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+        resources.track(self, f"network namespaces {self.a.netns} {self.b.netns}", self.close)
         try:
             self._build()
         except BaseException:
@@ -272,8 +258,7 @@ class TwoSites:
             if errors:
                 raise NetnsError("; ".join(errors))
         finally:
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
+            resources.untrack(self)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -1,8 +1,9 @@
 """Real etcd clusters on loopback, for the tests, `etcd-dr demo` and the benchmarks.
 
 Each member is a real etcd process on free 127.0.0.1 ports with its own data dir (on /dev/shm when
-there is one: tests then never wait on a disk). Processes are tracked by PID and ended by PID; an
-atexit hook stops whatever a crashed caller left running.
+there is one: tests then never wait on a disk). Processes are tracked by PID and ended by PID; a
+running cluster is registered in etcd_dr.local.resources, whose exit hook stops it if a crashed caller
+did not.
 
 `EtcdCluster.from_config_files` runs members from etcd configuration files instead (`etcd
 --config-file FILE`, e.g. the files `etcd-dr render` writes), with the same process control.
@@ -11,7 +12,6 @@ atexit hook stops whatever a crashed caller left running.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import json
 import os
@@ -21,7 +21,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -35,10 +34,11 @@ from typing import TYPE_CHECKING, Any, Self
 
 import yaml
 
-from etcd_dr.testing.binaries import EtcdBinaries
+from etcd_dr.local import resources
+from etcd_dr.local.binaries import EtcdBinaries
 
 if TYPE_CHECKING:
-    from etcd_dr.testing.tls import ClusterTLS, TLSFiles
+    from etcd_dr.local.tls import ClusterTLS, TLSFiles
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -162,20 +162,6 @@ class Member:
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-# Every cluster with live processes, so the atexit hook can end them if the caller never did.
-_LIVE: set[EtcdCluster] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    with _LIVE_LOCK:
-        leftovers = list(_LIVE)
-    for cluster in leftovers:
-        with contextlib.suppress(Exception):
-            cluster.stop()
-
-
 def free_ports(count: int) -> list[int]:
     """`count` distinct free TCP ports on HOST (free when looked at: etcd may still lose a race)."""
     # Hold every socket open until all are bound so the kernel hands out distinct ports.
@@ -216,7 +202,7 @@ class EtcdCluster:
     etcdctl() authenticates as that user.
 
     To run the members elsewhere than on loopback, e.g. in a network namespace (see
-    etcd_dr.testing.netns): `command_prefix` goes before etcd's command line (["ip", "netns", "exec",
+    harness.netns): `command_prefix` goes before etcd's command line (["ip", "netns", "exec",
     NS]; it must exec etcd, so that the PID is etcd's), `host` is the address the members are reached at
     (from here, and advertised), and `listen_host` the one they bind ("0.0.0.0": every address of their
     namespace). Ports are still picked free on this host's loopback.
@@ -354,8 +340,7 @@ class EtcdCluster:
                 dir=str(self._base_dir_arg) if self._base_dir_arg else _base_tmpdir(),
             )
         )
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+        resources.track(self, f"etcd cluster {self.name} in {self.base_dir}", self.stop)
         try:
             # Ports from configuration files are fixed: another attempt would clash again.
             attempts = 1 if self._config_members else _PORT_ATTEMPTS
@@ -413,9 +398,8 @@ class EtcdCluster:
             self._terminate(self.members)
         finally:
             if self.base_dir is not None:
-                shutil.rmtree(self.base_dir, ignore_errors=True)
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
+                resources.remove_dir(self.base_dir)
+            resources.untrack(self)
 
     def __enter__(self) -> Self:
         if not self._started:

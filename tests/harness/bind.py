@@ -9,7 +9,8 @@ Each server has its own temporary directory (named.conf, the zone file and its j
 run in the foreground (``named -g``) without ``-u`` so it stays the user that started it and can write
 its zone journal, listens on 127.0.0.1 (and ::1 if asked) on one free port for both UDP and TCP, has no
 recursion and no control channel (no rndc), and accepts updates of its one zone signed with its key.
-It is stopped through the PID of the process this module started, and its directory is removed.
+It is stopped through the PID of the process this module started, and its directory is removed; both
+are registered in etcd_dr.local.resources, whose exit hook ends them if the caller never did.
 
 ``named`` comes from Debian's ``bind9`` package (scripts/setup.sh installs it); ``ETCD_DR_NAMED_BIN``
 names another binary. AppArmor: Debian ships a profile for /usr/sbin/named that confines it to
@@ -24,7 +25,6 @@ import base64
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -41,6 +41,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
+
+from etcd_dr.local import resources
 
 ENV_VAR = "ETCD_DR_NAMED_BIN"
 HOST = "127.0.0.1"
@@ -215,17 +217,8 @@ class BindServer:
 
     def stop(self) -> None:
         """Stop the named this object started (by its PID) and wait for it."""
-        proc = self.process
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self.process is not None:
+            resources.end_process(self.process, STOP_GRACE)
         self.process = None
 
 
@@ -281,7 +274,7 @@ def _apparmor_note(named: Path) -> str:
         if line.startswith(str(named)) and "enforce" in line:
             return (
                 f"; AppArmor enforces a profile on {named}, which may forbid reading a config from a "
-                f"temporary directory (see the etcd_dr.testing.bind docstring)"
+                f"temporary directory (see the harness.bind docstring)"
             )
     return ""
 
@@ -340,6 +333,13 @@ def bind_server(
         zone += "."
     directory = Path(tempfile.mkdtemp(prefix="etcd-dr-bind-"))
     srv: BindServer | None = None
+
+    def end() -> None:
+        if srv is not None:
+            srv.stop()
+        resources.remove_dir(directory)
+
+    resources.track(directory, f"BIND server in {directory}", end)
     try:
         last: BindError | None = None
         for _attempt in range(3):
@@ -366,6 +366,5 @@ def bind_server(
             raise last
         yield srv
     finally:
-        if srv is not None:
-            srv.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        end()
+        resources.untrack(directory)

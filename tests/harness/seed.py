@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SEED = Path(__file__).resolve().parents[3] / "tests" / "data" / "etcd-cross-site-dr-procedure.zh.txt"
+SEED = Path(__file__).resolve().parents[1] / "data" / "etcd-cross-site-dr-procedure.zh.txt"
 
 _PROMPT = re.compile(r"^\[root@(?P<host>[\w.-]+) [^\]]*\]\s*#\s*")
 

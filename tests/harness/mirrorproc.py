@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from etcd_dr.etcd import EtcdClient
+from etcd_dr.local import resources
 from etcd_dr.mirror.checkpoint import REPLAY, Checkpoint
 
 
@@ -52,6 +53,7 @@ class MirrorProcess:
                 stderr=log,
                 start_new_session=True,
             )
+        resources.track(self, f"mirror process {self.process.pid}", self.kill)
         return self
 
     @property
@@ -84,6 +86,7 @@ class MirrorProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
+        resources.untrack(self)
         return proc.returncode
 
     def kill(self) -> None:
@@ -92,6 +95,7 @@ class MirrorProcess:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+        resources.untrack(self)
 
     def log_text(self) -> str:
         try:
