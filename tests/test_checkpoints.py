@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from etcd_dr.checkpoints import CheckpointInfo, choose_live
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key, lock_key
-from etcd_dr.mirror.health import HealthRecord, health_key
+from etcd_dr.state.layout import checkpoint_key, health_key, lock_key
+from etcd_dr.state.records import Checkpoint, HealthRecord
 from etcd_dr.testing.clirun import assert_refused, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.mirroring import connect, pair_config, running

@@ -16,8 +16,8 @@ import pytest
 from etcd_dr.config import MirrorConfig
 from etcd_dr.etcd import Delete, EtcdClient, Put
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 from etcd_dr.testing.clirun import assert_refused, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.history import check_exactly_once

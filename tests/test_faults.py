@@ -8,8 +8,8 @@ import asyncio
 from collections.abc import Callable
 
 from etcd_dr.etcd import Put
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 from etcd_dr.testing.clirun import assert_refused, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.history import check_against_acks, check_exactly_once

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from etcd_dr import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient, prefix_range_end
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 from etcd_dr.status import status as mirror_status
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.history import check_exactly_once

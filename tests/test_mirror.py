@@ -16,8 +16,9 @@ import pytest
 from etcd_dr import ClientConfig, Mirror, MirrorConfig
 from etcd_dr.errors import Refused
 from etcd_dr.etcd import Delete, EtcdClient, Put, prefix_range_end
-from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state.records import Checkpoint
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.history import check_exactly_once
 from etcd_dr.testing.mirroring import connect, dump, mapped, pair_config, running, wait_equal

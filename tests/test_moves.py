@@ -22,9 +22,9 @@ import pytest
 from etcd_dr import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient, Status
 from etcd_dr.failover.revision import raise_revision
-from etcd_dr.failover.roles import read_role
 from etcd_dr.failover.sites import checkpoints_from
 from etcd_dr.mirror import Mirror
+from etcd_dr.state.roles import read_role
 from etcd_dr.testing.clirun import ERROR_PREFIX, Run, assert_refused, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster, free_ports
 from etcd_dr.testing.mirrorproc import MirrorProcess

@@ -7,9 +7,9 @@ import asyncio
 from collections.abc import Callable
 
 from etcd_dr.etcd import EtcdClient
-from etcd_dr.failover.events import recent_events
-from etcd_dr.failover.roles import read_role
-from etcd_dr.mirror.checkpoint import Checkpoint
+from etcd_dr.state.events import recent_events
+from etcd_dr.state.records import Checkpoint
+from etcd_dr.state.roles import read_role
 from etcd_dr.testing.clirun import assert_refused, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.mirroring import connect, dump, pair_config, running

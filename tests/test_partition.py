@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.history import check_exactly_once
 from etcd_dr.testing.mirroring import connect, wait_equal

@@ -18,8 +18,8 @@ import pytest
 from etcd_dr import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient, Put, prefix_range_end
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.history import check_against_acks, check_exactly_once
 from etcd_dr.testing.proxy import FaultProxy

@@ -23,7 +23,8 @@ import pytest
 from etcd_dr.config import DEFAULT_STATE_PREFIX
 from etcd_dr.etcd import ClientConfig, EtcdClient, PermissionDenied
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.health import HealthRecord, health_key
+from etcd_dr.state.layout import health_key
+from etcd_dr.state.records import HealthRecord
 from etcd_dr.testing.clirun import etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster, free_ports
 from etcd_dr.testing.mirroring import connect, pair_config, running, wait_equal

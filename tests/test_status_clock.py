@@ -14,7 +14,8 @@ from collections.abc import Callable
 import pytest
 
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key, heartbeat_key
+from etcd_dr.state.layout import checkpoint_key, heartbeat_key
+from etcd_dr.state.records import Checkpoint
 from etcd_dr.status import status
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.mirroring import connect, pair_config

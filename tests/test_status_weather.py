@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 
 from etcd_dr.etcd import EtcdClient
-from etcd_dr.failover.events import record_event
-from etcd_dr.failover.roles import PRIMARY, read_role, write_role
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import checkpoint_key, lock_key
-from etcd_dr.mirror.health import HealthRecord, VerifyResult, health_key
+from etcd_dr.state.events import record_event
+from etcd_dr.state.layout import checkpoint_key, health_key, lock_key
+from etcd_dr.state.records import HealthRecord, VerifyResult
+from etcd_dr.state.roles import PRIMARY, read_role, write_role
 from etcd_dr.testing.clirun import ERROR_PREFIX, Run, etcd_dr
 from etcd_dr.testing.cluster import EtcdCluster
 from etcd_dr.testing.mirroring import connect, pair_config, running

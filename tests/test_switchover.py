@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from etcd_dr.etcd import ClientConfig, EtcdClient, PermissionDenied, prefix_range_end
-from etcd_dr.failover.roles import read_role
+from etcd_dr.state.roles import read_role
 from etcd_dr.testing.acked import AckedWriter
 from etcd_dr.testing.bind import BindServer, bind_server, named_unavailable_reason
 from etcd_dr.testing.cluster import EtcdCluster

@@ -16,9 +16,9 @@ from typing import Any
 
 from .errors import CheckFailed, Refused, UsageError
 from .etcd import Compare, CompareResult, Delete, EtcdClient, prefix_range_end
-from .failover.events import record_event
-from .mirror.checkpoint import Checkpoint, encode_key
-from .mirror.health import health_key
+from .state.events import record_event
+from .state.layout import health_key
+from .state.records import Checkpoint, encode_key
 
 log = logging.getLogger("etcd_dr.checkpoints")
 

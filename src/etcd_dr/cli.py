@@ -590,7 +590,7 @@ cli.add_command(mirror, "make-mirror")
 def verify(dest: str, as_json: bool, **kw: Any) -> None:
     """Compare SOURCE and DEST: exit 0 equal, 1 different, 2 error."""
     from .errors import CheckFailed
-    from .mirror.checkpoint import encode_key
+    from .state.records import encode_key
     from .verify import verify as run_verify
 
     config = pair_config(dest, kw)

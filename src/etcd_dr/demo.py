@@ -46,12 +46,12 @@ from .etcd import ClientConfig, EtcdClient, EtcdError, TLSError, TransientError,
 from .failover.config import MoveConfig
 from .failover.failback import failback
 from .failover.failover import failover
-from .failover.roles import read_role
 from .failover.sites import mirror_command, reversed_pair
 from .failover.switchover import SwitchoverResult, switchover
 from .metrics import health
 from .mirror import Mirror
 from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
+from .state.roles import read_role
 from .testing.acked import AckedWriter
 from .testing.binaries import EtcdBinaries, EtcdNotFoundError, find
 from .testing.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError, free_ports

@@ -18,11 +18,11 @@ from typing import Any
 from .checkpoints import CheckpointInfo, list_checkpoints
 from .config import MirrorConfig
 from .etcd import EtcdClient, Status, TransientError
-from .failover.events import Event, recent_events
-from .failover.roles import Role, RoleUnreadable, read_role
-from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key, heartbeat_key, lock_key
-from .mirror.health import HealthRecord, health_key
 from .mirror.keys import KeyMapper
+from .state.events import Event, recent_events
+from .state.layout import checkpoint_key, health_key, heartbeat_key, lock_key
+from .state.records import REPLAY, Checkpoint, HealthRecord, encode_key
+from .state.roles import Role, RoleUnreadable, read_role
 
 log = logging.getLogger("etcd_dr.status")
 

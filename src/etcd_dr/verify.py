@@ -20,9 +20,10 @@ from typing import Any
 from .config import MirrorConfig
 from .errors import Refused
 from .etcd import CompactedError, EtcdClient
-from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key
 from .mirror.compare import Kind, Pair, compare_ranges
 from .mirror.keys import KeyMapper, ranges_overlap
+from .state.layout import checkpoint_key
+from .state.records import REPLAY, Checkpoint, encode_key
 
 log = logging.getLogger("etcd_dr.verify")
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from ..config import DEFAULT_STATE_PREFIX, MirrorConfig
 from ..errors import EtcdDrError, Refused
 from ..etcd import ClientConfig, EtcdClient, Event, Status, TransientError, prefix_range_end
-from ..mirror.checkpoint import Checkpoint
+from ..state.records import Checkpoint
+from ..state.roles import RoleState, read_role
 from .config import MoveConfig
-from .roles import RoleState, read_role
 
 log = logging.getLogger("etcd_dr.failover")
 

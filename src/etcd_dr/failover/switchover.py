@@ -18,17 +18,18 @@ from typing import Any
 from ..checkpoints import live_checkpoints
 from ..errors import CheckFailed, EtcdDrError, Refused
 from ..etcd import CompactedError, Compare, CompareResult, Delete, EtcdClient, EtcdError
-from ..mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, lock_key
+from ..failover.fence import fence_writes, unfence_writes
 from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
 from ..mirror.lock import describe_holder
+from ..state.events import record_event
+from ..state.layout import checkpoint_key, lock_key
+from ..state.records import REPLAY, Checkpoint
+from ..state.roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from ..verify import verify
 from .config import MoveConfig
-from .events import record_event
-from .fence import fence_writes, unfence_writes
 from .plan import MovePlan, mirror_holders, old_mirror_lines
 from .revision import mark_compacted, raise_revision
-from .roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from .sites import (
     Site,
     StoredCheckpoint,

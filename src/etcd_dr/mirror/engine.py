@@ -36,20 +36,12 @@ from ..etcd import (
     TransientError,
     Unavailable,
 )
-from ..failover.roles import RoleState, claim_standby
-from .checkpoint import (
-    REPLAY,
-    SYNC,
-    Checkpoint,
-    SourceRate,
-    checkpoint_key,
-    encode_key,
-    heartbeat_key,
-    lock_key,
-)
+from ..mirror.checkpoint import SourceRate
+from ..state.layout import checkpoint_key, health_key, heartbeat_key, lock_key
+from ..state.records import REPLAY, SYNC, Checkpoint, HealthRecord, encode_key
+from ..state.records import VerifyResult as VerifyRecord
+from ..state.roles import RoleState, claim_standby
 from .foreign import ForeignWatch, ForeignWrite, restore_foreign
-from .health import HealthRecord, health_key
-from .health import VerifyResult as VerifyRecord
 from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseLost, LeaseMirror
 from .lock import MirrorLock

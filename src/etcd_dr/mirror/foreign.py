@@ -41,7 +41,7 @@ from ..etcd import (
     Put,
     WatchBatch,
 )
-from .checkpoint import REPLAY, SYNC, Checkpoint, encode_key
+from ..state.records import REPLAY, SYNC, Checkpoint, encode_key
 from .keys import KeyMapper
 from .leases import LeaseMirror
 from .stats import MirrorStats

@@ -37,7 +37,8 @@ from ..etcd import (
     Unavailable,
     WatchBatch,
 )
-from .checkpoint import Checkpoint, SourceRate
+from ..mirror.checkpoint import SourceRate
+from ..state.records import Checkpoint
 from .keys import ALL_KEYS, KeyMapper
 from .leases import LeaseMirror
 from .stats import MirrorStats

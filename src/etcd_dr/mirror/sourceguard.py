@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from ..errors import Refused
 from ..etcd import Compare, CompareResult, Delete, EtcdClient, Op, prefix_range_end
-from ..failover.events import TAKE_OVER, record_event
-from ..failover.roles import STANDBY, read_role, write_role
-from .checkpoint import Checkpoint, checkpoint_key, encode_key, lock_key
-from .health import health_key
+from ..state.events import TAKE_OVER, record_event
+from ..state.layout import checkpoint_key, health_key, lock_key
+from ..state.records import Checkpoint, encode_key
+from ..state.roles import STANDBY, read_role, write_role
 from .keys import key_range, ranges_overlap
 
 log = logging.getLogger("etcd_dr.mirror")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import Fenced
 from ..etcd import Compare, EtcdClient, KeyValueLike, TxnBatch
-from .checkpoint import encode_key
+from ..state.records import encode_key
 from .compare import Kind, diff_ranges
 from .keys import KeyMapper
 from .leases import LeaseMirror

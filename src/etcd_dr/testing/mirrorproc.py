@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from etcd_dr.etcd import EtcdClient
-from etcd_dr.mirror.checkpoint import REPLAY, Checkpoint
+
+from ..state.records import REPLAY, Checkpoint
 
 
 class MirrorProcess:

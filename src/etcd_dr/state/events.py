@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..etcd import EtcdClient, EtcdError, SortOrder, SortTarget, prefix_range_end
+from .layout import StateLayout, events_prefix
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -18,10 +19,6 @@ KEEP = 200  # events kept per cluster; older ones are removed when a new one is 
 # A mirror from another source cluster replaced the one that wrote into this range (`--take-over`);
 # its fields name both sources and the replaced checkpoint (mirror/sourceguard.py).
 TAKE_OVER = "take-over"
-
-
-def events_prefix(state_prefix: bytes) -> bytes:
-    return state_prefix + b"events/"
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,7 @@ async def record_event(
 ) -> None:
     """Best effort: an event that cannot be written is logged, never a reason to stop a move halfway."""
     t = time.time()
-    key = events_prefix(state_prefix) + f"{time.time_ns():020d}-{kind}".encode()
+    key = StateLayout(state_prefix).event(time.time_ns(), kind)
     value = json.dumps({"time": round(t, 3), "kind": kind, "message": message, **fields}, sort_keys=True)
     try:
         await client.put(key, value.encode())

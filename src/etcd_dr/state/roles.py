@@ -16,16 +16,13 @@ from typing import Any, Literal
 
 from ..errors import Refused
 from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, Op, Put, TxnResult
+from .layout import role_key
 
 log = logging.getLogger("etcd_dr.failover")
 
 PRIMARY = "primary"
 STANDBY = "standby"
 RoleName = Literal["primary", "standby"]
-
-
-def role_key(state_prefix: bytes) -> bytes:
-    return state_prefix + b"role"
 
 
 @dataclass(frozen=True)
