@@ -152,15 +152,20 @@ async def test_stopped_mirror_with_unapplied_writes_and_lag_limit(etcd_cluster_f
     assert "no-checkpoint: no mirror checkpoint for this --prefix" in bare.stdout, bare.stdout
     assert "'/app/' -> '/app/', stale; give their --prefix" in bare.stdout, bare.stdout
 
-    # A checkpoint that cannot be read is a problem reported, not an error that hides the rest.
+    # A checkpoint that cannot be read is exit 2 from every command (DESIGN.md), naming the key and
+    # the fix; `checkpoints --remove` still removes it by its id.
     async with connect(a) as ca, connect(b) as cb:
         a_id = (await ca.status()).cluster_id
-        await cb.put(checkpoint_key(STATE, a_id, APP, APP), b"{not json")
-    broken = await status(a, b, "--no-fence")
-    assert broken.code == 1 and "checkpoint-unreadable: the checkpoint" in broken.stdout, broken.stdout
-    assert "source: cluster" in broken.stdout and "destination: cluster" in broken.stdout
+        key = checkpoint_key(STATE, a_id, APP, APP)
+        await cb.put(key, b"{not json")
+    broken = await etcd_dr(
+        "status", b.endpoints[0], "--endpoints", a.endpoints[0], "--prefix", "/app/", "--no-fence"
+    )
+    last = broken.stderr.strip().splitlines()[-1]
+    assert broken.code == 2 and last.startswith("etcd-dr: error: the mirror checkpoint "), broken.stderr
+    assert key.decode() in last and "etcdctl del" in last, last
     listed = await etcd_dr("checkpoints", b.endpoints[0])
-    assert listed.code == 0 and "unreadable" in listed.stdout, listed.stdout + listed.stderr
+    assert listed.code == 2 and key.decode() in listed.stderr, listed.stdout + listed.stderr
 
 
 async def test_two_primaries_and_the_last_move(etcd_cluster_factory: Factory) -> None:

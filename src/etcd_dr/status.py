@@ -20,9 +20,10 @@ from .config import MirrorConfig
 from .etcd import EtcdClient, Status, TransientError
 from .mirror.keys import KeyMapper
 from .state.events import Event, recent_events
-from .state.layout import checkpoint_key, health_key, heartbeat_key, lock_key
+from .state.layout import StateLayout, checkpoint_key, health_key, heartbeat_key, lock_key
+from .state.reader import decode
 from .state.records import REPLAY, Checkpoint, HealthRecord, encode_key
-from .state.roles import Role, RoleUnreadable, read_role
+from .state.roles import Role, read_role
 
 log = logging.getLogger("etcd_dr.status")
 
@@ -548,10 +549,7 @@ async def _read_cluster(client: EtcdClient, state: ClusterState, state_prefix: b
     state.cluster_id = head.header.cluster_id
     state.revision = head.header.revision
     state.compact_revision = await client.compact_revision(state.revision)
-    try:
-        state.site_role = (await read_role(client, state_prefix)).role
-    except RoleUnreadable:
-        state.site_role = None
+    state.site_role = (await read_role(client, state_prefix)).role
     state.events = await recent_events(client, state_prefix, limit=5)
     state.alarms = [(member, name.removeprefix("ALARM_")) for member, name in await client.alarms()]
     state.auth_enabled = await client.auth_enabled()
@@ -604,30 +602,22 @@ async def _read_mirror(
     if not source_id:
         return
     key = checkpoint_key(sp, source_id, config.prefix, mapper.dest_prefix)
-    report.checkpoint_id = key[len(sp) + len(b"mirror/") :].decode()
+    report.checkpoint_id = StateLayout(sp).pair_of(key).decode()
     kv = await dest.get(key)
     if kv is not None:
-        try:
-            report.checkpoint = Checkpoint.decode(kv.value)
-        except (ValueError, KeyError, TypeError) as e:
-            report.checkpoint_error = (
-                f"the checkpoint {encode_key(key)} on the destination is not readable: {e}"
-            )
+        report.checkpoint = decode("checkpoint", key, kv.value, dest, Checkpoint.decode)
     lock = await dest.get(lock_key(sp, source_id, config.prefix, mapper.dest_prefix))
     report.lock_holder = lock.value.decode(errors="replace") if lock is not None else None
     hv = await dest.get(health_key(sp, source_id, config.prefix, mapper.dest_prefix))
     if hv is not None:
-        try:
-            report.health = HealthRecord.decode(hv.value)
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("the mirror's health record on the destination is not readable: %s", e)
+        report.health = decode("health", hv.key, hv.value, dest, HealthRecord.decode)
     if not src.down:
         try:
             beat = await source.get(heartbeat_key(sp, dst.cluster_id))
         except TransientError as e:
             log.debug("reading the heartbeat on the source: %s", e)
             return
-        report.source_heartbeat = _parse_time(beat.value) if beat else 0.0
+        report.source_heartbeat = decode("heartbeat", beat.key, beat.value, source, float) if beat else 0.0
 
 
 def _parse_time(value: bytes) -> float:

@@ -41,6 +41,7 @@ from ..etcd import (
     prefix_range_end,
 )
 from ..state.layout import fence_key
+from ..state.reader import decode
 from ..state.records import FENCED, FENCING, MODES, UNFENCING, FenceMode, FenceRecord, encode_key
 from .hooks import HookFailed, run_hook
 
@@ -218,12 +219,8 @@ async def _read(client: EtcdClient, state_prefix: bytes) -> tuple[FenceRecord | 
     if not r.kvs:
         return None, r.header.cluster_id
     kv = r.kvs[0]
-    try:
-        return FenceRecord.decode(kv.value, kv.mod_revision), r.header.cluster_id
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FenceError(
-            f"the fence record {encode_key(key)} on {client.config.endpoints_text} is not readable: {e}"
-        ) from None
+    record = decode("fence", key, kv.value, client, lambda v: FenceRecord.decode(v, kv.mod_revision))
+    return record, r.header.cluster_id
 
 
 async def _store(

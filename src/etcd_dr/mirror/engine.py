@@ -37,7 +37,8 @@ from ..etcd import (
     Unavailable,
 )
 from ..mirror.checkpoint import SourceRate
-from ..state.layout import checkpoint_key, health_key, heartbeat_key, lock_key
+from ..state.layout import checkpoint_key, health_key, heartbeat_key, lease_registry_key, lock_key
+from ..state.reader import decode
 from ..state.records import REPLAY, SYNC, Checkpoint, HealthRecord, encode_key
 from ..state.records import VerifyResult as VerifyRecord
 from ..state.roles import RoleState, claim_standby
@@ -432,13 +433,7 @@ class Mirror:
         kv = await dest.get(self._key)
         if kv is None:
             return None, None
-        try:
-            return Checkpoint.decode(kv.value), kv.value
-        except (ValueError, KeyError) as e:
-            raise Refused(
-                f"the checkpoint {encode_key(self._key)} on the destination is not readable ({e}); "
-                "remove it to copy from scratch"
-            ) from None
+        return decode("checkpoint", kv.key, kv.value, dest, Checkpoint.decode), kv.value
 
     async def _write_checkpoint(self, dest: EtcdClient, previous: bytes | None, new: Checkpoint) -> bytes:
         """Replace the checkpoint, only if it is still what we read (else another writer is active)."""
@@ -486,7 +481,9 @@ class Mirror:
         )
         if self.config.leases == "mirror":
             # The leases this mirror owns on the destination, next to its lock and checkpoint.
-            registry = self._lock_key.replace(b"/lock/", b"/leases/", 1) + b"/"
+            registry = lease_registry_key(
+                self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
+            )
             self._leases = LeaseMirror(
                 source,
                 dest,

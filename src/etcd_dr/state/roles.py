@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ..errors import Refused
 from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, Op, Put, TxnResult
 from .layout import role_key
+from .reader import UnreadableRecord, where
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -99,7 +100,7 @@ class RoleState:
         return Compare.mod(role_key(state_prefix), CompareResult.EQUAL, self.mod_revision)
 
 
-class RoleUnreadable(Refused):
+class RoleUnreadable(UnreadableRecord):
     pass
 
 
@@ -109,10 +110,8 @@ async def read_role(client: EtcdClient, state_prefix: bytes) -> RoleState:
         return RoleState(None, 0)
     try:
         return RoleState(Role.decode(kv.value), kv.mod_revision)
-    except (ValueError, KeyError) as e:
-        raise RoleUnreadable(
-            f"the role record {role_key(state_prefix).decode(errors='replace')} is not readable: {e}"
-        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RoleUnreadable("role", kv.key, where(client), e) from None
 
 
 async def write_role(
