@@ -14,7 +14,7 @@ import pytest
 
 from etcd_dr.config import DEFAULT_STATE_PREFIX
 from etcd_dr.etcd import ClientConfig, EtcdClient, Permission, PermissionDenied
-from etcd_dr.failover.fence import FenceError, fence_writes, read_fence, unfence_writes
+from etcd_dr.fence import FenceError, fence_writes, read_fence, unfence_writes
 from etcd_dr.state.layout import fence_key
 from etcd_dr.state.records import FENCED, FENCING, UNFENCING, FenceRecord
 from etcd_dr.testing.cluster import EtcdCluster

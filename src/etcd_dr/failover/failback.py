@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import CheckFailed, Refused
 from ..etcd import CompactedError, EtcdClient, EventType
-from ..failover.fence import fence_writes
+from ..fence import fence_writes
 from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
 from ..state.events import record_event

@@ -18,7 +18,7 @@ from typing import Any
 from ..checkpoints import live_checkpoints
 from ..errors import CheckFailed, Refused
 from ..etcd import ClientConfig, Compare, CompareResult, Delete, EtcdClient, Status, parse_endpoints
-from ..failover.fence import fence_writes, unfence_writes
+from ..fence import fence_writes, unfence_writes
 from ..mirror.keys import KeyMapper
 from ..mirror.lock import describe_holder
 from ..state.events import record_event

@@ -177,7 +177,7 @@ async def _switch_clients(cfg: MoveConfig, new_primary: Site, old_primary_text: 
         result = await switch_name(cfg.dns, addresses)
         done.append(f"DNS {cfg.dns.name} -> {', '.join(result.after)}")
     if cfg.switch_hook:
-        from .hooks import run_hook
+        from ..hooks import run_hook
 
         await run_hook(
             cfg.switch_hook,

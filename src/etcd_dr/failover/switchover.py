@@ -18,7 +18,7 @@ from typing import Any
 from ..checkpoints import live_checkpoints
 from ..errors import CheckFailed, EtcdDrError, Refused
 from ..etcd import CompactedError, Compare, CompareResult, Delete, EtcdClient, EtcdError
-from ..failover.fence import fence_writes, unfence_writes
+from ..fence import fence_writes, unfence_writes
 from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
 from ..mirror.lock import describe_holder

@@ -749,7 +749,7 @@ class Mirror:
     async def _fence_standby(self, dest: EtcdClient) -> None:
         """--fence-standby: only root and etcd-dr's user may write on the standby (the fence a move
         makes; a promotion lifts it)."""
-        from ..failover.fence import fence_writes
+        from ..fence import fence_writes
 
         if not await dest.auth_enabled():
             raise Refused(

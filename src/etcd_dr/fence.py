@@ -28,8 +28,8 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
-from ..errors import EtcdDrError
-from ..etcd import (
+from .errors import EtcdDrError
+from .etcd import (
     Compare,
     CompareResult,
     Delete,
@@ -40,10 +40,10 @@ from ..etcd import (
     RoleNotFound,
     prefix_range_end,
 )
-from ..state.layout import fence_key
-from ..state.reader import decode
-from ..state.records import FENCED, FENCING, MODES, UNFENCING, FenceMode, FenceRecord, encode_key
 from .hooks import HookFailed, run_hook
+from .state.layout import fence_key
+from .state.reader import decode
+from .state.records import FENCED, FENCING, MODES, UNFENCING, FenceMode, FenceRecord, encode_key
 
 log = logging.getLogger("etcd_dr.failover")
 
