@@ -29,6 +29,7 @@ _RECORDS: dict[str, tuple[str, str]] = {
         "fence record",
         "give the application roles their write permissions back by hand, then remove it with `{cmd}`",
     ),
+    "heartbeat": ("mirror heartbeat", "remove it with `{cmd}`; the mirror writes it again"),
     "lease registry": (
         "lease registry entry",
         "remove it with `{cmd}`; the pair's mirror registers its leases again",
