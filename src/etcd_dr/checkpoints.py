@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CheckFailed, Refused, UsageError
-from .etcd import Compare, CompareResult, Delete, EtcdClient, prefix_range_end
+from .etcd import Compare, CompareResult, Delete, EtcdClient
 from .state.events import record_event
 from .state.layout import StateLayout, health_key
 from .state.reader import UnreadableRecord, where
 from .state.records import Checkpoint, encode_key
+from .state.site import SiteState
 
 log = logging.getLogger("etcd_dr.checkpoints")
 
@@ -93,28 +94,26 @@ async def list_checkpoints(
     """Every mirror checkpoint on `client` (only those from the cluster `source_id` if given), each
     with its lock's holder; oldest first by key. An unreadable one is UnreadableRecord, unless not
     `strict` (removing one by its id must still work: then it is listed with its error)."""
-    layout = StateLayout(state_prefix)
-    ck_prefix = layout.checkpoints if source_id is None else layout.checkpoints_of(source_id)
-    lock_prefix = layout.locks if source_id is None else layout.locks_of(source_id)
-    # Locks first: a mirror that starts in between shows as stale at worst, never a stale one as live.
-    locks = await client.range(lock_prefix, prefix_range_end(lock_prefix))
-    held = {layout.pair_of_lock(kv.key): kv.value for kv in locks.kvs}
-    stored = await client.range(ck_prefix, prefix_range_end(ck_prefix))
+    return checkpoints_of(await SiteState.read(client, state_prefix), source_id, strict=strict)
+
+
+def checkpoints_of(
+    site: SiteState, source_id: int | None = None, *, strict: bool = True
+) -> list[CheckpointInfo]:
+    """list_checkpoints from a snapshot: each checkpoint with its lock as they were at one revision."""
+    tail = None if source_id is None else site.layout.pair_of(site.layout.checkpoints_of(source_id))
     found = []
-    for kv in stored.kvs:
-        rest = layout.pair_of(kv.key)
-        if rest.count(b"/") != 1:
-            continue  # not a checkpoint key (<cluster>/<digest>)
-        holder_raw = held.get(rest)
-        holder = None if holder_raw is None else holder_raw.decode(errors="replace")
+    for pair, kv in sorted(site.checkpoint_kvs.items()):
+        if pair.count(b"/") != 1 or (tail is not None and not pair.startswith(tail)):
+            continue  # not a checkpoint key (<cluster>/<digest>), or another source's
         try:
             ckpt: Checkpoint | None = Checkpoint.decode(kv.value)
             error = ""
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             if strict:
-                raise UnreadableRecord("checkpoint", kv.key, where(client), e) from None
+                raise UnreadableRecord("checkpoint", kv.key, where(site.client), e) from None
             ckpt, error = None, str(e) or type(e).__name__
-        found.append(CheckpointInfo(kv.key, kv.value, kv.mod_revision, ckpt, holder, error))
+        found.append(CheckpointInfo(kv.key, kv.value, kv.mod_revision, ckpt, site.lock_holder(pair), error))
     return found
 
 

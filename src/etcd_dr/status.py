@@ -15,15 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoints import CheckpointInfo, list_checkpoints
+from .checkpoints import CheckpointInfo, checkpoints_of
 from .config import MirrorConfig
 from .etcd import EtcdClient, Status, TransientError
 from .mirror.keys import KeyMapper
 from .state.events import Event, recent_events
-from .state.layout import StateLayout, checkpoint_key, health_key, heartbeat_key, lock_key
+from .state.layout import checkpoint_key, heartbeat_key
 from .state.reader import decode
 from .state.records import REPLAY, Checkpoint, HealthRecord, encode_key
 from .state.roles import Role, read_role
+from .state.site import SiteState
 
 log = logging.getLogger("etcd_dr.status")
 
@@ -581,7 +582,9 @@ async def _read_mirror(
 ) -> None:
     sp = config.state_prefix
     src, dst = report.source, report.dest
-    report.checkpoints = await list_checkpoints(dest, sp)
+    # The destination's records in one read (one revision): checkpoints, locks, health records.
+    site = await SiteState.read(dest, sp)
+    report.checkpoints = checkpoints_of(site)
     # This pair's source cluster: the source's own id; with the source down, the one the standby's
     # role record names, else the one whose checkpoint has this pair's prefixes.
     source_id = src.cluster_id if not src.down else 0
@@ -602,15 +605,11 @@ async def _read_mirror(
     if not source_id:
         return
     key = checkpoint_key(sp, source_id, config.prefix, mapper.dest_prefix)
-    report.checkpoint_id = StateLayout(sp).pair_of(key).decode()
-    kv = await dest.get(key)
-    if kv is not None:
-        report.checkpoint = decode("checkpoint", key, kv.value, dest, Checkpoint.decode)
-    lock = await dest.get(lock_key(sp, source_id, config.prefix, mapper.dest_prefix))
-    report.lock_holder = lock.value.decode(errors="replace") if lock is not None else None
-    hv = await dest.get(health_key(sp, source_id, config.prefix, mapper.dest_prefix))
-    if hv is not None:
-        report.health = decode("health", hv.key, hv.value, dest, HealthRecord.decode)
+    pair = site.layout.pair_of(key)
+    report.checkpoint_id = pair.decode()
+    report.checkpoint = site.checkpoint(pair)
+    report.lock_holder = site.lock_holder(pair)
+    report.health = site.health(pair)
     if not src.down:
         try:
             beat = await source.get(heartbeat_key(sp, dst.cluster_id))

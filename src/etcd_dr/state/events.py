@@ -68,18 +68,14 @@ async def recent_events(client: EtcdClient, state_prefix: bytes, limit: int = 10
         sort_order=SortOrder.DESCEND,
         sort_target=SortTarget.KEY,
     )
-    events = []
-    for kv in reversed(result.kvs):
-        try:
-            d = json.loads(kv.value)
-            events.append(
-                Event(
-                    float(d.pop("time")),
-                    str(d.pop("kind")),
-                    str(d.pop("message")),
-                    d,
-                )
-            )
-        except (ValueError, KeyError, TypeError):
-            continue  # not ours to interpret; status shows what it can
-    return events
+    return [e for e in (parse_event(kv.value) for kv in reversed(result.kvs)) if e is not None]
+
+
+def parse_event(data: bytes) -> Event | None:
+    """An event record, or None when it is not ours to interpret: the history is shown as far as it
+    can be read (an event is a note of what was done, never state a command acts on)."""
+    try:
+        d = json.loads(data)
+        return Event(float(d.pop("time")), str(d.pop("kind")), str(d.pop("message")), d)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from ..errors import Refused
-from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, Op, Put, TxnResult
+from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, KeyValue, Op, Put, TxnResult
 from .layout import role_key
 from .reader import UnreadableRecord, where
 
@@ -105,7 +105,11 @@ class RoleUnreadable(UnreadableRecord):
 
 
 async def read_role(client: EtcdClient, state_prefix: bytes) -> RoleState:
-    kv = await client.get(role_key(state_prefix))
+    return read_role_kv(await client.get(role_key(state_prefix)), client)
+
+
+def read_role_kv(kv: KeyValue | None, client: EtcdClient) -> RoleState:
+    """The role record as read from `client` (None: no record)."""
     if kv is None:
         return RoleState(None, 0)
     try:
