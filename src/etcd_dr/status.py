@@ -28,7 +28,7 @@ from .state.site import SiteState
 
 log = logging.getLogger("etcd_dr.status")
 
-# Kinds of recorded events that are moves (failover/events.py), and of drills.
+# Kinds of recorded events that are moves (state/events.py), and of drills.
 MOVE_KINDS = ("promoted", "demoted", "switchover", "failover", "failback")
 DRILL_MARK = "drill"
 
@@ -92,7 +92,7 @@ class StatusReport:
     # The newest heartbeat the mirror wrote on the source (its wall-clock time), 0 if none.
     source_heartbeat: float = 0.0
     now: float = field(default_factory=time.time)
-    health: HealthRecord | None = None  # the mirror's health record (mirror/health.py), if written
+    health: HealthRecord | None = None  # the mirror's health record (state/records.py), if written
     checkpoints: list[CheckpointInfo] = field(default_factory=list)  # every one on the destination
     checkpoint_id: str = ""  # this pair's, in `etcd-dr checkpoints` form
     checkpoint_error: str = ""  # why this pair's checkpoint could not be read

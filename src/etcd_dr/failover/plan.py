@@ -34,7 +34,7 @@ class MovePlan:
 
 
 def lock_prefix(state_prefix: bytes, source_id: int) -> bytes:
-    """Where the locks of the mirrors from cluster `source_id` are (mirror/checkpoint.py: lock_key)."""
+    """Where the locks of the mirrors from cluster `source_id` are (state/layout.py)."""
     return StateLayout(state_prefix).locks_of(source_id)
 
 

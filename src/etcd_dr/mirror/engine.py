@@ -36,12 +36,12 @@ from ..etcd import (
     TransientError,
     Unavailable,
 )
-from ..mirror.checkpoint import SourceRate
 from ..state.layout import checkpoint_key, health_key, heartbeat_key, lease_registry_key, lock_key
 from ..state.reader import decode
 from ..state.records import REPLAY, SYNC, Checkpoint, HealthRecord, encode_key
 from ..state.records import VerifyResult as VerifyRecord
 from ..state.roles import RoleState, claim_standby
+from .checkpoint import SourceRate
 from .foreign import ForeignWatch, ForeignWrite, restore_foreign
 from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseLost, LeaseMirror
@@ -50,6 +50,7 @@ from .replay import Replayer
 from .sourceguard import guard_one_source
 from .stats import MirrorStats
 from .sync import SyncResult, diff_sync
+from .writer import DestWriter
 
 log = logging.getLogger("etcd_dr.mirror")
 
@@ -243,6 +244,19 @@ class Mirror:
         fences this mirror for good)."""
         return [self._lock.guard(), self._role.guard(self.config.state_prefix)]
 
+    def _writer(self, dest: EtcdClient) -> DestWriter:
+        """How the copy and the replay write: under the checkpoint and the guards of this cycle."""
+        return DestWriter(
+            dest,
+            self.mapper,
+            self._key,
+            tuple(self._guards()),
+            self.config.max_txn_ops,
+            self._max_txn_bytes,
+            self.stats,
+            self._leases,
+        )
+
     async def _cycle(self, source: EtcdClient, dest: EtcdClient, target: int | None) -> Checkpoint:
         # Every cycle: a destination promoted meanwhile ends the mirror here (Refused).
         self._role = await claim_standby(
@@ -282,17 +296,10 @@ class Mirror:
         self._rate.carry(ckpt)
         replayer = Replayer(
             source,
-            dest,
-            self.mapper,
-            self._key,
+            self._writer(dest),
             ckpt,
-            max_txn_ops=self.config.max_txn_ops,
-            max_txn_bytes=self._max_txn_bytes,
-            stats=self.stats,
             stop_at=target,
             heartbeat_key=self._heartbeat_key,
-            guards=self._guards(),
-            leases=self._leases,
             guard_deletes=lambda n: self._check_replay_deletes(dest, n),
             checkpoint_interval=self.config.checkpoint_interval,
             retry_for=self.config.timeout if self.config.once else None,
@@ -339,20 +346,15 @@ class Mirror:
 
         result = await diff_sync(
             source,
-            dest,
-            self.mapper,
+            self._writer(dest),
             revision=revision,
-            guard=[Compare.value_(self._key, CompareResult.EQUAL, start_raw), *self._guards()],
-            max_txn_ops=self.config.max_txn_ops,
-            max_txn_bytes=self._max_txn_bytes,
+            checkpoint_raw=start_raw,
             inflight=self.config.inflight,
             page_size=self.config.page_size,
             on_progress=progress,
             progress_every=0.25,
             resync=previous is not None and previous.phase == REPLAY,
-            stats=self.stats,
             guard_deletes=self._check_copy_deletes,
-            leases=self._leases,
         )
         done = replace(self._new_checkpoint(revision, REPLAY), source_time=round(read_at, 3))
         done_raw = await self._write_checkpoint(dest, start_raw, done)
@@ -719,7 +721,7 @@ class Mirror:
                 await asyncio.sleep(1.0)
 
     async def _write_health(self, dest: EtcdClient) -> None:
-        """The health record on the destination (mirror/health.py): every --health-interval, and at
+        """The health record on the destination (HealthRecord): every --health-interval, and at
         once when a problem appears or clears, a foreign write is seen or a verify ends."""
         written: tuple[int, int, int] | None = None
         last = 0.0
