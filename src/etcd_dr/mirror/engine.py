@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any
 
 from ..aio import cancel_and_wait
@@ -53,6 +54,16 @@ from .sync import SyncResult, diff_sync
 from .writer import DestWriter
 
 log = logging.getLogger("etcd_dr.mirror")
+
+
+class _Next(Enum):
+    """What the loop does after an error: the next cycle at once, or after the backoff."""
+
+    AGAIN = "again"
+    BACKOFF = "backoff"
+
+
+_AGAIN, _BACKOFF = _Next.AGAIN, _Next.BACKOFF
 
 # The txn size (bytes of keys and values) the mirror goes down to, halving it each time the destination
 # refuses a txn as too large (its --max-request-bytes is below the mirror's --max-txn-bytes).
@@ -115,9 +126,10 @@ class Mirror:
                 await self._lock.release()
 
     async def _loop(self, source: EtcdClient, dest: EtcdClient) -> MirrorResult:
+        """Cycles until one ends (--once) or the mirror is stopped; an error is met as the retry
+        policy (`_retry_policy`) says: again at once, again after the backoff, or raised."""
         target = self.stats.source_revision if self.config.once else None
-        backoff = 0.1
-        failing_since: float | None = None
+        self._backoff, self._failing_since = 0.1, None
         while True:
             try:
                 if not self._lock.revision or self._lock.lost.is_set():
@@ -126,91 +138,129 @@ class Mirror:
                     await self._lock.acquire(self.config.timeout if self.config.once else None)
                 ckpt = await self._while_holding_lock(self._cycle(source, dest, target))
                 return MirrorResult(ckpt, self._last_copy)
-            except LeaseLost:
-                self.stats.resyncs += 1
-                self._force_sync = "a destination lease expired while its source lease lives"
-                continue
-            except LeaseNotFound as e:
-                # A txn named a destination lease that is gone (it expired between the cycle's lease
-                # check and the txn): nothing was applied; the next cycle grants it again and copies.
-                self.stats.resyncs += 1
-                log.warning("%s: granting the leases again and copying", e)
-                self._force_sync = "a destination lease expired while its source lease lives"
-            except TooManyOpsError as e:
-                raise UsageError(
-                    f"--max-txn-ops {self.config.max_txn_ops}: the destination takes fewer ops per txn "
-                    f"({e}); give at most its etcd --max-txn-ops"
-                ) from None
-            except CompactedError as e:
-                self.stats.resyncs += 1
-                self.stats.errors["compacted"] += 1
-                log.warning("resync: the source compacted past the checkpoint (%s); copying again", e)
-                self._force_sync = "the source compacted past the checkpoint"
-                continue
-            except Fenced as e:
-                self.stats.errors["fenced"] += 1
-                if not await self._still_holding_lock(dest):
-                    log.warning("the mirror lock was taken over (%s); standing by", e)
-                    self._lock.lost.set()
+            except Exception as e:
+                handler = next((h for kind, h in self._retry_policy() if isinstance(e, kind)), None)
+                if handler is None:
+                    raise
+                if await handler(e, dest) is _AGAIN:
                     continue
-                log.warning("restart from the destination's checkpoint: %s", e)
-            except RequestTooLargeError as e:
-                # Refused whole (nothing applied): the cycle starts again from the checkpoint with
-                # smaller txns; a source txn larger than one of them is applied in parts (logged).
-                self.stats.errors["too_large"] += 1
-                if self._max_txn_bytes <= MIN_TXN_BYTES:
-                    raise Refused(
-                        f"{e}: the destination refuses even txns of {MIN_TXN_BYTES} bytes of keys and "
-                        "values, so a single source key and value is larger than its --max-request-bytes "
-                        "allows; raise it on the destination (to the source's, 1.5 MiB by default)"
-                    ) from e
-                self._max_txn_bytes = max(MIN_TXN_BYTES, self._max_txn_bytes // 2)
-                log.warning(
-                    "the destination refused a txn as too large (%s): its --max-request-bytes is below "
-                    "the mirror's txn size; from now on a txn carries at most %d bytes of keys and values",
-                    e,
-                    self._max_txn_bytes,
-                )
-                continue
-            except NoSpaceError as e:
-                # Disk full (etcd's NOSPACE alarm): not a reason to exit. Nothing was written; pause, say
-                # so (log, /healthz, metrics, status) and try again until the operator has made room.
-                self.stats.errors["nospace"] += 1
-                self.stats.nospace_txns = self.stats.applied_txns
-                now = time.monotonic()
-                self.stats.failing_since = self.stats.failing_since or now
-                failing_since = failing_since or now
-                if self.config.once and now - failing_since > self.config.timeout:
-                    raise NoSpaceError(
-                        f"{e}: the cluster's NOSPACE alarm is raised (its backend quota is full); gave up "
-                        f"after {self.config.timeout:g} s (--timeout)",
-                        endpoint=e.endpoint,
-                    ) from e
-                if now - self._nospace_logged >= 30.0:
-                    self._nospace_logged = now
-                    log.error(
-                        "NOSPACE alarm: %s. The mirror is paused (nothing is lost: it resumes from its "
-                        "checkpoint) and retries every %.0f s or so. To make room: compact and defragment "
-                        "that cluster (`etcdctl compact REV`, `etcdctl defrag`) or raise its "
-                        "--quota-backend-bytes, then `etcdctl alarm disarm`",
-                        e,
-                        max(backoff, 5.0),
-                    )
-                backoff = 5.0
-            except TransientError as e:
-                self.stats.errors["unavailable"] += 1
-                now = time.monotonic()
-                self.stats.failing_since = self.stats.failing_since or now
-                failing_since = failing_since or now
-                if self.config.once and now - failing_since > self.config.timeout:
-                    raise Unavailable(f"gave up after {self.config.timeout:g} s (--timeout): {e}") from e
-                log.warning("%s; retrying from the checkpoint in %.1f s", e, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, 5.0)
             if self.stats.last_apply_time and time.time() - self.stats.last_apply_time < 10:
-                backoff, failing_since = 0.1, None  # it was making progress: a fresh fault
+                self._backoff, self._failing_since = 0.1, None  # it was making progress: a fresh fault
+
+    def _retry_policy(
+        self,
+    ) -> tuple[tuple[type[Exception], Callable[[Any, EtcdClient], Awaitable[_Next]]], ...]:
+        """Which error -> what the loop does (first match; docs/architecture.md has it as a table).
+        Any other error ends the mirror."""
+        return (
+            (LeaseLost, self._on_lease_expired),  # copy again, at once
+            (LeaseNotFound, self._on_lease_not_found),  # copy again, after the backoff
+            (TooManyOpsError, self._on_too_many_ops),  # refuse: the flag is wrong
+            (CompactedError, self._on_compacted),  # copy again, at once
+            (Fenced, self._on_fenced),  # lock lost: stand by; else restart from the checkpoint
+            (RequestTooLargeError, self._on_too_large),  # smaller txns, at once
+            (NoSpaceError, self._on_nospace),  # pause and retry (--once: until --timeout)
+            (TransientError, self._on_transient),  # back off and retry (--once: until --timeout)
+        )
+
+    async def _on_lease_expired(self, e: LeaseLost, dest: EtcdClient) -> _Next:
+        self.stats.resyncs += 1
+        self._force_sync = "a destination lease expired while its source lease lives"
+        return _AGAIN
+
+    async def _on_lease_not_found(self, e: LeaseNotFound, dest: EtcdClient) -> _Next:
+        # A txn named a destination lease that is gone (it expired between the cycle's lease check and
+        # the txn): nothing was applied; the next cycle grants it again and copies.
+        self.stats.resyncs += 1
+        log.warning("%s: granting the leases again and copying", e)
+        self._force_sync = "a destination lease expired while its source lease lives"
+        return _BACKOFF
+
+    async def _on_too_many_ops(self, e: TooManyOpsError, dest: EtcdClient) -> _Next:
+        raise UsageError(
+            f"--max-txn-ops {self.config.max_txn_ops}: the destination takes fewer ops per txn "
+            f"({e}); give at most its etcd --max-txn-ops"
+        ) from None
+
+    async def _on_compacted(self, e: CompactedError, dest: EtcdClient) -> _Next:
+        self.stats.resyncs += 1
+        self.stats.errors["compacted"] += 1
+        log.warning("resync: the source compacted past the checkpoint (%s); copying again", e)
+        self._force_sync = "the source compacted past the checkpoint"
+        return _AGAIN
+
+    async def _on_fenced(self, e: Fenced, dest: EtcdClient) -> _Next:
+        self.stats.errors["fenced"] += 1
+        if not await self._still_holding_lock(dest):
+            log.warning("the mirror lock was taken over (%s); standing by", e)
+            self._lock.lost.set()
+            return _AGAIN
+        log.warning("restart from the destination's checkpoint: %s", e)
+        return _BACKOFF
+
+    async def _on_too_large(self, e: RequestTooLargeError, dest: EtcdClient) -> _Next:
+        # Refused whole (nothing applied): the cycle starts again from the checkpoint with smaller
+        # txns; a source txn larger than one of them is applied in parts (logged).
+        self.stats.errors["too_large"] += 1
+        if self._max_txn_bytes <= MIN_TXN_BYTES:
+            raise Refused(
+                f"{e}: the destination refuses even txns of {MIN_TXN_BYTES} bytes of keys and "
+                "values, so a single source key and value is larger than its --max-request-bytes "
+                "allows; raise it on the destination (to the source's, 1.5 MiB by default)"
+            ) from e
+        self._max_txn_bytes = max(MIN_TXN_BYTES, self._max_txn_bytes // 2)
+        log.warning(
+            "the destination refused a txn as too large (%s): its --max-request-bytes is below "
+            "the mirror's txn size; from now on a txn carries at most %d bytes of keys and values",
+            e,
+            self._max_txn_bytes,
+        )
+        return _AGAIN
+
+    async def _on_nospace(self, e: NoSpaceError, dest: EtcdClient) -> _Next:
+        # Disk full (etcd's NOSPACE alarm): not a reason to exit. Nothing was written; pause, say so
+        # (log, /healthz, metrics, status) and try again until the operator has made room.
+        self.stats.errors["nospace"] += 1
+        self.stats.nospace_txns = self.stats.applied_txns
+        if self._gave_up():
+            raise NoSpaceError(
+                f"{e}: the cluster's NOSPACE alarm is raised (its backend quota is full); gave up "
+                f"after {self.config.timeout:g} s (--timeout)",
+                endpoint=e.endpoint,
+            ) from e
+        now = time.monotonic()
+        if now - self._nospace_logged >= 30.0:
+            self._nospace_logged = now
+            log.error(
+                "NOSPACE alarm: %s. The mirror is paused (nothing is lost: it resumes from its "
+                "checkpoint) and retries every %.0f s or so. To make room: compact and defragment "
+                "that cluster (`etcdctl compact REV`, `etcdctl defrag`) or raise its "
+                "--quota-backend-bytes, then `etcdctl alarm disarm`",
+                e,
+                max(self._backoff, 5.0),
+            )
+        self._backoff = 5.0
+        return _BACKOFF
+
+    async def _on_transient(self, e: TransientError, dest: EtcdClient) -> _Next:
+        self.stats.errors["unavailable"] += 1
+        if self._gave_up():
+            raise Unavailable(f"gave up after {self.config.timeout:g} s (--timeout): {e}") from e
+        log.warning("%s; retrying from the checkpoint in %.1f s", e, self._backoff)
+        return _BACKOFF
+
+    def _gave_up(self) -> bool:
+        """Counts the time the mirror has been failing: --once gives up after --timeout."""
+        now = time.monotonic()
+        self.stats.failing_since = self.stats.failing_since or now
+        self._failing_since = self._failing_since or now
+        return self.config.once and now - self._failing_since > self.config.timeout
 
     _force_sync = ""  # why the next cycle must copy again, when it must
+    _backoff = 0.1  # seconds before the next try after an error (doubling to 5 s)
+    _failing_since: float | None = None  # monotonic time the current run of errors began
     _nospace_logged = -1e9  # monotonic time of the last NOSPACE error line
 
     async def _while_holding_lock(self, work: Coroutine[Any, Any, Checkpoint]) -> Checkpoint:
