@@ -3,17 +3,29 @@
 - no module outside `state/` builds a key under the state prefix: it neither concatenates with the
   state prefix nor spells a record's path segment (state/layout.py is the one place);
 - `mirror/` never imports `failover/`, and `failover/` takes from `mirror/` only the engine it runs
-  (never a record or a key: those come from `state/`); `state/` imports neither.
+  (never a record or a key: those come from `state/`); `state/` imports neither;
+- and SiteState, a site's whole state read in one range (the one test here that needs a cluster).
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import etcd_dr
+from etcd_dr.checkpoints import checkpoints_of
 from etcd_dr.state import StateLayout
+from etcd_dr.state.events import record_event
 from etcd_dr.state.layout import pair_id
+from etcd_dr.state.reader import UnreadableRecord
+from etcd_dr.state.records import Checkpoint, HealthRecord
+from etcd_dr.state.roles import STANDBY, Role
+from etcd_dr.state.site import SiteState
+from etcd_dr.testing.cluster import EtcdCluster
+from etcd_dr.testing.mirroring import connect
 
 SRC = Path(etcd_dr.__file__).parent
 # The records' path segments as state/layout.py spells them (b"mirror/", b"role", ...).
@@ -145,3 +157,31 @@ def test_import_rule() -> None:
             if m.startswith("etcd_dr.mirror") and not m.startswith(allowed)
         ]
     assert broken == [], "\n".join(broken)
+
+
+async def test_site_state_reads_every_record_in_one_range(
+    etcd_cluster_factory: Callable[..., EtcdCluster],
+) -> None:
+    c = etcd_cluster_factory(name="s")
+    layout = StateLayout(b"/etcd-dr/")
+    ckpt = Checkpoint(0xABC, b"/app/", b"/app/", revision=7)
+    health = HealthRecord(updated=1.0, problems={"lag": "behind"})
+    role = Role(STANDBY, 3, 0xABC, 2.0, via="mirror")
+    pair = pair_id(0xABC, b"/app/", b"/app/")
+    async with connect(c) as client:
+        await client.put(layout.checkpoint(0xABC, b"/app/", b"/app/"), ckpt.encode())
+        await client.put(layout.lock(0xABC, b"/app/", b"/app/"), b"host:1:tok")
+        await client.put(layout.health(0xABC, b"/app/", b"/app/"), health.encode())
+        await client.put(layout.lease_registry(0xABC, b"/app/", b"/app/") + b"00000000000000ff", b"10")
+        await client.put(layout.role, role.encode())
+        await record_event(client, b"/etcd-dr/", "promoted", "made primary")
+        site = await SiteState.read(client, b"/etcd-dr/")
+        assert site.checkpoint(pair) == ckpt and site.health(pair) == health and site.role == role
+        assert site.lock_holder(pair) == "host:1:tok" and site.lease_counts == {pair: 1}
+        assert site.fence is None and [e.kind for e in site.events] == ["promoted"]
+        assert [i.id for i in checkpoints_of(site)] == [pair.decode()]
+        # A damaged record is met when it is used, naming its key.
+        await client.put(layout.health(0xABC, b"/app/", b"/app/"), b"[1]")
+        site = await SiteState.read(client, b"/etcd-dr/")
+        with pytest.raises(UnreadableRecord, match="mirror health record /etcd-dr/health/"):
+            site.health(pair)
