@@ -16,8 +16,8 @@ from harness.mirroring import connect, pair_config, running
 from etcd_dr.checkpoints import CheckpointInfo, choose_live
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key, lock_key
-from etcd_dr.mirror.health import HealthRecord, health_key
+from etcd_dr.state.layout import checkpoint_key, health_key, lock_key
+from etcd_dr.state.records import Checkpoint, HealthRecord
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"

@@ -20,8 +20,8 @@ from etcd_dr.config import MirrorConfig
 from etcd_dr.etcd import Delete, EtcdClient, Put
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"

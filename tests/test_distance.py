@@ -17,8 +17,8 @@ from harness.proxy import FaultProxy
 
 from etcd_dr.etcd import EtcdClient
 from etcd_dr.local.cluster import EtcdCluster
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 
 STATE = b"/etcd-dr/"
 PREFIX = b"/app/"

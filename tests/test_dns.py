@@ -32,7 +32,7 @@ from etcd_dr.failover.dns import (
     parse_server,
     switch_name,
 )
-from etcd_dr.failover.hooks import HookFailed, run_hook
+from etcd_dr.hooks import HookFailed, run_hook
 
 ZONE = "dr.test."
 RECORDS = {

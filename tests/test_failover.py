@@ -21,12 +21,12 @@ from etcd_dr.etcd import ClientConfig, CompactedError, EtcdClient, prefix_range_
 from etcd_dr.failover.config import MoveConfig
 from etcd_dr.failover.failback import failback
 from etcd_dr.failover.failover import failover
-from etcd_dr.failover.roles import read_role, write_role
 from etcd_dr.failover.sites import reversed_pair
 from etcd_dr.failover.switchover import switchover
 from etcd_dr.local.acked import AckedWriter
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
+from etcd_dr.state.roles import read_role, write_role
 from etcd_dr.status import status as mirror_status
 
 STATE = b"/etcd-dr/"

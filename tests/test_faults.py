@@ -14,8 +14,8 @@ from harness.workload import Acked, Workload
 
 from etcd_dr.etcd import Put
 from etcd_dr.local.cluster import EtcdCluster
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 
 STATE = b"/etcd-dr/"
 APP = b"/app/"

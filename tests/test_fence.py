@@ -14,18 +14,10 @@ import pytest
 
 from etcd_dr.config import DEFAULT_STATE_PREFIX
 from etcd_dr.etcd import ClientConfig, EtcdClient, Permission, PermissionDenied
-from etcd_dr.failover.fence import (
-    FENCED,
-    FENCING,
-    UNFENCING,
-    FenceError,
-    FenceRecord,
-    fence_key,
-    fence_writes,
-    read_fence,
-    unfence_writes,
-)
+from etcd_dr.fence import FenceError, fence_writes, read_fence, unfence_writes
 from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.state.layout import fence_key
+from etcd_dr.state.records import FENCED, FENCING, UNFENCING, FenceRecord
 
 SP = DEFAULT_STATE_PREFIX
 ROOT_AUTH = ("root", "rootpw")

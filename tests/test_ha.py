@@ -18,8 +18,8 @@ from harness.workload import Workload
 from etcd_dr import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient, prefix_range_end
 from etcd_dr.local.cluster import EtcdCluster
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 from etcd_dr.status import status as mirror_status
 
 STATE = b"/etcd-dr/"

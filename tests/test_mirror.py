@@ -20,8 +20,9 @@ from etcd_dr import ClientConfig, Mirror, MirrorConfig
 from etcd_dr.errors import Refused
 from etcd_dr.etcd import Delete, EtcdClient, Put, prefix_range_end
 from etcd_dr.local.cluster import EtcdCluster
-from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state.records import Checkpoint
 
 STATE = b"/etcd-dr/"
 cfg = pair_config

@@ -22,12 +22,13 @@ from harness.clirun import ERROR_PREFIX, Run, assert_refused, etcd_dr
 from harness.mirrorproc import MirrorProcess
 
 from etcd_dr import MirrorConfig
-from etcd_dr.etcd import ClientConfig, EtcdClient, Status
+from etcd_dr.etcd import ClientConfig, EtcdClient, Status, prefix_range_end
 from etcd_dr.failover.revision import raise_revision
-from etcd_dr.failover.roles import read_role
 from etcd_dr.failover.sites import checkpoints_from
 from etcd_dr.local.cluster import EtcdCluster, free_ports
 from etcd_dr.mirror import Mirror
+from etcd_dr.state import StateLayout
+from etcd_dr.state.roles import read_role
 
 STATE = b"/etcd-dr/"
 APP = b"/app/"
@@ -49,6 +50,12 @@ async def snapshot(cluster: EtcdCluster) -> tuple[int, dict[bytes, bytes]]:
     async with EtcdClient(ClientConfig.create(cluster.endpoints)) as c:
         result = await c.range(b"\0", b"\0")
         return result.header.revision, {kv.key: kv.value + b"@%d" % kv.mod_revision for kv in result.kvs}
+
+
+async def has_health_record(cluster: EtcdCluster) -> bool:
+    layout = StateLayout(STATE)
+    async with EtcdClient(ClientConfig.create(cluster.endpoints)) as c:
+        return bool((await c.range(layout.health_records, prefix_range_end(layout.health_records))).kvs)
 
 
 async def role_of(cluster: EtcdCluster) -> str:
@@ -125,6 +132,14 @@ async def test_failback_without_a_failover_and_once_beside_a_running_mirror_end_
     daemon = asyncio.create_task(mirror.run())
     try:
         await until(lambda: mirror.stats.phase == "replay", 30, "the mirror's first copy")
+        # The running mirror writes its health record on its own schedule: once it exists, a later
+        # write changes its value only, and the keys below are the failback's doing alone.
+        for _ in range(600):
+            if await has_health_record(b):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the mirror wrote no health record in 30 s")
         before = await snapshot(b)
         # The role records say A has been the primary since the first mirror: nothing to fail back.
         t0 = time.monotonic()

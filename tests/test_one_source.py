@@ -10,10 +10,10 @@ from harness.clirun import assert_refused, etcd_dr
 from harness.mirroring import connect, dump, pair_config, running
 
 from etcd_dr.etcd import EtcdClient
-from etcd_dr.failover.events import recent_events
-from etcd_dr.failover.roles import read_role
 from etcd_dr.local.cluster import EtcdCluster
-from etcd_dr.mirror.checkpoint import Checkpoint
+from etcd_dr.state.events import recent_events
+from etcd_dr.state.records import Checkpoint
+from etcd_dr.state.roles import read_role
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"

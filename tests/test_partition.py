@@ -19,8 +19,8 @@ from harness.netns import NetnsUnavailable, TwoSites
 from harness.workload import Workload
 
 from etcd_dr.local.cluster import EtcdCluster
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 
 pytestmark = pytest.mark.netns
 

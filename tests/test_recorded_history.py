@@ -22,8 +22,8 @@ from etcd_dr import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient, Put, prefix_range_end
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 
 STATE = b"/etcd-dr/"
 APP = b"/app/"

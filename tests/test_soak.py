@@ -27,8 +27,8 @@ from harness.mirrorproc import MirrorProcess, measure_lag, wait_caught_up
 from harness.workload import Workload
 
 from etcd_dr.local.cluster import EtcdCluster
-from etcd_dr.mirror.checkpoint import checkpoint_key
 from etcd_dr.mirror.keys import KeyMapper
+from etcd_dr.state.layout import checkpoint_key
 
 STATE = b"/etcd-dr/"
 PREFIX = b"/app/"

@@ -27,7 +27,8 @@ from etcd_dr.config import DEFAULT_STATE_PREFIX
 from etcd_dr.etcd import ClientConfig, EtcdClient, PermissionDenied
 from etcd_dr.local.cluster import EtcdCluster, free_ports
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.health import HealthRecord, health_key
+from etcd_dr.state.layout import health_key
+from etcd_dr.state.records import HealthRecord
 from etcd_dr.verify import verify, verify_in_segments
 
 Factory = Callable[..., EtcdCluster]

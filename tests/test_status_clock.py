@@ -16,7 +16,8 @@ from harness.mirroring import connect, pair_config
 
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import Checkpoint, checkpoint_key, heartbeat_key
+from etcd_dr.state.layout import checkpoint_key, heartbeat_key
+from etcd_dr.state.records import Checkpoint
 from etcd_dr.status import status
 
 Factory = Callable[..., EtcdCluster]

@@ -15,12 +15,12 @@ from harness.clirun import ERROR_PREFIX, Run, etcd_dr
 from harness.mirroring import connect, pair_config, running
 
 from etcd_dr.etcd import EtcdClient
-from etcd_dr.failover.events import record_event
-from etcd_dr.failover.roles import PRIMARY, read_role, write_role
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.checkpoint import checkpoint_key, lock_key
-from etcd_dr.mirror.health import HealthRecord, VerifyResult, health_key
+from etcd_dr.state.events import record_event
+from etcd_dr.state.layout import checkpoint_key, health_key, lock_key
+from etcd_dr.state.records import HealthRecord, VerifyResult
+from etcd_dr.state.roles import PRIMARY, read_role, write_role
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"
@@ -153,15 +153,20 @@ async def test_stopped_mirror_with_unapplied_writes_and_lag_limit(etcd_cluster_f
     assert "no-checkpoint: no mirror checkpoint for this --prefix" in bare.stdout, bare.stdout
     assert "'/app/' -> '/app/', stale; give their --prefix" in bare.stdout, bare.stdout
 
-    # A checkpoint that cannot be read is a problem reported, not an error that hides the rest.
+    # A checkpoint that cannot be read is exit 2 from every command (DESIGN.md), naming the key and
+    # the fix; `checkpoints --remove` still removes it by its id.
     async with connect(a) as ca, connect(b) as cb:
         a_id = (await ca.status()).cluster_id
-        await cb.put(checkpoint_key(STATE, a_id, APP, APP), b"{not json")
-    broken = await status(a, b, "--no-fence")
-    assert broken.code == 1 and "checkpoint-unreadable: the checkpoint" in broken.stdout, broken.stdout
-    assert "source: cluster" in broken.stdout and "destination: cluster" in broken.stdout
+        key = checkpoint_key(STATE, a_id, APP, APP)
+        await cb.put(key, b"{not json")
+    broken = await etcd_dr(
+        "status", b.endpoints[0], "--endpoints", a.endpoints[0], "--prefix", "/app/", "--no-fence"
+    )
+    last = broken.stderr.strip().splitlines()[-1]
+    assert broken.code == 2 and last.startswith("etcd-dr: error: the mirror checkpoint "), broken.stderr
+    assert key.decode() in last and "etcdctl del" in last, last
     listed = await etcd_dr("checkpoints", b.endpoints[0])
-    assert listed.code == 0 and "unreadable" in listed.stdout, listed.stdout + listed.stderr
+    assert listed.code == 2 and key.decode() in listed.stderr, listed.stdout + listed.stderr
 
 
 async def test_two_primaries_and_the_last_move(etcd_cluster_factory: Factory) -> None:

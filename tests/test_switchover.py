@@ -19,9 +19,9 @@ import pytest
 from harness.bind import BindServer, bind_server, named_unavailable_reason
 
 from etcd_dr.etcd import ClientConfig, EtcdClient, PermissionDenied, prefix_range_end
-from etcd_dr.failover.roles import read_role
 from etcd_dr.local.acked import AckedWriter
 from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.state.roles import read_role
 
 STATE = b"/etcd-dr/"
 APP = b"/app/"

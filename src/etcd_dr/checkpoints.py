@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CheckFailed, Refused, UsageError
-from .etcd import Compare, CompareResult, Delete, EtcdClient, prefix_range_end
-from .failover.events import record_event
-from .mirror.checkpoint import Checkpoint, encode_key
-from .mirror.health import health_key
+from .etcd import Compare, CompareResult, Delete, EtcdClient
+from .state.events import record_event
+from .state.layout import StateLayout, health_key
+from .state.reader import UnreadableRecord, where
+from .state.records import Checkpoint, encode_key
+from .state.site import SiteState
 
 log = logging.getLogger("etcd_dr.checkpoints")
 
@@ -87,30 +89,31 @@ def _prefix(p: bytes) -> str:
 
 
 async def list_checkpoints(
-    client: EtcdClient, state_prefix: bytes, source_id: int | None = None
+    client: EtcdClient, state_prefix: bytes, source_id: int | None = None, *, strict: bool = True
 ) -> list[CheckpointInfo]:
     """Every mirror checkpoint on `client` (only those from the cluster `source_id` if given), each
-    with its lock's holder; oldest first by key."""
-    tail = b"" if source_id is None else f"{source_id:016x}/".encode()
-    ck_prefix = state_prefix + b"mirror/" + tail
-    lock_prefix = state_prefix + b"lock/" + tail
-    # Locks first: a mirror that starts in between shows as stale at worst, never a stale one as live.
-    locks = await client.range(lock_prefix, prefix_range_end(lock_prefix))
-    held = {kv.key[len(state_prefix) + len(b"lock/") :]: kv.value for kv in locks.kvs}
-    stored = await client.range(ck_prefix, prefix_range_end(ck_prefix))
+    with its lock's holder; oldest first by key. An unreadable one is UnreadableRecord, unless not
+    `strict` (removing one by its id must still work: then it is listed with its error)."""
+    return checkpoints_of(await SiteState.read(client, state_prefix), source_id, strict=strict)
+
+
+def checkpoints_of(
+    site: SiteState, source_id: int | None = None, *, strict: bool = True
+) -> list[CheckpointInfo]:
+    """list_checkpoints from a snapshot: each checkpoint with its lock as they were at one revision."""
+    tail = None if source_id is None else site.layout.pair_of(site.layout.checkpoints_of(source_id))
     found = []
-    for kv in stored.kvs:
-        rest = kv.key[len(state_prefix) + len(b"mirror/") :]
-        if rest.count(b"/") != 1:
-            continue  # not a checkpoint key (<cluster>/<digest>)
-        holder_raw = held.get(rest)
-        holder = None if holder_raw is None else holder_raw.decode(errors="replace")
+    for pair, kv in sorted(site.checkpoint_kvs.items()):
+        if pair.count(b"/") != 1 or (tail is not None and not pair.startswith(tail)):
+            continue  # not a checkpoint key (<cluster>/<digest>), or another source's
         try:
             ckpt: Checkpoint | None = Checkpoint.decode(kv.value)
             error = ""
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            if strict:
+                raise UnreadableRecord("checkpoint", kv.key, where(site.client), e) from None
             ckpt, error = None, str(e) or type(e).__name__
-        found.append(CheckpointInfo(kv.key, kv.value, kv.mod_revision, ckpt, holder, error))
+        found.append(CheckpointInfo(kv.key, kv.value, kv.mod_revision, ckpt, site.lock_holder(pair), error))
     return found
 
 
@@ -166,7 +169,7 @@ async def remove_checkpoint(
     """Remove one checkpoint (and the health record beside it) in one txn that holds only if it is
     unchanged and, unless `force`, its lock is still free. A live one is refused without `force`:
     its mirror would lose its place and copy again."""
-    info = find(await list_checkpoints(client, state_prefix), wanted)
+    info = find(await list_checkpoints(client, state_prefix, strict=False), wanted)
     if info.live and not force:
         raise Refused(
             f"checkpoint {info.id} ({info.pair()}) is live: its mirror lock is held by {info.holder}; "
@@ -174,9 +177,10 @@ async def remove_checkpoint(
         )
     compares = [Compare.mod(info.key, CompareResult.EQUAL, info.mod_revision)]
     ops = [Delete(info.key)]
-    tail = info.key[len(state_prefix) + len(b"mirror/") :]
+    layout = StateLayout(state_prefix)
     if not force:
-        compares.append(Compare.create(state_prefix + b"lock/" + tail, CompareResult.EQUAL, 0))
+        lock = layout.lock_of_pair(layout.pair_of(info.key))
+        compares.append(Compare.create(lock, CompareResult.EQUAL, 0))
     if info.checkpoint is not None:
         ck = info.checkpoint
         ops.append(Delete(health_key(state_prefix, ck.source_cluster_id, ck.source_prefix, ck.dest_prefix)))

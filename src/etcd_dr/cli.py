@@ -312,7 +312,7 @@ cli.add_command(mirror, "make-mirror")
 @check_options
 def verify(pair: PairOptions, as_json: bool) -> None:
     """Compare SOURCE and DEST: exit 0 equal, 1 different, 2 error."""
-    from .mirror.checkpoint import encode_key
+    from .state.records import encode_key
     from .verify import verify as run_verify
 
     config = pair.config()

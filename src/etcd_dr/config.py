@@ -48,7 +48,7 @@ class MirrorConfig:
     # Writes into the mirrored range on the destination not made by the mirror: "restore" (report them
     # and put the source's state back), "report" (only report), "ignore" (do not watch for them).
     foreign_writes: Literal["restore", "report", "ignore"] = "restore"
-    # Fence application writes on the destination through etcd auth at start (failover/fence.py).
+    # Fence application writes on the destination through etcd auth at start (fence.py).
     fence_standby: bool = False
     # How often the mirror rewrites its health record on the destination (and at once on a change).
     health_interval: float = 5.0

@@ -50,7 +50,6 @@ from .etcd import ClientConfig, EtcdClient, EtcdError, TLSError, TransientError,
 from .failover.config import MoveConfig
 from .failover.failback import FailbackResult, failback
 from .failover.failover import failover
-from .failover.roles import read_role
 from .failover.sites import mirror_command, reversed_pair
 from .failover.switchover import SwitchoverResult, switchover
 from .local.acked import Ack, AckedWriter
@@ -60,6 +59,7 @@ from .local.tls import TLSFiles
 from .metrics import health
 from .mirror import Mirror
 from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
+from .state.roles import read_role
 from .topology import Topology, expand, load_topology
 from .verify import verify
 

@@ -7,16 +7,18 @@ The tree (module, where it is not this one; exit code):
     │   └── TopologyError          2  (topology.py) a topology file's problems, each on a line
     ├── Refused                    2  unsafe to act: e.g. mirroring a cluster into itself
     │   ├── MassDeleteRefused      2  a copy or batch would delete most of the destination
-    │   └── RoleUnreadable         2  (failover/roles.py) a site's role record cannot be read
+    │   └── UnreadableRecord       2  (state/reader.py) a record under the state prefix cannot be
+    │       │                         decoded: one line naming the record, key, cluster and fix
+    │       └── RoleUnreadable     2  (state/roles.py) a site's role record cannot be read
     ├── CheckFailed                1  a check found a difference, or a move's precondition fails
     │   └── LockHeld               1  (mirror/lock.py) --once gave up waiting: another mirror runs
     ├── Fenced                     2  another writer changed this mirror's checkpoint
     ├── LeaseLost                  2  a destination lease ended while its source lease lives: caught
     │                                 inside the mirror, which copies again
     ├── PkiError                   2  (pki.py) a certificate operation refused, naming the file
-    ├── FenceError                 2  (failover/fence.py) fencing the old primary failed
+    ├── FenceError                 2  (fence.py) fencing writes failed
     ├── DnsError                   2  (failover/dns.py) the clients' DNS name was not switched
-    ├── HookFailed                 2  (failover/hooks.py) a --fence-hook / --switch-hook failed
+    ├── HookFailed                 2  (hooks.py) a --fence-hook / --switch-hook failed
     ├── Stopped                    128 + signal number  SIGINT (130), SIGTERM (143), SIGHUP (129)
     │                                 ended the command after its cleanup: printed as
     │                                 "etcd-dr: stopped (SIGINT)", not as an error

@@ -15,18 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoints import CheckpointInfo, list_checkpoints
+from .checkpoints import CheckpointInfo, checkpoints_of
 from .config import MirrorConfig
 from .etcd import EtcdClient, Status, TransientError
-from .failover.events import Event, recent_events
-from .failover.roles import Role, RoleUnreadable, read_role
-from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key, heartbeat_key, lock_key
-from .mirror.health import HealthRecord, health_key
 from .mirror.keys import KeyMapper
+from .state.events import Event, recent_events
+from .state.layout import checkpoint_key, heartbeat_key
+from .state.reader import decode
+from .state.records import REPLAY, Checkpoint, HealthRecord, encode_key
+from .state.roles import Role, read_role
+from .state.site import SiteState
 
 log = logging.getLogger("etcd_dr.status")
 
-# Kinds of recorded events that are moves (failover/events.py), and of drills.
+# Kinds of recorded events that are moves (state/events.py), and of drills.
 MOVE_KINDS = ("promoted", "demoted", "switchover", "failover", "failback")
 DRILL_MARK = "drill"
 
@@ -90,7 +92,7 @@ class StatusReport:
     # The newest heartbeat the mirror wrote on the source (its wall-clock time), 0 if none.
     source_heartbeat: float = 0.0
     now: float = field(default_factory=time.time)
-    health: HealthRecord | None = None  # the mirror's health record (mirror/health.py), if written
+    health: HealthRecord | None = None  # the mirror's health record (state/records.py), if written
     checkpoints: list[CheckpointInfo] = field(default_factory=list)  # every one on the destination
     checkpoint_id: str = ""  # this pair's, in `etcd-dr checkpoints` form
     checkpoint_error: str = ""  # why this pair's checkpoint could not be read
@@ -548,10 +550,7 @@ async def _read_cluster(client: EtcdClient, state: ClusterState, state_prefix: b
     state.cluster_id = head.header.cluster_id
     state.revision = head.header.revision
     state.compact_revision = await client.compact_revision(state.revision)
-    try:
-        state.site_role = (await read_role(client, state_prefix)).role
-    except RoleUnreadable:
-        state.site_role = None
+    state.site_role = (await read_role(client, state_prefix)).role
     state.events = await recent_events(client, state_prefix, limit=5)
     state.alarms = [(member, name.removeprefix("ALARM_")) for member, name in await client.alarms()]
     state.auth_enabled = await client.auth_enabled()
@@ -583,7 +582,9 @@ async def _read_mirror(
 ) -> None:
     sp = config.state_prefix
     src, dst = report.source, report.dest
-    report.checkpoints = await list_checkpoints(dest, sp)
+    # The destination's records in one read (one revision): checkpoints, locks, health records.
+    site = await SiteState.read(dest, sp)
+    report.checkpoints = checkpoints_of(site)
     # This pair's source cluster: the source's own id; with the source down, the one the standby's
     # role record names, else the one whose checkpoint has this pair's prefixes.
     source_id = src.cluster_id if not src.down else 0
@@ -604,30 +605,18 @@ async def _read_mirror(
     if not source_id:
         return
     key = checkpoint_key(sp, source_id, config.prefix, mapper.dest_prefix)
-    report.checkpoint_id = key[len(sp) + len(b"mirror/") :].decode()
-    kv = await dest.get(key)
-    if kv is not None:
-        try:
-            report.checkpoint = Checkpoint.decode(kv.value)
-        except (ValueError, KeyError, TypeError) as e:
-            report.checkpoint_error = (
-                f"the checkpoint {encode_key(key)} on the destination is not readable: {e}"
-            )
-    lock = await dest.get(lock_key(sp, source_id, config.prefix, mapper.dest_prefix))
-    report.lock_holder = lock.value.decode(errors="replace") if lock is not None else None
-    hv = await dest.get(health_key(sp, source_id, config.prefix, mapper.dest_prefix))
-    if hv is not None:
-        try:
-            report.health = HealthRecord.decode(hv.value)
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("the mirror's health record on the destination is not readable: %s", e)
+    pair = site.layout.pair_of(key)
+    report.checkpoint_id = pair.decode()
+    report.checkpoint = site.checkpoint(pair)
+    report.lock_holder = site.lock_holder(pair)
+    report.health = site.health(pair)
     if not src.down:
         try:
             beat = await source.get(heartbeat_key(sp, dst.cluster_id))
         except TransientError as e:
             log.debug("reading the heartbeat on the source: %s", e)
             return
-        report.source_heartbeat = _parse_time(beat.value) if beat else 0.0
+        report.source_heartbeat = decode("heartbeat", beat.key, beat.value, source, float) if beat else 0.0
 
 
 def _parse_time(value: bytes) -> float:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .config import MirrorConfig
 from .errors import Refused
-from .etcd import CompactedError, EtcdClient
-from .mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, encode_key
+from .etcd import CompactedError, EtcdClient, KeyValue
 from .mirror.compare import Kind, Pair, compare_ranges
 from .mirror.keys import KeyMapper, ranges_overlap
+from .state.layout import checkpoint_key
+from .state.reader import decode
+from .state.records import REPLAY, Checkpoint, encode_key
 
 log = logging.getLogger("etcd_dr.verify")
 
@@ -104,7 +107,11 @@ async def verify(
             # The checkpoint and the data are read at the same destination revision.
             kv_result = await dest.range(key)
             dest_rev = kv_result.header.revision
-            ckpt = Checkpoint.decode(kv_result.kvs[0].value) if kv_result.kvs else None
+            ckpt = (
+                decode("checkpoint", key, kv_result.kvs[0].value, dest, Checkpoint.decode)
+                if kv_result.kvs
+                else None
+            )
             if ckpt is not None and ckpt.split_revision:
                 # The mirror is in the middle of a source revision too large for one txn.
                 await asyncio.sleep(0.1 * (attempt + 1))
@@ -211,7 +218,11 @@ async def verify_in_segments(
         while True:
             for attempt in range(50):
                 read = await dest.range(key)
-                ckpt = Checkpoint.decode(read.kvs[0].value) if read.kvs else None
+                ckpt = (
+                    decode("checkpoint", key, read.kvs[0].value, dest, Checkpoint.decode)
+                    if read.kvs
+                    else None
+                )
                 if ckpt is None or ckpt.phase != REPLAY:
                     raise Refused("the mirror is copying (or has no checkpoint): nothing to compare yet")
                 if not ckpt.split_revision:
@@ -259,7 +270,11 @@ async def recheck(config: MirrorConfig, keys: list[bytes]) -> list[bytes]:
         key = checkpoint_key(config.state_prefix, src_id, config.prefix, mapper.dest_prefix)
         for dkey in keys:
             ckpt_read = await dest.range(key)
-            ckpt = Checkpoint.decode(ckpt_read.kvs[0].value) if ckpt_read.kvs else None
+            ckpt = (
+                decode("checkpoint", key, ckpt_read.kvs[0].value, dest, Checkpoint.decode)
+                if ckpt_read.kvs
+                else None
+            )
             if ckpt is None or ckpt.phase != REPLAY:
                 raise Refused(
                     "the mirror is copying (or has no checkpoint): differences cannot be judged now"
@@ -273,3 +288,7 @@ async def recheck(config: MirrorConfig, keys: list[bytes]) -> list[bytes]:
             if (s is None) != (d is None) or (s is not None and d is not None and s.value != d.value):
                 still.append(dkey)
         return still
+
+
+def _checkpoint(dest: EtcdClient, key: bytes, kvs: Sequence[KeyValue]) -> Checkpoint | None:
+    return decode("checkpoint", key, kvs[0].value, dest, Checkpoint.decode) if kvs else None

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from etcd_dr.aio import cancel_and_wait
 from etcd_dr.etcd import Delete, EtcdClient, EventType, Put
-from etcd_dr.mirror.checkpoint import REPLAY, SYNC, Checkpoint
 from etcd_dr.mirror.keys import ALL_KEYS, KeyMapper
+from etcd_dr.state.records import REPLAY, SYNC, Checkpoint
 from harness.workload import Acked, Workload
 
 Op = tuple[bytes, bytes | None]  # (dest key, value or None for a delete)

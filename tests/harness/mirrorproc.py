@@ -15,7 +15,7 @@ from pathlib import Path
 
 from etcd_dr.etcd import EtcdClient
 from etcd_dr.local import resources
-from etcd_dr.mirror.checkpoint import REPLAY, Checkpoint
+from etcd_dr.state.records import REPLAY, Checkpoint
 
 
 class MirrorProcess:

@@ -20,14 +20,14 @@ from typing import Any
 
 from ..errors import CheckFailed, Refused
 from ..etcd import CompactedError, EtcdClient, EventType
-from ..mirror.checkpoint import encode_key
+from ..fence import fence_writes
 from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
+from ..state.events import record_event
+from ..state.records import encode_key
+from ..state.roles import STANDBY, Role, write_role
 from .config import MoveConfig
-from .events import record_event
-from .fence import fence_writes
 from .plan import MovePlan
-from .roles import STANDBY, Role, write_role
 from .sites import Site, events_between, mirror_command, open_site, refuse_same_cluster, switch_plan
 from .switchover import SwitchoverResult, switchover
 

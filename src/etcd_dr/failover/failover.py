@@ -18,15 +18,16 @@ from typing import Any
 from ..checkpoints import live_checkpoints
 from ..errors import CheckFailed, Refused
 from ..etcd import ClientConfig, Compare, CompareResult, Delete, EtcdClient, Status, parse_endpoints
-from ..mirror.checkpoint import SYNC, Checkpoint, checkpoint_key
+from ..fence import fence_writes, unfence_writes
 from ..mirror.keys import KeyMapper
 from ..mirror.lock import describe_holder
+from ..state.events import record_event
+from ..state.layout import checkpoint_key
+from ..state.records import SYNC, Checkpoint
+from ..state.roles import PRIMARY, Role, write_role
 from .config import MoveConfig
-from .events import record_event
-from .fence import fence_writes, unfence_writes
 from .plan import MovePlan, mirror_holders, old_mirror_lines
 from .revision import mark_compacted, raise_revision
-from .roles import PRIMARY, Role, write_role
 from .sites import (
     Site,
     checkpoints_from,

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..etcd import EtcdClient, EtcdError, prefix_range_end
 from ..mirror.lock import describe_holder
+from ..state.layout import StateLayout
 
 
 @dataclass
@@ -33,8 +34,8 @@ class MovePlan:
 
 
 def lock_prefix(state_prefix: bytes, source_id: int) -> bytes:
-    """Where the locks of the mirrors from cluster `source_id` are (mirror/checkpoint.py: lock_key)."""
-    return state_prefix + f"lock/{source_id:016x}/".encode()
+    """Where the locks of the mirrors from cluster `source_id` are (state/layout.py)."""
+    return StateLayout(state_prefix).locks_of(source_id)
 
 
 async def mirror_holders(client: EtcdClient, state_prefix: bytes, source_id: int) -> list[str]:

@@ -18,12 +18,9 @@ import time
 from dataclasses import dataclass
 
 from ..etcd import CompactedError, EtcdClient
+from ..state.layout import bump_key
 
 log = logging.getLogger("etcd_dr.failover")
-
-
-def bump_key(state_prefix: bytes) -> bytes:
-    return state_prefix + b"bump"
 
 
 @dataclass(frozen=True)

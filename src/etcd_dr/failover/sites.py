@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from ..config import MirrorConfig, mirror_argv
 from ..errors import EtcdDrError, Refused
 from ..etcd import ClientConfig, EtcdClient, Event, Status, TransientError, prefix_range_end
-from ..mirror.checkpoint import Checkpoint
+from ..state.layout import StateLayout
+from ..state.reader import decode
+from ..state.records import Checkpoint
+from ..state.roles import RoleState, read_role
 from .config import MoveConfig
-from .roles import RoleState, read_role
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -72,14 +74,12 @@ class StoredCheckpoint:
 
 async def checkpoints_from(client: EtcdClient, state_prefix: bytes, source_id: int) -> list[StoredCheckpoint]:
     """Every mirror checkpoint on `client` of mirrors from the cluster `source_id`."""
-    prefix = state_prefix + f"mirror/{source_id:016x}/".encode()
+    prefix = StateLayout(state_prefix).checkpoints_of(source_id)
     result = await client.range(prefix, prefix_range_end(prefix))
     found = []
     for kv in result.kvs:
-        try:
-            found.append(StoredCheckpoint(kv.key, kv.value, Checkpoint.decode(kv.value)))
-        except (ValueError, KeyError) as e:
-            raise Refused(f"the checkpoint {kv.key!r} on {client.endpoint} is not readable ({e})") from None
+        ckpt = decode("checkpoint", kv.key, kv.value, client, Checkpoint.decode)
+        found.append(StoredCheckpoint(kv.key, kv.value, ckpt))
     return found
 
 
@@ -156,7 +156,7 @@ async def _switch_clients(cfg: MoveConfig, new_primary: Site, old_primary_text: 
         result = await switch_name(cfg.dns, addresses)
         done.append(f"DNS {cfg.dns.name} -> {', '.join(result.after)}")
     if cfg.switch_hook:
-        from .hooks import run_hook
+        from ..hooks import run_hook
 
         await run_hook(
             cfg.switch_hook,

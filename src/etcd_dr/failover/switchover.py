@@ -18,17 +18,19 @@ from typing import Any
 from ..checkpoints import live_checkpoints
 from ..errors import CheckFailed, EtcdDrError, Refused
 from ..etcd import CompactedError, Compare, CompareResult, Delete, EtcdClient, EtcdError
-from ..mirror.checkpoint import REPLAY, Checkpoint, checkpoint_key, lock_key
+from ..fence import fence_writes, unfence_writes
 from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
 from ..mirror.lock import describe_holder
+from ..state.events import record_event
+from ..state.layout import checkpoint_key, lock_key
+from ..state.reader import decode
+from ..state.records import REPLAY, Checkpoint
+from ..state.roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from ..verify import verify
 from .config import MoveConfig
-from .events import record_event
-from .fence import fence_writes, unfence_writes
 from .plan import MovePlan, mirror_holders, old_mirror_lines
 from .revision import mark_compacted, raise_revision
-from .roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from .sites import (
     Site,
     StoredCheckpoint,
@@ -270,7 +272,7 @@ async def _checkpoint(standby: Site, key: bytes) -> StoredCheckpoint:
             "as the mirror's, or let the mirror make its first copy first"
         )
 
-    ckpt = Checkpoint.decode(kv.value)
+    ckpt = decode("checkpoint", kv.key, kv.value, standby.client, Checkpoint.decode)
     if ckpt.phase != REPLAY:
         raise Refused(f"the mirror into {standby.text} has not finished its copy yet; switch over after it")
     return StoredCheckpoint(kv.key, kv.value, ckpt)
@@ -338,7 +340,7 @@ async def _read_checkpoint(dest: EtcdClient, key: bytes) -> StoredCheckpoint:
     kv = await dest.get(key)
     if kv is None:
         raise CheckFailed(f"switchover stopped: the mirror checkpoint on {dest.endpoint} disappeared")
-    return StoredCheckpoint(kv.key, kv.value, Checkpoint.decode(kv.value))
+    return StoredCheckpoint(kv.key, kv.value, decode("checkpoint", kv.key, kv.value, dest, Checkpoint.decode))
 
 
 async def _promote(

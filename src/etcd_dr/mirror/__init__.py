@@ -1,6 +1,6 @@
 """The mirror engine: snapshot copy, watch replay, checkpoint."""
 
-from .checkpoint import Checkpoint
+from ..state.records import Checkpoint
 from .engine import Mirror, MirrorResult
 from .keys import KeyMapper
 from .stats import MirrorStats

@@ -4,7 +4,9 @@ Read top to bottom: `Mirror.run` connects and checks both clusters, then loops o
 the checkpoint and either copies (no checkpoint, an interrupted copy, or a source compacted past it)
 or replays from it. Retries, backoff and the status line wrap around that cycle, not through it:
 any doubt (a txn with an unknown outcome, a broken stream, a moved checkpoint) ends the cycle, and the
-next cycle starts again from what the destination's checkpoint says.
+next cycle starts again from what the destination's checkpoint says. The writes go through
+`DestWriter` (writer.py); the standby's health duties (periodic verify, foreign writes, health record)
+live in standby.py.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any
 
 from ..aio import cancel_and_wait
@@ -36,36 +39,36 @@ from ..etcd import (
     TransientError,
     Unavailable,
 )
-from ..failover.roles import RoleState, claim_standby
-from .checkpoint import (
-    REPLAY,
-    SYNC,
-    Checkpoint,
-    SourceRate,
-    checkpoint_key,
-    encode_key,
-    heartbeat_key,
-    lock_key,
-)
-from .foreign import ForeignWatch, ForeignWrite, restore_foreign
-from .health import HealthRecord, health_key
-from .health import VerifyResult as VerifyRecord
+from ..state.layout import checkpoint_key, health_key, heartbeat_key, lease_registry_key, lock_key
+from ..state.reader import decode
+from ..state.records import REPLAY, SYNC, Checkpoint, encode_key
+from ..state.roles import RoleState, claim_standby
+from .checkpoint import SourceRate
 from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseMirror
 from .lock import MirrorLock
 from .replay import Replayer
 from .sourceguard import guard_one_source
+from .standby import StandbyDuties
 from .stats import MirrorStats
 from .sync import SyncResult, diff_sync
+from .writer import DestWriter
 
 log = logging.getLogger("etcd_dr.mirror")
+
+
+class _Next(Enum):
+    """What the loop does after an error: the next cycle at once, or after the backoff."""
+
+    AGAIN = "again"
+    BACKOFF = "backoff"
+
+
+_AGAIN, _BACKOFF = _Next.AGAIN, _Next.BACKOFF
 
 # The txn size (bytes of keys and values) the mirror goes down to, halving it each time the destination
 # refuses a txn as too large (its --max-request-bytes is below the mirror's --max-txn-bytes).
 MIN_TXN_BYTES = 16 * 1024
-# Differences of a periodic verify read again before they are believed, and logged one by one.
-RECHECK_MAX = 100
-LOG_EACH_DIFFERENCE = 20
 
 
 @dataclass
@@ -74,7 +77,7 @@ class MirrorResult:
     copied: SyncResult | None
 
 
-class Mirror:
+class Mirror(StandbyDuties):
     """Continuous (or, with `once`, one-shot) replication SOURCE -> DEST as configured."""
 
     def __init__(self, config: MirrorConfig) -> None:
@@ -121,9 +124,10 @@ class Mirror:
                 await self._lock.release()
 
     async def _loop(self, source: EtcdClient, dest: EtcdClient) -> MirrorResult:
+        """Cycles until one ends (--once) or the mirror is stopped; an error is met as the retry
+        policy (`_retry_policy`) says: again at once, again after the backoff, or raised."""
         target = self.stats.source_revision if self.config.once else None
-        backoff = 0.1
-        failing_since: float | None = None
+        self._backoff, self._failing_since = 0.1, None
         while True:
             try:
                 if not self._lock.revision or self._lock.lost.is_set():
@@ -132,91 +136,129 @@ class Mirror:
                     await self._lock.acquire(self.config.timeout if self.config.once else None)
                 ckpt = await self._while_holding_lock(self._cycle(source, dest, target))
                 return MirrorResult(ckpt, self._last_copy)
-            except LeaseLost:
-                self.stats.resyncs += 1
-                self._force_sync = "a destination lease expired while its source lease lives"
-                continue
-            except LeaseNotFound as e:
-                # A txn named a destination lease that is gone (it expired between the cycle's lease
-                # check and the txn): nothing was applied; the next cycle grants it again and copies.
-                self.stats.resyncs += 1
-                log.warning("%s: granting the leases again and copying", e)
-                self._force_sync = "a destination lease expired while its source lease lives"
-            except TooManyOpsError as e:
-                raise UsageError(
-                    f"--max-txn-ops {self.config.max_txn_ops}: the destination takes fewer ops per txn "
-                    f"({e}); give at most its etcd --max-txn-ops"
-                ) from None
-            except CompactedError as e:
-                self.stats.resyncs += 1
-                self.stats.errors["compacted"] += 1
-                log.warning("resync: the source compacted past the checkpoint (%s); copying again", e)
-                self._force_sync = "the source compacted past the checkpoint"
-                continue
-            except Fenced as e:
-                self.stats.errors["fenced"] += 1
-                if not await self._still_holding_lock(dest):
-                    log.warning("the mirror lock was taken over (%s); standing by", e)
-                    self._lock.lost.set()
+            except Exception as e:
+                handler = next((h for kind, h in self._retry_policy() if isinstance(e, kind)), None)
+                if handler is None:
+                    raise
+                if await handler(e, dest) is _AGAIN:
                     continue
-                log.warning("restart from the destination's checkpoint: %s", e)
-            except RequestTooLargeError as e:
-                # Refused whole (nothing applied): the cycle starts again from the checkpoint with
-                # smaller txns; a source txn larger than one of them is applied in parts (logged).
-                self.stats.errors["too_large"] += 1
-                if self._max_txn_bytes <= MIN_TXN_BYTES:
-                    raise Refused(
-                        f"{e}: the destination refuses even txns of {MIN_TXN_BYTES} bytes of keys and "
-                        "values, so a single source key and value is larger than its --max-request-bytes "
-                        "allows; raise it on the destination (to the source's, 1.5 MiB by default)"
-                    ) from e
-                self._max_txn_bytes = max(MIN_TXN_BYTES, self._max_txn_bytes // 2)
-                log.warning(
-                    "the destination refused a txn as too large (%s): its --max-request-bytes is below "
-                    "the mirror's txn size; from now on a txn carries at most %d bytes of keys and values",
-                    e,
-                    self._max_txn_bytes,
-                )
-                continue
-            except NoSpaceError as e:
-                # Disk full (etcd's NOSPACE alarm): not a reason to exit. Nothing was written; pause, say
-                # so (log, /healthz, metrics, status) and try again until the operator has made room.
-                self.stats.errors["nospace"] += 1
-                self.stats.nospace_txns = self.stats.applied_txns
-                now = time.monotonic()
-                self.stats.failing_since = self.stats.failing_since or now
-                failing_since = failing_since or now
-                if self.config.once and now - failing_since > self.config.timeout:
-                    raise NoSpaceError(
-                        f"{e}: the cluster's NOSPACE alarm is raised (its backend quota is full); gave up "
-                        f"after {self.config.timeout:g} s (--timeout)",
-                        endpoint=e.endpoint,
-                    ) from e
-                if now - self._nospace_logged >= 30.0:
-                    self._nospace_logged = now
-                    log.error(
-                        "NOSPACE alarm: %s. The mirror is paused (nothing is lost: it resumes from its "
-                        "checkpoint) and retries every %.0f s or so. To make room: compact and defragment "
-                        "that cluster (`etcdctl compact REV`, `etcdctl defrag`) or raise its "
-                        "--quota-backend-bytes, then `etcdctl alarm disarm`",
-                        e,
-                        max(backoff, 5.0),
-                    )
-                backoff = 5.0
-            except TransientError as e:
-                self.stats.errors["unavailable"] += 1
-                now = time.monotonic()
-                self.stats.failing_since = self.stats.failing_since or now
-                failing_since = failing_since or now
-                if self.config.once and now - failing_since > self.config.timeout:
-                    raise Unavailable(f"gave up after {self.config.timeout:g} s (--timeout): {e}") from e
-                log.warning("%s; retrying from the checkpoint in %.1f s", e, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, 5.0)
             if self.stats.last_apply_time and time.time() - self.stats.last_apply_time < 10:
-                backoff, failing_since = 0.1, None  # it was making progress: a fresh fault
+                self._backoff, self._failing_since = 0.1, None  # it was making progress: a fresh fault
+
+    def _retry_policy(
+        self,
+    ) -> tuple[tuple[type[Exception], Callable[[Any, EtcdClient], Awaitable[_Next]]], ...]:
+        """Which error -> what the loop does (first match; docs/architecture.md has it as a table).
+        Any other error ends the mirror."""
+        return (
+            (LeaseLost, self._on_lease_expired),  # copy again, at once
+            (LeaseNotFound, self._on_lease_not_found),  # copy again, after the backoff
+            (TooManyOpsError, self._on_too_many_ops),  # refuse: the flag is wrong
+            (CompactedError, self._on_compacted),  # copy again, at once
+            (Fenced, self._on_fenced),  # lock lost: stand by; else restart from the checkpoint
+            (RequestTooLargeError, self._on_too_large),  # smaller txns, at once
+            (NoSpaceError, self._on_nospace),  # pause and retry (--once: until --timeout)
+            (TransientError, self._on_transient),  # back off and retry (--once: until --timeout)
+        )
+
+    async def _on_lease_expired(self, e: LeaseLost, dest: EtcdClient) -> _Next:
+        self.stats.resyncs += 1
+        self._force_sync = "a destination lease expired while its source lease lives"
+        return _AGAIN
+
+    async def _on_lease_not_found(self, e: LeaseNotFound, dest: EtcdClient) -> _Next:
+        # A txn named a destination lease that is gone (it expired between the cycle's lease check and
+        # the txn): nothing was applied; the next cycle grants it again and copies.
+        self.stats.resyncs += 1
+        log.warning("%s: granting the leases again and copying", e)
+        self._force_sync = "a destination lease expired while its source lease lives"
+        return _BACKOFF
+
+    async def _on_too_many_ops(self, e: TooManyOpsError, dest: EtcdClient) -> _Next:
+        raise UsageError(
+            f"--max-txn-ops {self.config.max_txn_ops}: the destination takes fewer ops per txn "
+            f"({e}); give at most its etcd --max-txn-ops"
+        ) from None
+
+    async def _on_compacted(self, e: CompactedError, dest: EtcdClient) -> _Next:
+        self.stats.resyncs += 1
+        self.stats.errors["compacted"] += 1
+        log.warning("resync: the source compacted past the checkpoint (%s); copying again", e)
+        self._force_sync = "the source compacted past the checkpoint"
+        return _AGAIN
+
+    async def _on_fenced(self, e: Fenced, dest: EtcdClient) -> _Next:
+        self.stats.errors["fenced"] += 1
+        if not await self._still_holding_lock(dest):
+            log.warning("the mirror lock was taken over (%s); standing by", e)
+            self._lock.lost.set()
+            return _AGAIN
+        log.warning("restart from the destination's checkpoint: %s", e)
+        return _BACKOFF
+
+    async def _on_too_large(self, e: RequestTooLargeError, dest: EtcdClient) -> _Next:
+        # Refused whole (nothing applied): the cycle starts again from the checkpoint with smaller
+        # txns; a source txn larger than one of them is applied in parts (logged).
+        self.stats.errors["too_large"] += 1
+        if self._max_txn_bytes <= MIN_TXN_BYTES:
+            raise Refused(
+                f"{e}: the destination refuses even txns of {MIN_TXN_BYTES} bytes of keys and "
+                "values, so a single source key and value is larger than its --max-request-bytes "
+                "allows; raise it on the destination (to the source's, 1.5 MiB by default)"
+            ) from e
+        self._max_txn_bytes = max(MIN_TXN_BYTES, self._max_txn_bytes // 2)
+        log.warning(
+            "the destination refused a txn as too large (%s): its --max-request-bytes is below "
+            "the mirror's txn size; from now on a txn carries at most %d bytes of keys and values",
+            e,
+            self._max_txn_bytes,
+        )
+        return _AGAIN
+
+    async def _on_nospace(self, e: NoSpaceError, dest: EtcdClient) -> _Next:
+        # Disk full (etcd's NOSPACE alarm): not a reason to exit. Nothing was written; pause, say so
+        # (log, /healthz, metrics, status) and try again until the operator has made room.
+        self.stats.errors["nospace"] += 1
+        self.stats.nospace_txns = self.stats.applied_txns
+        if self._gave_up():
+            raise NoSpaceError(
+                f"{e}: the cluster's NOSPACE alarm is raised (its backend quota is full); gave up "
+                f"after {self.config.timeout:g} s (--timeout)",
+                endpoint=e.endpoint,
+            ) from e
+        now = time.monotonic()
+        if now - self._nospace_logged >= 30.0:
+            self._nospace_logged = now
+            log.error(
+                "NOSPACE alarm: %s. The mirror is paused (nothing is lost: it resumes from its "
+                "checkpoint) and retries every %.0f s or so. To make room: compact and defragment "
+                "that cluster (`etcdctl compact REV`, `etcdctl defrag`) or raise its "
+                "--quota-backend-bytes, then `etcdctl alarm disarm`",
+                e,
+                max(self._backoff, 5.0),
+            )
+        self._backoff = 5.0
+        return _BACKOFF
+
+    async def _on_transient(self, e: TransientError, dest: EtcdClient) -> _Next:
+        self.stats.errors["unavailable"] += 1
+        if self._gave_up():
+            raise Unavailable(f"gave up after {self.config.timeout:g} s (--timeout): {e}") from e
+        log.warning("%s; retrying from the checkpoint in %.1f s", e, self._backoff)
+        return _BACKOFF
+
+    def _gave_up(self) -> bool:
+        """Counts the time the mirror has been failing: --once gives up after --timeout."""
+        now = time.monotonic()
+        self.stats.failing_since = self.stats.failing_since or now
+        self._failing_since = self._failing_since or now
+        return self.config.once and now - self._failing_since > self.config.timeout
 
     _force_sync = ""  # why the next cycle must copy again, when it must
+    _backoff = 0.1  # seconds before the next try after an error (doubling to 5 s)
+    _failing_since: float | None = None  # monotonic time the current run of errors began
     _nospace_logged = -1e9  # monotonic time of the last NOSPACE error line
 
     async def _while_holding_lock(self, work: Coroutine[Any, Any, Checkpoint]) -> Checkpoint:
@@ -249,6 +291,19 @@ class Mirror:
         destination's role record as read at the start of the cycle (a promotion changes it, which
         fences this mirror for good)."""
         return [self._lock.guard(), self._role.guard(self.config.state_prefix)]
+
+    def _writer(self, dest: EtcdClient) -> DestWriter:
+        """How the copy and the replay write: under the checkpoint and the guards of this cycle."""
+        return DestWriter(
+            dest,
+            self.mapper,
+            self._key,
+            tuple(self._guards()),
+            self.config.max_txn_ops,
+            self._max_txn_bytes,
+            self.stats,
+            self._leases,
+        )
 
     async def _cycle(self, source: EtcdClient, dest: EtcdClient, target: int | None) -> Checkpoint:
         # Every cycle: a destination promoted meanwhile ends the mirror here (Refused).
@@ -289,17 +344,10 @@ class Mirror:
         self._rate.carry(ckpt)
         replayer = Replayer(
             source,
-            dest,
-            self.mapper,
-            self._key,
+            self._writer(dest),
             ckpt,
-            max_txn_ops=self.config.max_txn_ops,
-            max_txn_bytes=self._max_txn_bytes,
-            stats=self.stats,
             stop_at=target,
             heartbeat_key=self._heartbeat_key,
-            guards=self._guards(),
-            leases=self._leases,
             guard_deletes=lambda n: self._check_replay_deletes(dest, n),
             checkpoint_interval=self.config.checkpoint_interval,
             retry_for=self.config.timeout if self.config.once else None,
@@ -346,20 +394,15 @@ class Mirror:
 
         result = await diff_sync(
             source,
-            dest,
-            self.mapper,
+            self._writer(dest),
             revision=revision,
-            guard=[Compare.value_(self._key, CompareResult.EQUAL, start_raw), *self._guards()],
-            max_txn_ops=self.config.max_txn_ops,
-            max_txn_bytes=self._max_txn_bytes,
+            checkpoint_raw=start_raw,
             inflight=self.config.inflight,
             page_size=self.config.page_size,
             on_progress=progress,
             progress_every=0.25,
             resync=previous is not None and previous.phase == REPLAY,
-            stats=self.stats,
             guard_deletes=self._check_copy_deletes,
-            leases=self._leases,
         )
         done = replace(self._new_checkpoint(revision, REPLAY), source_time=round(read_at, 3))
         done_raw = await self._write_checkpoint(dest, start_raw, done)
@@ -440,13 +483,7 @@ class Mirror:
         kv = await dest.get(self._key)
         if kv is None:
             return None, None
-        try:
-            return Checkpoint.decode(kv.value), kv.value
-        except (ValueError, KeyError) as e:
-            raise Refused(
-                f"the checkpoint {encode_key(self._key)} on the destination is not readable ({e}); "
-                "remove it to copy from scratch"
-            ) from None
+        return decode("checkpoint", kv.key, kv.value, dest, Checkpoint.decode), kv.value
 
     async def _write_checkpoint(self, dest: EtcdClient, previous: bytes | None, new: Checkpoint) -> bytes:
         """Replace the checkpoint, only if it is still what we read (else another writer is active)."""
@@ -494,7 +531,9 @@ class Mirror:
         )
         if self.config.leases == "mirror":
             # The leases this mirror owns on the destination, next to its lock and checkpoint.
-            registry = self._lock_key.replace(b"/lock/", b"/leases/", 1) + b"/"
+            registry = lease_registry_key(
+                self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
+            )
             self._leases = LeaseMirror(
                 source,
                 dest,
@@ -571,209 +610,6 @@ class Mirror:
             with contextlib.suppress(EtcdError):
                 self.stats.source_compact_revision = await source.compact_revision()
             await asyncio.sleep(self.config.compaction_poll_interval)
-
-    # ---- the standby's health: periodic verify, foreign writes, the health record ----------------
-
-    def _holding_lock(self) -> bool:
-        return bool(self._lock.revision) and not self._lock.lost.is_set()
-
-    async def _verify_periodically(self) -> None:
-        """Compare the standby with the source every --verify-every, paced to --verify-rate. A difference
-        is checked again key by key before it is believed (flag verify_differs); an equal verify clears
-        it, and clears foreign_write when no foreign write came since it began."""
-        from ..verify import recheck, verify_in_segments
-
-        assert self.config.verify_every
-        while True:
-            await asyncio.sleep(self.config.verify_every)
-            if not self._holding_lock() or self.stats.phase != "replay":
-                continue  # a stand-by process, or a copy under way: nothing to compare yet
-            foreign_before = self.stats.foreign_writes
-            t0, started = time.monotonic(), time.time()
-            try:
-                result = await verify_in_segments(
-                    self.config, rate=self.config.verify_rate, page_size=self.config.verify_page_size
-                )
-                found = [*result.missing, *result.extra, *result.different]
-                confirmed = await recheck(self.config, found[:RECHECK_MAX]) if found else []
-            except (EtcdError, Refused) as e:
-                log.warning(
-                    "periodic verify did not finish: %s; the next one is in %g s", e, self.config.verify_every
-                )
-                continue
-            seconds = time.monotonic() - t0
-            # Past the keys read again, the rest of a large difference is taken as found.
-            differences = len(confirmed) + (max(0, len(found) - RECHECK_MAX) if confirmed else 0)
-            self.stats.verify_runs += 1
-            self.stats.verify_mismatch = differences
-            self.stats.last_verify = VerifyRecord(
-                at=round(time.time(), 3),
-                seconds=round(seconds, 3),
-                equal=not confirmed,
-                keys=result.keys,
-                differences=differences,
-                source_revision=result.source_revision,
-                dest_revision=result.dest_revision,
-            )
-            if found and not confirmed:
-                log.info(
-                    "periodic verify: %d differences found, none there when read again (the mirror moved "
-                    "on meanwhile): equal, %d keys in %.1f s",
-                    len(found),
-                    result.keys,
-                    seconds,
-                )
-            elif not confirmed:
-                log.info("periodic verify: %s, in %.1f s", result.summary(), seconds)
-            if not confirmed:
-                self.stats.clear("verify_differs")
-                if self.stats.foreign_writes == foreign_before:
-                    self.stats.clear("foreign_write")
-                continue
-            kinds = {
-                k: kind
-                for kind, ks in (
-                    ("missing", result.missing),
-                    ("extra", result.extra),
-                    ("different", result.different),
-                )
-                for k in ks
-            }
-            for key in confirmed[:LOG_EACH_DIFFERENCE]:
-                log.warning(
-                    "periodic verify: %s on the standby: %s", kinds.get(key, "different"), encode_key(key)
-                )
-            if len(confirmed) > LOG_EACH_DIFFERENCE:
-                log.warning(
-                    "periodic verify: ... and %d more differences", len(confirmed) - LOG_EACH_DIFFERENCE
-                )
-            log.warning(
-                "periodic verify: the standby differs from the source in %d keys (confirmed by reading them "
-                "again), at source revision %d; %s",
-                differences,
-                result.source_revision,
-                result.summary(),
-            )
-            self.stats.flag(
-                "verify_differs",
-                f"the periodic verify at {time.strftime('%H:%M:%S', time.gmtime(started))} UTC found "
-                f"{differences} keys differing (first: {encode_key(confirmed[0])})",
-            )
-
-    async def _watch_foreign_writes(self, source: EtcdClient) -> None:
-        """Watch the standby's range for writes the mirror did not make (mirror/foreign.py), while this
-        process holds the lock, from the destination revision at which it first held it. Its watches
-        have connections of their own: a watch moving to another endpoint closes its connection's
-        channel, which must not cut the replay's txns (nor the other watch)."""
-        async with EtcdClient(self.config.dest) as dest, EtcdClient(self.config.dest) as ckpt_dest:
-            await self._watch_foreign_writes_on(source, dest, ckpt_dest)
-
-    async def _watch_foreign_writes_on(
-        self, source: EtcdClient, dest: EtcdClient, ckpt_dest: EtcdClient
-    ) -> None:
-        start = 0
-        restore = self.config.foreign_writes == "restore"
-
-        async def put_back(writes: list[ForeignWrite]) -> None:
-            try:
-                restored, left = await restore_foreign(
-                    source, dest, self.mapper, self._key, self._guards, self._leases, writes
-                )
-            except (EtcdError, Refused) as e:
-                log.warning("foreign writes not restored: %s; the next verify checks them", e)
-                return
-            log.warning(
-                "foreign writes: %d keys restored to the source's state, %d left as they were (written by "
-                "the mirror since, or a copy under way)",
-                restored,
-                left,
-            )
-
-        watch = ForeignWatch(
-            dest,
-            self.mapper,
-            self._key,
-            self.stats,
-            restore=put_back if restore else None,
-            checkpoint_dest=ckpt_dest,
-        )
-        while True:
-            while not self._holding_lock() or not self._key:  # noqa: ASYNC110 (the lock has no event for it)
-                await asyncio.sleep(0.2)
-            if not start:
-                # From the destination revision at which this process took the lock (a stand-by
-                # process that takes over: before, the writes were the other holder's to judge).
-                start = self._lock.revision + 1
-            run = asyncio.ensure_future(watch.run(start))
-            lost = asyncio.ensure_future(self._lock.lost.wait())
-            try:
-                await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                await cancel_and_wait(run)
-                await cancel_and_wait(lost)
-            if run.cancelled():
-                continue  # the lock was lost: wait until this process holds it again
-            try:
-                run.result()
-            except CompactedError as e:
-                now = (await dest.status()).revision
-                log.warning(
-                    "foreign writes: the destination compacted past revision %d (%s); watching from "
-                    "revision %d on (the periodic verify covers the gap)",
-                    watch.next_revision or start,
-                    e,
-                    now + 1,
-                )
-                start = watch.next_revision = now + 1
-            except EtcdError as e:
-                log.warning("foreign-write watch: %s; watching again", e)
-                await asyncio.sleep(1.0)
-
-    async def _write_health(self, dest: EtcdClient) -> None:
-        """The health record on the destination (mirror/health.py): every --health-interval, and at
-        once when a problem appears or clears, a foreign write is seen or a verify ends."""
-        written: tuple[int, int, int] | None = None
-        last = 0.0
-        while True:
-            await asyncio.sleep(0.2)
-            s = self.stats
-            now = (s.problems_changed, s.foreign_writes, s.verify_runs)
-            if not self._holding_lock() or not self._key:
-                continue
-            if now == written and time.monotonic() - last < self.config.health_interval:
-                continue
-            record = HealthRecord(
-                updated=round(time.time(), 3),
-                problems=dict(s.problems),
-                verify=s.last_verify,
-                foreign_writes=s.foreign_writes,
-                last_foreign_key=s.last_foreign_key,
-                last_foreign_revision=s.last_foreign_revision,
-            )
-            try:
-                await dest.txn([self._lock.guard()], [Put(self._health_key, record.encode())])
-            except EtcdError as e:
-                log.debug("health record not written: %s", e)
-                continue
-            written, last = now, time.monotonic()
-
-    async def _fence_standby(self, dest: EtcdClient) -> None:
-        """--fence-standby: only root and etcd-dr's user may write on the standby (the fence a move
-        makes; a promotion lifts it)."""
-        from ..failover.fence import fence_writes
-
-        if not await dest.auth_enabled():
-            raise Refused(
-                f"--fence-standby: etcd auth is not enabled on the destination "
-                f"{self.config.dest.endpoints_text}, so its writes cannot be fenced; enable auth there "
-                "(with a user holding the root role for the mirror), or run without --fence-standby"
-            )
-        log.info(
-            "--fence-standby: fencing application writes on the destination %s through etcd auth (reason: "
-            "a standby takes writes only from its mirror)",
-            self.config.dest.endpoints_text,
-        )
-        await fence_writes(dest, self.config.state_prefix, mode="auth", epoch=self._role.epoch)
 
     async def _status_lines(self) -> None:
         last_events = 0

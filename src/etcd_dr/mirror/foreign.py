@@ -41,7 +41,8 @@ from ..etcd import (
     Put,
     WatchBatch,
 )
-from .checkpoint import REPLAY, SYNC, Checkpoint, encode_key
+from ..state.reader import decode
+from ..state.records import REPLAY, SYNC, Checkpoint, encode_key
 from .keys import KeyMapper
 from .leases import LeaseMirror
 from .stats import MirrorStats
@@ -233,7 +234,7 @@ async def restore_foreign(
                 log.warning("foreign write on %s: no checkpoint to restore from; left", encode_key(w.key))
                 unchanged += 1
                 break
-            ckpt = Checkpoint.decode(ckpt_kv.value)
+            ckpt = decode("checkpoint", checkpoint_key, ckpt_kv.value, dest, Checkpoint.decode)
             if ckpt.phase != REPLAY:
                 unchanged += 1  # a copy is under way: it makes the key equal
                 break

@@ -40,6 +40,7 @@ from ..etcd import (
     Put,
     prefix_range_end,
 )
+from ..state.reader import decode
 from .stats import MirrorStats
 
 log = logging.getLogger("etcd_dr.mirror")
@@ -139,7 +140,11 @@ class LeaseMirror:
             self._ready.set()
             return False
         kvs = (await self._dest.range(self._registry, prefix_range_end(self._registry))).kvs
-        registered = {int(kv.key[len(self._registry) :], 16): int(kv.value or b"0") for kv in kvs}
+        registered: dict[int, int] = {}
+        for kv in kvs:
+            # The lease's hex id is in the key, its TTL in the value.
+            lease = decode("lease registry", kv.key, kv.key[len(self._registry) :], self._dest, _hex)
+            registered[lease] = decode("lease registry", kv.key, kv.value or b"0", self._dest, int)
         # One request each, whatever the number of leases (etcd >= 3.3).
         source_live = set(await self._source.leases())
         dest_live = set(await self._dest.leases())
@@ -397,3 +402,7 @@ class LeaseMirror:
 def _ids(leases: Sequence[int], first: int = 5) -> str:
     shown = ", ".join(f"{lease:x}" for lease in leases[:first])
     return shown + (f" and {len(leases) - first} more" if len(leases) > first else "")
+
+
+def _hex(data: bytes) -> int:
+    return int(data, 16)

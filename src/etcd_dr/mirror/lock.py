@@ -13,7 +13,7 @@ import uuid
 from ..aio import cancel_and_wait
 from ..errors import CheckFailed
 from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, Get, LeaseNotFound, Put, TransientError
-from .checkpoint import encode_key
+from ..state.records import encode_key
 
 log = logging.getLogger("etcd_dr.mirror")
 

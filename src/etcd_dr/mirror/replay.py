@@ -27,8 +27,6 @@ from dataclasses import dataclass, replace
 from ..aio import cancel_and_wait
 from ..errors import Fenced
 from ..etcd import (
-    Compare,
-    CompareResult,
     Delete,
     EtcdClient,
     EventType,
@@ -37,10 +35,10 @@ from ..etcd import (
     Unavailable,
     WatchBatch,
 )
-from .checkpoint import Checkpoint, SourceRate
-from .keys import ALL_KEYS, KeyMapper
-from .leases import LeaseMirror
-from .stats import MirrorStats
+from ..state.records import Checkpoint
+from .checkpoint import SourceRate
+from .keys import ALL_KEYS
+from .writer import DestWriter
 
 log = logging.getLogger("etcd_dr.mirror")
 
@@ -97,19 +95,12 @@ class Replayer:
     def __init__(
         self,
         source: EtcdClient,
-        dest: EtcdClient,
-        mapper: KeyMapper,
-        checkpoint_key: bytes,
+        writer: DestWriter,
         checkpoint: Checkpoint,
         *,
-        max_txn_ops: int,
-        max_txn_bytes: int,
-        stats: MirrorStats,
         stop_at: int | None = None,
         heartbeat_key: bytes | None = None,
         guard_deletes: Callable[[int], Awaitable[None]] | None = None,
-        guards: Sequence[Compare] = (),
-        leases: LeaseMirror | None = None,
         checkpoint_interval: float = 1.0,
         retry_for: float | None = None,
         backlog_ops: int | None = None,
@@ -119,9 +110,11 @@ class Replayer:
         source_endpoints: str = "",
     ) -> None:
         self._source = source
-        self._dest = dest
-        self._mapper = mapper
-        self._key = checkpoint_key
+        self._writer = writer
+        self._dest = writer.dest
+        self._mapper = writer.mapper
+        self._key = writer.checkpoint_key
+        max_txn_ops, max_txn_bytes = writer.max_txn_ops, writer.max_txn_bytes
         self._ckpt = checkpoint
         # The stored bytes, as the txns compare them (a record of an older version re-encodes otherwise).
         self._ckpt_bytes = checkpoint_raw if checkpoint_raw is not None else checkpoint.encode()
@@ -129,12 +122,11 @@ class Replayer:
         self._endpoints = source_endpoints or checkpoint.source_endpoints
         self._max_ops = max_txn_ops - 1  # one op of every txn is the checkpoint
         self._max_bytes = max_txn_bytes
-        self._stats = stats
+        self._stats = writer.stats
         self._stop_at = stop_at
         self._heartbeat_key = heartbeat_key
         self._guard_deletes = guard_deletes
-        self._guards = list(guards)
-        self._leases = leases
+        self._leases = writer.leases
         self._heartbeat = 0.0  # newest heartbeat time covered but not yet in a written checkpoint
         self._interval = checkpoint_interval
         self._retry_for = retry_for
@@ -232,7 +224,7 @@ class Replayer:
             head = self._stats.source_revision
             ckpt = replace(ckpt.seen(head, self._rate.observe(head)), source_endpoints=self._endpoints)
         data = ckpt.encode()
-        guard = [Compare.value_(self._key, CompareResult.EQUAL, self._ckpt_bytes), *self._guards]
+        guard = self._writer.guard(self._ckpt_bytes)
         batch = TxnBatch(ops)
         batch.put(self._key, data)
         started = time.monotonic()

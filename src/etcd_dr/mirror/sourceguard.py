@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from ..errors import Refused
 from ..etcd import Compare, CompareResult, Delete, EtcdClient, Op, prefix_range_end
-from ..failover.events import TAKE_OVER, record_event
-from ..failover.roles import STANDBY, read_role, write_role
-from .checkpoint import Checkpoint, checkpoint_key, encode_key, lock_key
-from .health import health_key
+from ..state.events import TAKE_OVER, record_event
+from ..state.layout import StateLayout, checkpoint_key, health_key, lease_registry_key, lock_key
+from ..state.reader import decode
+from ..state.records import Checkpoint, encode_key
+from ..state.roles import STANDBY, read_role, write_role
 from .keys import key_range, ranges_overlap
 
 log = logging.getLogger("etcd_dr.mirror")
@@ -56,7 +57,7 @@ class ForeignCheckpoint:
     def owned_keys(self, state_prefix: bytes) -> list[Op]:
         """Deletes of what that mirror keeps beside its data: checkpoint, lease registry, health."""
         c = self.checkpoint
-        registry = self.lock_key(state_prefix).replace(b"/lock/", b"/leases/", 1) + b"/"
+        registry = lease_registry_key(state_prefix, c.source_cluster_id, c.source_prefix, c.dest_prefix)
         return [
             Delete(self.key),
             Delete(registry, prefix_range_end(registry)),
@@ -79,16 +80,10 @@ async def foreign_checkpoints(
 ) -> list[ForeignCheckpoint]:
     """Checkpoints on `dest` of mirrors from clusters other than `source_id` into a range overlapping
     `dest_range` (the same key names, or one range inside the other)."""
-    prefix = state_prefix + b"mirror/"
+    prefix = StateLayout(state_prefix).checkpoints
     found = []
     for kv in (await dest.range(prefix, prefix_range_end(prefix))).kvs:
-        try:
-            ckpt = Checkpoint.decode(kv.value)
-        except (ValueError, KeyError, TypeError) as e:
-            raise Refused(
-                f"the mirror checkpoint {encode_key(kv.key)} on the destination {dest.endpoint} is not "
-                f"readable ({e}); remove it if no mirror writes there"
-            ) from None
+        ckpt = decode("checkpoint", kv.key, kv.value, dest, Checkpoint.decode)
         if ckpt.source_cluster_id == source_id:
             continue
         if ranges_overlap(key_range(ckpt.dest_prefix), dest_range):

@@ -6,7 +6,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from .health import VerifyResult as VerifyRecord
+from ..state.records import VerifyResult as VerifyRecord
 
 # Upper bounds (seconds) of the destination txn duration histogram; the last is +Inf.
 TXN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))

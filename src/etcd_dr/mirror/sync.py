@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from ..errors import Fenced
 from ..etcd import Compare, EtcdClient, KeyValueLike, TxnBatch
-from .checkpoint import encode_key
+from ..state.records import encode_key
 from .compare import Kind, diff_ranges
-from .keys import KeyMapper
 from .leases import LeaseMirror
 from .stats import MirrorStats
+from .writer import DestWriter
 
 log = logging.getLogger("etcd_dr.mirror")
 
@@ -159,28 +159,26 @@ async def _put_missing(
 
 async def diff_sync(
     source: EtcdClient,
-    dest: EtcdClient,
-    mapper: KeyMapper,
+    writer: DestWriter,
     *,
     revision: int,
-    guard: Sequence[Compare],
-    max_txn_ops: int,
-    max_txn_bytes: int,
+    checkpoint_raw: bytes,
     inflight: int,
     page_size: int,
     on_progress: ProgressFn | None = None,
     progress_every: float = 1.0,
     resync: bool = False,
-    stats: MirrorStats | None = None,
     guard_deletes: Callable[[int, int, int], None] | None = None,
-    leases: LeaseMirror | None = None,
 ) -> SyncResult:
-    """Make dest's mapped range equal to source's range at `revision` (must be > 0).
+    """Make the destination's mapped range equal to source's range at `revision` (must be > 0), in
+    txns that hold while the checkpoint is still `checkpoint_raw` (the copy's SYNC record).
 
     Keys it overwrites or removes are named in the log (the first few, then a count): as warnings on a
     first copy, where they are data the destination had of its own; at info level on a `resync`, where
     they are the source's own changes that the mirror could not replay.
     """
+    dest, mapper, stats, leases = writer.dest, writer.mapper, writer.stats, writer.leases
+    guard, max_txn_ops, max_txn_bytes = writer.guard(checkpoint_raw), writer.max_txn_ops, writer.max_txn_bytes
     level = logging.INFO if resync else logging.WARNING
     started = time.monotonic()
     result = SyncResult(revision=revision)

@@ -15,17 +15,15 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from ..errors import Refused
-from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, Op, Put, TxnResult
+from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, KeyValue, Op, Put, TxnResult
+from .layout import role_key
+from .reader import UnreadableRecord, where
 
 log = logging.getLogger("etcd_dr.failover")
 
 PRIMARY = "primary"
 STANDBY = "standby"
 RoleName = Literal["primary", "standby"]
-
-
-def role_key(state_prefix: bytes) -> bytes:
-    return state_prefix + b"role"
 
 
 @dataclass(frozen=True)
@@ -102,20 +100,22 @@ class RoleState:
         return Compare.mod(role_key(state_prefix), CompareResult.EQUAL, self.mod_revision)
 
 
-class RoleUnreadable(Refused):
+class RoleUnreadable(UnreadableRecord):
     pass
 
 
 async def read_role(client: EtcdClient, state_prefix: bytes) -> RoleState:
-    kv = await client.get(role_key(state_prefix))
+    return read_role_kv(await client.get(role_key(state_prefix)), client)
+
+
+def read_role_kv(kv: KeyValue | None, client: EtcdClient) -> RoleState:
+    """The role record as read from `client` (None: no record)."""
     if kv is None:
         return RoleState(None, 0)
     try:
         return RoleState(Role.decode(kv.value), kv.mod_revision)
-    except (ValueError, KeyError) as e:
-        raise RoleUnreadable(
-            f"the role record {role_key(state_prefix).decode(errors='replace')} is not readable: {e}"
-        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RoleUnreadable("role", kv.key, where(client), e) from None
 
 
 async def write_role(

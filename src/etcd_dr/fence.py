@@ -21,17 +21,15 @@ two etcd-dr runs cannot overwrite each other's record.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
 
-from ..errors import EtcdDrError
-from ..etcd import (
+from .errors import EtcdDrError
+from .etcd import (
     Compare,
     CompareResult,
     Delete,
@@ -42,17 +40,12 @@ from ..etcd import (
     RoleNotFound,
     prefix_range_end,
 )
-from ..mirror.checkpoint import decode_key, encode_key
 from .hooks import HookFailed, run_hook
+from .state.layout import fence_key
+from .state.reader import decode
+from .state.records import FENCED, FENCING, MODES, UNFENCING, FenceMode, FenceRecord, encode_key
 
 log = logging.getLogger("etcd_dr.failover")
-
-FenceMode = Literal["auth", "hook", "none"]
-MODES: tuple[str, ...] = ("auth", "hook", "none")
-
-FENCING = "fencing"  # the record is written, the fence is not (yet) complete
-FENCED = "fenced"
-UNFENCING = "unfencing"  # the fence is being lifted
 
 # Scan-and-change passes before giving up: the second pass normally finds nothing left to do (it is
 # the check that the fence holds); more are needed only when roles change while we fence.
@@ -61,85 +54,6 @@ _PASSES = 5
 
 class FenceError(EtcdDrError):
     """Writes could not be fenced (or the fence lifted); one line says why and what to do."""
-
-
-def fence_key(state_prefix: bytes) -> bytes:
-    return state_prefix + b"fence"
-
-
-@dataclass(frozen=True)
-class FenceRecord:
-    mode: str  # "auth", "hook" or "none"
-    since: float  # unix time the fence was begun
-    by: str  # who fenced: etcd-dr's user, host and pid
-    # Mode auth: each role's permissions as they were before the fence (their original perm types),
-    # every one of which lost its write part.
-    revoked: Mapping[str, tuple[Permission, ...]]
-    epoch: int  # the caller's epoch (of the role record) when fenced
-    state: str = FENCED
-    # Not stored: the record's mod revision as read or written (0: not stored). Once the state is
-    # "fenced", no application write lands after this revision.
-    mod_revision: int = field(default=0, compare=False)
-
-    @property
-    def permission_count(self) -> int:
-        return sum(len(perms) for perms in self.revoked.values())
-
-    def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.since))
-        text = f"{self.mode}, {self.state} since {when} UTC by {self.by}, epoch {self.epoch}"
-        if self.mode == "auth":
-            text += f", {self.permission_count} write permissions of {len(self.revoked)} roles"
-        return text
-
-    def encode(self) -> bytes:
-        d: dict[str, Any] = {
-            "mode": self.mode,
-            "since": self.since,
-            "by": self.by,
-            "revoked": {
-                role: [
-                    {"perm_type": p.perm_type, "key": encode_key(p.key), "range_end": encode_key(p.range_end)}
-                    for p in perms
-                ]
-                for role, perms in self.revoked.items()
-            },
-            "epoch": self.epoch,
-            "state": self.state,
-        }
-        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, data: bytes, mod_revision: int = 0) -> FenceRecord:
-        d = json.loads(data)
-        mode = str(d["mode"])
-        if mode not in MODES:
-            raise ValueError(f"unknown fence mode {mode!r}")
-        state = str(d.get("state", FENCED))
-        if state not in (FENCING, FENCED, UNFENCING):
-            raise ValueError(f"unknown fence state {state!r}")
-        revoked: dict[str, tuple[Permission, ...]] = {}
-        for role, perms in dict(d.get("revoked", {})).items():
-            revoked[str(role)] = tuple(
-                Permission(str(p["perm_type"]), decode_key(str(p["key"])), decode_key(str(p["range_end"])))
-                for p in perms
-            )
-        for role, perms in revoked.items():
-            for p in perms:
-                if p.perm_type not in ("write", "readwrite"):
-                    raise ValueError(f"role {role}: a {p.perm_type!r} permission cannot have been revoked")
-        return cls(
-            mode=mode,
-            since=float(d["since"]),
-            by=str(d.get("by", "")),
-            revoked=revoked,
-            epoch=int(d.get("epoch", 0)),
-            state=state,
-            mod_revision=mod_revision,
-        )
-
-
-# ---- public API -----------------------------------------------------------------------------------
 
 
 async def read_fence(client: EtcdClient, state_prefix: bytes) -> FenceRecord | None:
@@ -305,12 +219,8 @@ async def _read(client: EtcdClient, state_prefix: bytes) -> tuple[FenceRecord | 
     if not r.kvs:
         return None, r.header.cluster_id
     kv = r.kvs[0]
-    try:
-        return FenceRecord.decode(kv.value, kv.mod_revision), r.header.cluster_id
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FenceError(
-            f"the fence record {encode_key(key)} on {client.config.endpoints_text} is not readable: {e}"
-        ) from None
+    record = decode("fence", key, kv.value, client, lambda v: FenceRecord.decode(v, kv.mod_revision))
+    return record, r.header.cluster_id
 
 
 async def _store(

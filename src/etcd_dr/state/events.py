@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..etcd import EtcdClient, EtcdError, SortOrder, SortTarget, prefix_range_end
+from .layout import StateLayout, events_prefix
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -18,10 +19,6 @@ KEEP = 200  # events kept per cluster; older ones are removed when a new one is 
 # A mirror from another source cluster replaced the one that wrote into this range (`--take-over`);
 # its fields name both sources and the replaced checkpoint (mirror/sourceguard.py).
 TAKE_OVER = "take-over"
-
-
-def events_prefix(state_prefix: bytes) -> bytes:
-    return state_prefix + b"events/"
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,7 @@ async def record_event(
 ) -> None:
     """Best effort: an event that cannot be written is logged, never a reason to stop a move halfway."""
     t = time.time()
-    key = events_prefix(state_prefix) + f"{time.time_ns():020d}-{kind}".encode()
+    key = StateLayout(state_prefix).event(time.time_ns(), kind)
     value = json.dumps({"time": round(t, 3), "kind": kind, "message": message, **fields}, sort_keys=True)
     try:
         await client.put(key, value.encode())
@@ -71,18 +68,14 @@ async def recent_events(client: EtcdClient, state_prefix: bytes, limit: int = 10
         sort_order=SortOrder.DESCEND,
         sort_target=SortTarget.KEY,
     )
-    events = []
-    for kv in reversed(result.kvs):
-        try:
-            d = json.loads(kv.value)
-            events.append(
-                Event(
-                    float(d.pop("time")),
-                    str(d.pop("kind")),
-                    str(d.pop("message")),
-                    d,
-                )
-            )
-        except (ValueError, KeyError, TypeError):
-            continue  # not ours to interpret; status shows what it can
-    return events
+    return [e for e in (parse_event(kv.value) for kv in reversed(result.kvs)) if e is not None]
+
+
+def parse_event(data: bytes) -> Event | None:
+    """An event record, or None when it is not ours to interpret: the history is shown as far as it
+    can be read (an event is a note of what was done, never state a command acts on)."""
+    try:
+        d = json.loads(data)
+        return Event(float(d.pop("time")), str(d.pop("kind")), str(d.pop("message")), d)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

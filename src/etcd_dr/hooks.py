@@ -16,7 +16,7 @@ import signal
 import subprocess
 from collections.abc import Mapping
 
-from ..errors import EtcdDrError
+from .errors import EtcdDrError
 
 log = logging.getLogger("etcd_dr.failover")
 
