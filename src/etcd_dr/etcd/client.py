@@ -583,6 +583,17 @@ class LeaseKeepAlive:
         if call is not None:
             call.cancel()
 
+    async def _stream(self) -> Any:
+        """The open keepalive stream, opened (and authenticated) first when there is none."""
+        if self._call is None:
+            if self._conn.config.user is not None and not self._conn.metadata():
+                await self._conn.authenticate()
+            fn = self._conn.stream(
+                _LEASE + "LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse
+            )
+            self._call = fn(metadata=self._conn.metadata())
+        return self._call
+
     async def refresh(self, lease_id: int) -> int:
         async with self._lock:
             # A stream opened by an earlier refresh may have broken since (member restarted, connection
@@ -593,14 +604,7 @@ class LeaseKeepAlive:
                 ep = self._conn.endpoint
                 endpoint = str(ep)
                 try:
-                    if self._call is None:
-                        if self._conn.config.user is not None and not self._conn.metadata():
-                            await self._conn.authenticate()
-                        fn = self._conn.stream(
-                            _LEASE + "LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse
-                        )
-                        self._call = fn(metadata=self._conn.metadata())
-                    await self._call.write(pb.LeaseKeepAliveRequest(id=lease_id))
+                    await (await self._stream()).write(pb.LeaseKeepAliveRequest(id=lease_id))
                     async with asyncio.timeout(self._conn.config.request_timeout):  # not wait_for: see replay
                         resp = await self._call.read()
                 except grpc.RpcError as e:
@@ -671,14 +675,7 @@ class LeaseKeepAlive:
         ep = self._conn.endpoint
         endpoint = str(ep)
         try:
-            if self._call is None:
-                if self._conn.config.user is not None and not self._conn.metadata():
-                    await self._conn.authenticate()
-                fn = self._conn.stream(
-                    _LEASE + "LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse
-                )
-                self._call = fn(metadata=self._conn.metadata())
-            call = self._call
+            call = await self._stream()
             for lease_id in lease_ids:
                 await call.write(pb.LeaseKeepAliveRequest(id=lease_id))
             async with asyncio.timeout(self._conn.config.request_timeout):
