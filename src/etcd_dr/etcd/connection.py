@@ -365,6 +365,9 @@ class Connection:
         self._auth_lock = asyncio.Lock()
         self._callables: dict[str, Any] = {}
         self._closed = False
+        # Counts rotations: a call remembers the epoch its channel belongs to, so that its failure
+        # moves the connection only if nobody moved it since (see rotate).
+        self._epoch = 0
         if config.tls is not None:
             # Read the files now, so that a bad file is reported before any network activity.
             self._credentials = load_credentials(config)
@@ -421,12 +424,25 @@ class Connection:
             return grpc.aio.secure_channel(endpoint.target, self._credentials, options=self._options())
         return grpc.aio.insecure_channel(endpoint.target, options=self._options())
 
-    async def rotate(self, failed: Endpoint | None = None) -> None:
+    @property
+    def epoch(self) -> int:
+        """Which channel calls made now go on: changes at every rotation."""
+        return self._epoch
+
+    async def rotate(self, failed: Endpoint | None = None, *, epoch: int | None = None) -> None:
         # Closing the channel cancels every call still on it: their callers see that as
         # asyncio.CancelledError from grpc, told apart from a real cancel by `closed_under_us`.
-        """Move to the next endpoint (if `failed` is still the current one)."""
+        """Move to the next endpoint (if `failed` is still the current one and, given `epoch`, the
+        channel of that epoch is still the current one)."""
         if failed is not None and failed != self.endpoint:
             return  # another caller already moved on
+        if epoch is not None and epoch != self._epoch:
+            # The failed call's channel was already replaced, and the calls on it cancelled, by
+            # another caller's rotation: moving again would close the new channel under the calls
+            # that already resumed on it (with one endpoint, the same endpoint's fresh channel),
+            # and each of those would then move it once more.
+            return
+        self._epoch += 1
         old = self._channel
         self._channel = None
         self._callables = {}
@@ -458,7 +474,7 @@ class Connection:
         async with self._auth_lock:
             attempts = len(c.endpoints)  # an unavailable endpoint moves on, once around the list
             while True:
-                endpoint = self.endpoint
+                endpoint, epoch = self.endpoint, self._epoch
                 fn = self.channel().unary_unary(
                     "/etcdserverpb.Auth/Authenticate",
                     request_serializer=pb.AuthenticateRequest.SerializeToString,
@@ -478,7 +494,7 @@ class Connection:
                             endpoint=str(endpoint),
                         ) from None
                     if isinstance(err, Unavailable):
-                        await self.rotate(endpoint)
+                        await self.rotate(endpoint, epoch=epoch)
                         attempts -= 1
                         if attempts > 0:
                             continue
@@ -520,7 +536,7 @@ class Connection:
         if c.user is not None and self._token is None and not anonymous:
             await self.authenticate()
         while True:
-            endpoint = self.endpoint
+            endpoint, epoch = self.endpoint, self._epoch
             fn = self._callable(method, request, response_type)
             metadata = () if anonymous else self.metadata()
             try:
@@ -542,7 +558,7 @@ class Connection:
                 await self.authenticate()
                 continue
             if isinstance(err, Unavailable):
-                await self.rotate(endpoint)
+                await self.rotate(endpoint, epoch=epoch)
                 if not idempotent:
                     if err.maybe_applied:
                         raise err  # outcome unknown: never resend a write

@@ -21,6 +21,7 @@ import grpc.aio
 
 from ._pb import etcd_dr_v3_pb2 as pb
 from .connection import Connection, InvalidToken, closed_under_us, map_grpc_error
+from .endpoints import Endpoint
 from .errors import CompactedError, EtcdError, TransientError, Unavailable, WatchCanceled
 from .types import Event, Header, WatchBatch
 
@@ -78,6 +79,9 @@ class Watch:
         self._reader: asyncio.Task[Any] | None = None  # the task inside _read, if any
         self._read_broken = False
         self._io_seq = 0  # which read or write a deferred _break_io is about
+        # Where the current (or last) call was opened: its failure moves the shared connection only if
+        # no sibling call moved it since (Connection.rotate). None: no call opened since the last move.
+        self._call_at: tuple[Endpoint, int] | None = None
 
     @property
     def next_revision(self) -> int:
@@ -116,6 +120,7 @@ class Watch:
         if self._conn.config.user is not None and (self._reauth or not self._conn.metadata()):
             await self._conn.authenticate()
             self._reauth = False
+        self._call_at = (self._conn.endpoint, self._conn.epoch)
         fn = self._conn.stream(WATCH_METHOD, pb.WatchRequest, pb.WatchResponse)
         call = fn(metadata=self._conn.metadata(REQUIRE_LEADER))
         self._call = call
@@ -134,7 +139,11 @@ class Watch:
 
     async def _failed(self, err: EtcdError) -> None:
         """A transient failure: drop the stream, wait, move endpoint, and let the loop resume."""
-        endpoint = self._conn.endpoint
+        # The endpoint and channel the stream was opened on, not the connection's current ones: when
+        # a sibling watch or request already moved the connection (closing the channel under this
+        # stream), this watch resumes on the new channel instead of moving it again under them.
+        endpoint, epoch = self._call_at or (self._conn.endpoint, None)
+        self._call_at = None
         await self._drop_call()
         now = time.monotonic()
         if self._failing_since is None:
@@ -152,7 +161,7 @@ class Watch:
             self._next_revision,
         )
         self.reconnects += 1
-        await self._conn.rotate(endpoint)
+        await self._conn.rotate(endpoint, epoch=epoch)
         await asyncio.sleep(self._backoff)
         self._backoff = min(self._backoff * 2, 2.0)
 
