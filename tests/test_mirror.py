@@ -385,7 +385,10 @@ async def test_destination_leader_killed(etcd_cluster_factory: Factory) -> None:
 
 async def test_replay_behind_groups_up_to_max_txn_ops(etcd_cluster_factory: Factory) -> None:
     """Over a slow link, single-key revisions (one watch response each) pile up while a txn is in
-    flight: the next txn takes up to --max-txn-ops of them, not one per queued watch response."""
+    flight: the next txn takes up to --max-txn-ops of them, not one per queued watch response.
+
+    The link is held while the source is written, so that the pile-up does not depend on how fast
+    this machine writes (racing the writers against the mirror made the ratio fail under load)."""
     from harness.proxy import FaultProxy
 
     src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
@@ -407,13 +410,17 @@ async def test_replay_behind_groups_up_to_max_txn_ops(etcd_cluster_factory: Fact
                 for i in keys:
                     await s.put(b"/app/k%05d" % i, b"v")
 
-            await asyncio.gather(*(writer() for _ in range(64)))
+            # The first txn waits on the held link; every later revision piles up behind it.
+            dp.set_blackhole(True)
+            try:
+                await asyncio.gather(*(writer() for _ in range(64)))
+            finally:
+                dp.set_blackhole(False)
             await wait_equal(s, d, b"/app/", timeout=60)
             # The destination is read directly: the last txns' replies may still be on the slow link.
-            for _ in range(100):
-                if mirror.stats.applied_events - events0 >= 3000:
-                    break
-                await asyncio.sleep(0.05)
+            async with asyncio.timeout(30):
+                while mirror.stats.applied_events - events0 < 3000:  # noqa: ASYNC110 - a counter
+                    await asyncio.sleep(0.05)
             txns = mirror.stats.applied_txns - txns0
             events = mirror.stats.applied_events - events0
             assert events == 3000
