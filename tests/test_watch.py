@@ -385,8 +385,14 @@ async def test_watch_live_survives_cut_connections(etcd_cluster: EtcdCluster) ->
                 cuts: list[tuple[int, int]] = []  # (events received when cut, connections cut)
                 try:
                     for _ in range(5):
+                        seen = len(reader.events)
                         await asyncio.sleep(0.25)
-                        reader.check()
+                        # Cut a live connection: wait until the watch (resumed after the last cut)
+                        # delivers again, which on a loaded machine can take longer than the sleep.
+                        async with asyncio.timeout(20):
+                            while len(reader.events) <= seen or proxy.connections == 0:
+                                reader.check()
+                                await asyncio.sleep(0.01)
                         cuts.append((len(reader.events), proxy.cut()))
                     await asyncio.sleep(0.25)
                     stop.set()
