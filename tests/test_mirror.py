@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -426,3 +427,55 @@ async def test_replay_behind_groups_up_to_max_txn_ops(etcd_cluster_factory: Fact
             assert events == 3000
             # 64 revisions a txn was the old cap (64 watch responses queued); most txns are full now.
             assert events / txns > 90, (events, txns)
+
+
+_HELPERS = {
+    "Mirror._status_lines",
+    "Mirror._compaction",
+    "Mirror._heartbeats",
+    "StandbyDuties._verify_periodically",
+    "StandbyDuties._watch_foreign_writes",
+    "StandbyDuties._write_health",
+}
+
+
+def _name(task: asyncio.Task[Any]) -> str:
+    return str(getattr(task.get_coro(), "__qualname__", ""))
+
+
+def _mirror_helpers() -> list[asyncio.Task[Any]]:
+    """The tasks of Mirror.run's helpers (heartbeats, health record, compaction, ...) still running."""
+    return [t for t in asyncio.all_tasks() if not t.done() and _name(t) in _HELPERS]
+
+
+def _mirror_tasks() -> list[str]:
+    """Every task of the mirror's still running."""
+    names = [_name(t) for t in asyncio.all_tasks() if not t.done()]
+    return [n for n in names if n.startswith(("Mirror", "StandbyDuties", "LeaseMirror", "Replay"))]
+
+
+async def test_a_second_cancel_while_the_mirror_stops_leaves_no_helper_running(
+    etcd_cluster_factory: Factory,
+) -> None:
+    """The demo cancels its mirror again when it has not ended within seconds: that cancel cut short
+    the wait for the helpers, and those not yet cancelled ran on against the closed clients (grpc's
+    "Channel is closed" at exit)."""
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    async with client(src) as s, client(dst) as d:
+        await s.put(b"/app/k", b"v")
+        task = asyncio.create_task(Mirror(cfg(src, dst, prefix=b"/app/")).run())
+        await wait_equal(s, d, b"/app/")
+        assert len(_mirror_helpers()) >= 3
+        task.cancel()
+        # The second cancel lands while the mirror waits for its first helper to end.
+        async with asyncio.timeout(10):
+            while not any(t.cancelling() for t in _mirror_helpers()):  # noqa: ASYNC110 - no event
+                await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for _ in range(200):  # cancelled tasks end within a few loop turns; 10 s is generous
+            if not (left := _mirror_tasks()):
+                break
+            await asyncio.sleep(0.05)
+        assert not left, f"the mirror ended, these of its tasks run on: {left}"

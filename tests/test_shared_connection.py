@@ -112,3 +112,20 @@ async def test_watches_on_one_connection_move_endpoint_once_per_failure(
                 await asyncio.gather(*readers, return_exceptions=True)
             assert str(c.endpoint) == endpoints[1], "one failure must move the connection once"
             assert [w.reconnects for w in watches] == [1, 1, 1]
+
+
+async def test_a_call_after_close_is_a_typed_error(etcd_cluster_factory: Callable[..., EtcdCluster]) -> None:
+    # A helper task still running when its client is closed (the mirror's heartbeats when its stop was
+    # cut short) must meet etcd-dr's error, not grpc's UsageError from a callable of the closed channel.
+    cluster = etcd_cluster_factory(name="closed")
+    c = EtcdClient(ClientConfig.create(cluster.endpoints))
+    await c.put(b"/k", b"v")
+    await c.get(b"/k")
+    await c.close()
+    for call in (c.put(b"/k", b"w"), c.get(b"/k")):
+        try:
+            await call
+        except EtcdError as e:
+            assert "client is closed" in str(e)
+        else:
+            raise AssertionError("a call on a closed client succeeded")

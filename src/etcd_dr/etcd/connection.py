@@ -454,6 +454,9 @@ class Connection:
 
     async def close(self) -> None:
         self._closed = True
+        # A call made after close (a helper task still running) gets "client is closed" from channel(),
+        # not grpc's UsageError from a cached callable of the closed channel.
+        self._callables = {}
         if self._channel is not None:
             await self._channel.close(grace=None)
             self._channel = None

@@ -119,6 +119,11 @@ class Mirror(StandbyDuties):
             try:
                 return await self._loop(source, dest)
             finally:
+                # Every helper cancelled before any is waited for: a second cancel of this task (the
+                # demo repeats one) ends the waiting early, and a helper not cancelled by then would
+                # run on against the closed clients.
+                for task in helpers:
+                    task.cancel()
                 for task in helpers:
                     await cancel_and_wait(task)
                 await self._lock.release()
