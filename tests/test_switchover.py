@@ -133,6 +133,7 @@ async def test_switchover_from_the_command_line_fences_loses_nothing_and_moves_t
 
 
 def test_move_flags_are_checked_before_anything_is_done(tmp_path: Path) -> None:
+    import concurrent.futures
     import subprocess
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -164,8 +165,10 @@ def test_move_flags_are_checked_before_anything_is_done(tmp_path: Path) -> None:
             "--dns-address",
         ),
     ]
-    for args, needle in cases:
-        proc = run(*args)
+    # Each case is a fresh interpreter (about a second of imports): run side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        procs = list(pool.map(lambda case: run(*case[0]), cases))
+    for (args, needle), proc in zip(cases, procs, strict=True):
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert lines and lines[-1].startswith("etcd-dr: error: ") and needle in lines[-1], (args, proc.stderr)
