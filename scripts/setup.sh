@@ -27,4 +27,5 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# Prefer wheels (an older wheel to a newer source release): nothing to compile on a fresh machine.
+.venv/bin/python -m pip install -q --disable-pip-version-check --prefer-binary -e ".[dev]"
