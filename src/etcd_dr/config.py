@@ -20,6 +20,9 @@ class MirrorConfig:
     # None: keys keep their names; b"" with --no-dest-prefix strips the prefix (make-mirror semantics).
     dest_prefix: bytes | None = None
     excludes: tuple[bytes, ...] = ()
+    # Unleased source keys that keep the source's create order on the destination, like leased keys
+    # (mirror/order.py): the prefixes of locks and elections whose keys carry no lease.
+    ordered_prefixes: tuple[bytes, ...] = ()
     ignore_keys_regex: str | None = None
     max_txn_ops: int = 128
     # Bytes of keys and values per destination txn; below etcd's default --max-request-bytes (1.5 MiB).
@@ -93,6 +96,14 @@ class MirrorConfig:
         for e in self.excludes:
             if not e:
                 raise UsageError("--exclude must not be empty (it would exclude every key)")
+        for o in self.ordered_prefixes:
+            if not o:
+                raise UsageError("--ordered-prefix must not be empty (name the lock's or election's prefix)")
+            if not (o.startswith(self.prefix) or self.prefix.startswith(o)):
+                raise UsageError(
+                    f"--ordered-prefix {o.decode(errors='replace')!r} is outside --prefix "
+                    f"{self.prefix.decode(errors='replace')!r}: no mirrored key is under it"
+                )
 
     @property
     def effective_dest_prefix(self) -> bytes:
@@ -124,6 +135,8 @@ def mirror_argv(
         argv += ["--dest-prefix", text(config.dest_prefix)] if config.dest_prefix else ["--no-dest-prefix"]
     for e in config.excludes:
         argv += ["--exclude", text(e)]
+    for o in config.ordered_prefixes:
+        argv += ["--ordered-prefix", text(o)]
     if config.ignore_keys_regex:
         argv += ["--ignore-keys-regex", config.ignore_keys_regex]
     if always_state_prefix or config.state_prefix != DEFAULT_STATE_PREFIX:

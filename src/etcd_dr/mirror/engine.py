@@ -47,6 +47,7 @@ from .checkpoint import SourceRate
 from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseMirror
 from .lock import MirrorLock
+from .order import OrderRule
 from .replay import Replayer
 from .sourceguard import guard_one_source
 from .standby import StandbyDuties
@@ -303,6 +304,7 @@ class Mirror(StandbyDuties):
             self._max_txn_bytes,
             self.stats,
             self._leases,
+            OrderRule(self.config.ordered_prefixes),
         )
 
     async def _cycle(self, source: EtcdClient, dest: EtcdClient, target: int | None) -> Checkpoint:

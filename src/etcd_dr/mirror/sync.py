@@ -4,7 +4,9 @@ It is a diff, not a blind copy: source (at R) and destination are read side by s
 only what differs is written (puts for missing or different keys, deletes for keys the source does not
 have). The same code does the first copy into an empty destination, the redo of a copy cut short by a
 crash, and the re-sync after the source compacted past the checkpoint, each writing only what differs.
-Memory is bounded by the read-ahead pages and the txns in flight, not by the keyspace.
+Memory is bounded by the read-ahead pages and the txns in flight, not by the keyspace (and the ordered
+keys: leased ones and those under --ordered-prefix, held until the end and written in the source's
+create order, order.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..etcd import Compare, EtcdClient, KeyValueLike, TxnBatch
 from ..state.records import encode_key
 from .compare import Kind, diff_ranges
 from .leases import LeaseMirror
+from .order import OrderedKey, OrderRule, plan
 from .stats import MirrorStats
 from .writer import DestWriter
 
@@ -38,6 +41,11 @@ class SyncResult:
     unchanged: int = 0
     overwritten: int = 0
     seconds: float = 0.0
+    # Ordered keys written one source create revision per txn, in how many txns, and how many of them
+    # the destination had out of the source's order (deleted and created again).
+    ordered_keys: int = 0
+    ordered_txns: int = 0
+    recreated: int = 0
 
 
 ProgressFn = Callable[[SyncResult], None]
@@ -142,9 +150,20 @@ async def _put_missing(
     keys: Sequence[bytes],
     kvs: Sequence[KeyValueLike],
     leases: LeaseMirror | None,
+    rule: OrderRule,
+    ordered: list[OrderedKey],
 ) -> None:
     """Put keys the destination lacks: the whole copy into an empty destination goes through here,
-    so it is one tight loop without an await per key."""
+    so it is one tight loop without an await per key. Ordered keys are set aside in `ordered`."""
+    is_ordered = rule.ordered
+    if any(is_ordered(kv.key, kv.lease) for kv in kvs):
+        rest = [(k, kv) for k, kv in zip(keys, kvs, strict=True) if not is_ordered(kv.key, kv.lease)]
+        ordered.extend(
+            OrderedKey(k, kv.value, kv.lease, kv.create_revision, 0, True)
+            for k, kv in zip(keys, kvs, strict=True)
+            if is_ordered(kv.key, kv.lease)
+        )
+        keys, kvs = [k for k, _ in rest], [kv for _, kv in rest]
     if leases is not None:
         # The leases these keys use exist on the destination first (most keys have none).
         granted = await leases.ensure_many(kv.lease for kv in kvs)
@@ -155,6 +174,62 @@ async def _put_missing(
             lease = granted[lease] if leases is not None else 0
         if not try_put(key, kv.value, lease):
             await pipeline.put(key, kv.value, lease)
+
+
+async def _write_ordered(
+    pipeline: TxnPipeline, writer: DestWriter, guard: Sequence[Compare], keys: Sequence[OrderedKey]
+) -> tuple[int, int, int]:
+    """Write the copy's ordered keys (order.py): those with no order to keep or already in it through
+    the pipeline with the rest, then the others in layers, one txn at a time, after everything else
+    has landed. Returns (keys written in layers, layer txns, keys re-created)."""
+    p = plan(keys)
+    leases = writer.leases
+    layered = [k for layer in p.layers for k in layer]
+    granted = await leases.ensure_many(k.lease for k in [*p.puts, *layered]) if leases else {}
+
+    def lease_of(k: OrderedKey) -> int:
+        return granted.get(k.lease, 0) if leases is not None and k.lease else 0
+
+    for k in p.puts:
+        await pipeline.put(k.key, k.value, lease_of(k))
+    for key in p.deletes:
+        await pipeline.delete(key)
+    # The layers are created after every other key of the copy, and each after the one before: txns
+    # in flight together reach raft in no particular order.
+    await pipeline.close()
+    if not p.layers:
+        return 0, 0, 0
+    log.info(
+        "copy: %d ordered keys under %d parents keep the source's create order: writing them in %d "
+        "layers, one txn at a time (%d of them re-created: the destination had them out of order)",
+        p.layered_keys,
+        p.parents,
+        len(p.layers),
+        len(p.deletes),
+    )
+    txns = 0
+    for layer in p.layers:
+        batch, size = TxnBatch(), 0
+        for i, k in enumerate(layer):
+            n = len(k.key) + len(k.value)
+            if len(batch) and (len(batch) >= writer.max_txn_ops or size + n > writer.max_txn_bytes):
+                txns += await _send_layer(writer, guard, batch)
+                batch, size = TxnBatch(), 0
+            batch.put(k.key, k.value, lease_of(k))
+            size += n
+            if i == len(layer) - 1:
+                txns += await _send_layer(writer, guard, batch)
+    return p.layered_keys, txns, len(p.deletes)
+
+
+async def _send_layer(writer: DestWriter, guard: Sequence[Compare], batch: TxnBatch) -> int:
+    started = time.monotonic()
+    succeeded, _ = await writer.dest.txn_batch(guard, batch)
+    writer.stats.observe_txn(time.monotonic() - started)
+    writer.stats.applied_txns += 1
+    if not succeeded:
+        raise Fenced("the mirror's checkpoint changed during the copy: another mirror is writing")
+    return 1
 
 
 async def diff_sync(
@@ -178,6 +253,8 @@ async def diff_sync(
     they are the source's own changes that the mirror could not replay.
     """
     dest, mapper, stats, leases = writer.dest, writer.mapper, writer.stats, writer.leases
+    rule = writer.order
+    ordered: list[OrderedKey] = []
     guard, max_txn_ops, max_txn_bytes = writer.guard(checkpoint_raw), writer.max_txn_ops, writer.max_txn_bytes
     level = logging.INFO if resync else logging.WARNING
     started = time.monotonic()
@@ -195,11 +272,12 @@ async def diff_sync(
         page_size=page_size,
         compare_leases=leases is not None,
         owns_lease=leases.owns if leases is not None else None,
+        keep_equal=lambda kv: rule.ordered(kv.key, kv.lease),
     )
     last_report = time.monotonic()
     extras: list[bytes] = []
     dest_keys = 0
-    MISSING, EXTRA = Kind.MISSING, Kind.EXTRA
+    MISSING, EXTRA, EQUAL = Kind.MISSING, Kind.EXTRA, Kind.EQUAL
     try_put = pipeline.try_put
     try:
         async for diff in diffs:
@@ -215,6 +293,19 @@ async def diff_sync(
                     continue
                 src = pair.source
                 assert src is not None
+                if kind is EQUAL:  # an ordered key, kept to check its order (counted above)
+                    assert pair.dest is not None
+                    ordered.append(
+                        OrderedKey(
+                            pair.key,
+                            src.value,
+                            src.lease,
+                            src.create_revision,
+                            pair.dest.create_revision,
+                            False,
+                        )
+                    )
+                    continue
                 result.source_keys += 1
                 result.puts += 1
                 if kind is not MISSING:
@@ -228,11 +319,17 @@ async def diff_sync(
                             encode_key(pair.key),
                             revision,
                         )
+                if rule.ordered(src.key, src.lease):
+                    dest_create = pair.dest.create_revision if pair.dest is not None else 0
+                    ordered.append(
+                        OrderedKey(pair.key, src.value, src.lease, src.create_revision, dest_create, True)
+                    )
+                    continue
                 lease = await leases.ensure(src.lease) if leases and src.lease else 0
                 if not try_put(pair.key, src.value, lease):
                     await pipeline.put(pair.key, src.value, lease)
             if diff.missing:
-                await _put_missing(pipeline, diff.missing_keys, diff.missing, leases)
+                await _put_missing(pipeline, diff.missing_keys, diff.missing, leases, rule, ordered)
                 n = len(diff.missing)
                 result.source_keys += n
                 result.puts += n
@@ -268,6 +365,10 @@ async def diff_sync(
                     revision,
                 )
             await pipeline.delete(key)
+        if ordered:
+            result.ordered_keys, result.ordered_txns, result.recreated = await _write_ordered(
+                pipeline, writer, guard, ordered
+            )
         await pipeline.close()
     except BaseException:
         await pipeline.abort()
