@@ -12,6 +12,10 @@ with our own client, and ends every process it started (by PID, in `finally`). S
   rss       peak RSS (and time) of etcd-dr's initial copy of 1,000,000 keys
   distance  a 15 ms each-way delay proxy in front of the destination: initial copy of 10,000 keys
             (make-mirror capped at 60 s, its rate extrapolated) and the lag after 1,000 writes
+  leased    etcd-dr's copy of 10,000 leased keys under one prefix (Kubernetes-events-like: leases of
+            1 h shared by 100 keys each, every key created at its own revision), which keeps their
+            create order (one txn per create revision), beside the same keys without leases; on
+            loopback and, with 1,000 keys, over the 30 ms delay proxy
 
 It prints the machine, a line per measurement, and a final table; the same table goes to
 bench/results/<timestamp>.json. See docs/benchmarks.md for the figures and how to read them.
@@ -66,7 +70,7 @@ STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 READY_TIMEOUT = 60.0  # a mirror must have copied the one-key source by then
 DELAY_ONE_WAY = 0.015  # the distance scenario's proxy delay (30 ms round trip)
 
-SCENARIOS = ("copy", "replay", "rss", "distance")
+SCENARIOS = ("copy", "replay", "rss", "distance", "leased")
 
 
 class BenchError(RuntimeError):
@@ -89,6 +93,8 @@ class Sizes:
     distance_writes: int = 1_000
     distance_replay_cap: float = 180.0
     dr_timeout: float = 900.0  # an etcd-dr --once run must exit by then
+    leased_keys: int = 10_000
+    leased_far_keys: int = 1_000  # over the delay proxy: one round trip per key, so fewer
 
 
 FULL = Sizes()
@@ -104,6 +110,8 @@ QUICK = Sizes(
     distance_writes=300,
     distance_replay_cap=60.0,
     dr_timeout=300.0,
+    leased_keys=2_000,
+    leased_far_keys=200,
 )
 
 
@@ -1037,7 +1045,87 @@ async def scenario_distance(tools: Tools, sizes: Sizes, res: Results) -> None:
     }
 
 
+EVENTS = PREFIX + b"events/"  # the leased scenario's keys: siblings under one prefix
+
+
+async def load_events(client: EtcdClient, n: int, *, leased: bool, per_lease: int = 100) -> None:
+    """n keys under EVENTS, one put each (so each has its own create revision), 64 in flight; with
+    `leased`, on leases of 1 h shared by `per_lease` keys each, as Kubernetes attaches its events."""
+    leases = [(await client.lease_grant(3600)).id for _ in range(0, n, per_lease)] if leased else []
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        for i in todo:
+            await client.put(key_of(EVENTS, i), value_of(i), lease=leases[i // per_lease] if leased else 0)
+
+    await asyncio.gather(*(worker() for _ in range(64)))
+
+
+async def check_events(pair: Pair, n: int, leased: bool) -> str:
+    """The destination has the n keys, ranked by create revision as on the source, and no two of
+    them share one (with leases: each on a lease)."""
+
+    async def order(c: EtcdClient) -> list[tuple[int, bytes, int]]:
+        kvs = (await c.range(EVENTS, prefix_range_end(EVENTS))).kvs
+        return sorted((kv.create_revision, kv.key, kv.lease) for kv in kvs)
+
+    src, dst = await order(pair.src_client), await order(pair.dst_client)
+    if len(dst) != n:
+        raise BenchError(f"destination has {len(dst)} keys under {EVENTS!r}, expected {n}")
+    if not leased:
+        return "all keys there (order not kept: unleased)"
+    if [k for _, k, _ in dst] != [k for _, k, _ in src] or len({r for r, _, _ in dst}) != n:
+        raise BenchError("the destination does not rank the leased keys by create revision as the source")
+    if any(not lease for _, _, lease in dst):
+        raise BenchError("a leased key is on the destination without a lease")
+    return "create order as on the source, each key its own revision"
+
+
+async def scenario_leased(tools: Tools, sizes: Sizes, res: Results) -> None:
+    say("\n== leased: etcd-dr's copy of leased siblings (create order kept) beside unleased ones")
+    runs: dict[str, CopyRun] = {}
+    for far in (False, True):
+        n = sizes.leased_far_keys if far else sizes.leased_keys
+        where = f"{2 * DELAY_ONE_WAY * 1000:.0f} ms" if far else "loopback"
+        for leased in (False, True):
+            which = f"{'leased' if leased else 'unleased'} {where}"
+            async with fresh_pair(tools, "leased") as pair:
+                await load_events(pair.src_client, n, leased=leased)
+                await wait_quiet(tools, pair)
+                with contextlib.ExitStack() as stack:
+                    dest = pair.dst_addr
+                    if far:
+                        dest = stack.enter_context(delay_proxy(pair.dst_addr, DELAY_ONE_WAY)).address
+                    proc = tools.mirror("leased", pair.src_addr, dest, once=True)
+                    try:
+                        rc = await proc.wait(sizes.dr_timeout)
+                        elapsed = time.monotonic() - proc.started
+                        if rc != 0:
+                            raise BenchError(f"etcd-dr mirror --once: exit {rc}:\n{proc.log_tail()}")
+                    finally:
+                        await proc.stop()
+                run = CopyRun(
+                    elapsed, n, False, proc.peak_rss_mb, proc.cpu_seconds(), engine_copy_seconds(proc)
+                )
+                run.checked = await check_events(pair, n, leased)
+                runs[which] = run
+                say(describe_copy(which, run, n))
+        plain, ordered = runs[f"unleased {where}"], runs[f"leased {where}"]
+        res.rows.append(
+            Row(
+                "leased",
+                f"{n:,} keys copy, {where}: ordered (leased) vs not",
+                "s",
+                plain.engine_seconds or plain.seconds,
+                ordered.engine_seconds or ordered.seconds,
+                note="the make-mirror column holds the unleased copy here",
+            )
+        )
+    res.details["leased"] = {k: asdict(v) for k, v in runs.items()}
+
+
 RUNNERS = {
+    "leased": scenario_leased,
     "copy": scenario_copy,
     "replay": scenario_replay,
     "rss": scenario_rss,
