@@ -20,9 +20,10 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness.mirroring import connect, pair_config
 
-from etcd_dr.etcd import Compare, CompareResult, EtcdClient, Get, Put
+from etcd_dr.etcd import Compare, CompareResult, EtcdClient, Get, Put, prefix_range_end
 from etcd_dr.failover.config import MoveConfig
 from etcd_dr.failover.failback import failback
 from etcd_dr.failover.failover import failover
@@ -35,6 +36,7 @@ Factory = Callable[..., EtcdCluster]
 ELECTION = b"leader-election/"  # `etcdctl elect leader-election`: keys leader-election/<lease hex>
 LOCK = b"jobs-lock/"
 ORDERED = b"/queue/"  # unleased keys, ordered by --ordered-prefix
+STATE = b"/etcd-dr/"
 
 
 # ---- the plan, without etcd -----------------------------------------------------------------------
@@ -268,9 +270,14 @@ async def test_resync_after_compaction_keeps_and_repairs_the_order(etcd_cluster_
             assert observed_leader(b) == observed_leader(a)
 
 
-async def test_failover_and_failback_keep_the_leader(etcd_cluster_factory: Factory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("budget", [256, 1], ids=["in-layers", "as-data"])
+async def test_failover_and_failback_keep_the_leader(
+    etcd_cluster_factory: Factory, tmp_path: Path, budget: int
+) -> None:
+    """With the default budget the copies write the siblings in layers; with a budget of 1 txn they
+    keep the order as data, and the failover and the failback's switchover create them again."""
     a, b = etcd_cluster_factory(name="site-a"), etcd_cluster_factory(name="site-b")
-    cfg = replace(pair_config(a, b), heartbeat_interval=0.2, lock_ttl=2)
+    cfg = replace(pair_config(a, b), heartbeat_interval=0.2, lock_ttl=2, order_budget=budget)
     async with clients(a, b) as (ca, cb):
         with sessions(a, ca) as s:
             await s.candidates(3)
@@ -282,7 +289,9 @@ async def test_failover_and_failback_keep_the_leader(etcd_cluster_factory: Facto
                 await s.candidates(1, first=3)
                 head = (await ca.status()).revision
                 await until(lambda: mirror.stats.applied_revision >= head, 30, "the mirror to catch up")
-                await assert_same_order(ca, cb, ELECTION, LOCK)
+                if budget > 1:  # else the first three are tied until the promotion
+                    await assert_same_order(ca, cb, ELECTION, LOCK)
+                want = {p: await ranked(ca, p) for p in (ELECTION, LOCK)}
                 sessions_a = {kv.key: kv.lease for kv in (await ca.get_prefix(ELECTION)).kvs}
                 leader = observed_leader(a)
                 a.kill(0)
@@ -294,7 +303,9 @@ async def test_failover_and_failback_keep_the_leader(etcd_cluster_factory: Facto
                 daemon.cancel()
                 with contextlib.suppress(BaseException):
                     await daemon
-            # On the promoted standby: the same leader, and a re-campaign of every session elects it only.
+            # On the promoted standby: the same order and leader; a re-campaign of every session elects
+            # the old leader only.
+            assert {p: await ranked(cb, p) for p in (ELECTION, LOCK)} == want
             assert observed_leader(b) == leader
             leads = {key: await campaign(cb, key, lease) for key, lease in sessions_a.items()}
             assert [k.decode() for k, won in leads.items() if won] == [leader], leads
@@ -312,3 +323,47 @@ async def test_failover_and_failback_keep_the_leader(etcd_cluster_factory: Facto
         async with connect(a) as ca2:
             assert await ranked(ca2, ELECTION) == on_b
             assert observed_leader(a) == leader
+
+
+def test_plan_keeps_the_order_as_data_beyond_the_budget() -> None:
+    keys = [_k(b"/big/%d" % i, 10 + i) for i in range(5)] + [_k(b"/small/a", 1), _k(b"/small/b", 2)]
+    p = plan(keys, budget=2)
+    assert p.as_data == [(b"/big/", [[b"/big/%d" % i] for i in range(5)])]
+    assert sorted(k.key for k in p.puts) == [b"/big/%d" % i for i in range(5)]
+    assert [[k.key for k in layer] for layer in p.layers] == [[b"/small/a"], [b"/small/b"]]
+
+
+async def test_order_kept_as_data_is_recreated_at_the_failover(etcd_cluster_factory: Factory) -> None:
+    """Siblings beyond the copy's budget of ordered txns are written tied, their order kept as data on
+    the standby; the failover creates them again in that order (with one the replay created after the
+    copy after them) before the clients are switched."""
+    a, b = etcd_cluster_factory(name="site-a"), etcd_cluster_factory(name="site-b")
+    cfg = replace(pair_config(a, b), heartbeat_interval=0.2, lock_ttl=2, order_budget=1)
+    records = (STATE + b"order/", prefix_range_end(STATE + b"order/"))
+    async with clients(a, b) as (ca, cb):
+        with sessions(a, ca) as s:
+            await s.candidates(4)
+            await s.lockers(3)
+            mirror = Mirror(cfg)
+            daemon = asyncio.create_task(mirror.run())
+            try:
+                await until(lambda: mirror.stats.phase == "replay", 30, "the mirror's copy")
+                assert (await cb.range(*records, count_only=True)).count == 2  # one per parent
+                assert await ranked(cb, ELECTION) != await ranked(ca, ELECTION)  # tied on the standby
+                await s.candidates(1, first=4)  # replayed after the copy: after every recorded key
+                head = (await ca.status()).revision
+                await until(lambda: mirror.stats.applied_revision >= head, 30, "the mirror to catch up")
+                want = {p: await ranked(ca, p) for p in (ELECTION, LOCK)}
+                sessions_a = {kv.key: kv.lease for kv in (await ca.get_prefix(ELECTION)).kvs}
+                leader = observed_leader(a)
+                a.kill(0)
+                await failover(MoveConfig(pair=cfg, fence="none", revision_margin=1000, probe_timeout=1))
+            finally:
+                daemon.cancel()
+                with contextlib.suppress(BaseException):
+                    await daemon
+            assert {p: await ranked(cb, p) for p in (ELECTION, LOCK)} == want
+            assert not (await cb.range(*records, count_only=True)).count  # done: the records go
+            assert observed_leader(b) == leader
+            leads = {key: await campaign(cb, key, lease) for key, lease in sessions_a.items()}
+            assert [k.decode() for k, won in leads.items() if won] == [leader], leads

@@ -39,7 +39,14 @@ from ..etcd import (
     TransientError,
     Unavailable,
 )
-from ..state.layout import checkpoint_key, health_key, heartbeat_key, lease_registry_key, lock_key
+from ..state.layout import (
+    StateLayout,
+    checkpoint_key,
+    health_key,
+    heartbeat_key,
+    lease_registry_key,
+    lock_key,
+)
 from ..state.reader import decode
 from ..state.records import REPLAY, SYNC, Checkpoint, encode_key
 from ..state.roles import RoleState, claim_standby
@@ -305,6 +312,9 @@ class Mirror(StandbyDuties):
             self.stats,
             self._leases,
             OrderRule(self.config.ordered_prefixes),
+            StateLayout(self.config.state_prefix),
+            StateLayout(self.config.state_prefix).pair_of(self._key),
+            self.config.order_budget,
         )
 
     async def _cycle(self, source: EtcdClient, dest: EtcdClient, target: int | None) -> Checkpoint:

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import Fenced
-from ..etcd import Compare, EtcdClient, KeyValueLike, TxnBatch
-from ..state.records import encode_key
+from ..etcd import Compare, EtcdClient, KeyValueLike, TxnBatch, prefix_range_end
+from ..state.records import OrderRecord, encode_key
 from .compare import Kind, diff_ranges
 from .leases import LeaseMirror
 from .order import OrderedKey, OrderRule, plan
@@ -46,6 +46,7 @@ class SyncResult:
     ordered_keys: int = 0
     ordered_txns: int = 0
     recreated: int = 0
+    kept_as_data: int = 0  # ordered keys whose order is kept as data (order records)
 
 
 ProgressFn = Callable[[SyncResult], None]
@@ -178,11 +179,22 @@ async def _put_missing(
 
 async def _write_ordered(
     pipeline: TxnPipeline, writer: DestWriter, guard: Sequence[Compare], keys: Sequence[OrderedKey]
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, list[tuple[bytes, list[list[bytes]]]]]:
     """Write the copy's ordered keys (order.py): those with no order to keep or already in it through
     the pipeline with the rest, then the others in layers, one txn at a time, after everything else
-    has landed. Returns (keys written in layers, layer txns, keys re-created)."""
-    p = plan(keys)
+    has landed. Returns (keys written in layers, layer txns, keys re-created, the order of the
+    parents over the budget, to keep as data)."""
+    p = plan(keys, writer.order_budget if writer.order_layout is not None else None)
+    if p.as_data:
+        log.info(
+            "copy: %d ordered keys under %d parent(s) need more than %d txns one after the other to be "
+            "created in the source's order (%s): written the fast way, their order kept as data on the "
+            "standby; a promotion creates them again in that order",
+            p.data_keys,
+            len(p.as_data),
+            writer.order_budget,
+            ", ".join(encode_key(name) for name, _ in p.as_data[:5]),
+        )
     leases = writer.leases
     layered = [k for layer in p.layers for k in layer]
     granted = await leases.ensure_many(k.lease for k in [*p.puts, *layered]) if leases else {}
@@ -198,7 +210,7 @@ async def _write_ordered(
     # in flight together reach raft in no particular order.
     await pipeline.close()
     if not p.layers:
-        return 0, 0, 0
+        return 0, 0, 0, p.as_data
     log.info(
         "copy: %d ordered keys under %d parents keep the source's create order: writing them in %d "
         "layers, one txn at a time (%d of them re-created: the destination had them out of order)",
@@ -219,7 +231,51 @@ async def _write_ordered(
             size += n
             if i == len(layer) - 1:
                 txns += await _send_layer(writer, guard, batch)
-    return p.layered_keys, txns, len(p.deletes)
+    return p.layered_keys, txns, len(p.deletes), p.as_data
+
+
+RECORD_KEYS = 1000  # destination keys per order record
+
+
+async def _write_order_records(
+    writer: DestWriter, guard: Sequence[Compare], as_data: Sequence[tuple[bytes, list[list[bytes]]]]
+) -> None:
+    """Replace the pair's order records with `as_data` (none: only remove the old ones), after every
+    key of the copy has landed: each record says they were all created at or below the destination's
+    revision now."""
+    layout = writer.order_layout
+    if layout is None:
+        return
+    dest = writer.dest
+    start = layout.order_records_of_pair(writer.pair)
+    end = prefix_range_end(start)
+    counted = await dest.range(start, end, count_only=True)
+    if not as_data and not counted.count:
+        return
+    if counted.count:
+        batch = TxnBatch()
+        batch.delete(start, end)
+        await _send_layer(writer, guard, batch)
+    below = counted.header.revision
+    batch, size = TxnBatch(), 0
+    for name, groups in as_data:
+        part, chunk, n = 0, [], 0
+        for i, group in enumerate(groups):
+            chunk.append(group)
+            n += len(group)
+            if n >= RECORD_KEYS or i == len(groups) - 1:
+                key = layout.order_record(writer.pair, name, part)
+                value = OrderRecord(name, part, below, chunk).encode()
+                if len(batch) and (
+                    len(batch) >= writer.max_txn_ops or size + len(value) > writer.max_txn_bytes
+                ):
+                    await _send_layer(writer, guard, batch)
+                    batch, size = TxnBatch(), 0
+                batch.put(key, value)
+                size += len(key) + len(value)
+                part, chunk, n = part + 1, [], 0
+    if len(batch):
+        await _send_layer(writer, guard, batch)
 
 
 async def _send_layer(writer: DestWriter, guard: Sequence[Compare], batch: TxnBatch) -> int:
@@ -365,11 +421,14 @@ async def diff_sync(
                     revision,
                 )
             await pipeline.delete(key)
+        as_data: list[tuple[bytes, list[list[bytes]]]] = []
         if ordered:
-            result.ordered_keys, result.ordered_txns, result.recreated = await _write_ordered(
+            result.ordered_keys, result.ordered_txns, result.recreated, as_data = await _write_ordered(
                 pipeline, writer, guard, ordered
             )
         await pipeline.close()
+        await _write_order_records(writer, guard, as_data)
+        result.kept_as_data = sum(len(g) for _, groups in as_data for g in groups)
     except BaseException:
         await pipeline.abort()
         raise

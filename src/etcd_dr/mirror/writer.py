@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..etcd import Compare, CompareResult, EtcdClient
+from ..state.layout import StateLayout
 from .keys import KeyMapper
 from .leases import LeaseMirror
 from .order import OrderRule
@@ -25,6 +26,10 @@ class DestWriter:
     stats: MirrorStats
     leases: LeaseMirror | None = None  # None: leases not mirrored (source and destination one cluster)
     order: OrderRule = field(default_factory=OrderRule)  # which keys keep the source's create order
+    # Where the copy keeps the order of siblings beyond `order_budget` layers (None: never as data).
+    order_layout: StateLayout | None = None
+    pair: bytes = b""  # the pair's id, for its order records
+    order_budget: int = 256
 
     def guard(self, checkpoint_raw: bytes) -> list[Compare]:
         """The compares of a txn written while the checkpoint's stored bytes are `checkpoint_raw`."""
