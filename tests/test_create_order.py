@@ -27,10 +27,14 @@ from etcd_dr.etcd import Compare, CompareResult, EtcdClient, Get, Put, prefix_ra
 from etcd_dr.failover.config import MoveConfig
 from etcd_dr.failover.failback import failback
 from etcd_dr.failover.failover import failover
+from etcd_dr.failover.reorder import recreate_in_order
 from etcd_dr.failover.sites import reversed_pair
 from etcd_dr.local.cluster import EtcdCluster, _child_env
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.order import OrderedKey, OrderRule, joins, plan
+from etcd_dr.state.layout import StateLayout
+from etcd_dr.state.records import OrderJournal
+from etcd_dr.status import status as mirror_status
 
 Factory = Callable[..., EtcdCluster]
 ELECTION = b"leader-election/"  # `etcdctl elect leader-election`: keys leader-election/<lease hex>
@@ -339,7 +343,8 @@ async def test_order_kept_as_data_is_recreated_at_the_failover(etcd_cluster_fact
     copy after them) before the clients are switched."""
     a, b = etcd_cluster_factory(name="site-a"), etcd_cluster_factory(name="site-b")
     cfg = replace(pair_config(a, b), heartbeat_interval=0.2, lock_ttl=2, order_budget=1)
-    records = (STATE + b"order/", prefix_range_end(STATE + b"order/"))
+    start = StateLayout(STATE).order_records
+    records = (start, prefix_range_end(start))
     async with clients(a, b) as (ca, cb):
         with sessions(a, ca) as s:
             await s.candidates(4)
@@ -349,6 +354,8 @@ async def test_order_kept_as_data_is_recreated_at_the_failover(etcd_cluster_fact
             try:
                 await until(lambda: mirror.stats.phase == "replay", 30, "the mirror's copy")
                 assert (await cb.range(*records, count_only=True)).count == 2  # one per parent
+                shown = (await mirror_status(cfg)).lines()
+                assert any(line.startswith("create order: 7 leased or ordered keys") for line in shown), shown
                 assert await ranked(cb, ELECTION) != await ranked(ca, ELECTION)  # tied on the standby
                 await s.candidates(1, first=4)  # replayed after the copy: after every recorded key
                 head = (await ca.status()).revision
@@ -367,3 +374,18 @@ async def test_order_kept_as_data_is_recreated_at_the_failover(etcd_cluster_fact
             assert observed_leader(b) == leader
             leads = {key: await campaign(cb, key, lease) for key, lease in sessions_a.items()}
             assert [k.decode() for k, won in leads.items() if won] == [leader], leads
+
+
+async def test_an_interrupted_recreation_puts_its_deleted_keys_back(etcd_cluster: EtcdCluster) -> None:
+    """A promotion that crashed between deleting a layer and putting it back: its rerun puts the keys
+    of the journal back first (with their lease), then removes the journal."""
+    async with connect(etcd_cluster) as c:
+        lease = (await c.lease_grant(60)).id
+        journal = StateLayout(STATE).order_journal
+        gone = [(ELECTION + b"%x" % lease, b"cand", lease), (ORDERED + b"j", b"job", 0)]
+        await c.put(journal, OrderJournal(gone).encode())
+        assert await recreate_in_order(c, STATE, "here") == 0  # no order records: only the journal
+        for key, value, kv_lease in gone:
+            kv = await c.get(key)
+            assert kv is not None and (kv.value, kv.lease) == (value, kv_lease)
+        assert await c.get(journal) is None
