@@ -191,6 +191,14 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     "--inflight", type=int, default=8, show_default=True, help="Destination txns in flight during the copy."
 )
 @click.option(
+    "--ordered-txns",
+    type=click.IntRange(min=0),
+    default=256,
+    show_default=True,
+    help="Most txns one after the other a copy writes to create leased (and --ordered-prefix) siblings "
+    "in the source's create order; siblings needing more keep that order as data until a promotion.",
+)
+@click.option(
     "--max-delete-ratio",
     type=float,
     default=0.5,
@@ -250,6 +258,7 @@ def mirror(
     leases: Literal["mirror", "ignore"],
     timeout: float,
     inflight: int,
+    ordered_txns: int,
     max_delete_ratio: float,
     lock_ttl: int,
     allow_mass_delete: bool,
@@ -267,6 +276,7 @@ def mirror(
     config = pair.config(
         max_txn_ops=max_txn_ops,
         inflight=inflight,
+        order_budget=ordered_txns,
         start_revision=etcdctl_compat.make_mirror_rev(rev),
         once=once,
         leases=leases,

@@ -86,7 +86,7 @@ class MirrorConfig:
         if self.foreign_writes not in ("restore", "report", "ignore"):
             raise UsageError(f"--foreign-writes {self.foreign_writes!r}: expected restore, report or ignore")
         if self.order_budget < 0:
-            raise UsageError(f"order budget {self.order_budget}: must not be negative")
+            raise UsageError(f"--ordered-txns {self.order_budget}: must not be negative")
         if self.inflight < 1:
             raise UsageError("--inflight must be at least 1")
         if self.start_revision is not None and self.start_revision < 1:

@@ -65,22 +65,29 @@ async def recreate_in_order(client: EtcdClient, state_prefix: bytes, where: str)
     )
     prev: list[KeyValue] = []
     for piece in [*_slices(merged), []]:
-        batch = TxnBatch()
-        kept = await _live(client, prev)
-        for kv in kept:
-            batch.put(kv.key, kv.value, kv.lease)
-        for kv in piece:
-            batch.delete(kv.key)
-        if piece:
-            batch.put(
-                layout.order_journal, OrderJournal([(kv.key, kv.value, kv.lease) for kv in piece]).encode()
-            )
-        else:
-            batch.delete(layout.order_journal)
-        await client.txn_batch([], batch)
+        try:
+            await client.txn_batch([], _step(layout, prev, piece))
+        except LeaseNotFound:  # a lease ended meanwhile: its keys are not put back (etcd deleted them)
+            await client.txn_batch([], _step(layout, await _live(client, prev), piece))
         prev = piece
     await client.delete_range(start, end)
     return total
+
+
+def _step(layout: StateLayout, put_back: Sequence[KeyValue], delete: Sequence[KeyValue]) -> TxnBatch:
+    """One txn: put back the keys the previous one deleted, delete the next ones and journal them."""
+    batch = TxnBatch()
+    for kv in put_back:
+        batch.put(kv.key, kv.value, kv.lease)
+    for kv in delete:
+        batch.delete(kv.key)
+    if delete:
+        batch.put(
+            layout.order_journal, OrderJournal([(kv.key, kv.value, kv.lease) for kv in delete]).encode()
+        )
+    else:
+        batch.delete(layout.order_journal)
+    return batch
 
 
 async def _layers(client: EtcdClient, name: bytes, recs: Sequence[OrderRecord]) -> list[list[KeyValue]]:
