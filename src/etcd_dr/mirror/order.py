@@ -27,6 +27,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
+from ..etcd import KeyValueLike
+
 
 def parent(key: bytes) -> bytes:
     """The prefix siblings share: the key up to and including its last `/` (b"" without one)."""
@@ -42,6 +44,13 @@ class OrderRule:
 
     def ordered(self, source_key: bytes, lease: int) -> bool:
         return bool(lease) or (bool(self.prefixes) and source_key.startswith(self.prefixes))
+
+    def any_ordered(self, kvs: Iterable[KeyValueLike]) -> bool:
+        """Whether any of these source key-values is ordered (the copy's per-page check: most pages
+        of most keyspaces have none)."""
+        if not self.prefixes:
+            return any(kv.lease for kv in kvs)
+        return any(self.ordered(kv.key, kv.lease) for kv in kvs)
 
 
 def joins(group_keys: Collection[bytes], group_parents: Collection[bytes], creates: Iterable[bytes]) -> bool:

@@ -157,7 +157,7 @@ async def _put_missing(
     """Put keys the destination lacks: the whole copy into an empty destination goes through here,
     so it is one tight loop without an await per key. Ordered keys are set aside in `ordered`."""
     is_ordered = rule.ordered
-    if any(is_ordered(kv.key, kv.lease) for kv in kvs):
+    if rule.any_ordered(kvs):
         rest = [(k, kv) for k, kv in zip(keys, kvs, strict=True) if not is_ordered(kv.key, kv.lease)]
         ordered.extend(
             OrderedKey(k, kv.value, kv.lease, kv.create_revision, 0, True)
