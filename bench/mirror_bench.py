@@ -14,9 +14,9 @@ with our own client, and ends every process it started (by PID, in `finally`). S
             (make-mirror capped at 60 s, its rate extrapolated) and the lag after 1,000 writes
   leased    etcd-dr's copy of 10,000 leased keys under one prefix (Kubernetes-events-like: leases of
             1 h shared by 100 keys each, every key created at its own revision), their create order
-            kept in layers (one txn per create revision, --ordered-txns 1000000) and as data (the
-            default budget), beside the same keys without leases; on loopback and, with 1,000 keys,
-            over the 30 ms delay proxy
+            kept in layers (one txn per create revision, --ordered-copy-time 1h) and as data
+            (--ordered-copy-time 0, then the promotion's re-creation timed), beside the same keys
+            without leases; on loopback and, with 1,000 keys, over the 30 ms delay proxy
 
 It prints the machine, a line per measurement, and a final table; the same table goes to
 bench/results/<timestamp>.json. See docs/benchmarks.md for the figures and how to read them.
@@ -116,7 +116,7 @@ QUICK = Sizes(
     distance_replay_cap=60.0,
     dr_timeout=300.0,
     leased_keys=2_000,
-    leased_far_keys=300,  # above the default budget of 256 txns
+    leased_far_keys=300,
 )
 
 
@@ -1095,8 +1095,8 @@ async def check_events(pair: Pair, n: int, how: str) -> str:
 
 LEASED_HOW = {  # variant -> (leased, etcd-dr's extra flags)
     "unleased": (False, ()),
-    "in layers": (True, ("--ordered-txns", "1000000")),  # every sibling in order, one txn each
-    "as data": (True, ()),  # the default budget (256 txns): the order kept as data
+    "in layers": (True, ("--ordered-copy-time", "1h")),  # every sibling in order, one txn each
+    "as data": (True, ("--ordered-copy-time", "0")),  # the order kept as data, for the promotion
 }
 
 

@@ -31,7 +31,7 @@ from etcd_dr.failover.reorder import recreate_in_order
 from etcd_dr.failover.sites import reversed_pair
 from etcd_dr.local.cluster import EtcdCluster, _child_env
 from etcd_dr.mirror import Mirror
-from etcd_dr.mirror.order import OrderedKey, OrderRule, joins, plan
+from etcd_dr.mirror.order import OrderedKey, OrderRule, as_data, joins, plan
 from etcd_dr.state.layout import StateLayout
 from etcd_dr.state.records import OrderJournal
 from etcd_dr.status import status as mirror_status
@@ -274,14 +274,14 @@ async def test_resync_after_compaction_keeps_and_repairs_the_order(etcd_cluster_
             assert observed_leader(b) == observed_leader(a)
 
 
-@pytest.mark.parametrize("budget", [256, 1], ids=["in-layers", "as-data"])
+@pytest.mark.parametrize("budget", [60.0, 0.0], ids=["in-layers", "as-data"])
 async def test_failover_and_failback_keep_the_leader(
-    etcd_cluster_factory: Factory, tmp_path: Path, budget: int
+    etcd_cluster_factory: Factory, tmp_path: Path, budget: float
 ) -> None:
-    """With the default budget the copies write the siblings in layers; with a budget of 1 txn they
-    keep the order as data, and the failover and the failback's switchover create them again."""
+    """With the default time budget the copies write the siblings in layers; with none they keep the
+    order as data, and the failover and the failback's switchover create them again."""
     a, b = etcd_cluster_factory(name="site-a"), etcd_cluster_factory(name="site-b")
-    cfg = replace(pair_config(a, b), heartbeat_interval=0.2, lock_ttl=2, order_budget=budget)
+    cfg = replace(pair_config(a, b), heartbeat_interval=0.2, lock_ttl=2, ordered_copy_time=budget)
     async with clients(a, b) as (ca, cb):
         with sessions(a, ca) as s:
             await s.candidates(3)
@@ -293,7 +293,7 @@ async def test_failover_and_failback_keep_the_leader(
                 await s.candidates(1, first=3)
                 head = (await ca.status()).revision
                 await until(lambda: mirror.stats.applied_revision >= head, 30, "the mirror to catch up")
-                if budget > 1:  # else the first three are tied until the promotion
+                if budget:  # else the first three are tied until the promotion
                     await assert_same_order(ca, cb, ELECTION, LOCK)
                 want = {p: await ranked(ca, p) for p in (ELECTION, LOCK)}
                 sessions_a = {kv.key: kv.lease for kv in (await ca.get_prefix(ELECTION)).kvs}
@@ -329,20 +329,20 @@ async def test_failover_and_failback_keep_the_leader(
             assert observed_leader(a) == leader
 
 
-def test_plan_keeps_the_order_as_data_beyond_the_budget() -> None:
-    keys = [_k(b"/big/%d" % i, 10 + i) for i in range(5)] + [_k(b"/small/a", 1), _k(b"/small/b", 2)]
-    p = plan(keys, budget=2)
-    assert p.as_data == [(b"/big/", [[b"/big/%d" % i] for i in range(5)])]
-    assert sorted(k.key for k in p.puts) == [b"/big/%d" % i for i in range(5)]
-    assert [[k.key for k in layer] for layer in p.layers] == [[b"/small/a"], [b"/small/b"]]
+def test_layers_the_copy_cannot_afford_keep_their_order_as_data() -> None:
+    layers = plan(
+        [_k(b"/big/%d" % i, 10 + i) for i in range(3)] + [_k(b"/small/a", 1), _k(b"/small/b", 2)]
+    ).layers
+    # The copy wrote the first layer in order; the other two become data, per parent, layer by layer.
+    assert as_data(layers[1:]) == [(b"/big/", [[b"/big/1"], [b"/big/2"]]), (b"/small/", [[b"/small/b"]])]
 
 
 async def test_order_kept_as_data_is_recreated_at_the_failover(etcd_cluster_factory: Factory) -> None:
-    """Siblings beyond the copy's budget of ordered txns are written tied, their order kept as data on
+    """Siblings the copy's time budget cannot afford are written tied, their order kept as data on
     the standby; the failover creates them again in that order (with one the replay created after the
     copy after them) before the clients are switched."""
     a, b = etcd_cluster_factory(name="site-a"), etcd_cluster_factory(name="site-b")
-    cfg = replace(pair_config(a, b), heartbeat_interval=0.2, lock_ttl=2, order_budget=1)
+    cfg = replace(pair_config(a, b), heartbeat_interval=0.2, lock_ttl=2, ordered_copy_time=0)
     start = StateLayout(STATE).order_records
     records = (start, prefix_range_end(start))
     async with clients(a, b) as (ca, cb):

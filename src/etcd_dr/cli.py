@@ -191,12 +191,11 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     "--inflight", type=int, default=8, show_default=True, help="Destination txns in flight during the copy."
 )
 @click.option(
-    "--ordered-txns",
-    type=click.IntRange(min=0),
-    default=256,
+    "--ordered-copy-time",
+    default="60s",
     show_default=True,
-    help="Most txns one after the other a copy writes to create leased (and --ordered-prefix) siblings "
-    "in the source's create order; siblings needing more keep that order as data until a promotion.",
+    help="Time a copy may spend creating leased (and --ordered-prefix) siblings in the source's create "
+    "order, one txn each; the rest keep that order as data until a promotion (0: all of them).",
 )
 @click.option(
     "--max-delete-ratio",
@@ -258,7 +257,7 @@ def mirror(
     leases: Literal["mirror", "ignore"],
     timeout: float,
     inflight: int,
-    ordered_txns: int,
+    ordered_copy_time: str,
     max_delete_ratio: float,
     lock_ttl: int,
     allow_mass_delete: bool,
@@ -276,7 +275,7 @@ def mirror(
     config = pair.config(
         max_txn_ops=max_txn_ops,
         inflight=inflight,
-        order_budget=ordered_txns,
+        ordered_copy_time=duration(ordered_copy_time, "--ordered-copy-time"),
         start_revision=etcdctl_compat.make_mirror_rev(rev),
         once=once,
         leases=leases,

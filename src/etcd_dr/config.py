@@ -23,9 +23,10 @@ class MirrorConfig:
     # Unleased source keys that keep the source's create order on the destination, like leased keys
     # (mirror/order.py): the prefixes of locks and elections whose keys carry no lease.
     ordered_prefixes: tuple[bytes, ...] = ()
-    # The most txns one after the other a copy writes to keep ordered siblings in the source's create
-    # order; a parent needing more keeps its order as data until a promotion (mirror/order.py).
-    order_budget: int = 256
+    # Seconds a copy may spend writing ordered siblings in the source's create order, one txn per
+    # create revision; the layers it cannot afford keep their order as data until a promotion
+    # (mirror/order.py).
+    ordered_copy_time: float = 60.0
     ignore_keys_regex: str | None = None
     max_txn_ops: int = 128
     # Bytes of keys and values per destination txn; below etcd's default --max-request-bytes (1.5 MiB).
@@ -85,8 +86,8 @@ class MirrorConfig:
             raise UsageError(f"--verify-rate {self.verify_rate:g}: must be above 0")
         if self.foreign_writes not in ("restore", "report", "ignore"):
             raise UsageError(f"--foreign-writes {self.foreign_writes!r}: expected restore, report or ignore")
-        if self.order_budget < 0:
-            raise UsageError(f"--ordered-txns {self.order_budget}: must not be negative")
+        if self.ordered_copy_time < 0:
+            raise UsageError(f"--ordered-copy-time {self.ordered_copy_time:g}: must not be negative")
         if self.inflight < 1:
             raise UsageError("--inflight must be at least 1")
         if self.start_revision is not None and self.start_revision < 1:

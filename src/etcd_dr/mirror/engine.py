@@ -314,7 +314,7 @@ class Mirror(StandbyDuties):
             OrderRule(self.config.ordered_prefixes),
             StateLayout(self.config.state_prefix),
             StateLayout(self.config.state_prefix).pair_of(self._key),
-            self.config.order_budget,
+            self.config.ordered_copy_time,
         )
 
     async def _cycle(self, source: EtcdClient, dest: EtcdClient, target: int | None) -> Checkpoint:

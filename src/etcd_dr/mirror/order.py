@@ -15,16 +15,17 @@ together reach etcd's raft in no particular order. The replay keeps whole source
 anyway; it only must not join two revisions that create ordered siblings in one txn (`joins`).
 
 One txn per create revision costs a round trip each: 10,000 leased siblings (Kubernetes' events of one
-namespace) would take 1,000 s over 100 ms. A parent that needs more layers than the copy's budget is
-written the fast way and its source order kept as data under the state prefix (records.OrderRecord)
-while the site is a standby (nobody campaigns there); the promotion creates those keys again in that
-order, where the link is short (failover/reorder.py).
+namespace) would take 1,000 s over 100 ms. So the copy spends at most a time budget on its layers
+(--ordered-copy-time, measured as it goes): the layers it cannot afford are written the fast way and
+their source order kept as data under the state prefix (records.OrderRecord) while the site is a
+standby (nobody campaigns there); the promotion creates those keys again in that order, where the
+link is short (failover/reorder.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import groupby
 
 from ..etcd import KeyValueLike
@@ -85,30 +86,23 @@ class OrderPlan:
     deletes: list[bytes]
     layers: list[list[OrderedKey]]
     parents: int = 0  # parents written in layers
-    # Parents over the budget: their keys are in `puts`, their order is here (destination keys in
-    # ascending source create revision, ties together), to keep as data.
-    as_data: list[tuple[bytes, list[list[bytes]]]] = field(default_factory=list)
-
-    @property
-    def data_keys(self) -> int:
-        return sum(len(g) for _, groups in self.as_data for g in groups)
 
     @property
     def layered_keys(self) -> int:
         return sum(len(layer) for layer in self.layers)
 
 
-def plan(keys: Sequence[OrderedKey], budget: int | None = None) -> OrderPlan:
+def plan(keys: Sequence[OrderedKey]) -> OrderPlan:
     """Order each parent's keys by source create revision. The longest run from the lowest that the
     destination already holds in that order stays (values put in place keep a create revision); from
     the first key out of order on, every key is (re-)created, one layer per source create revision,
     after all the others. A parent whose ordered keys share one source create revision (or that has one)
-    has no order to keep. A parent needing more than `budget` layers keeps its order as data."""
+    has no order to keep."""
     out = OrderPlan([], [], [])
     by_parent: dict[bytes, list[OrderedKey]] = {}
     for k in keys:
         by_parent.setdefault(parent(k.key), []).append(k)
-    for name, siblings in by_parent.items():
+    for siblings in by_parent.values():
         siblings.sort(key=lambda k: k.create)
         groups = [list(g) for _, g in groupby(siblings, key=lambda k: k.create)]
         if len(groups) < 2:
@@ -122,10 +116,6 @@ def plan(keys: Sequence[OrderedKey], budget: int | None = None) -> OrderPlan:
             below = max(k.dest_create for k in group)
             kept += 1
         rest = groups[kept:]
-        if budget is not None and len(rest) > budget:
-            out.puts.extend(k for k in siblings if k.differs)
-            out.as_data.append((name, [[k.key for k in g] for g in groups]))
-            continue
         for group in groups[:kept]:
             out.puts.extend(k for k in group if k.differs)
         if rest:
@@ -136,3 +126,16 @@ def plan(keys: Sequence[OrderedKey], budget: int | None = None) -> OrderPlan:
                 out.layers.append([])
             out.layers[i].extend(group)
     return out
+
+
+AsData = list[tuple[bytes, list[list[bytes]]]]  # (parent, its keys in source create order, ties together)
+
+
+def as_data(layers: Sequence[Sequence[OrderedKey]]) -> AsData:
+    """The order of the keys of `layers` (not written in layers) as data: per parent, its keys
+    layer by layer (a layer holds one source create revision of each parent)."""
+    out: dict[bytes, list[list[bytes]]] = {}
+    for layer in layers:
+        for name, group in groupby(sorted(layer, key=lambda k: parent(k.key)), key=lambda k: parent(k.key)):
+            out.setdefault(name, []).append([k.key for k in group])
+    return list(out.items())

@@ -22,7 +22,7 @@ from ..etcd import Compare, EtcdClient, KeyValueLike, TxnBatch, prefix_range_end
 from ..state.records import OrderRecord, encode_key
 from .compare import Kind, diff_ranges
 from .leases import LeaseMirror
-from .order import OrderedKey, OrderRule, plan
+from .order import AsData, OrderedKey, OrderRule, as_data, plan
 from .stats import MirrorStats
 from .writer import DestWriter
 
@@ -177,24 +177,27 @@ async def _put_missing(
             await pipeline.put(key, kv.value, lease)
 
 
+MEASURE_LAYERS = 8  # layers written before the time they take is projected onto the rest
+
+
+def _over_time(budget: float | None, done: int, elapsed: float, total: int) -> bool:
+    """Whether writing all `total` layers would exceed `budget` seconds, judged after `done` of them
+    took `elapsed` (None: no budget, every order kept in layers; 0: none in layers)."""
+    if budget is None:
+        return False
+    if budget <= 0:
+        return True
+    return done >= MEASURE_LAYERS and elapsed / done * total > budget
+
+
 async def _write_ordered(
     pipeline: TxnPipeline, writer: DestWriter, guard: Sequence[Compare], keys: Sequence[OrderedKey]
-) -> tuple[int, int, int, list[tuple[bytes, list[list[bytes]]]]]:
+) -> tuple[int, int, int, AsData]:
     """Write the copy's ordered keys (order.py): those with no order to keep or already in it through
     the pipeline with the rest, then the others in layers, one txn at a time, after everything else
-    has landed. Returns (keys written in layers, layer txns, keys re-created, the order of the
-    parents over the budget, to keep as data)."""
-    p = plan(keys, writer.order_budget if writer.order_layout is not None else None)
-    if p.as_data:
-        log.info(
-            "copy: %d ordered keys under %d parent(s) need more than %d txns one after the other to be "
-            "created in the source's order (%s): written the fast way, their order kept as data on the "
-            "standby; a promotion creates them again in that order",
-            p.data_keys,
-            len(p.as_data),
-            writer.order_budget,
-            ", ".join(encode_key(name) for name, _ in p.as_data[:5]),
-        )
+    has landed, as long as the layers fit the time budget; the rest the fast way, their order kept as
+    data. Returns (keys written in layers, layer txns, keys re-created, the order kept as data)."""
+    p = plan(keys)
     leases = writer.leases
     layered = [k for layer in p.layers for k in layer]
     granted = await leases.ensure_many(k.lease for k in [*p.puts, *layered]) if leases else {}
@@ -210,7 +213,7 @@ async def _write_ordered(
     # in flight together reach raft in no particular order.
     await pipeline.close()
     if not p.layers:
-        return 0, 0, 0, p.as_data
+        return 0, 0, 0, []
     log.info(
         "copy: %d ordered keys under %d parents keep the source's create order: writing them in %d "
         "layers, one txn at a time (%d of them re-created: the destination had them out of order)",
@@ -219,8 +222,16 @@ async def _write_ordered(
         len(p.layers),
         len(p.deletes),
     )
-    txns = 0
-    for layer in p.layers:
+    budget = writer.order_time if writer.order_layout is not None else None
+    txns, written, started = 0, 0, time.monotonic()
+    for done, layer in enumerate(p.layers):
+        if _over_time(budget, done, time.monotonic() - started, len(p.layers)):
+            return (
+                written,
+                txns,
+                len(p.deletes),
+                await _rest_as_data(pipeline, p.layers[done:], lease_of, budget),
+            )
         batch, size = TxnBatch(), 0
         for i, k in enumerate(layer):
             n = len(k.key) + len(k.value)
@@ -231,16 +242,40 @@ async def _write_ordered(
             size += n
             if i == len(layer) - 1:
                 txns += await _send_layer(writer, guard, batch)
-    return p.layered_keys, txns, len(p.deletes), p.as_data
+        written += len(layer)
+    return written, txns, len(p.deletes), []
+
+
+async def _rest_as_data(
+    pipeline: TxnPipeline,
+    rest: Sequence[Sequence[OrderedKey]],
+    lease_of: Callable[[OrderedKey], int],
+    budget: float | None,
+) -> AsData:
+    """Write the layers the budget cannot afford the fast way (after those written in order) and
+    return their order, to keep as data."""
+    order = as_data(rest)
+    log.info(
+        "copy: the %d layers left would take more than --ordered-copy-time %.0f s one txn at a time: "
+        "writing their %d keys (under %s) the fast way and keeping their source create order as data on "
+        "the standby; a promotion creates them again in that order",
+        len(rest),
+        budget or 0.0,
+        sum(len(layer) for layer in rest),
+        ", ".join(encode_key(name) for name, _ in order[:5]) + (" ..." if len(order) > 5 else ""),
+    )
+    for layer in rest:
+        for k in layer:
+            await pipeline.put(k.key, k.value, lease_of(k))
+    await pipeline.close()
+    return order
 
 
 RECORD_KEYS = 1000  # destination keys per order record
 
 
-async def _write_order_records(
-    writer: DestWriter, guard: Sequence[Compare], as_data: Sequence[tuple[bytes, list[list[bytes]]]]
-) -> None:
-    """Replace the pair's order records with `as_data` (none: only remove the old ones), after every
+async def _write_order_records(writer: DestWriter, guard: Sequence[Compare], order: AsData) -> None:
+    """Replace the pair's order records with `order` (none: only remove the old ones), after every
     key of the copy has landed: each record says they were all created at or below the destination's
     revision now."""
     layout = writer.order_layout
@@ -250,7 +285,7 @@ async def _write_order_records(
     start = layout.order_records_of_pair(writer.pair)
     end = prefix_range_end(start)
     counted = await dest.range(start, end, count_only=True)
-    if not as_data and not counted.count:
+    if not order and not counted.count:
         return
     if counted.count:
         batch = TxnBatch()
@@ -258,7 +293,7 @@ async def _write_order_records(
         await _send_layer(writer, guard, batch)
     below = counted.header.revision
     batch, size = TxnBatch(), 0
-    for name, groups in as_data:
+    for name, groups in order:
         part, chunk, n = 0, [], 0
         for i, group in enumerate(groups):
             chunk.append(group)
@@ -421,14 +456,14 @@ async def diff_sync(
                     revision,
                 )
             await pipeline.delete(key)
-        as_data: list[tuple[bytes, list[list[bytes]]]] = []
+        kept: AsData = []
         if ordered:
-            result.ordered_keys, result.ordered_txns, result.recreated, as_data = await _write_ordered(
+            result.ordered_keys, result.ordered_txns, result.recreated, kept = await _write_ordered(
                 pipeline, writer, guard, ordered
             )
         await pipeline.close()
-        await _write_order_records(writer, guard, as_data)
-        result.kept_as_data = sum(len(g) for _, groups in as_data for g in groups)
+        await _write_order_records(writer, guard, kept)
+        result.kept_as_data = sum(len(g) for _, groups in kept for g in groups)
     except BaseException:
         await pipeline.abort()
         raise

@@ -26,10 +26,11 @@ class DestWriter:
     stats: MirrorStats
     leases: LeaseMirror | None = None  # None: leases not mirrored (source and destination one cluster)
     order: OrderRule = field(default_factory=OrderRule)  # which keys keep the source's create order
-    # Where the copy keeps the order of siblings beyond `order_budget` layers (None: never as data).
+    # Where the copy keeps the order of siblings it cannot afford to write in layers within
+    # `order_time` seconds (None: every order in layers, whatever the time).
     order_layout: StateLayout | None = None
     pair: bytes = b""  # the pair's id, for its order records
-    order_budget: int = 256
+    order_time: float = 60.0
 
     def guard(self, checkpoint_raw: bytes) -> list[Compare]:
         """The compares of a txn written while the checkpoint's stored bytes are `checkpoint_raw`."""
