@@ -35,6 +35,7 @@ from etcd_dr.mirror.order import OrderedKey, OrderRule, as_data, joins, plan
 from etcd_dr.state.layout import StateLayout
 from etcd_dr.state.records import OrderJournal
 from etcd_dr.status import status as mirror_status
+from etcd_dr.verify import verify
 
 Factory = Callable[..., EtcdCluster]
 ELECTION = b"leader-election/"  # `etcdctl elect leader-election`: keys leader-election/<lease hex>
@@ -360,6 +361,12 @@ async def test_order_kept_as_data_is_recreated_at_the_failover(etcd_cluster_fact
                 assert (await cb.range(*records, count_only=True)).count == 2  # one per parent
                 shown = (await mirror_status(cfg)).lines()
                 assert any(line.startswith("create order: 7 leased or ordered keys") for line in shown), shown
+                checked = await verify(cfg)
+                assert (
+                    checked.equal
+                    and "7 leased or ordered keys keep the source's create order as data"
+                    in (checked.summary())
+                ), checked.summary()
                 assert await ranked(cb, ELECTION) != await ranked(ca, ELECTION)  # tied on the standby
                 await s.candidates(1, first=4)  # replayed after the copy: after every recorded key
                 head = (await ca.status()).revision
