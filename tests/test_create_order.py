@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.mirroring import connect, pair_config
+from harness.mirroring import connect, dump, pair_config
 
 from etcd_dr.etcd import Compare, CompareResult, EtcdClient, Get, Put, prefix_range_end
 from etcd_dr.failover.config import MoveConfig
@@ -260,13 +260,19 @@ async def test_grouped_replay_keeps_the_order(etcd_cluster_factory: Factory) -> 
             assert observed_leader(b) == observed_leader(a)
 
 
-async def test_resync_after_compaction_keeps_and_repairs_the_order(etcd_cluster_factory: Factory) -> None:
+@pytest.mark.parametrize("budget", [60.0, 0.0], ids=["in-layers", "as-data"])
+async def test_resync_after_compaction_keeps_and_repairs_the_order(
+    etcd_cluster_factory: Factory, budget: float
+) -> None:
+    """In layers, the re-sync repairs the order at once; as data (no time for layers), the keys are all
+    there, x untouched, and the order is right once a promotion's re-creation has run."""
     a, b = etcd_cluster_factory(name="site-a"), etcd_cluster_factory(name="site-b")
     async with clients(a, b) as (ca, cb):
         with sessions(a, ca) as s:
             await s.candidates(2)
             await queue_keys(ca, [b"x", b"y"])
             await mirror_once(a, b, ordered_prefixes=(ORDERED,))
+            x_before = await cb.get(ORDERED + b"x")
             # While the mirror is away: more candidates; x leaves the queue and comes back after y (the
             # standby has x before y: it must be created again); then the source compacts.
             await s.candidates(2, first=2)
@@ -274,7 +280,14 @@ async def test_resync_after_compaction_keeps_and_repairs_the_order(etcd_cluster_
             await queue_keys(ca, [b"z", b"x"])
             head = (await ca.status()).revision
             await ca.compact(head)
-            await mirror_once(a, b, ordered_prefixes=(ORDERED,))
+            await mirror_once(a, b, ordered_prefixes=(ORDERED,), ordered_copy_time=budget)
+            if not budget:
+                assert await dump(cb, ORDERED) == await dump(ca, ORDERED)
+                assert await dump(cb, ELECTION) == await dump(ca, ELECTION)
+                x_now = await cb.get(ORDERED + b"x")
+                assert x_now is not None and x_before is not None
+                assert x_now.create_revision == x_before.create_revision  # left in place, its order as data
+                assert await recreate_in_order(cb, STATE, "site-b") > 0  # what a promotion does
             await assert_same_order(ca, cb, ELECTION, ORDERED)
             assert observed_leader(b) == observed_leader(a)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import Fenced
-from ..etcd import Compare, EtcdClient, KeyValueLike, TxnBatch, prefix_range_end
+from ..etcd import Compare, Delete, EtcdClient, KeyValueLike, Put, TxnBatch, prefix_range_end
 from ..state.records import OrderRecord, encode_key
 from .compare import Kind, diff_ranges
 from .leases import LeaseMirror
@@ -207,8 +207,11 @@ async def _write_ordered(
 
     for k in p.puts:
         await pipeline.put(k.key, k.value, lease_of(k))
-    for key in p.deletes:
-        await pipeline.delete(key)
+    # A key out of order is deleted just before its layer (the first layer's here, each next one's in
+    # the txn of the layer before), so that one the budget leaves as data is not deleted for nothing.
+    for k in p.layers[0] if p.layers else ():
+        if k.dest_create:
+            await pipeline.delete(k.key)
     # The layers are created after every other key of the copy, and each after the one before: txns
     # in flight together reach raft in no particular order.
     await pipeline.close()
@@ -223,27 +226,32 @@ async def _write_ordered(
         len(p.deletes),
     )
     budget = writer.order_time if writer.order_layout is not None else None
-    txns, written, started = 0, 0, time.monotonic()
+    txns, written, recreated, started = 0, 0, 0, time.monotonic()
     for done, layer in enumerate(p.layers):
         if _over_time(budget, done, time.monotonic() - started, len(p.layers)):
-            return (
-                written,
-                txns,
-                len(p.deletes),
-                await _rest_as_data(pipeline, p.layers[done:], lease_of, budget),
-            )
-        batch, size = TxnBatch(), 0
-        for i, k in enumerate(layer):
-            n = len(k.key) + len(k.value)
-            if len(batch) and (len(batch) >= writer.max_txn_ops or size + n > writer.max_txn_bytes):
-                txns += await _send_layer(writer, guard, batch)
-                batch, size = TxnBatch(), 0
-            batch.put(k.key, k.value, lease_of(k))
-            size += n
-            if i == len(layer) - 1:
-                txns += await _send_layer(writer, guard, batch)
+            return written, txns, recreated, await _rest_as_data(pipeline, p.layers[done:], lease_of, budget)
+        following = p.layers[done + 1] if done + 1 < len(p.layers) else []
+        ops: list[Put | Delete] = [Put(k.key, k.value, lease_of(k)) for k in layer]
+        ops += [Delete(k.key) for k in following if k.dest_create]
+        for chunk in _chunks(ops, writer.max_txn_ops, writer.max_txn_bytes):
+            txns += await _send_layer(writer, guard, TxnBatch(chunk))
         written += len(layer)
-    return written, txns, len(p.deletes), []
+        recreated += sum(1 for k in layer if k.dest_create)
+    return written, txns, recreated, []
+
+
+def _chunks(ops: Sequence[Put | Delete], max_ops: int, max_bytes: int) -> list[list[Put | Delete]]:
+    """Consecutive ops cut to fit one txn each (a layer is one txn but for a very large one)."""
+    out: list[list[Put | Delete]] = [[]]
+    size = 0
+    for op in ops:
+        n = len(op.key) + (len(op.value) if isinstance(op, Put) else 0)
+        if out[-1] and (len(out[-1]) >= max_ops or size + n > max_bytes):
+            out.append([])
+            size = 0
+        out[-1].append(op)
+        size += n
+    return out if out[-1] else []
 
 
 async def _rest_as_data(
@@ -253,7 +261,8 @@ async def _rest_as_data(
     budget: float | None,
 ) -> AsData:
     """Write the layers the budget cannot afford the fast way (after those written in order) and
-    return their order, to keep as data."""
+    return their order, to keep as data. The first of them was deleted where the destination had it;
+    the others are still there, in place: only what differs is put."""
     order = as_data(rest)
     log.info(
         "copy: the %d layers left would take more than --ordered-copy-time %.0f s one txn at a time: "
@@ -264,9 +273,10 @@ async def _rest_as_data(
         sum(len(layer) for layer in rest),
         ", ".join(encode_key(name) for name, _ in order[:5]) + (" ..." if len(order) > 5 else ""),
     )
-    for layer in rest:
+    for i, layer in enumerate(rest):
         for k in layer:
-            await pipeline.put(k.key, k.value, lease_of(k))
+            if k.differs or not k.dest_create or i == 0:
+                await pipeline.put(k.key, k.value, lease_of(k))
     await pipeline.close()
     return order
 
