@@ -12,6 +12,11 @@ with our own client, and ends every process it started (by PID, in `finally`). S
   rss       peak RSS (and time) of etcd-dr's initial copy of 1,000,000 keys
   distance  a 15 ms each-way delay proxy in front of the destination: initial copy of 10,000 keys
             (make-mirror capped at 60 s, its rate extrapolated) and the lag after 1,000 writes
+  leased    etcd-dr's copy of 10,000 leased keys under one prefix (Kubernetes-events-like: leases of
+            1 h shared by 100 keys each, every key created at its own revision), their create order
+            kept in layers (one txn per create revision, --ordered-copy-time 1h) and as data
+            (--ordered-copy-time 0, then the promotion's re-creation timed), beside the same keys
+            without leases; on loopback and, with 1,000 keys, over the 30 ms delay proxy
 
 It prints the machine, a line per measurement, and a final table; the same table goes to
 bench/results/<timestamp>.json. See docs/benchmarks.md for the figures and how to read them.
@@ -47,10 +52,14 @@ from typing import Any
 
 from harness.proxy import FaultProxy
 
+from etcd_dr.config import DEFAULT_STATE_PREFIX
 from etcd_dr.etcd import ClientConfig, EtcdClient, Put, prefix_range_end
+from etcd_dr.failover.reorder import recreate_in_order
 from etcd_dr.local import binaries as etcd_binaries
 from etcd_dr.local.binaries import EtcdBinaries
 from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.state.layout import StateLayout
+from etcd_dr.state.records import OrderRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -66,7 +75,7 @@ STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 READY_TIMEOUT = 60.0  # a mirror must have copied the one-key source by then
 DELAY_ONE_WAY = 0.015  # the distance scenario's proxy delay (30 ms round trip)
 
-SCENARIOS = ("copy", "replay", "rss", "distance")
+SCENARIOS = ("copy", "replay", "rss", "distance", "leased")
 
 
 class BenchError(RuntimeError):
@@ -89,6 +98,8 @@ class Sizes:
     distance_writes: int = 1_000
     distance_replay_cap: float = 180.0
     dr_timeout: float = 900.0  # an etcd-dr --once run must exit by then
+    leased_keys: int = 10_000
+    leased_far_keys: int = 1_000  # over the delay proxy: one round trip per key, so fewer
 
 
 FULL = Sizes()
@@ -104,6 +115,8 @@ QUICK = Sizes(
     distance_writes=300,
     distance_replay_cap=60.0,
     dr_timeout=300.0,
+    leased_keys=2_000,
+    leased_far_keys=300,
 )
 
 
@@ -1037,7 +1050,122 @@ async def scenario_distance(tools: Tools, sizes: Sizes, res: Results) -> None:
     }
 
 
+EVENTS = PREFIX + b"events/"  # the leased scenario's keys: siblings under one prefix
+
+
+async def load_events(client: EtcdClient, n: int, *, leased: bool, per_lease: int = 100) -> None:
+    """n keys under EVENTS, one put each (so each has its own create revision), 64 in flight; with
+    `leased`, on leases of 1 h shared by `per_lease` keys each, as Kubernetes attaches its events."""
+    leases = [(await client.lease_grant(3600)).id for _ in range(0, n, per_lease)] if leased else []
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        for i in todo:
+            await client.put(key_of(EVENTS, i), value_of(i), lease=leases[i // per_lease] if leased else 0)
+
+    await asyncio.gather(*(worker() for _ in range(64)))
+
+
+async def check_events(pair: Pair, n: int, how: str) -> str:
+    """The destination has the n keys; in layers, ranked by create revision as on the source, no two
+    sharing one; as data, the order records hold all n."""
+
+    async def order(c: EtcdClient) -> list[tuple[int, bytes, int]]:
+        kvs = (await c.range(EVENTS, prefix_range_end(EVENTS))).kvs
+        return sorted((kv.create_revision, kv.key, kv.lease) for kv in kvs)
+
+    src, dst = await order(pair.src_client), await order(pair.dst_client)
+    if len(dst) != n:
+        raise BenchError(f"destination has {len(dst)} keys under {EVENTS!r}, expected {n}")
+    if how == "unleased":
+        return "all keys there (unleased: no order kept)"
+    if any(not lease for _, _, lease in dst):
+        raise BenchError("a leased key is on the destination without a lease")
+    if how == "as data":
+        layout = StateLayout(DEFAULT_STATE_PREFIX)
+        records = (await pair.dst_client.get_prefix(layout.order_records)).kvs
+        kept = sum(len(g) for kv in records for g in OrderRecord.decode(kv.value).groups)
+        if kept != n:
+            raise BenchError(f"the order records hold {kept} keys, expected {n}")
+        return f"order kept as data ({len(records)} records)"
+    if [k for _, k, _ in dst] != [k for _, k, _ in src] or len({r for r, _, _ in dst}) != n:
+        raise BenchError("the destination does not rank the leased keys by create revision as the source")
+    return "create order as on the source, each key its own revision"
+
+
+LEASED_HOW = {  # variant -> (leased, etcd-dr's extra flags)
+    "unleased": (False, ()),
+    "in layers": (True, ("--ordered-copy-time", "1h")),  # every sibling in order, one txn each
+    "as data": (True, ("--ordered-copy-time", "0")),  # the order kept as data, for the promotion
+}
+
+
+async def scenario_leased(tools: Tools, sizes: Sizes, res: Results) -> None:
+    say("\n== leased: etcd-dr's copy of leased siblings (create order kept) beside unleased ones")
+    runs: dict[str, CopyRun] = {}
+    for far in (False, True):
+        n = sizes.leased_keys if not far else sizes.leased_far_keys
+        where = f"{2 * DELAY_ONE_WAY * 1000:.0f} ms" if far else "loopback"
+        for how, (leased, extra) in LEASED_HOW.items():
+            which = f"{how}, {where}"
+            async with fresh_pair(tools, "leased") as pair:
+                await load_events(pair.src_client, n, leased=leased)
+                await wait_quiet(tools, pair)
+                with contextlib.ExitStack() as stack:
+                    dest = pair.dst_addr
+                    if far:
+                        dest = stack.enter_context(delay_proxy(pair.dst_addr, DELAY_ONE_WAY)).address
+                    tools.runs += 1
+                    argv = [
+                        *tools.etcd_dr.argv,
+                        "mirror",
+                        dest,
+                        "--endpoints",
+                        pair.src_addr,
+                        "--once",
+                        *extra,
+                    ]
+                    proc = Proc(
+                        f"{tools.runs:02d}-leased-etcd-dr", argv, child_env(tools.etcd_dr.env), tools.log_dir
+                    )
+                    try:
+                        rc = await proc.wait(sizes.dr_timeout)
+                        elapsed = time.monotonic() - proc.started
+                        if rc != 0:
+                            raise BenchError(f"etcd-dr mirror --once: exit {rc}:\n{proc.log_tail()}")
+                    finally:
+                        await proc.stop()
+                run = CopyRun(
+                    elapsed, n, False, proc.peak_rss_mb, proc.cpu_seconds(), engine_copy_seconds(proc)
+                )
+                run.checked = await check_events(pair, n, how)
+                runs[which] = run
+                say(describe_copy(which, run, n))
+                if how == "as data" and not far:
+                    # What a promotion adds: the keys created again in order, on the promoted site.
+                    t0 = time.monotonic()
+                    again = await recreate_in_order(pair.dst_client, DEFAULT_STATE_PREFIX, "the standby")
+                    secs = time.monotonic() - t0
+                    run.checked += "; " + await check_events(pair, n, "in layers")
+                    say(f"  promotion's re-creation of {again:,} keys in order: {secs:.2f} s; {run.checked}")
+                    res.rows.append(Row("leased", f"{n:,} keys, promotion's re-creation", "s", None, secs))
+        for how in ("in layers", "as data"):
+            plain, ordered = runs[f"unleased, {where}"], runs[f"{how}, {where}"]
+            res.rows.append(
+                Row(
+                    "leased",
+                    f"{n:,} keys copy, {where}, leased {how}",
+                    "s",
+                    plain.engine_seconds or plain.seconds,
+                    ordered.engine_seconds or ordered.seconds,
+                    note="the make-mirror column holds etcd-dr's copy of the same keys unleased",
+                )
+            )
+    res.details["leased"] = {k: asdict(v) for k, v in runs.items()}
+
+
 RUNNERS = {
+    "leased": scenario_leased,
     "copy": scenario_copy,
     "replay": scenario_replay,
     "rss": scenario_rss,

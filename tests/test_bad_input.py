@@ -259,6 +259,14 @@ CASES: dict[str, Case] = {
     "rev-not-a-number": lambda x: (["mirror", *x.d, *x.s, "--rev", "ten"], ["--rev"]),
     "empty-exclude": lambda x: (["mirror", *x.d, *x.s, "--exclude", "", "--once"], ["--exclude"]),
     "empty-exclude-verify": lambda x: (["verify", *x.d, *x.s, "--exclude", ""], ["--exclude"]),
+    "empty-ordered-prefix": lambda x: (
+        ["mirror", *x.d, *x.s, "--ordered-prefix", "", "--once"],
+        ["--ordered-prefix"],
+    ),
+    "ordered-prefix-outside-prefix": lambda x: (
+        ["mirror", *x.d, *x.s, "--prefix", "/app/", "--ordered-prefix", "/locks/", "--once"],
+        ["--ordered-prefix '/locks/'", "outside --prefix"],
+    ),
     "max-txn-ops-0": lambda x: (["mirror", *x.d, *x.s, "--max-txn-ops", "0"], ["--max-txn-ops 0"]),
     "inflight-0": lambda x: (["mirror", *x.d, *x.s, "--inflight", "0", "--once"], ["--inflight"]),
     "max-delete-ratio-2": lambda x: (

@@ -191,6 +191,13 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     "--inflight", type=int, default=8, show_default=True, help="Destination txns in flight during the copy."
 )
 @click.option(
+    "--ordered-copy-time",
+    default="60s",
+    show_default=True,
+    help="Time a copy may spend creating leased (and --ordered-prefix) siblings in the source's create "
+    "order, one txn each; the rest keep that order as data until a promotion (0: all of them).",
+)
+@click.option(
     "--max-delete-ratio",
     type=float,
     default=0.5,
@@ -250,6 +257,7 @@ def mirror(
     leases: Literal["mirror", "ignore"],
     timeout: float,
     inflight: int,
+    ordered_copy_time: str,
     max_delete_ratio: float,
     lock_ttl: int,
     allow_mass_delete: bool,
@@ -267,6 +275,7 @@ def mirror(
     config = pair.config(
         max_txn_ops=max_txn_ops,
         inflight=inflight,
+        ordered_copy_time=duration(ordered_copy_time, "--ordered-copy-time"),
         start_revision=etcdctl_compat.make_mirror_rev(rev),
         once=once,
         leases=leases,

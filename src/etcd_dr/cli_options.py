@@ -240,6 +240,7 @@ class PrefixOptions(Options):
     dest_prefix: str | None = None
     no_dest_prefix: bool = False
     exclude: tuple[str, ...] = ()
+    ordered_prefix: tuple[str, ...] = ()
     ignore_keys_regex: str | None = None
     state_prefix: str = DEFAULT_STATE_PREFIX.decode()
 
@@ -305,6 +306,7 @@ class PairOptions:
             prefix=arg_bytes(self.keys.prefix),
             dest_prefix=self.keys.dest_prefix_bytes(),
             excludes=tuple(arg_bytes(e) for e in self.keys.exclude),
+            ordered_prefixes=tuple(arg_bytes(o) for o in self.keys.ordered_prefix),
             ignore_keys_regex=self.keys.ignore_keys_regex,
             state_prefix=arg_bytes(self.keys.state_prefix),
             **options,
@@ -428,6 +430,12 @@ def _prefix_flags() -> list[Callable[[F], F]]:
             help="Strip --prefix on the destination (make-mirror semantics).",
         ),
         click.option("--exclude", multiple=True, help="Never mirror keys under this prefix (repeatable)."),
+        click.option(
+            "--ordered-prefix",
+            multiple=True,
+            help="Keep the source's create order for unleased keys under this prefix too, as for "
+            "leased keys (locks and elections without leases; repeatable).",
+        ),
         click.option("--ignore-keys-regex", default=None, help="Never mirror keys matching this regex."),
         click.option(
             "--state-prefix",

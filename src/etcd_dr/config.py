@@ -20,6 +20,13 @@ class MirrorConfig:
     # None: keys keep their names; b"" with --no-dest-prefix strips the prefix (make-mirror semantics).
     dest_prefix: bytes | None = None
     excludes: tuple[bytes, ...] = ()
+    # Unleased source keys that keep the source's create order on the destination, like leased keys
+    # (mirror/order.py): the prefixes of locks and elections whose keys carry no lease.
+    ordered_prefixes: tuple[bytes, ...] = ()
+    # Seconds a copy may spend writing ordered siblings in the source's create order, one txn per
+    # create revision; the layers it cannot afford keep their order as data until a promotion
+    # (mirror/order.py).
+    ordered_copy_time: float = 60.0
     ignore_keys_regex: str | None = None
     max_txn_ops: int = 128
     # Bytes of keys and values per destination txn; below etcd's default --max-request-bytes (1.5 MiB).
@@ -79,6 +86,8 @@ class MirrorConfig:
             raise UsageError(f"--verify-rate {self.verify_rate:g}: must be above 0")
         if self.foreign_writes not in ("restore", "report", "ignore"):
             raise UsageError(f"--foreign-writes {self.foreign_writes!r}: expected restore, report or ignore")
+        if self.ordered_copy_time < 0:
+            raise UsageError(f"--ordered-copy-time {self.ordered_copy_time:g}: must not be negative")
         if self.inflight < 1:
             raise UsageError("--inflight must be at least 1")
         if self.start_revision is not None and self.start_revision < 1:
@@ -93,6 +102,14 @@ class MirrorConfig:
         for e in self.excludes:
             if not e:
                 raise UsageError("--exclude must not be empty (it would exclude every key)")
+        for o in self.ordered_prefixes:
+            if not o:
+                raise UsageError("--ordered-prefix must not be empty (name the lock's or election's prefix)")
+            if not (o.startswith(self.prefix) or self.prefix.startswith(o)):
+                raise UsageError(
+                    f"--ordered-prefix {o.decode(errors='replace')!r} is outside --prefix "
+                    f"{self.prefix.decode(errors='replace')!r}: no mirrored key is under it"
+                )
 
     @property
     def effective_dest_prefix(self) -> bytes:
@@ -124,6 +141,8 @@ def mirror_argv(
         argv += ["--dest-prefix", text(config.dest_prefix)] if config.dest_prefix else ["--no-dest-prefix"]
     for e in config.excludes:
         argv += ["--exclude", text(e)]
+    for o in config.ordered_prefixes:
+        argv += ["--ordered-prefix", text(o)]
     if config.ignore_keys_regex:
         argv += ["--ignore-keys-regex", config.ignore_keys_regex]
     if always_state_prefix or config.state_prefix != DEFAULT_STATE_PREFIX:

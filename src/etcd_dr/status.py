@@ -24,7 +24,7 @@ from .state.layout import checkpoint_key, heartbeat_key
 from .state.reader import decode
 from .state.records import REPLAY, Checkpoint, HealthRecord, encode_key
 from .state.roles import Role, read_role
-from .state.site import SiteState
+from .state.site import SiteState, keys_ordered_as_data
 
 log = logging.getLogger("etcd_dr.status")
 
@@ -96,6 +96,7 @@ class StatusReport:
     checkpoints: list[CheckpointInfo] = field(default_factory=list)  # every one on the destination
     checkpoint_id: str = ""  # this pair's, in `etcd-dr checkpoints` form
     checkpoint_error: str = ""  # why this pair's checkpoint could not be read
+    ordered_as_data: int = 0  # keys written tied, their source create order kept as data
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -352,6 +353,7 @@ class StatusReport:
             "stale_checkpoints": [c.id for c in self.stale_checkpoints],
             "last_move": _event_json(self.last_move),
             "last_drill": _event_json(self.last_drill),
+            "ordered_as_data_keys": self.ordered_as_data,
         }
 
     def _health_json(self, h: HealthRecord) -> dict[str, Any]:
@@ -454,6 +456,11 @@ class StatusReport:
                 out.append(f"compaction headroom: {self.compaction_headroom} revisions before a re-copy")
         holder = f"held by {self.lock_holder}" if self.lock_holder else "free (no mirror running)"
         out.append(f"mirror lock: {holder}")
+        if self.ordered_as_data:
+            out.append(
+                f"create order: {self.ordered_as_data} leased or ordered keys are on the standby without the "
+                "source's create order, which is kept as data: a promotion creates them again in it"
+            )
         h = self.health
         if h is None:
             out.append("mirror health: no record (no mirror has written one here)")
@@ -610,6 +617,7 @@ async def _read_mirror(
     report.checkpoint = site.checkpoint(pair)
     report.lock_holder = site.lock_holder(pair)
     report.health = site.health(pair)
+    report.ordered_as_data = await keys_ordered_as_data(dest, site.layout, pair)
     if not src.down:
         try:
             beat = await source.get(heartbeat_key(sp, dst.cluster_id))

@@ -23,9 +23,10 @@ from .errors import Refused
 from .etcd import CompactedError, EtcdClient, KeyValue
 from .mirror.compare import Kind, Pair, compare_ranges
 from .mirror.keys import KeyMapper, ranges_overlap
-from .state.layout import checkpoint_key
+from .state.layout import StateLayout, checkpoint_key
 from .state.reader import decode
 from .state.records import REPLAY, Checkpoint, encode_key
+from .state.site import keys_ordered_as_data
 
 log = logging.getLogger("etcd_dr.verify")
 
@@ -40,6 +41,7 @@ class VerifyResult:
     dest_revision: int = 0
     source_current_revision: int = 0
     checkpoint_revision: int | None = None  # the mirror's, when there is one
+    ordered_as_data: int = 0  # keys on the standby without the source's create order, kept as data
 
     @property
     def equal(self) -> bool:
@@ -60,6 +62,11 @@ class VerifyResult:
                 f" (source at revision {self.source_revision}, as applied by the mirror; "
                 f"the mirror is {self.behind} revisions behind the source's {self.source_current_revision})"
             )
+        if self.ordered_as_data:
+            text += (
+                f"; {self.ordered_as_data} leased or ordered keys keep the source's create order as data "
+                "(a promotion creates them again in it)"
+            )
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -73,6 +80,7 @@ class VerifyResult:
             "dest_revision": self.dest_revision,
             "source_current_revision": self.source_current_revision,
             "checkpoint_revision": self.checkpoint_revision,
+            "ordered_as_data_keys": self.ordered_as_data,
             "behind": self.behind,
         }
 
@@ -123,6 +131,8 @@ async def verify(
         if ckpt is not None and ckpt.phase == REPLAY:
             result.checkpoint_revision = ckpt.revision
             src_rev = ckpt.revision
+            layout = StateLayout(config.state_prefix)
+            result.ordered_as_data = await keys_ordered_as_data(dest, layout, layout.pair_of(key))
         try:
             await _compare(source, dest, mapper, src_rev, dest_rev, pages, result, on_difference, rate)
         except CompactedError:

@@ -27,6 +27,7 @@ from ..state.records import SYNC, Checkpoint
 from ..state.roles import PRIMARY, Role, write_role
 from .config import MoveConfig
 from .plan import MovePlan, mirror_holders, old_mirror_lines
+from .reorder import recreate_in_order
 from .revision import mark_compacted, raise_revision
 from .sites import (
     Site,
@@ -373,6 +374,7 @@ async def _after_promotion(
     stale: list[str] | None = None,
 ) -> FailoverResult:
     sp = cfg.pair.state_prefix
+    await recreate_in_order(standby.client, sp, standby.text)  # before any client campaigns there
     if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
         log.info("failover: writes on %s allowed (its fence from an earlier move lifted)", standby.text)
     clients = await switch_clients(cfg, standby, cfg.pair.source.endpoints_text, role.epoch)

@@ -123,6 +123,9 @@ def reversed_pair(pair: MirrorConfig) -> MirrorConfig:
         prefix=prefix,
         dest_prefix=None if dest_prefix == prefix else dest_prefix,
         excludes=excludes,
+        ordered_prefixes=tuple(
+            dest_prefix_of(pair, o) for o in pair.ordered_prefixes if o.startswith(pair.prefix)
+        ),
     )
 
 

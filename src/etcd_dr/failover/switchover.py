@@ -30,6 +30,7 @@ from ..state.roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from ..verify import verify
 from .config import MoveConfig
 from .plan import MovePlan, mirror_holders, old_mirror_lines
+from .reorder import recreate_in_order
 from .revision import mark_compacted, raise_revision
 from .sites import (
     Site,
@@ -397,6 +398,7 @@ async def _after_promotion(
         if not (await write_role(primary.client, sp, demoted, p_role)).succeeded:
             raise CheckFailed(f"the role record on {primary.text} changed while it was being made a standby")
         log.info("switchover: %s is now %s", primary.text, demoted.describe())
+    await recreate_in_order(standby.client, sp, standby.text)  # before any client campaigns there
     if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
         log.info(
             "switchover: writes on %s allowed again (its fence from an earlier move lifted)", standby.text

@@ -141,10 +141,12 @@ async def diff_ranges(
     compare_leases: bool = False,
     owns_lease: Callable[[int], bool] | None = None,
     include_equal: bool = False,
+    keep_equal: Callable[[KeyValueLike], bool] | None = None,
 ) -> AsyncGenerator[Diff]:
     """Every mirrored key of either side once, in destination-key order, with how the two compare;
     in batches (a page's worth), since per-key async iteration would cost more than the compare.
-    Equal keys are only counted, unless `include_equal`."""
+    Equal keys are only counted, unless `include_equal` (all) or `keep_equal` (those whose source
+    key-value it accepts: the copy's ordered keys)."""
     src_key, src_end = mapper.source_range
     dst_key, dst_end = mapper.dest_range
     src_pages = _pages(source, src_key, src_end, source_revision, page_size)
@@ -201,7 +203,7 @@ async def diff_ranges(
                         )
                     ):
                         equal += 1
-                        if include_equal:
+                        if include_equal or (keep_equal is not None and keep_equal(skv)):
                             add(Pair(EQUAL, sk, skv, dkv))
                     else:
                         add(Pair(DIFFERENT, sk, skv, dkv))

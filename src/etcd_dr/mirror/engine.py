@@ -39,7 +39,14 @@ from ..etcd import (
     TransientError,
     Unavailable,
 )
-from ..state.layout import checkpoint_key, health_key, heartbeat_key, lease_registry_key, lock_key
+from ..state.layout import (
+    StateLayout,
+    checkpoint_key,
+    health_key,
+    heartbeat_key,
+    lease_registry_key,
+    lock_key,
+)
 from ..state.reader import decode
 from ..state.records import REPLAY, SYNC, Checkpoint, encode_key
 from ..state.roles import RoleState, claim_standby
@@ -47,6 +54,7 @@ from .checkpoint import SourceRate
 from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseMirror
 from .lock import MirrorLock
+from .order import OrderRule
 from .replay import Replayer
 from .sourceguard import guard_one_source
 from .standby import StandbyDuties
@@ -308,6 +316,10 @@ class Mirror(StandbyDuties):
             self._max_txn_bytes,
             self.stats,
             self._leases,
+            OrderRule(self.config.ordered_prefixes),
+            StateLayout(self.config.state_prefix),
+            StateLayout(self.config.state_prefix).pair_of(self._key),
+            self.config.ordered_copy_time,
         )
 
     async def _cycle(self, source: EtcdClient, dest: EtcdClient, target: int | None) -> Checkpoint:

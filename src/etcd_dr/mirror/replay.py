@@ -12,7 +12,9 @@ The reader keeps reading while the applier writes: what it has read and not yet 
 bounded by ops and bytes, not by watch responses, so that a mirror that is behind always finds a whole
 txn's worth (`--max-txn-ops`) of revisions waiting, whether etcd sent them one per response or many.
 A single revision is never split across txns unless it alone exceeds the txn limits; then it is applied
-in parts, each part recorded in the checkpoint, and the log says so.
+in parts, each part recorded in the checkpoint, and the log says so. Two revisions that create ordered
+siblings (leased keys, keys under --ordered-prefix: order.py) never share a txn, so that they keep the
+source's create order on the destination.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..aio import cancel_and_wait
 from ..errors import Fenced
@@ -38,6 +40,7 @@ from ..etcd import (
 from ..state.records import Checkpoint
 from .checkpoint import SourceRate
 from .keys import ALL_KEYS
+from .order import joins, parent
 from .writer import DestWriter
 
 log = logging.getLogger("etcd_dr.mirror")
@@ -60,6 +63,7 @@ class SourceRevision:
     ops: list[DestOp]  # mapped and filtered, in the source's order
     heartbeat: float = 0.0  # the source time this revision's heartbeat carries, if it has one
     nbytes: int = 0  # of the ops' keys and values
+    creates: list[bytes] = field(default_factory=list)  # the ordered keys it creates (destination keys)
 
 
 def _op_size(op: DestOp) -> int:
@@ -127,6 +131,7 @@ class Replayer:
         self._heartbeat_key = heartbeat_key
         self._guard_deletes = guard_deletes
         self._leases = writer.leases
+        self._order = writer.order
         self._heartbeat = 0.0  # newest heartbeat time covered but not yet in a written checkpoint
         self._interval = checkpoint_interval
         self._retry_for = retry_for
@@ -172,6 +177,8 @@ class Replayer:
                 value = ev.kv.value
                 rev_.ops.append(Put(dkey, value, ev.kv.lease if self._leases else 0))
                 rev_.nbytes += len(dkey) + len(value)
+                if ev.kv.version == 1 and self._order.ordered(ev.kv.key, ev.kv.lease):
+                    rev_.creates.append(dkey)
             else:
                 rev_.ops.append(Delete(dkey))
                 rev_.nbytes += len(dkey)
@@ -271,6 +278,7 @@ class Replayer:
         """Take whole revisions from the front of the pending queue that fit in one txn; collapse the
         ops per key (a txn may name a key once; the last op on a key gives the same final state)."""
         ops: dict[bytes, DestOp] = {}
+        parents: set[bytes] = set()  # under which the group creates ordered keys
         size = 0
         last = self._covered
         while self._pending:
@@ -278,11 +286,14 @@ class Replayer:
             rsize = rev.nbytes
             if ops and (len(ops) + len(rev.ops) > self._max_ops or size + rsize > self._max_bytes):
                 break
+            if rev.creates and not joins(ops, parents, rev.creates):
+                break  # it creates a sibling of a key this txn creates: the next txn, after it
             if not ops and (len(rev.ops) > self._max_ops or rsize > self._max_bytes):
                 break  # the caller applies this one in parts
             for op in rev.ops:
                 ops.pop(op.key, None)  # keep the order of the last write to each key
                 ops[op.key] = op
+            parents.update(parent(k) for k in rev.creates)
             size += rsize
             last = rev.revision
             self._heartbeat = max(self._heartbeat, rev.heartbeat)

@@ -4,7 +4,9 @@ It is a diff, not a blind copy: source (at R) and destination are read side by s
 only what differs is written (puts for missing or different keys, deletes for keys the source does not
 have). The same code does the first copy into an empty destination, the redo of a copy cut short by a
 crash, and the re-sync after the source compacted past the checkpoint, each writing only what differs.
-Memory is bounded by the read-ahead pages and the txns in flight, not by the keyspace.
+Memory is bounded by the read-ahead pages and the txns in flight, not by the keyspace (and the ordered
+keys: leased ones and those under --ordered-prefix, held until the end and written in the source's
+create order, order.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import Fenced
-from ..etcd import Compare, EtcdClient, KeyValueLike, TxnBatch
-from ..state.records import encode_key
+from ..etcd import Compare, Delete, EtcdClient, KeyValueLike, Put, TxnBatch, prefix_range_end
+from ..state.records import OrderRecord, encode_key
 from .compare import Kind, diff_ranges
 from .leases import LeaseMirror
+from .order import AsData, OrderedKey, OrderRule, as_data, plan
 from .stats import MirrorStats
 from .writer import DestWriter
 
@@ -38,6 +41,12 @@ class SyncResult:
     unchanged: int = 0
     overwritten: int = 0
     seconds: float = 0.0
+    # Ordered keys written one source create revision per txn, in how many txns, and how many of them
+    # the destination had out of the source's order (deleted and created again).
+    ordered_keys: int = 0
+    ordered_txns: int = 0
+    recreated: int = 0
+    kept_as_data: int = 0  # ordered keys whose order is kept as data (order records)
 
 
 ProgressFn = Callable[[SyncResult], None]
@@ -142,9 +151,20 @@ async def _put_missing(
     keys: Sequence[bytes],
     kvs: Sequence[KeyValueLike],
     leases: LeaseMirror | None,
+    rule: OrderRule,
+    ordered: list[OrderedKey],
 ) -> None:
     """Put keys the destination lacks: the whole copy into an empty destination goes through here,
-    so it is one tight loop without an await per key."""
+    so it is one tight loop without an await per key. Ordered keys are set aside in `ordered`."""
+    is_ordered = rule.ordered
+    if rule.any_ordered(kvs):
+        rest = [(k, kv) for k, kv in zip(keys, kvs, strict=True) if not is_ordered(kv.key, kv.lease)]
+        ordered.extend(
+            OrderedKey(k, kv.value, kv.lease, kv.create_revision, 0, True)
+            for k, kv in zip(keys, kvs, strict=True)
+            if is_ordered(kv.key, kv.lease)
+        )
+        keys, kvs = [k for k, _ in rest], [kv for _, kv in rest]
     if leases is not None:
         # The leases these keys use exist on the destination first (most keys have none).
         granted = await leases.ensure_many(kv.lease for kv in kvs)
@@ -155,6 +175,162 @@ async def _put_missing(
             lease = granted[lease] if leases is not None else 0
         if not try_put(key, kv.value, lease):
             await pipeline.put(key, kv.value, lease)
+
+
+MEASURE_LAYERS = 8  # layers written before the time they take is projected onto the rest
+
+
+def _over_time(budget: float | None, done: int, elapsed: float, total: int) -> bool:
+    """Whether writing all `total` layers would exceed `budget` seconds, judged after `done` of them
+    took `elapsed` (None: no budget, every order kept in layers; 0: none in layers)."""
+    if budget is None:
+        return False
+    if budget <= 0:
+        return True
+    return done >= MEASURE_LAYERS and elapsed / done * total > budget
+
+
+async def _write_ordered(
+    pipeline: TxnPipeline, writer: DestWriter, guard: Sequence[Compare], keys: Sequence[OrderedKey]
+) -> tuple[int, int, int, AsData]:
+    """Write the copy's ordered keys (order.py): those with no order to keep or already in it through
+    the pipeline with the rest, then the others in layers, one txn at a time, after everything else
+    has landed, as long as the layers fit the time budget; the rest the fast way, their order kept as
+    data. Returns (keys written in layers, layer txns, keys re-created, the order kept as data)."""
+    p = plan(keys)
+    leases = writer.leases
+    layered = [k for layer in p.layers for k in layer]
+    granted = await leases.ensure_many(k.lease for k in [*p.puts, *layered]) if leases else {}
+
+    def lease_of(k: OrderedKey) -> int:
+        return granted.get(k.lease, 0) if leases is not None and k.lease else 0
+
+    for k in p.puts:
+        await pipeline.put(k.key, k.value, lease_of(k))
+    # A key out of order is deleted just before its layer (the first layer's here, each next one's in
+    # the txn of the layer before), so that one the budget leaves as data is not deleted for nothing.
+    for k in p.layers[0] if p.layers else ():
+        if k.dest_create:
+            await pipeline.delete(k.key)
+    # The layers are created after every other key of the copy, and each after the one before: txns
+    # in flight together reach raft in no particular order.
+    await pipeline.close()
+    if not p.layers:
+        return 0, 0, 0, []
+    log.info(
+        "copy: %d ordered keys under %d parents keep the source's create order: writing them in %d "
+        "layers, one txn at a time (%d of them re-created: the destination had them out of order)",
+        p.layered_keys,
+        p.parents,
+        len(p.layers),
+        len(p.deletes),
+    )
+    budget = writer.order_time if writer.order_layout is not None else None
+    txns, written, recreated, started = 0, 0, 0, time.monotonic()
+    for done, layer in enumerate(p.layers):
+        if _over_time(budget, done, time.monotonic() - started, len(p.layers)):
+            return written, txns, recreated, await _rest_as_data(pipeline, p.layers[done:], lease_of, budget)
+        following = p.layers[done + 1] if done + 1 < len(p.layers) else []
+        ops: list[Put | Delete] = [Put(k.key, k.value, lease_of(k)) for k in layer]
+        ops += [Delete(k.key) for k in following if k.dest_create]
+        for chunk in _chunks(ops, writer.max_txn_ops, writer.max_txn_bytes):
+            txns += await _send_layer(writer, guard, TxnBatch(chunk))
+        written += len(layer)
+        recreated += sum(1 for k in layer if k.dest_create)
+    return written, txns, recreated, []
+
+
+def _chunks(ops: Sequence[Put | Delete], max_ops: int, max_bytes: int) -> list[list[Put | Delete]]:
+    """Consecutive ops cut to fit one txn each (a layer is one txn but for a very large one)."""
+    out: list[list[Put | Delete]] = [[]]
+    size = 0
+    for op in ops:
+        n = len(op.key) + (len(op.value) if isinstance(op, Put) else 0)
+        if out[-1] and (len(out[-1]) >= max_ops or size + n > max_bytes):
+            out.append([])
+            size = 0
+        out[-1].append(op)
+        size += n
+    return out if out[-1] else []
+
+
+async def _rest_as_data(
+    pipeline: TxnPipeline,
+    rest: Sequence[Sequence[OrderedKey]],
+    lease_of: Callable[[OrderedKey], int],
+    budget: float | None,
+) -> AsData:
+    """Write the layers the budget cannot afford the fast way (after those written in order) and
+    return their order, to keep as data. The first of them was deleted where the destination had it;
+    the others are still there, in place: only what differs is put."""
+    order = as_data(rest)
+    log.info(
+        "copy: the %d layers left would take more than --ordered-copy-time %.0f s one txn at a time: "
+        "writing their %d keys (under %s) the fast way and keeping their source create order as data on "
+        "the standby; a promotion creates them again in that order",
+        len(rest),
+        budget or 0.0,
+        sum(len(layer) for layer in rest),
+        ", ".join(encode_key(name) for name, _ in order[:5]) + (" ..." if len(order) > 5 else ""),
+    )
+    for i, layer in enumerate(rest):
+        for k in layer:
+            if k.differs or not k.dest_create or i == 0:
+                await pipeline.put(k.key, k.value, lease_of(k))
+    await pipeline.close()
+    return order
+
+
+RECORD_KEYS = 1000  # destination keys per order record
+
+
+async def _write_order_records(writer: DestWriter, guard: Sequence[Compare], order: AsData) -> None:
+    """Replace the pair's order records with `order` (none: only remove the old ones), after every
+    key of the copy has landed: each record says they were all created at or below the destination's
+    revision now."""
+    layout = writer.order_layout
+    if layout is None:
+        return
+    dest = writer.dest
+    start = layout.order_records_of_pair(writer.pair)
+    end = prefix_range_end(start)
+    counted = await dest.range(start, end, count_only=True)
+    if not order and not counted.count:
+        return
+    if counted.count:
+        batch = TxnBatch()
+        batch.delete(start, end)
+        await _send_layer(writer, guard, batch)
+    below = counted.header.revision
+    batch, size = TxnBatch(), 0
+    for name, groups in order:
+        part, chunk, n = 0, [], 0
+        for i, group in enumerate(groups):
+            chunk.append(group)
+            n += len(group)
+            if n >= RECORD_KEYS or i == len(groups) - 1:
+                key = layout.order_record(writer.pair, name, part)
+                value = OrderRecord(name, part, below, chunk).encode()
+                if len(batch) and (
+                    len(batch) >= writer.max_txn_ops or size + len(value) > writer.max_txn_bytes
+                ):
+                    await _send_layer(writer, guard, batch)
+                    batch, size = TxnBatch(), 0
+                batch.put(key, value)
+                size += len(key) + len(value)
+                part, chunk, n = part + 1, [], 0
+    if len(batch):
+        await _send_layer(writer, guard, batch)
+
+
+async def _send_layer(writer: DestWriter, guard: Sequence[Compare], batch: TxnBatch) -> int:
+    started = time.monotonic()
+    succeeded, _ = await writer.dest.txn_batch(guard, batch)
+    writer.stats.observe_txn(time.monotonic() - started)
+    writer.stats.applied_txns += 1
+    if not succeeded:
+        raise Fenced("the mirror's checkpoint changed during the copy: another mirror is writing")
+    return 1
 
 
 async def diff_sync(
@@ -178,6 +354,8 @@ async def diff_sync(
     they are the source's own changes that the mirror could not replay.
     """
     dest, mapper, stats, leases = writer.dest, writer.mapper, writer.stats, writer.leases
+    rule = writer.order
+    ordered: list[OrderedKey] = []
     guard, max_txn_ops, max_txn_bytes = writer.guard(checkpoint_raw), writer.max_txn_ops, writer.max_txn_bytes
     level = logging.INFO if resync else logging.WARNING
     started = time.monotonic()
@@ -195,11 +373,12 @@ async def diff_sync(
         page_size=page_size,
         compare_leases=leases is not None,
         owns_lease=leases.owns if leases is not None else None,
+        keep_equal=lambda kv: rule.ordered(kv.key, kv.lease),
     )
     last_report = time.monotonic()
     extras: list[bytes] = []
     dest_keys = 0
-    MISSING, EXTRA = Kind.MISSING, Kind.EXTRA
+    MISSING, EXTRA, EQUAL = Kind.MISSING, Kind.EXTRA, Kind.EQUAL
     try_put = pipeline.try_put
     try:
         async for diff in diffs:
@@ -215,6 +394,19 @@ async def diff_sync(
                     continue
                 src = pair.source
                 assert src is not None
+                if kind is EQUAL:  # an ordered key, kept to check its order (counted above)
+                    assert pair.dest is not None
+                    ordered.append(
+                        OrderedKey(
+                            pair.key,
+                            src.value,
+                            src.lease,
+                            src.create_revision,
+                            pair.dest.create_revision,
+                            False,
+                        )
+                    )
+                    continue
                 result.source_keys += 1
                 result.puts += 1
                 if kind is not MISSING:
@@ -228,11 +420,17 @@ async def diff_sync(
                             encode_key(pair.key),
                             revision,
                         )
+                if rule.ordered(src.key, src.lease):
+                    dest_create = pair.dest.create_revision if pair.dest is not None else 0
+                    ordered.append(
+                        OrderedKey(pair.key, src.value, src.lease, src.create_revision, dest_create, True)
+                    )
+                    continue
                 lease = await leases.ensure(src.lease) if leases and src.lease else 0
                 if not try_put(pair.key, src.value, lease):
                     await pipeline.put(pair.key, src.value, lease)
             if diff.missing:
-                await _put_missing(pipeline, diff.missing_keys, diff.missing, leases)
+                await _put_missing(pipeline, diff.missing_keys, diff.missing, leases, rule, ordered)
                 n = len(diff.missing)
                 result.source_keys += n
                 result.puts += n
@@ -268,7 +466,14 @@ async def diff_sync(
                     revision,
                 )
             await pipeline.delete(key)
+        kept: AsData = []
+        if ordered:
+            result.ordered_keys, result.ordered_txns, result.recreated, kept = await _write_ordered(
+                pipeline, writer, guard, ordered
+            )
         await pipeline.close()
+        await _write_order_records(writer, guard, kept)
+        result.kept_as_data = sum(len(g) for _, groups in kept for g in groups)
     except BaseException:
         await pipeline.abort()
         raise

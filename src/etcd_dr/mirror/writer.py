@@ -5,11 +5,13 @@ size, attaches keys to the leases the mirror owns there, and is counted in the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..etcd import Compare, CompareResult, EtcdClient
+from ..state.layout import StateLayout
 from .keys import KeyMapper
 from .leases import LeaseMirror
+from .order import OrderRule
 from .stats import MirrorStats
 
 
@@ -23,6 +25,12 @@ class DestWriter:
     max_txn_bytes: int
     stats: MirrorStats
     leases: LeaseMirror | None = None  # None: leases not mirrored (source and destination one cluster)
+    order: OrderRule = field(default_factory=OrderRule)  # which keys keep the source's create order
+    # Where the copy keeps the order of siblings it cannot afford to write in layers within
+    # `order_time` seconds (None: every order in layers, whatever the time).
+    order_layout: StateLayout | None = None
+    pair: bytes = b""  # the pair's id, for its order records
+    order_time: float = 60.0
 
     def guard(self, checkpoint_raw: bytes) -> list[Compare]:
         """The compares of a txn written while the checkpoint's stored bytes are `checkpoint_raw`."""

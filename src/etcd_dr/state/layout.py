@@ -24,6 +24,8 @@ _EVENTS = b"events/"
 _ROLE = b"role"
 _FENCE = b"fence"
 _BUMP = b"bump"
+_ORDER = b"order/"
+_ORDER_JOURNAL = b"order-journal"
 
 
 def pair_id(source_cluster_id: int, source_prefix: bytes, dest_prefix: bytes) -> bytes:
@@ -104,6 +106,26 @@ class StateLayout:
 
     def lease_registry_of_pair(self, pair: bytes) -> bytes:
         return self.prefix + _LEASES + pair + b"/"
+
+    # The source's create order of ordered siblings the copy wrote tied (mirror/order.py), kept as
+    # data until a promotion re-creates them in that order (failover/reorder.py).
+    @property
+    def order_records(self) -> bytes:
+        """Prefix of every pair's order records on this cluster."""
+        return self.prefix + _ORDER
+
+    def order_records_of_pair(self, pair: bytes) -> bytes:
+        return self.order_records + pair + b"/"
+
+    def order_record(self, pair: bytes, parent: bytes, part: int) -> bytes:
+        """Part `part` of one parent's order (records.OrderRecord)."""
+        digest = hashlib.sha256(parent).hexdigest()[:16]
+        return self.order_records_of_pair(pair) + f"{digest}/{part:06d}".encode()
+
+    @property
+    def order_journal(self) -> bytes:
+        """The keys a promotion's re-creation has deleted and not yet put back (records.OrderJournal)."""
+        return self.prefix + _ORDER_JOURNAL
 
     # ---- one per cluster -----------------------------------------------------------------------------
     def heartbeat(self, dest_cluster_id: int) -> bytes:

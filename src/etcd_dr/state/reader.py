@@ -30,6 +30,14 @@ _RECORDS: dict[str, tuple[str, str]] = {
         "give the application roles their write permissions back by hand, then remove it with `{cmd}`",
     ),
     "heartbeat": ("mirror heartbeat", "remove it with `{cmd}`; the mirror writes it again"),
+    "order": (
+        "order record (the source's create order of keys written tied)",
+        "remove it with `{cmd}` (those keys then keep the standby's order) or copy again",
+    ),
+    "order journal": (
+        "order journal (keys a promotion deleted to create them again)",
+        "put its keys back by hand from its JSON, then remove it with `{cmd}`",
+    ),
     "lease registry": (
         "lease registry entry",
         "remove it with `{cmd}`; the pair's mirror registers its leases again",

@@ -235,3 +235,56 @@ class FenceRecord:
             state=state,
             mod_revision=mod_revision,
         )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    """Part of the source's create order of one parent's ordered keys that the copy wrote without it
+    (too many layers for the copy's budget): `groups`, the destination keys in ascending source create
+    revision, keys of one source revision together. Every one of them was created on the destination
+    at or below `written_below` (a key created later, by the replay, is already after them)."""
+
+    parent: bytes
+    part: int
+    written_below: int
+    groups: list[list[bytes]]
+
+    def encode(self) -> bytes:
+        doc = {
+            "parent": _b64(self.parent),
+            "part": self.part,
+            "written_below": self.written_below,
+            "groups": [[_b64(k) for k in g] for g in self.groups],
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> OrderRecord:
+        doc = json.loads(data)
+        return cls(
+            parent=base64.b64decode(doc["parent"], validate=True),
+            part=int(doc["part"]),
+            written_below=int(doc["written_below"]),
+            groups=[[base64.b64decode(k, validate=True) for k in g] for g in doc["groups"]],
+        )
+
+
+@dataclass(frozen=True)
+class OrderJournal:
+    """Key-values a promotion deleted to create them again in order and has not yet put back: a rerun
+    after a crash puts them back first. Each: (key, value, lease)."""
+
+    kvs: list[tuple[bytes, bytes, int]]
+
+    def encode(self) -> bytes:
+        return json.dumps([[_b64(k), _b64(v), lease] for k, v, lease in self.kvs]).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> OrderJournal:
+        return cls(
+            [(base64.b64decode(k), base64.b64decode(v), int(lease)) for k, v, lease in json.loads(data)]
+        )

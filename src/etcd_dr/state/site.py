@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..etcd import EtcdClient, KeyValue
+from ..etcd import EtcdClient, KeyValue, prefix_range_end
 from .events import Event, parse_event
 from .layout import StateLayout
 from .reader import decode
-from .records import Checkpoint, FenceRecord, HealthRecord
+from .records import Checkpoint, FenceRecord, HealthRecord, OrderRecord
 from .roles import Role, RoleState, read_role_kv
 
 
@@ -104,3 +104,12 @@ class SiteState:
         return decode(
             "fence", kv.key, kv.value, self.client, lambda v: FenceRecord.decode(v, kv.mod_revision)
         )
+
+
+async def keys_ordered_as_data(client: EtcdClient, layout: StateLayout, pair: bytes) -> int:
+    """How many keys of `pair` the standby holds without the source's create order, that order kept
+    as data (records.OrderRecord) for the next promotion to create them again in."""
+    start = layout.order_records_of_pair(pair)
+    kvs = (await client.range(start, prefix_range_end(start))).kvs
+    records = [decode("order", kv.key, kv.value, client, OrderRecord.decode) for kv in kvs]
+    return sum(len(g) for r in records for g in r.groups)
