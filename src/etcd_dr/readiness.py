@@ -11,7 +11,7 @@ The items (their names are the `item` label of the mirror's `etcd_dr_readiness` 
 - lag: the RPO a failover would have now, in seconds, against --max-rpo;
 - verify: the mirror's last periodic verify (its result and age), or one run now (--verify);
 - fencing: auth on and etcd-dr's user holding `root` on both sites (fence.py), or the fence hook
-  exists and is executable;
+  exists and is executable (the mirror, not told how the moves fence: auth off is a warning);
 - switch: the DNS server answers for the name authoritatively, accepts the TSIG key and points the
   name at the current primary; or the switch hook exists and is executable.
 
@@ -99,9 +99,7 @@ class Readiness:
     at: float = field(default_factory=time.time)
 
     def add(self, name: str, level: Level, message: str) -> None:
-        log.log(
-            logging.WARNING if level == "fail" else logging.INFO, "check %s: %s: %s", name, level, message
-        )
+        log.debug("check %s: %s: %s", name, level, message)  # printed by `check`; the mirror logs changes
         self.items.append(Item(name, level, message))
 
     @property
@@ -166,7 +164,7 @@ async def run_for_mirror(config: MirrorConfig) -> dict[str, str]:
     by auth, no DNS, no hook); item -> level. Never raises for what it finds."""
     try:
         options = CheckOptions(max_rpo=config.check_max_rpo)
-        report = await _check_pair(config, options, fence="auth", fence_hook=None)
+        report = await _check_pair(config, options, fence="mirror", fence_hook=None)
     except (EtcdDrError, TimeoutError) as e:
         log.warning("readiness check did not finish: %s", e)
         return {}
@@ -401,6 +399,12 @@ async def _fencing_item(
 
     lacks: list[str] = []
     for c, cfg in ((state.source, pair.source), (state.dest, pair.dest)):
+        if fence == "mirror" and c.auth_enabled is False:
+            # The mirror is not told how the moves fence: without auth, a hook may do it.
+            report.add(
+                "fencing", "warn", f"etcd auth is off on the {c.role}: only a --fence-hook can fence it"
+            )
+            return
         if c.down:
             lacks.append(f"the {c.role} does not answer")
             continue
@@ -474,4 +478,7 @@ def hook_problem(cmd: str, flag: str) -> str | None:
 
 
 def _mib(n: float) -> str:
-    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} bytes"
