@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -31,11 +32,14 @@ from harness.clirun import Run, etcd_dr
 from harness.mirrorproc import MirrorProcess
 
 from etcd_dr import pki
+from etcd_dr.config import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient
+from etcd_dr.failover.config import MoveConfig
+from etcd_dr.failover.dns import DnsConfig
 from etcd_dr.local.binaries import EtcdBinaries
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.local.tls import ClusterTLS, TLSFiles
-from etcd_dr.readiness import ITEMS, hook_problem
+from etcd_dr.readiness import ITEMS, CheckOptions, Item, check, hook_problem
 from etcd_dr.state.records import REPLAY, Checkpoint
 
 ROOT = ("root", "rootpw")
@@ -143,21 +147,39 @@ async def test_ready_pair_every_item_ok(pair: Pair) -> None:
     run = await etcd_dr(*pair.args("--switch-hook", "/bin/true", "--verify"))
     assert run.code == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
-    for name in ITEMS:
-        assert any(line.split()[:2] == ["ok", name] for line in lines), (name, run.stdout)
+    found = {line.split()[1]: line for line in lines[1:-2]}
+    assert list(found) == list(ITEMS), run.stdout
+    assert all(line.split()[0] == "ok" for line in found.values()), run.stdout
+    assert "--verify now: equal" in found["verify"]
+    assert "auth is on at both sites and etcd-dr holds root" in found["fencing"]
+    assert lines[-2].startswith("RPO a failover would have now: every write up to source revision "), lines
     assert lines[-1].startswith("READY"), run.stdout
-    assert "RPO a failover would have now: every write up to source revision" in run.stdout
-
-    js = await etcd_dr(*pair.args("--switch-hook", "/bin/true", "--verify", "--json"))
-    found = items(js)
-    assert {k: v["level"] for k, v in found.items()} == dict.fromkeys(ITEMS, "ok"), found
-    assert "equal" in found["verify"]["message"]
-    assert "holds root" in found["fencing"]["message"]
-    rpo = json.loads(js.stdout)["rpo"]
-    assert rpo["revision"] > 0 and rpo["seconds"] is not None and rpo["seconds"] <= 30
 
 
 # ---- each item's failing path -------------------------------------------------------------------
+
+
+def move(pair: Pair, user: str = "etcd-dr:drpw", dest: str | None = None, **kw: Any) -> MoveConfig:
+    """The MoveConfig the CLI builds from `--user USER --dest-user USER` and the move's flags `kw`."""
+    return MoveConfig(
+        pair=MirrorConfig(
+            source=ClientConfig.create(pair.src.endpoints, user=user, role="source"),
+            dest=ClientConfig.create(
+                dest or pair.dst.endpoints[0],
+                user=user,
+                role="destination",
+                flag_prefix="dest-",
+                dial_timeout=1.0,
+            ),
+        ),
+        **kw,
+    )
+
+
+async def verdicts(config: MoveConfig, **options: Any) -> dict[str, Item]:
+    report = await check(config, CheckOptions(**options))
+    assert report.ready is not any(i.level == "fail" for i in report.items)
+    return {i.name: i for i in report.items}
 
 
 async def test_fencing_user_without_root(pair: Pair) -> None:
@@ -167,25 +189,24 @@ async def test_fencing_user_without_root(pair: Pair) -> None:
     assert fencing["level"] == "fail"
     assert "the user weak (--user) lacks the root role" in fencing["message"]
     assert "the user weak (--dest-user) lacks the root role" in fencing["message"]
+    assert json.loads(run.stdout)["rpo"]["revision"] > 0
 
 
+@pytest.mark.newest_etcd_only  # the hooks and the DNS server do not depend on etcd's version
 async def test_hooks_missing_and_not_executable(pair: Pair, tmp_path: Path) -> None:
     plain = tmp_path / "fence.sh"
     plain.write_text("#!/bin/sh\nexit 0\n")
     plain.chmod(0o644)
-    run = await etcd_dr(
-        *pair.args("--fence-hook", f"{plain} --now", "--switch-hook", "/nonexistent/switch", "--json")
-    )
-    assert run.code == 1, run.stdout + run.stderr
-    found = items(run)
-    assert found["fencing"]["level"] == "fail"
-    assert f"{plain} is not executable" in found["fencing"]["message"]
-    assert found["switch"]["level"] == "fail"
-    assert "/nonexistent/switch does not exist" in found["switch"]["message"]
+    hooks = {"fence": "hook", "fence_hook": f"{plain} --now", "switch_hook": "/nonexistent/switch"}
+    found = await verdicts(move(pair, **hooks))
+    assert found["fencing"].level == "fail"
+    assert f"{plain} is not executable" in found["fencing"].message
+    assert found["switch"].level == "fail"
+    assert "/nonexistent/switch does not exist" in found["switch"].message
 
     plain.chmod(0o755)
-    ok = items(await etcd_dr(*pair.args("--fence-hook", f"{plain} --now", "--switch-hook", "true", "--json")))
-    assert ok["fencing"]["level"] == "ok" and ok["switch"]["level"] == "ok", ok
+    ok = await verdicts(move(pair, **{**hooks, "switch_hook": "true"}))
+    assert ok["fencing"].level == "ok" and ok["switch"].level == "ok", ok
 
 
 def test_hook_problem_names_the_flag() -> None:
@@ -196,35 +217,25 @@ def test_hook_problem_names_the_flag() -> None:
     assert "is not executable" in (hook_problem("/tmp", "--fence-hook") or "")
 
 
-async def test_no_switch_and_no_fence_are_warnings(pair: Pair) -> None:
-    run = await etcd_dr(*pair.args("--no-fence", "--json"))
-    found = items(run)
-    assert found["fencing"]["level"] == "warn" and found["switch"]["level"] == "warn", found
-    assert run.code == 0, run.stdout  # warnings do not make it not ready
-
-
-async def test_quota_headroom(pair: Pair) -> None:
-    found = items(await etcd_dr(*pair.args("--quota-backend-bytes", "4096", "--json")))
-    assert found["quota"]["level"] == "fail"
-    assert "compact and defragment" in found["quota"]["message"]
+async def test_quota_and_warnings(pair: Pair) -> None:
+    found = await verdicts(move(pair, fence="none"), quota_bytes=4096)
+    assert found["quota"].level == "fail" and "compact and defragment" in found["quota"].message
+    # No fencing, no switch: warnings, which alone do not make a pair not ready.
+    assert found["fencing"].level == "warn" and found["switch"].level == "warn", found
+    assert [i for i, v in found.items() if v.level == "fail"] == ["quota"], found
 
 
 async def test_destination_down_is_not_ready(pair: Pair) -> None:
-    nothing = f"127.0.0.1:{_free_port()}"
-    run = await etcd_dr(
-        "check", nothing, "--endpoints", pair.src.endpoints[0], *DR, "--dial-timeout", "1s", "--json"
-    )
-    assert run.code == 1, run.stdout + run.stderr
-    found = items(run)
-    assert found["destination"]["level"] == "fail" and "DOWN" in found["destination"]["message"]
-    assert found["source"]["level"] == "ok"
+    found = await verdicts(move(pair, dest=f"127.0.0.1:{_free_port()}"))
+    assert found["destination"].level == "fail" and "DOWN" in found["destination"].message
+    assert found["source"].level == "ok"
+    assert found["mirror"].level == "fail"
 
 
+@pytest.mark.newest_etcd_only  # the hooks and the DNS server do not depend on etcd's version
 async def test_bad_input_exit_2(pair: Pair) -> None:
     run = await etcd_dr(*pair.args("--max-rpo", "soon"))
     assert run.code == 2 and run.last_line.startswith("etcd-dr: error: --max-rpo"), run.stderr
-    run = await etcd_dr("check", pair.dst.endpoints[0])
-    assert run.code == 2 and "--endpoints" in run.last_line, run.stderr
 
 
 # ---- the mirror's gauges --------------------------------------------------------------------------
@@ -280,20 +291,21 @@ async def test_mirror_stopped_lag_beyond_max_rpo_and_nothing_changed(pair: Pair)
         await asyncio.sleep(1.5)
         async with pair.client(pair.src) as s, pair.client(pair.dst) as d:
             before = (await _everything(s), await _everything(d))
-            run = await etcd_dr(*pair.args("--max-rpo", "1s", "--verify", "--switch-hook", "true", "--json"))
+            report = await check(move(pair, switch_hook="true"), CheckOptions(max_rpo=1.0, verify_now=True))
             after = (await _everything(s), await _everything(d))
         assert before == after, "check changed the clusters"
-        assert run.code == 1, run.stdout + run.stderr
-        found = items(run)
-        assert found["lag"]["level"] == "fail"
-        assert "above --max-rpo 1 s" in found["lag"]["message"]
-        assert found["mirror"]["level"] == "fail" and "its lock is free" in found["mirror"]["message"]
-        assert found["verify"]["level"] == "ok", found["verify"]  # compared at the mirror's revision
-        rpo = json.loads(run.stdout)["rpo"]
-        assert rpo["behind_revisions"] >= 5 and rpo["seconds"] > 1
-        assert f"{rpo['behind_revisions']} revisions" in found["lag"]["message"]
-        text = await etcd_dr(*pair.args("--max-rpo", "1s"))
-        assert "NOT READY: " in text.stdout.splitlines()[-1] and "FAIL  lag" in text.stdout, text.stdout
+        assert not report.ready
+        found = {i.name: i for i in report.items}
+        assert found["lag"].level == "fail"
+        assert "above --max-rpo 1 s" in found["lag"].message
+        assert found["mirror"].level == "fail" and "its lock is free" in found["mirror"].message
+        assert found["verify"].level == "ok", found["verify"]  # compared at the mirror's revision
+        assert report.rpo_behind is not None and report.rpo_behind >= 5
+        assert report.rpo_seconds is not None and report.rpo_seconds > 1
+        assert f"{report.rpo_behind} revisions" in found["lag"].message
+        lines = report.lines()
+        assert lines[-1].startswith("NOT READY: 2 item(s) fail (mirror, lag)"), lines
+        assert any(line.startswith("  FAIL  lag ") for line in lines), lines
     finally:
         pair.start_mirror()
 
@@ -310,32 +322,24 @@ def ns() -> Iterator[BindServer]:
         yield server
 
 
-def dns_args(ns: BindServer, name: str, key: Path) -> list[str]:
-    return [
-        "--dns-server",
-        ns.server,
-        "--dns-zone",
-        "dr.test",
-        "--dns-name",
-        name,
-        "--dns-tsig-key",
-        str(key),
-    ]
+def dns(ns: BindServer, name: str, key: Path) -> dict[str, Any]:
+    return {"dns": DnsConfig.create(server=ns.server, zone="dr.test", name=name, tsig_key_file=key)}
 
 
+@pytest.mark.newest_etcd_only  # the hooks and the DNS server do not depend on etcd's version
 async def test_dns_switch_ok_wrong_key_and_name_elsewhere(pair: Pair, ns: BindServer, tmp_path: Path) -> None:
     serial = ns.soa_serial()
-    ok = items(await etcd_dr(*pair.args(*dns_args(ns, "etcd", ns.key_file), "--json")))["switch"]
-    assert ok["level"] == "ok", ok
-    assert "TSIG key accepted" in ok["message"] and "127.0.0.1" in ok["message"]
+    ok = (await verdicts(move(pair, **dns(ns, "etcd", ns.key_file))))["switch"]
+    assert ok.level == "ok", ok
+    assert "TSIG key accepted" in ok.message and "127.0.0.1" in ok.message
 
     wrong = ns.write_key_file(tmp_path / "wrong.key", secret=new_tsig_secret())
-    bad = items(await etcd_dr(*pair.args(*dns_args(ns, "etcd", wrong), "--json")))["switch"]
-    assert bad["level"] == "fail" and "BADSIG" in bad["message"], bad
+    bad = (await verdicts(move(pair, **dns(ns, "etcd", wrong))))["switch"]
+    assert bad.level == "fail" and "BADSIG" in bad.message, bad
 
-    other = items(await etcd_dr(*pair.args(*dns_args(ns, "other", ns.key_file), "--json")))["switch"]
-    assert other["level"] == "fail", other
-    assert "answers 127.0.0.99, not the current primary's 127.0.0.1" in other["message"]
+    other = (await verdicts(move(pair, **dns(ns, "other", ns.key_file))))["switch"]
+    assert other.level == "fail", other
+    assert "answers 127.0.0.99, not the current primary's 127.0.0.1" in other.message
     assert ns.soa_serial() == serial  # nothing was updated
     assert ns.addresses("etcd") == {"127.0.0.1"}
 
@@ -387,37 +391,40 @@ def short_tls(
         cluster.stop()
 
 
-def tls_args(prefix: str, files: TLSFiles) -> list[str]:
-    return [
-        f"--{prefix}cacert",
-        str(files.cacert),
-        f"--{prefix}cert",
-        str(files.cert),
-        f"--{prefix}key",
-        str(files.key),
-    ]
+def tls_move(cluster: EtcdCluster, source: TLSFiles, dest: TLSFiles) -> MoveConfig:
+    """The cluster is its own destination under another prefix: only the certificates (and fencing:
+    auth is off here) are looked at."""
+
+    def client(files: TLSFiles, **kw: Any) -> ClientConfig:
+        return ClientConfig.create(
+            cluster.endpoints, cacert=files.cacert, cert=files.cert, key=files.key, **kw
+        )
+
+    return MoveConfig(
+        pair=MirrorConfig(
+            source=client(source, role="source"),
+            dest=client(dest, role="destination", flag_prefix="dest-"),
+            prefix=b"/a/",
+            dest_prefix=b"/b/",
+        )
+    )
 
 
 async def test_certificate_expiring_and_expired(
     short_tls: tuple[EtcdCluster, ClusterTLS], tmp_path: Path
 ) -> None:
     cluster, tls = short_tls
-    ep = cluster.endpoints[0]
-    # The cluster is its own destination under another prefix: only the certificates (and fencing:
-    # auth is off here) are looked at.
-    base = ["check", ep, "--endpoints", ep, "--prefix", "/a/", "--dest-prefix", "/b/", "--json"]
-    run = await etcd_dr(*base, *tls_args("", tls.client), *tls_args("dest-", tls.client))
-    found = items(run)
-    assert found["certificates"]["level"] == "warn", found["certificates"]
-    assert "certificate expires in 4 days" in found["certificates"]["message"]
-    assert found["fencing"]["level"] == "fail" and "etcd auth is off" in found["fencing"]["message"]
+    found = await verdicts(tls_move(cluster, tls.client, tls.client))
+    assert found["certificates"].level == "warn", found["certificates"]
+    assert "certificate expires in 4 days" in found["certificates"].message
+    assert found["fencing"].level == "fail", found
+    assert "etcd auth is off" in found["fencing"].message, found
 
-    short = await etcd_dr(
-        *base, "--warn-days", "3", *tls_args("", tls.client), *tls_args("dest-", tls.client)
-    )
-    assert items(short)["certificates"]["level"] == "ok", short.stdout
+    short = await verdicts(tls_move(cluster, tls.client, tls.client), warn_days=3)
+    assert short["certificates"].level == "ok", short["certificates"]
 
     old = _expired_client(tmp_path, tls)
-    expired = items(await etcd_dr(*base, *tls_args("", old), *tls_args("dest-", tls.client)))
-    assert expired["certificates"]["level"] == "fail", expired["certificates"]
-    assert "expired on" in expired["certificates"]["message"]
+    expired = await verdicts(tls_move(cluster, old, tls.client))
+    assert expired["certificates"].level == "fail", expired["certificates"]
+    assert "expired on" in expired["certificates"].message
+    assert expired["source"].level == "fail", expired["source"]  # the member refuses the certificate

@@ -40,7 +40,7 @@ from .failover.plan import Rpo
 from .mirror.keys import KeyMapper
 from .state.layout import checkpoint_key
 from .state.records import REPLAY, Checkpoint
-from .status import ClusterState, Limits, StatusReport, _ago, in_our_words, status
+from .status import ClusterState, Limits, StatusReport, _ago, in_our_words, status_of
 
 log = logging.getLogger("etcd_dr.check")
 
@@ -176,23 +176,38 @@ async def _check_pair(
 ) -> Readiness:
     report = Readiness(pair.source.endpoints_text, pair.dest.endpoints_text, max_rpo=options.max_rpo)
     try:
-        state = await status(pair, Limits(max_lag_seconds=options.max_rpo))
+        async with EtcdClient(pair.source) as source, EtcdClient(pair.dest) as dest:
+            await _items(report, pair, options, (source, dest), fence, fence_hook)
     except TLSError as e:
         # A certificate expired or rejected is a readiness problem (the certificates item says which),
         # not bad input: said as the site's failure, the items that need the site are not checked.
         site = "source" if e.endpoint in {str(ep) for ep in pair.source.endpoints} else "destination"
         report.add(site, "fail", str(e))
-        await _certificates_item(report, pair, options.warn_days)
-        return report
+        if not any(i.name == "certificates" for i in report.items):
+            await _certificates_item(report, pair, options.warn_days)
+    order = {name: i for i, name in enumerate(ITEMS)}
+    report.items.sort(key=lambda i: order.get(i.name, len(order)))
+    return report
+
+
+async def _items(
+    report: Readiness,
+    pair: MirrorConfig,
+    options: CheckOptions,
+    clients: tuple[EtcdClient, EtcdClient],
+    fence: str,
+    fence_hook: str | None,
+) -> None:
+    # Certificates first: a TLS handshake refused (an expired certificate) ends the rest.
+    await _certificates_item(report, pair, options.warn_days)
+    state = await status_of(pair, *clients, Limits(max_lag_seconds=options.max_rpo))
     _site_item(report, state.source, state)
     _site_item(report, state.dest, state)
     _quota_item(report, state, options.quota_bytes)
-    await _certificates_item(report, pair, options.warn_days)
     _mirror_item(report, state)
-    await _lag_item(report, pair, state, options.max_rpo)
+    await _lag_item(report, pair, state, options.max_rpo, clients[1])
     await _verify_item(report, pair, state, options.verify_now)
-    await _fencing_item(report, pair, state, fence, fence_hook)
-    return report
+    await _fencing_item(report, state, clients, fence, fence_hook)
 
 
 def _site_item(report: Readiness, c: ClusterState, state: StatusReport) -> None:
@@ -308,7 +323,9 @@ def _mirror_item(report: Readiness, state: StatusReport) -> None:
         )
 
 
-async def _lag_item(report: Readiness, pair: MirrorConfig, state: StatusReport, max_rpo: float) -> None:
+async def _lag_item(
+    report: Readiness, pair: MirrorConfig, state: StatusReport, max_rpo: float, dest: EtcdClient
+) -> None:
     """The RPO a failover would have now: the failover's own computation (failover/plan.py Rpo from
     the checkpoints checkpoints.live_checkpoints chooses)."""
     if state.dest.down:
@@ -322,8 +339,7 @@ async def _lag_item(report: Readiness, pair: MirrorConfig, state: StatusReport, 
         return
     own = checkpoint_key(pair.state_prefix, source_id, pair.prefix, KeyMapper.from_config(pair).dest_prefix)
     try:
-        async with EtcdClient(pair.dest) as dest:
-            _found, choice = await live_checkpoints(dest, pair.state_prefix, source_id, own)
+        _found, choice = await live_checkpoints(dest, pair.state_prefix, source_id, own)
     except EtcdError as e:
         report.add("lag", "fail", f"the destination's checkpoints cannot be read: {e}")
         return
@@ -386,7 +402,11 @@ async def _verify_item(report: Readiness, pair: MirrorConfig, state: StatusRepor
 
 
 async def _fencing_item(
-    report: Readiness, pair: MirrorConfig, state: StatusReport, fence: str, hook: str | None
+    report: Readiness,
+    state: StatusReport,
+    clients: tuple[EtcdClient, EtcdClient],
+    fence: str,
+    hook: str | None,
 ) -> None:
     if fence == "none":
         report.add("fencing", "warn", "--no-fence: a move would not fence the old primary's writes")
@@ -398,7 +418,7 @@ async def _fencing_item(
     from .fence import FenceError, check_auth_fencing
 
     lacks: list[str] = []
-    for c, cfg in ((state.source, pair.source), (state.dest, pair.dest)):
+    for c, client in zip((state.source, state.dest), clients, strict=True):
         if fence == "mirror" and c.auth_enabled is False:
             # The mirror is not told how the moves fence: without auth, a hook may do it.
             report.add(
@@ -409,16 +429,15 @@ async def _fencing_item(
             lacks.append(f"the {c.role} does not answer")
             continue
         try:
-            async with EtcdClient(cfg) as client:
-                await check_auth_fencing(client)
+            await check_auth_fencing(client)
         except FenceError as e:
             lacks.append(str(e))
         except (TransientError, TimeoutError) as e:
-            lacks.append(f"the {c.role}: {in_our_words(e, cfg.request_timeout)}")
+            lacks.append(f"the {c.role}: {in_our_words(e, client.config.request_timeout)}")
     if lacks:
         report.add("fencing", "fail", "; ".join(lacks))
     else:
-        who = pair.source.user or "the client certificate's user"
+        who = clients[0].config.user or "the client certificate's user"
         report.add("fencing", "ok", f"auth is on at both sites and {who} holds root: writes can be fenced")
 
 
