@@ -306,6 +306,16 @@ async def test_mirror_stopped_lag_beyond_max_rpo_and_nothing_changed(pair: Pair)
         lines = report.lines()
         assert lines[-1].startswith("NOT READY: 2 item(s) fail (mirror, lag)"), lines
         assert any(line.startswith("  FAIL  lag ") for line in lines), lines
+
+        # A key on the standby the source does not have: --verify finds it (then it is removed again).
+        async with pair.client(pair.dst) as d:
+            await d.put(b"/app/only-on-the-standby", b"x")
+            try:
+                differs = await check(move(pair, switch_hook="true"), CheckOptions(verify_now=True))
+            finally:
+                await d.delete_range(b"/app/only-on-the-standby")
+        verify = {i.name: i for i in differs.items}["verify"]
+        assert verify.level == "fail" and "1 extra" in verify.message, verify
     finally:
         pair.start_mirror()
 
