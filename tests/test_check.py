@@ -39,6 +39,8 @@ from etcd_dr.failover.dns import DnsConfig
 from etcd_dr.local.binaries import EtcdBinaries
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.local.tls import ClusterTLS, TLSFiles
+from etcd_dr.metrics import MirrorCollector
+from etcd_dr.mirror.stats import MirrorStats
 from etcd_dr.readiness import ITEMS, CheckOptions, Item, check, hook_problem
 from etcd_dr.state.records import REPLAY, Checkpoint
 
@@ -438,3 +440,22 @@ async def test_certificate_expiring_and_expired(
     assert expired["certificates"].level == "fail", expired["certificates"]
     assert "expired on" in expired["certificates"].message
     assert expired["source"].level == "fail", expired["source"]  # the member refuses the certificate
+
+
+def test_gauges_of_a_failing_item() -> None:
+    stats = MirrorStats()
+    assert not [m for m in MirrorCollector(stats).collect() if "readiness" in m.name or "ready" in m.name]
+    stats.readiness, stats.readiness_at = {"lag": "fail", "mirror": "ok", "verify": "warn"}, 1234.5
+    found = {
+        (s.name, s.labels.get("item", "")): s.value
+        for m in MirrorCollector(stats).collect()
+        for s in m.samples
+        if "ready" in s.name or "readiness" in s.name
+    }
+    assert found == {
+        ("etcd_dr_failover_ready", ""): 0.0,
+        ("etcd_dr_readiness", "lag"): 0.0,
+        ("etcd_dr_readiness", "mirror"): 1.0,
+        ("etcd_dr_readiness", "verify"): 0.5,
+        ("etcd_dr_readiness_last_timestamp_seconds", ""): 1234.5,
+    }

@@ -181,7 +181,7 @@ async def _check_pair(
     except TLSError as e:
         # A certificate expired or rejected is a readiness problem (the certificates item says which),
         # not bad input: said as the site's failure, the items that need the site are not checked.
-        site = "source" if e.endpoint in {str(ep) for ep in pair.source.endpoints} else "destination"
+        site = "destination" if str(e).startswith(pair.dest.role) else "source"  # "<role> endpoint ..."
         report.add(site, "fail", str(e))
         if not any(i.name == "certificates" for i in report.items):
             await _certificates_item(report, pair, options.warn_days)
