@@ -97,7 +97,9 @@ class Pair:
         ).start()
 
     def client(self, cluster: EtcdCluster) -> EtcdClient:
-        return EtcdClient(ClientConfig.create(cluster.endpoints, user="root", password="rootpw"))
+        return EtcdClient(
+            ClientConfig.create(cluster.endpoints, user="root", password="rootpw", dial_timeout=10.0)
+        )
 
     async def caught_up(self, timeout: float = 60) -> None:
         """Until the mirror holds its lock and has applied the source's revision read on entry."""
@@ -165,13 +167,13 @@ def move(pair: Pair, user: str = "etcd-dr:drpw", dest: str | None = None, **kw: 
     """The MoveConfig the CLI builds from `--user USER --dest-user USER` and the move's flags `kw`."""
     return MoveConfig(
         pair=MirrorConfig(
-            source=ClientConfig.create(pair.src.endpoints, user=user, role="source"),
+            source=ClientConfig.create(pair.src.endpoints, user=user, role="source", dial_timeout=10.0),
             dest=ClientConfig.create(
                 dest or pair.dst.endpoints[0],
                 user=user,
                 role="destination",
                 flag_prefix="dest-",
-                dial_timeout=1.0,
+                dial_timeout=1.0 if dest else 10.0,  # a machine under load answers slowly
             ),
         ),
         **kw,
