@@ -29,6 +29,7 @@ from .cli_options import (
     move_config,
     move_options,
     pair_options,
+    readiness_options,
 )
 from .cli_options import pair_config as pair_config  # tests build a pair from click's parameters
 from .config import DEFAULT_STATE_PREFIX
@@ -225,6 +226,19 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     help="Verify the standby against the source every DURATION, paced by --verify-rate (0 or off: never).",
 )
 @click.option(
+    "--check-every",
+    default="5m",
+    show_default=True,
+    help="Run the failover readiness checks (as `check`, without DNS and hooks) every DURATION and "
+    "export them as metrics (0 or off: never).",
+)
+@click.option(
+    "--check-max-rpo",
+    default="30s",
+    show_default=True,
+    help="The readiness checks call a failover not ready beyond this RPO (as `check --max-rpo`).",
+)
+@click.option(
     "--verify-rate",
     default="4MiB",
     show_default=True,
@@ -264,6 +278,8 @@ def mirror(
     take_over: bool,
     metrics_addr: str | None,
     verify_every: str,
+    check_every: str,
+    check_max_rpo: str,
     verify_rate: str,
     foreign_writes: Literal["restore", "report", "ignore"],
     fence_standby: bool,
@@ -289,6 +305,10 @@ def mirror(
         if verify_every.strip().lower() in ("off", "never")
         else duration(verify_every, "--verify-every") or None,
         verify_rate=byte_size(verify_rate, "--verify-rate"),
+        check_every=None
+        if check_every.strip().lower() in ("off", "never")
+        else duration(check_every, "--check-every") or None,
+        check_max_rpo=duration(check_max_rpo, "--check-max-rpo"),
         foreign_writes=foreign_writes,
         fence_standby=fence_standby,
         heartbeat_interval=duration(heartbeat_interval, "--heartbeat-interval"),
@@ -296,6 +316,9 @@ def mirror(
     from .progress import with_copy_progress
 
     mirror = Mirror(config)
+    from .readiness import run_for_mirror
+
+    mirror.readiness_check = run_for_mirror
     with contextlib.ExitStack() as stack:
         if config.metrics_addr:
             from .metrics import MetricsServer
@@ -480,6 +503,55 @@ def run_move(
         if not click.confirm(f"{steps.move} now?", default=False, err=as_json):
             raise CheckFailed(f"{steps.move} not confirmed: nothing was changed (--yes skips the question)")
     show_result(runner.run(move(config)), as_json)
+
+
+@cli.command()
+@readiness_options
+@click.option(
+    "--max-rpo",
+    default="30s",
+    show_default=True,
+    help="Not ready when a failover now would lose more than this (seconds of the primary's writes).",
+)
+@click.option("--verify", "verify_now", is_flag=True, help="Compare the sites now (reads all keys).")
+@click.option(
+    "--quota-backend-bytes",
+    type=click.IntRange(min=1),
+    default=2 * 1024**3,
+    show_default=True,
+    help="The clusters' etcd --quota-backend-bytes, to judge the headroom left.",
+)
+@click.option(
+    "--warn-days",
+    type=click.IntRange(min=0),
+    default=30,
+    show_default=True,
+    help="Warn about certificates expiring within this many days.",
+)
+def check(
+    pair: PairOptions,
+    move: MoveOptions,
+    max_rpo: str,
+    verify_now: bool,
+    quota_backend_bytes: int,
+    warn_days: int,
+) -> None:
+    """Would a failover or switchover to DEST work now? Give the flags the move would get. Checks both
+    sites, the mirror, the lag against --max-rpo, fencing and the clients' switch; changes nothing.
+    Exit 0 ready, 1 not ready (each failing item said), 2 usage error."""
+    from .readiness import CheckOptions
+    from .readiness import check as run_check
+
+    options = CheckOptions(
+        max_rpo=duration(max_rpo, "--max-rpo"),
+        verify_now=verify_now,
+        quota_bytes=quota_backend_bytes,
+        warn_days=warn_days,
+    )
+    report = runner.run(run_check(move_config(pair, move), options))
+    show_result(report, move.as_json)
+    if not report.ready:
+        raise SystemExit(CheckFailed.exit_code)
 
 
 @cli.command()

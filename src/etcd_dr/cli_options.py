@@ -43,6 +43,7 @@ __all__ = [
     "move_options",
     "pair_config",
     "pair_options",
+    "readiness_options",
 ]
 
 log = logging.getLogger("etcd_dr")
@@ -461,7 +462,14 @@ def move_options(f: F) -> F:
     return pair_options(f, endpoints_default=None)
 
 
-def _move_flags() -> list[Callable[[F], F]]:
+def readiness_options(f: F) -> F:
+    """`check`: the flags a move to DEST takes (move_options), less --dry-run and --yes: it changes
+    nothing and asks nothing."""
+    f = option_group("move", MoveOptions.from_params, *_move_flags(confirm=False))(f)
+    return pair_options(f, endpoints_default=None)
+
+
+def _move_flags(*, confirm: bool = True) -> list[Callable[[F], F]]:
     return [
         click.option(
             "--fence-hook", default=None, help="Command that fences (and lifts) writes, when not by auth."
@@ -499,6 +507,11 @@ def _move_flags() -> list[Callable[[F], F]]:
             "--hook-timeout", type=POSITIVE, default=60.0, show_default=True, help="Seconds per hook."
         ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines."),
+    ] + (_confirm_flags() if confirm else [])
+
+
+def _confirm_flags() -> list[Callable[[F], F]]:
+    return [
         click.option(
             "--dry-run", is_flag=True, help="Run the checks and print the plan step by step; change nothing."
         ),

@@ -52,6 +52,10 @@ class MirrorConfig:
     # pages of verify_page_size keys: a small share of the source's read capacity (docs/benchmarks.md).
     verify_rate: float = 4 * 1024 * 1024
     verify_page_size: int = 1000
+    # Seconds between the failover readiness checks a running mirror makes and exports (readiness.py;
+    # None or 0: never), and the RPO above which it calls a failover not ready.
+    check_every: float | None = 300.0
+    check_max_rpo: float = 30.0
     # Writes into the mirrored range on the destination not made by the mirror: "restore" (report them
     # and put the source's state back), "report" (only report), "ignore" (do not watch for them).
     foreign_writes: Literal["restore", "report", "ignore"] = "restore"

@@ -58,6 +58,7 @@ from .local.cluster import EtcdCluster, EtcdClusterError, EtcdPortInUseError, fr
 from .local.tls import TLSFiles
 from .metrics import health
 from .mirror import Mirror
+from .readiness import CheckOptions, check
 from .render import MIRROR_UNIT, config_file_of, make_pki, mirror_argv, pki_plan, render, write_rendered
 from .state.roles import read_role
 from .topology import Topology, expand, load_topology
@@ -284,7 +285,7 @@ class _Sites:
 WIDTH = 119
 _TLS_FLAG = re.compile(r" --(?:dest-)?(?:cacert|cert|key) \S+")
 _COMMAND = re.compile(
-    r"\betcd-dr (?:mirror|switchover|failover|failback|verify|status) (?=\S*https?://|[AB] )"
+    r"\betcd-dr (?:mirror|switchover|failover|failback|verify|status|check) (?=\S*https?://|[AB] )"
 )
 
 
@@ -726,6 +727,7 @@ class _Moves:
         self.endpoints_file.write_text(self.config.source.endpoints_text + "\n", encoding="utf-8")
         self._tell_switchover()
         await _switchover_and_back(self.say, self.config, self.hook, self.a, self.b, self.mirrors)
+        await self._check_ready()
         self.say(
             f"11. The application writes to the site named in {self.endpoints_file.name} (site A), recording "
             "every write the site acknowledges (key, revision)."
@@ -755,6 +757,22 @@ class _Moves:
             "--switch-hook rewrites; a real site moves a DNS name instead (--dns-server/--dns-zone/"
             "--dns-name/--dns-tsig-key) or its load balancer (--switch-hook)."
         )
+
+    async def _check_ready(self) -> None:
+        """Before the disaster: `etcd-dr check` with the failover's flags says site B is ready."""
+        move = MoveConfig(pair=self.config, fence="none", switch_hook=self.hook)
+        self.say(
+            "   Would a failover to site B work now? etcd-dr check takes the failover's flags and checks "
+            "what it needs (both sites, the mirror and its lag, a verify now, fencing, the clients' "
+            "switch), changing nothing:"
+        )
+        self.say(_command("check", self.config, "--no-fence", "--switch-hook", self.hook, "--verify"))
+        with _quiet("etcd_dr.checkpoints"):
+            report = await check(move, CheckOptions(verify_now=True))
+        for line in report.lines()[1:]:
+            self.say(f"   | {line.lstrip()}")
+        if not report.ready:
+            raise CheckFailed("demo: etcd-dr check says site B is not ready for a failover")
 
     async def _site_a_dies(self, writing: asyncio.Task[None]) -> None:
         """Step 12: every member of site A killed while the application writes."""

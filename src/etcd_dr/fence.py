@@ -468,3 +468,15 @@ def _describe(p: Permission) -> str:
     if p.range_end == prefix_range_end(p.key):
         return f"prefix {encode_key(p.key)}"
     return f"[{encode_key(p.key)}, {encode_key(p.range_end)})"
+
+
+async def check_auth_fencing(client: EtcdClient) -> list[str]:
+    """What fencing by auth needs of `client`'s cluster, checked without changing anything (`etcd-dr
+    check`): auth on, and etcd-dr's user holding `root` (`_own_roles`). Raises FenceError saying what
+    is missing; returns the user's roles."""
+    if not await client.auth_enabled():
+        raise FenceError(
+            f"cannot fence writes on {client.config.endpoints_text}: etcd auth is off there (enable it, "
+            "or give --fence-hook)"
+        )
+    return sorted(await _own_roles(client, "fence writes on"))

@@ -19,6 +19,10 @@ from .mirror.stats import TXN_BUCKETS, MirrorStats
 
 log = logging.getLogger("etcd_dr.metrics")
 
+# etcd_dr_readiness's value per verdict (readiness.SCORE; kept here so that the metrics need not load
+# the checks).
+READINESS_SCORE = {"ok": 1.0, "warn": 0.5, "fail": 0.0}
+
 # /healthz fails when received source revisions have waited this long, or the mirror has been failing
 # this long without progress.
 UNHEALTHY_AFTER = 30.0
@@ -105,6 +109,25 @@ class MirrorCollector(Collector):
                 "etcd_dr_verify_duration_seconds",
                 "How long the last periodic verify took.",
                 s.last_verify.seconds,
+            )
+        if s.readiness:
+            yield _gauge(
+                "etcd_dr_failover_ready",
+                "1 when the last readiness check (every --check-every) found no item failing, else 0.",
+                0.0 if "fail" in s.readiness.values() else 1.0,
+            )
+            items = GaugeMetricFamily(
+                "etcd_dr_readiness",
+                "The last readiness check, by item: 1 ok, 0.5 warn, 0 fail (`etcd-dr check` says why).",
+                labels=["item"],
+            )
+            for item, level in sorted(s.readiness.items()):
+                items.add_metric([item], READINESS_SCORE.get(level, 0.0))
+            yield items
+            yield _gauge(
+                "etcd_dr_readiness_last_timestamp_seconds",
+                "Unix time the last readiness check finished.",
+                s.readiness_at,
             )
         phase = GaugeMetricFamily(
             "etcd_dr_phase", "The mirror's phase (1 for the current one).", labels=["phase"]

@@ -564,24 +564,31 @@ async def _read_cluster(client: EtcdClient, state: ClusterState, state_prefix: b
 
 
 async def status(config: MirrorConfig, limits: Limits | None = None) -> StatusReport:
+    async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
+        return await status_of(config, source, dest, limits)
+
+
+async def status_of(
+    config: MirrorConfig, source: EtcdClient, dest: EtcdClient, limits: Limits | None = None
+) -> StatusReport:
+    """`status` over clients the caller holds (`check` reads more with the same ones)."""
     mapper = KeyMapper.from_config(config)
     sp = config.state_prefix
-    async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
-        src, dst = await asyncio.gather(
-            _cluster_state(source, "source", sp),
-            _cluster_state(dest, "destination", sp),
-        )
-        report = StatusReport(src, dst, limits=limits or Limits())
-        if dst.down:
-            return report
-        try:
-            async with asyncio.timeout(config.dest.request_timeout):
-                await _read_mirror(report, config, mapper, source, dest)
-        except (TransientError, TimeoutError) as e:
-            # It answered a moment ago: the mirror's records could not be read (member lost meanwhile).
-            log.debug("reading the mirror's records on the destination: %s", e)
-            dst.down = in_our_words(e, config.dest.request_timeout)
+    src, dst = await asyncio.gather(
+        _cluster_state(source, "source", sp),
+        _cluster_state(dest, "destination", sp),
+    )
+    report = StatusReport(src, dst, limits=limits or Limits())
+    if dst.down:
         return report
+    try:
+        async with asyncio.timeout(config.dest.request_timeout):
+            await _read_mirror(report, config, mapper, source, dest)
+    except (TransientError, TimeoutError) as e:
+        # It answered a moment ago: the mirror's records could not be read (member lost meanwhile).
+        log.debug("reading the mirror's records on the destination: %s", e)
+        dst.down = in_our_words(e, config.dest.request_timeout)
+    return report
 
 
 async def _read_mirror(

@@ -463,3 +463,36 @@ class _Asker:
         if rrset is None:
             return []
         return [ipaddress.ip_address(r.to_text()) for r in rrset]
+
+
+async def check_switch(cfg: DnsConfig) -> list[str]:
+    """What `switch_name` needs of the server, checked without changing anything (`etcd-dr check`):
+    it answers for cfg.name authoritatively (the addresses it has now are returned), and it accepts the
+    TSIG key. The key is tried with an update whose prerequisite cannot hold ("a random name that does
+    not exist is in use"): a server that verified the key answers NXDOMAIN and applies nothing; a key
+    it does not accept is BADKEY/BADSIG/NOTAUTH (DnsError). Whether the key may update the name is the
+    server's policy, checked only after the prerequisites: it cannot be known without an update."""
+    host, port = parse_server(cfg.server)
+    name = dns.name.from_text(cfg.name)
+    zone = dns.name.from_text(cfg.zone)
+    key = cfg.tsig_key
+    if key is None and cfg.tsig_key_file is not None:
+        key = load_tsig_key(cfg.tsig_key_file)
+    where = await _resolve_server(cfg, host, port)
+    ask = _Asker(cfg, where, port)
+    now = await ask.addresses(name, "query")
+    probe = dns.name.from_text(f"etcd-dr-check-{os.urandom(8).hex()}", origin=zone)
+    update = dns.update.UpdateMessage(zone)
+    update.present(probe)
+    if key is not None:
+        update.use_tsig(key)
+    response = await ask.call("key check", dns.asyncquery.tcp(update, where, timeout=cfg.timeout, port=port))
+    rcode = response.rcode()
+    if rcode != dns.rcode.NXDOMAIN:
+        raise ask.error(
+            "key check",
+            f"an update whose prerequisite cannot hold was answered {dns.rcode.to_text(rcode)}, not "
+            f"NXDOMAIN{_hint(rcode, cfg)}",
+            rcode,
+        )
+    return [str(a) for a in now]

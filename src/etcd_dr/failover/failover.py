@@ -26,7 +26,7 @@ from ..state.layout import checkpoint_key
 from ..state.records import SYNC, Checkpoint
 from ..state.roles import PRIMARY, Role, write_role
 from .config import MoveConfig
-from .plan import MovePlan, mirror_holders, old_mirror_lines
+from .plan import MovePlan, Rpo, mirror_holders, old_mirror_lines
 from .reorder import recreate_in_order
 from .revision import mark_compacted, raise_revision
 from .sites import (
@@ -63,7 +63,7 @@ class FailoverResult:
 
     @property
     def rpo_seconds(self) -> float | None:
-        return round(self.promoted_at - self.rpo_time, 3) if self.rpo_time else None
+        return Rpo(self.rpo_revision, self.rpo_time).seconds(self.promoted_at)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "rpo_seconds": self.rpo_seconds}
@@ -139,8 +139,8 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
                     f"failover refused: the standby {standby.text} is in the middle of a copy (its content "
                     "is not any one state of the primary); --force promotes it anyway"
                 )
-            rpo = min(c.revision for c in used)
-            rpo_time = min(c.source_time for c in used)
+            point = Rpo.of(used)
+            rpo, rpo_time = point.revision, point.source_time
             # The raise covers every checkpoint (and what each mirror saw of the source), stale ones too.
             target = raise_target([c.checkpoint for c in found if c.checkpoint is not None], cfg)
             epoch = role.epoch + 1

@@ -9,6 +9,7 @@ from typing import Any
 from ..etcd import EtcdClient, EtcdError, prefix_range_end
 from ..mirror.lock import describe_holder
 from ..state.layout import StateLayout
+from ..state.records import Checkpoint
 
 
 @dataclass
@@ -31,6 +32,29 @@ class MovePlan:
         out += [f"  {note}" for note in self.notes]
         out += [f"  {i}. {text}" for i, text in enumerate(self.steps, 1)]
         return out
+
+
+@dataclass(frozen=True)
+class Rpo:
+    """What a promotion of the standby keeps: every write of the primary up to `revision`, which the
+    primary's clock stamped `source_time` (0: unknown, no heartbeat applied). One computation for the
+    RPO a failover prints and the one `check` (readiness.py) says a failover would have now."""
+
+    revision: int
+    source_time: float
+
+    @classmethod
+    def of(cls, used: list[Checkpoint]) -> Rpo:
+        """From the checkpoints a move takes its RPO from (checkpoints.choose_live: the running
+        mirror's; sharded mirrors: the one furthest behind counts)."""
+        return cls(min(c.revision for c in used), min(c.source_time for c in used))
+
+    def seconds(self, now: float, behind: int | None = None) -> float | None:
+        """The writes of the last this-many seconds would be lost by a promotion at `now`: 0 when
+        nothing is behind (`behind` revisions, if known), None without a heartbeat applied."""
+        if behind == 0:
+            return 0.0
+        return round(max(0.0, now - self.source_time), 3) if self.source_time else None
 
 
 def lock_prefix(state_prefix: bytes, source_id: int) -> bytes:

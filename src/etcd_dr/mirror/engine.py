@@ -123,6 +123,8 @@ class Mirror(StandbyDuties):
                 helpers.append(asyncio.create_task(self._watch_foreign_writes(source)))
             if not self.config.once:
                 helpers.append(asyncio.create_task(self._write_health(dest)))
+            if self.readiness_check is not None and self.config.check_every and not self.config.once:
+                helpers.append(asyncio.create_task(self._check_readiness_periodically()))
             helpers.append(asyncio.create_task(self._heartbeats(source)))
             try:
                 return await self._loop(source, dest)

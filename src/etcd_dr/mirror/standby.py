@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 
 from ..aio import cancel_and_wait
 from ..config import MirrorConfig
@@ -46,6 +47,10 @@ class StandbyDuties:
     _lock: MirrorLock
     _leases: LeaseMirror | None
     _role: RoleState
+    # The failover readiness checks (readiness.run_for_mirror: item -> ok / warn / fail), run every
+    # --check-every. They sit a layer above the mirror (they read as `etcd-dr check` does), so the
+    # command that runs the mirror hands them in; None: not run.
+    readiness_check: Callable[[MirrorConfig], Awaitable[Mapping[str, str]]] | None = None
 
     def _guards(self) -> list[Compare]:
         raise NotImplementedError  # Mirror's: the lock and the role record
@@ -135,6 +140,33 @@ class StandbyDuties:
                 f"the periodic verify at {time.strftime('%H:%M:%S', time.gmtime(started))} UTC found "
                 f"{differences} keys differing (first: {encode_key(confirmed[0])})",
             )
+
+    async def _check_readiness_periodically(self) -> None:
+        """The readiness checks (`readiness_check`) as soon as this process replays holding the lock,
+        then every --check-every; their verdicts go to the metrics (etcd_dr_failover_ready,
+        etcd_dr_readiness), a change of verdict to the log."""
+        assert self.readiness_check is not None and self.config.check_every
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            if not self._holding_lock() or self.stats.phase != "replay":
+                delay = 1.0  # a stand-by process, or a copy under way: the holder's replay is judged
+                continue
+            levels = dict(await self.readiness_check(self.config))
+            delay = self.config.check_every
+            if not levels:
+                continue  # it did not finish (logged): the last verdicts stand
+            failing = sorted(item for item, level in levels.items() if level == "fail")
+            before = sorted(item for item, level in self.stats.readiness.items() if level == "fail")
+            if failing != before or not self.stats.readiness_at:
+                log.log(
+                    logging.WARNING if failing else logging.INFO,
+                    "failover readiness: %s",
+                    f"NOT READY ({', '.join(failing)} fail; `etcd-dr check` says why)"
+                    if failing
+                    else "ready",
+                )
+            self.stats.readiness, self.stats.readiness_at = levels, time.time()
 
     async def _watch_foreign_writes(self, source: EtcdClient) -> None:
         """Watch the standby's range for writes the mirror did not make (mirror/foreign.py), while this

@@ -45,6 +45,9 @@ class MirrorStats:
     last_foreign_revision: int = 0
     last_verify: VerifyRecord | None = None  # the last periodic verify's result
     verify_runs: int = 0
+    # The last failover readiness check (standby.py, every --check-every): item -> ok / warn / fail.
+    readiness: dict[str, str] = field(default_factory=dict)
+    readiness_at: float = 0.0  # time.time() it finished
 
     # (source revision, monotonic time the mirror received it) of received, not yet applied revisions.
     _unapplied: deque[tuple[int, float]] = field(default_factory=deque)
