@@ -452,6 +452,12 @@ def show_result(result: Any, as_json: bool) -> None:
             click.echo(line)
 
 
+MAX_RPO_HELP = (
+    "Refuse when DEST's last applied write is older than this (30s, 5m; default: no limit). --force "
+    "overrides."
+)
+
+
 def run_move(
     config: MoveConfig,
     options: MoveOptions,
@@ -483,23 +489,32 @@ def run_move(
     help="Seconds the standby may take to apply the fenced primary's last revision.",
 )
 @click.option("--no-verify", is_flag=True, help="Do not compare the sites before the roles change.")
+@click.option("--max-rpo", type=Duration(), default=None, help=MAX_RPO_HELP)
+@click.option("--force", is_flag=True, help="Switch over even when DEST is behind --max-rpo.")
 def switchover(
     pair: PairOptions,
     move: MoveOptions,
     catch_up_timeout: float,
     no_verify: bool,
+    max_rpo: float | None,
+    force: bool,
 ) -> None:
     """Planned move: fence the primary (--endpoints), let DEST catch up, verify, swap the roles."""
     from .failover.switchover import plan_switchover
     from .failover.switchover import switchover as run_switchover
 
-    config = move_config(pair, move, catch_up_timeout=catch_up_timeout, verify=not no_verify)
+    config = move_config(
+        pair, move, catch_up_timeout=catch_up_timeout, verify=not no_verify, max_rpo=max_rpo, force=force
+    )
     run_move(config, move, run_switchover, plan_switchover)
 
 
 @cli.command()
 @move_options
-@click.option("--force", is_flag=True, help="Promote even if the primary answers and is healthy.")
+@click.option(
+    "--force", is_flag=True, help="Promote even if the primary answers and is healthy, or beyond --max-rpo."
+)
+@click.option("--max-rpo", type=Duration(), default=None, help=MAX_RPO_HELP)
 @click.option(
     "--probe-timeout",
     type=POSITIVE,
@@ -518,6 +533,7 @@ def failover(
     pair: PairOptions,
     move: MoveOptions,
     force: bool,
+    max_rpo: float | None,
     probe_timeout: float,
     max_revision_estimate: int,
 ) -> None:
@@ -529,6 +545,7 @@ def failover(
         pair,
         move,
         force=force,
+        max_rpo=max_rpo,
         probe_timeout=probe_timeout,
         max_revision_estimate=max_revision_estimate,
     )

@@ -267,6 +267,7 @@ class MoveOptions(Options):
     switch_hook: str | None = None
     revision_margin: int = 10_000
     hook_timeout: float = 60.0
+    reason: str | None = None
     as_json: bool = False
     dry_run: bool = False
     yes: bool = False
@@ -490,6 +491,9 @@ def _move_flags() -> list[Callable[[F], F]]:
         click.option(
             "--hook-timeout", type=POSITIVE, default=60.0, show_default=True, help="Seconds per hook."
         ),
+        click.option(
+            "--reason", default=None, help="Why this move is made: kept in its record (etcd-dr history)."
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines."),
         click.option(
             "--dry-run", is_flag=True, help="Run the checks and print the plan step by step; change nothing."
@@ -571,5 +575,6 @@ def move_config(pair: PairOptions, move: MoveOptions, **options: Any) -> MoveCon
         switch_hook=move.switch_hook,
         revision_margin=move.revision_margin,
         hook_timeout=move.hook_timeout,
+        reason=move.reason or "",
         **options,
     )
