@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from ..errors import Refused
 from ..etcd import EtcdClient
@@ -71,6 +72,7 @@ def move_record(
         rpo_revision=rpo_revision,
         rpo_seconds=None if rpo_seconds is None else round(rpo_seconds, 3),
         duration=round(time.monotonic() - t0, 3),
+        id=uuid.uuid4().hex[:16],
     )
 
 

@@ -44,6 +44,7 @@ class MoveRecord:
     rpo_revision: int | None = None
     rpo_seconds: float | None = None
     duration: float | None = None  # seconds, the whole move
+    id: str = ""  # one move recorded on both sites has one id (history lists it once)
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dc_fields(self)}
