@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,16 +179,13 @@ async def test_drill_cleans_up_after_ctrl_c(
         await asyncio.sleep(0.5)  # into the revision raise
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(60):
-            rest, _ = await proc.communicate()
+            await proc.communicate()
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
     assert proc.returncode == 128 + signal.SIGINT, seen.decode()
-    deadline = time.monotonic() + 10
-    while etcd_processes_under(work) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert etcd_processes_under(work) == []
+    assert etcd_processes_under(work) == []  # the copy was stopped (and reaped) before the exit
     assert list(work.iterdir()) == []
     assert await everything(a) == before_a
     assert await everything(b) == before_b
@@ -225,6 +221,8 @@ async def test_max_rpo_refuses_a_move_and_force_is_recorded(
             "--json",
             "--probe-timeout",
             "0.5",
+            "--revision-margin",
+            "100",
         ),
     )
     assert run.code == 0, run.stderr
