@@ -284,7 +284,7 @@ class _Sites:
 WIDTH = 119
 _TLS_FLAG = re.compile(r" --(?:dest-)?(?:cacert|cert|key) \S+")
 _COMMAND = re.compile(
-    r"\betcd-dr (?:mirror|switchover|failover|failback|verify|status) (?=\S*https?://|[AB] )"
+    r"\betcd-dr (?:mirror|switchover|failover|failback|verify|status|drill) (?=\S*https?://|[AB] )"
 )
 
 
