@@ -198,7 +198,7 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
             else:
                 await record_event(p_client, sp, "unfenced", f"switchover to {standby.text} stopped: {e}")
                 failed = move_record(
-                    cfg, primary.text, standby.text, t0, result=f"failed: {e or type(e).__name__}"
+                    cfg, primary.text, standby.text, t0, result=f"failed: {str(e) or type(e).__name__}"
                 )
                 await record_move(
                     [p_client], sp, "switchover", f"switchover to {standby.text} stopped", failed
