@@ -414,8 +414,10 @@ class StatusReport:
             "last drill: "
             + (f"{_event_line(last_drill[0])} (on the {last_drill[1]})" if last_drill else "none recorded")
         )
+        # What was done, step by step (the moves' own records are the lines above and `etcd-dr history`).
         moves = sorted(
-            ((e, c.role) for c in (self.source, self.dest) for e in c.events), key=lambda x: x[0].time
+            ((e, c.role) for c in (self.source, self.dest) for e in c.events if e.move is None),
+            key=lambda x: x[0].time,
         )[-5:]
         if moves:
             out.append("last moves:")
