@@ -35,8 +35,9 @@ from .verify import verify
 
 log = logging.getLogger("etcd_dr.drill")
 
-# A rough rate (bytes/s) of snapshot + restore on an ordinary host, for the estimate printed first.
-ESTIMATE_RATE = 50e6
+# A rough rate (bytes/s) of snapshot + restore, for the estimate printed first: 8 MB/s measured on a
+# busy 2-core machine on tmpfs (docs/benchmarks.md, bench/drill_bench.py).
+ESTIMATE_RATE = 10e6
 
 
 @dataclass(frozen=True)
