@@ -18,7 +18,7 @@ from harness.clirun import assert_refused, etcd_dr
 
 from etcd_dr.config import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient
-from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.local.cluster import EtcdCluster, free_ports
 from etcd_dr.mirror import Mirror
 from etcd_dr.state.events import recent_events
 from etcd_dr.state.roles import read_role
@@ -116,7 +116,7 @@ async def test_drill_passes_and_leaves_both_sites_untouched(
     assert event.move.rpo_revision == applied and event.move.user and event.move.host
 
 
-async def test_drill_refuses_a_snapshot_too_large_and_fails_beyond_max_rpo(
+async def test_drill_refuses_bad_input_and_fails_beyond_max_rpo(
     etcd_cluster_factory: Callable[..., EtcdCluster],
 ) -> None:
     a, b = etcd_cluster_factory(name="site-a"), etcd_cluster_factory(name="site-b")
@@ -124,6 +124,11 @@ async def test_drill_refuses_a_snapshot_too_large_and_fails_beyond_max_rpo(
     before_b = await everything(b)
     run = await etcd_dr("drill", *args(a, b, "--max-snapshot-size", "1000"))
     assert_refused(run, "--max-snapshot-size 1000", "database is")
+    run = await etcd_dr("drill", *args(a, b, "--work-dir", "/nonexistent/dir"))
+    assert_refused(run, "--work-dir /nonexistent/dir")
+    gone_endpoint = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    run = await etcd_dr("drill", gone_endpoint, "--endpoints", ",".join(a.endpoints), "--dial-timeout", "1s")
+    assert_refused(run, gone_endpoint.removeprefix("http://"))
     await asyncio.sleep(0.6)
     run = await etcd_dr("drill", *args(a, b, "--max-rpo", "0.5s", "--no-record", "--revision-margin", "100"))
     assert run.code == 1, run.stderr
