@@ -83,6 +83,7 @@ class FailoverResult:
             "later writes to the old primary are not: `etcd-dr failback` lists them when it is back",
             *([self.raise_line + f"; the revision is now {self.new_revision}"] if self.raise_line else []),
             f"clients: {self.clients}",
+            *([f"took: {', '.join(f'{k} {v:.2f} s' for k, v in self.steps.items())}"] if self.steps else []),
             *self.old_mirror,
             f"when the old primary is back: {self.next_command}",
         ] + [f"stale checkpoint not used for the RPO: {line}" for line in self.stale_checkpoints]
