@@ -59,7 +59,9 @@ async def standby_of(a: EtcdCluster, b: EtcdCluster, keys: int = 30, later: int 
 
 
 def args(a: EtcdCluster, b: EtcdCluster, *more: str) -> list[str]:
-    return [",".join(b.endpoints), "--endpoints", ",".join(a.endpoints), "--prefix", "/app/", *more]
+    # A generous dial timeout: the test machine may be busy.
+    sites = [",".join(b.endpoints), "--endpoints", ",".join(a.endpoints), "--dial-timeout", "15s"]
+    return [*sites, "--prefix", "/app/", *more]
 
 
 async def test_drill_passes_and_leaves_both_sites_untouched(
