@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from harness.clirun import assert_refused, etcd_dr
 
 from etcd_dr.config import MirrorConfig
@@ -118,6 +119,7 @@ async def test_drill_passes_and_leaves_both_sites_untouched(
     assert event.move.rpo_revision == applied and event.move.user and event.move.host
 
 
+@pytest.mark.newest_etcd_only  # refusals before any etcd-version-specific step
 async def test_drill_refuses_bad_input_and_fails_beyond_max_rpo(
     etcd_cluster_factory: Callable[..., EtcdCluster],
 ) -> None:
