@@ -74,6 +74,9 @@ async def test_second_source_refused_then_taken_over_and_recorded(etcd_cluster_f
         assert len(events) == 1, events
         assert events[0].fields["previous_source"] == a_id and events[0].fields["source"] == b_id
         assert events[0].fields["previous_revision"] == a_rev
+        move = events[0].move  # a move in `etcd-dr history`: who, from where, to where
+        assert move is not None and move.result == "ok" and move.user and move.host
+        assert move.source == f"cluster {a_id}" and move.rpo_revision == a_rev
         role = (await read_role(cc, STATE)).role
         assert role is not None and f"{role.peer_cluster_id:x}" == b_id and role.via == "take-over"
         shown = await etcd_dr(

@@ -484,6 +484,17 @@ def show_result(result: Any, as_json: bool) -> None:
             click.echo(line)
 
 
+def pair_options_no_default(f: Any) -> Any:
+    """DEST and both sites' flags, --endpoints without a default (no guessed address)."""
+    return pair_options(f, endpoints_default=None)
+
+
+MAX_RPO_HELP = (
+    "Refuse when DEST's last applied write is older than this (30s, 5m; default: no limit). --force "
+    "overrides."
+)
+
+
 def run_move(
     config: MoveConfig,
     options: MoveOptions,
@@ -564,23 +575,32 @@ def check(
     help="Seconds the standby may take to apply the fenced primary's last revision.",
 )
 @click.option("--no-verify", is_flag=True, help="Do not compare the sites before the roles change.")
+@click.option("--max-rpo", type=Duration(), default=None, help=MAX_RPO_HELP)
+@click.option("--force", is_flag=True, help="Switch over even when DEST is behind --max-rpo.")
 def switchover(
     pair: PairOptions,
     move: MoveOptions,
     catch_up_timeout: float,
     no_verify: bool,
+    max_rpo: float | None,
+    force: bool,
 ) -> None:
     """Planned move: fence the primary (--endpoints), let DEST catch up, verify, swap the roles."""
     from .failover.switchover import plan_switchover
     from .failover.switchover import switchover as run_switchover
 
-    config = move_config(pair, move, catch_up_timeout=catch_up_timeout, verify=not no_verify)
+    config = move_config(
+        pair, move, catch_up_timeout=catch_up_timeout, verify=not no_verify, max_rpo=max_rpo, force=force
+    )
     run_move(config, move, run_switchover, plan_switchover)
 
 
 @cli.command()
 @move_options
-@click.option("--force", is_flag=True, help="Promote even if the primary answers and is healthy.")
+@click.option(
+    "--force", is_flag=True, help="Promote even if the primary answers and is healthy, or beyond --max-rpo."
+)
+@click.option("--max-rpo", type=Duration(), default=None, help=MAX_RPO_HELP)
 @click.option(
     "--probe-timeout",
     type=POSITIVE,
@@ -599,6 +619,7 @@ def failover(
     pair: PairOptions,
     move: MoveOptions,
     force: bool,
+    max_rpo: float | None,
     probe_timeout: float,
     max_revision_estimate: int,
 ) -> None:
@@ -610,6 +631,7 @@ def failover(
         pair,
         move,
         force=force,
+        max_rpo=max_rpo,
         probe_timeout=probe_timeout,
         max_revision_estimate=max_revision_estimate,
     )
@@ -640,6 +662,82 @@ def failback(
 
     config = move_config(pair, move, report=report, stay=stay, catch_up_timeout=catch_up_timeout)
     run_move(config, move, run_failback, plan_failback)
+
+
+@cli.command()
+@pair_options_no_default
+@click.option(
+    "--max-rpo", type=Duration(), default=None, help="Fail when DEST's last applied write is older."
+)
+@click.option(
+    "--max-snapshot-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse when DEST's database is larger than this many bytes.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the snapshot and the copy's data go (default: the system's temporary directory).",
+)
+@click.option("--revision-margin", type=click.IntRange(min=0), default=10_000, show_default=True)
+@click.option("--max-revision-estimate", type=click.IntRange(min=0), default=1_000_000, show_default=True)
+@click.option("--reason", default=None, help="Why this drill is run: kept in its record (etcd-dr history).")
+@click.option("--no-record", is_flag=True, help="Write nothing at all, not even the drill's record on DEST.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def drill(
+    pair: PairOptions,
+    max_rpo: float | None,
+    max_snapshot_size: int | None,
+    work_dir: Path | None,
+    revision_margin: int,
+    max_revision_estimate: int,
+    reason: str | None,
+    no_record: bool,
+    as_json: bool,
+) -> None:
+    """Rehearse a failover to DEST on a throwaway copy of it: RPO, RTO, pass or fail (exit 0 passed, 1
+    failed, 2 error). Neither site is changed (but for the drill's record on DEST)."""
+    from .drill import DrillConfig
+    from .drill import drill as run_drill
+    from .failover.config import MoveConfig
+
+    if pair.source.endpoints is None:
+        raise click.UsageError("--endpoints (or ETCDCTL_ENDPOINTS) is required: give the primary's endpoints")
+    move = MoveConfig(
+        pair=pair.config(),
+        max_rpo=max_rpo,
+        reason=reason or "",
+        revision_margin=revision_margin,
+        max_revision_estimate=max_revision_estimate,
+    )
+    config = DrillConfig(move, max_snapshot_size=max_snapshot_size, work_dir=work_dir, record=not no_record)
+    result = runner.run(run_drill(config, lambda line: click.echo(line, err=as_json)))
+    show_result(result, as_json)
+    if not result.passed:
+        raise SystemExit(CheckFailed.exit_code)
+
+
+@cli.command()
+@pair_options_no_default
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="The newest N moves."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def history(pair: PairOptions, limit: int, as_json: bool) -> None:
+    """The record of every move (switchover, failover, failback, take-over, drill) on both sites, newest
+    first: who, when, from, to, RPO, duration, result, reason."""
+    from .history import history as read_history
+
+    if pair.source.endpoints is None:
+        raise click.UsageError(
+            "--endpoints (or ETCDCTL_ENDPOINTS) is required: give the other site's endpoints"
+        )
+    config = pair.config()
+    show_result(
+        runner.run(read_history([config.source, config.dest], config.state_prefix, limit=limit)), as_json
+    )
 
 
 @cli.command()

@@ -269,6 +269,7 @@ class MoveOptions(Options):
     switch_hook: str | None = None
     revision_margin: int = 10_000
     hook_timeout: float = 60.0
+    reason: str | None = None
     as_json: bool = False
     dry_run: bool = False
     yes: bool = False
@@ -506,6 +507,9 @@ def _move_flags(*, confirm: bool = True) -> list[Callable[[F], F]]:
         click.option(
             "--hook-timeout", type=POSITIVE, default=60.0, show_default=True, help="Seconds per hook."
         ),
+        click.option(
+            "--reason", default=None, help="Why this move is made: kept in its record (etcd-dr history)."
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines."),
     ] + (_confirm_flags() if confirm else [])
 
@@ -592,5 +596,6 @@ def move_config(pair: PairOptions, move: MoveOptions, **options: Any) -> MoveCon
         switch_hook=move.switch_hook,
         revision_margin=move.revision_margin,
         hook_timeout=move.hook_timeout,
+        reason=move.reason or "",
         **options,
     )

@@ -29,7 +29,7 @@ from .state.site import SiteState, keys_ordered_as_data
 log = logging.getLogger("etcd_dr.status")
 
 # Kinds of recorded events that are moves (state/events.py), and of drills.
-MOVE_KINDS = ("promoted", "demoted", "switchover", "failover", "failback")
+MOVE_KINDS = ("promoted", "demoted", "switchover", "failover", "failback", "take-over")
 DRILL_MARK = "drill"
 
 
@@ -155,7 +155,7 @@ class StatusReport:
 
     @property
     def last_drill(self) -> tuple[Event, str] | None:
-        return self._events(lambda e: DRILL_MARK in e.kind or e.fields.get("drill") is True)
+        return self._events(lambda e: e.kind == DRILL_MARK)
 
     @property
     def problems(self) -> list[Problem]:
@@ -410,14 +410,16 @@ class StatusReport:
         last_move, last_drill = self.last_move, self.last_drill
         out.append(
             "last move: "
-            + (f"{last_move[0].line()} (on the {last_move[1]})" if last_move else "none recorded")
+            + (f"{_event_line(last_move[0])} (on the {last_move[1]})" if last_move else "none recorded")
         )
         out.append(
             "last drill: "
-            + (f"{last_drill[0].line()} (on the {last_drill[1]})" if last_drill else "none recorded")
+            + (f"{_event_line(last_drill[0])} (on the {last_drill[1]})" if last_drill else "none recorded")
         )
+        # What was done, step by step (the moves' own records are the lines above and `etcd-dr history`).
         moves = sorted(
-            ((e, c.role) for c in (self.source, self.dest) for e in c.events), key=lambda x: x[0].time
+            ((e, c.role) for c in (self.source, self.dest) for e in c.events if e.move is None),
+            key=lambda x: x[0].time,
         )[-5:]
         if moves:
             out.append("last moves:")
@@ -500,7 +502,17 @@ def _event_json(found: tuple[Event, str] | None) -> dict[str, Any] | None:
     if found is None:
         return None
     e, where = found
-    return {"time": e.time, "kind": e.kind, "message": e.message, "cluster": where}
+    out = {"time": e.time, "kind": e.kind, "message": e.message, "cluster": where}
+    return {**out, "move": e.move.to_json()} if e.move is not None else out
+
+
+def _event_line(e: Event) -> str:
+    """A move's record as `etcd-dr history` shows it; another event as it was written."""
+    if e.move is None:
+        return e.line()
+    from .history import describe
+
+    return describe(e)
 
 
 def in_our_words(e: BaseException, timeout: float) -> str:
@@ -558,7 +570,8 @@ async def _read_cluster(client: EtcdClient, state: ClusterState, state_prefix: b
     state.revision = head.header.revision
     state.compact_revision = await client.compact_revision(state.revision)
     state.site_role = (await read_role(client, state_prefix)).role
-    state.events = await recent_events(client, state_prefix, limit=5)
+    # Enough to find the last move and the last drill among the other events (fences, removals).
+    state.events = await recent_events(client, state_prefix, limit=20)
     state.alarms = [(member, name.removeprefix("ALARM_")) for member, name in await client.alarms()]
     state.auth_enabled = await client.auth_enabled()
 

@@ -91,13 +91,16 @@ async def verify(
     on_difference: Any = None,
     rate: float | None = None,
     page_size: int | None = None,
+    source_revision: int | None = None,
 ) -> VerifyResult:
     """Compare source and destination as `config` maps them; `on_difference(kind, key)` is called for
     each difference as it is found (the CLI prints them as they come).
 
     `rate`: at most this many bytes of keys and values read per second, both sides together (the pages
     are then spread over time instead of read in one burst: a running mirror's periodic verify).
-    `page_size`: keys per page (default: config.page_size)."""
+    `page_size`: keys per page (default: config.page_size).
+    `source_revision`: compare the source at this revision, whatever the destination's checkpoint says
+    (the drill: its copy's checkpoint is gone with the promotion); compacted there is CompactedError."""
     pages = page_size or config.page_size
     mapper = KeyMapper.from_config(config)
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
@@ -128,6 +131,11 @@ async def verify(
         current = (await source.range(b"\0", b"\0", count_only=True)).header.revision
         result = VerifyResult(dest_revision=dest_rev, source_current_revision=current)
         src_rev = current
+        if source_revision is not None:
+            result.checkpoint_revision = source_revision
+            at = source_revision
+            await _compare(source, dest, mapper, at, dest_rev, pages, result, on_difference, rate)
+            return result
         if ckpt is not None and ckpt.phase == REPLAY:
             result.checkpoint_revision = ckpt.revision
             src_rev = ckpt.revision

@@ -37,12 +37,21 @@ class MoveConfig:
     hook_timeout: float = 60.0
     # failover: the most revisions the raise adds for what the old primary may have written unseen.
     max_revision_estimate: int = 1_000_000
+    # failover, switchover: refuse when the standby's last applied write is older than this (seconds;
+    # None: no limit, the default: a failover in a disaster is never blocked unless the operator asks).
+    max_rpo: float | None = None
+    reason: str = ""  # --reason: why the move was made, kept in its record (`etcd-dr history`)
+    # The drill runs the failover's own steps on a throwaway copy of the standby: the old primary is
+    # neither probed nor fenced (it is alive: that is the point of a rehearsal).
+    rehearsal: bool = False
 
     def __post_init__(self) -> None:
         if self.fence == "hook" and not self.fence_hook:
             raise UsageError("--fence-hook: give the command that fences writes")
         if self.revision_margin < 0:
             raise UsageError(f"--revision-margin {self.revision_margin}: must not be negative")
+        if self.max_rpo is not None and self.max_rpo <= 0:
+            raise UsageError(f"--max-rpo {self.max_rpo:g}: must be positive")
         if self.catch_up_timeout <= 0:
             raise UsageError(f"--catch-up-timeout {self.catch_up_timeout:g}: must be positive")
         # (An existing report is kept if it is an earlier run's of the same failback, else refused.)

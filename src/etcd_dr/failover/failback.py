@@ -28,6 +28,7 @@ from ..state.records import encode_key
 from ..state.roles import STANDBY, Role, write_role
 from .config import MoveConfig
 from .plan import MovePlan
+from .policy import move_record, record_move
 from .sites import Site, events_between, mirror_command, open_site, refuse_same_cluster, switch_plan
 from .switchover import SwitchoverResult, switchover
 
@@ -90,6 +91,7 @@ MOVES = ("failover", "switchover")
 async def _failback(cfg: MoveConfig, plan: MovePlan | None) -> FailbackResult | None:
     pair = cfg.pair  # source: the new primary; destination: the old primary that came back
     sp = pair.state_prefix
+    t0 = time.monotonic()
     async with EtcdClient(pair.source) as b_client, EtcdClient(pair.dest) as a_client:
         primary, old = await asyncio.gather(
             open_site(b_client, pair.source, sp), open_site(a_client, pair.dest, sp)
@@ -183,6 +185,18 @@ async def _failback(cfg: MoveConfig, plan: MovePlan | None) -> FailbackResult | 
     if not cfg.stay:
         log.info("failback: switching over back to %s", old.text)
         fb.switched_back = await switchover(cfg)
+    record = move_record(
+        cfg,
+        f"{primary.text} (cluster {primary.id:x})",
+        f"{old.text} (cluster {old.id:x})",
+        t0,
+        rpo_revision=role.applied_revision,
+    )
+    what = "standby again (--stay)" if cfg.stay else "primary again"
+    message = f"failback: {old.text} {what}; {len(writes)} errant writes listed in {report_path}"
+    # On both sites: both are alive when a failback ends.
+    async with EtcdClient(pair.source) as b_client, EtcdClient(pair.dest) as a_client:
+        await record_move([b_client, a_client], sp, "failback", message, record)
     return fb
 
 

@@ -27,6 +27,7 @@ from ..state.records import SYNC, Checkpoint
 from ..state.roles import PRIMARY, Role, write_role
 from .config import MoveConfig
 from .plan import MovePlan, Rpo, mirror_holders, old_mirror_lines
+from .policy import guard_max_rpo, move_record, record_move
 from .reorder import recreate_in_order
 from .revision import mark_compacted, raise_revision
 from .sites import (
@@ -60,6 +61,8 @@ class FailoverResult:
     revision_raise: dict[str, Any] | None = None  # each term of the raise (RaiseTarget)
     raise_line: str = ""
     old_mirror: list[str] = field(default_factory=list)
+    # Seconds each step took ("revision raise and compaction", "promotion", "client switch"): the RTO.
+    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def rpo_seconds(self) -> float | None:
@@ -81,6 +84,7 @@ class FailoverResult:
             "later writes to the old primary are not: `etcd-dr failback` lists them when it is back",
             *([self.raise_line + f"; the revision is now {self.new_revision}"] if self.raise_line else []),
             f"clients: {self.clients}",
+            *([f"took: {', '.join(f'{k} {v:.2f} s' for k, v in self.steps.items())}"] if self.steps else []),
             *self.old_mirror,
             f"when the old primary is back: {self.next_command}",
         ] + [f"stale checkpoint not used for the RPO: {line}" for line in self.stale_checkpoints]
@@ -102,6 +106,7 @@ async def plan_failover(cfg: MoveConfig) -> MovePlan:
 async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | None:
     pair = cfg.pair
     sp = pair.state_prefix
+    t0 = time.monotonic()
     async with EtcdClient(pair.dest) as s_client:
         standby = await open_site(s_client, pair.dest, sp)
         role = standby.role.role
@@ -123,7 +128,8 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
         if not stored:
             raise Refused(f"{standby.describe()} holds no mirror checkpoint from cluster {old_id:x}")
         recorded = sorted({s.checkpoint.source_endpoints for s in stored if s.checkpoint.source_endpoints})
-        fence_at = await _check_primary_gone(cfg, old_id, recorded, plan)
+        # A rehearsal (drill) runs on a copy of the standby while the primary lives: never probe or fence it.
+        fence_at = None if cfg.rehearsal else await _check_primary_gone(cfg, old_id, recorded, plan)
         holders = await mirror_holders(s_client, sp, old_id)
         own_key = checkpoint_key(sp, old_id, pair.prefix, KeyMapper.from_config(pair).dest_prefix)
         for _attempt in range(10):
@@ -144,14 +150,18 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
             # The raise covers every checkpoint (and what each mirror saw of the source), stale ones too.
             target = raise_target([c.checkpoint for c in found if c.checkpoint is not None], cfg)
             epoch = role.epoch + 1
+            guard_max_rpo(cfg, "failover", standby.text, rpo, rpo_time)
             if plan is not None:
                 _plan_steps(plan, cfg, standby, old_id, fence_at, rpo, target, epoch, holders)
                 return None
             if fence_at is not None and _attempt == 0:
                 await _fence_anyway(cfg, fence_at)
             log.info("failover: %s", target.line())
+            t_step = time.monotonic()
             bump = await raise_revision(s_client, sp, target.target)
             await mark_compacted(s_client, bump.revision)
+            steps = {"revision raise and compaction": round(time.monotonic() - t_step, 3)}
+            t_step = time.monotonic()
             new = role.moved(PRIMARY, epoch, old_id, "failover", applied_revision=rpo, applied_time=rpo_time)
             result = await write_role(
                 s_client,
@@ -162,6 +172,7 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
                 also=tuple(Delete(c.key) for c in found),
             )
             if result.succeeded:
+                steps["promotion"] = round(time.monotonic() - t_step, 3)
                 log.info(
                     "failover: %s promoted: %s; RPO: revision %d of cluster %x",
                     standby.text,
@@ -171,7 +182,9 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
                 )
                 standby = await open_site(s_client, pair.dest, sp)
                 stale = [f"{c.line(new.since)} (removed at the promotion)" for c in choice.ignored]
-                return await _after_promotion(cfg, standby, new, False, holders, target, stale)
+                return await _after_promotion(
+                    cfg, standby, new, False, holders, target, stale, steps=steps, t0=t0
+                )
             # A mirror still applied something between the read and the promotion: read again.
             log.info("failover: the standby's checkpoint moved while promoting; reading it again")
             standby = await open_site(s_client, pair.dest, sp)
@@ -372,12 +385,20 @@ async def _after_promotion(
     holders: list[str],
     target: RaiseTarget | None = None,
     stale: list[str] | None = None,
+    *,
+    steps: dict[str, float] | None = None,
+    t0: float | None = None,
 ) -> FailoverResult:
     sp = cfg.pair.state_prefix
+    steps = dict(steps or {})
+    t_step = time.monotonic()
     await recreate_in_order(standby.client, sp, standby.text)  # before any client campaigns there
+    steps["create order"] = round(time.monotonic() - t_step, 3)
+    t_step = time.monotonic()
     if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
         log.info("failover: writes on %s allowed (its fence from an earlier move lifted)", standby.text)
     clients = await switch_clients(cfg, standby, cfg.pair.source.endpoints_text, role.epoch)
+    steps["client switch"] = round(time.monotonic() - t_step, 3)
     if not resumed:
         await record_event(
             standby.client,
@@ -390,6 +411,19 @@ async def _after_promotion(
             rpo_revision=role.applied_revision,
             rpo_time=role.applied_time,
         )
+        if not cfg.rehearsal:
+            # On the promoted site only: the old primary may be gone (history merges both sites).
+            record = move_record(
+                cfg,
+                f"{cfg.pair.source.endpoints_text} (cluster {role.peer_cluster_id:x})",
+                f"{standby.text} (cluster {standby.id:x})",
+                t0 if t0 is not None else t_step,
+                rpo_revision=role.applied_revision,
+                rpo_seconds=role.since - role.applied_time if role.applied_time else None,
+            )
+            await record_move(
+                [standby.client], sp, "failover", f"failover to {standby.text}, epoch {role.epoch}", record
+            )
     return FailoverResult(
         new_primary=standby.text,
         old_primary_cluster_id=f"{role.peer_cluster_id:x}",
@@ -405,6 +439,7 @@ async def _after_promotion(
         revision_raise=target.to_json() if target else None,
         raise_line=target.line() if target else "",
         old_mirror=await old_mirror_lines(standby.client, sp, role.peer_cluster_id, holders, standby.text),
+        steps=steps,
     )
 
 

@@ -136,6 +136,8 @@ def dest_prefix_of(pair: MirrorConfig, source_key: bytes) -> bytes:
 async def switch_clients(cfg: MoveConfig, new_primary: Site, old_primary_text: str, epoch: int) -> str:
     """Point the clients' name at the new primary: a DNS update, a hook, or (neither given) a line
     saying it is the operator's to do. Returns what was done, for the report."""
+    if cfg.rehearsal:
+        return "not switched (a drill never moves the clients)"
     try:
         return await _switch_clients(cfg, new_primary, old_primary_text, epoch)
     except EtcdDrError:

@@ -30,6 +30,7 @@ from ..state.roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from ..verify import verify
 from .config import MoveConfig
 from .plan import MovePlan, mirror_holders, old_mirror_lines
+from .policy import guard_max_rpo, move_record, record_move
 from .reorder import recreate_in_order
 from .revision import mark_compacted, raise_revision
 from .sites import (
@@ -103,6 +104,7 @@ async def plan_switchover(cfg: MoveConfig) -> MovePlan:
 async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResult | None:
     pair = cfg.pair
     sp = pair.state_prefix
+    t0 = time.monotonic()
     async with EtcdClient(pair.source) as p_client, EtcdClient(pair.dest) as s_client:
         primary, standby = await asyncio.gather(
             open_site(p_client, pair.source, sp), open_site(s_client, pair.dest, sp)
@@ -126,7 +128,16 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
         mapper = KeyMapper.from_config(pair)
         key = checkpoint_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
         stored = await _checkpoint(standby, key)
-        await live_checkpoints(s_client, sp, primary.id, key)  # logs the stale ones, with a warning
+        _, choice = await live_checkpoints(s_client, sp, primary.id, key)  # logs the stale ones
+        applied = [c.checkpoint for c in choice.used if c.checkpoint is not None] or [stored.checkpoint]
+        # Before anything is fenced: a standby far behind would keep the writes refused a long time.
+        guard_max_rpo(
+            cfg,
+            "switchover",
+            standby.text,
+            min(c.revision for c in applied),
+            min(c.source_time for c in applied),
+        )
         log.info(
             "switchover: %s -> %s; the standby has applied revision %d of %d",
             primary.text,
@@ -187,10 +198,16 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
                 )
             else:
                 await record_event(p_client, sp, "unfenced", f"switchover to {standby.text} stopped: {e}")
+                failed = move_record(
+                    cfg, primary.text, standby.text, t0, result=f"failed: {str(e) or type(e).__name__}"
+                )
+                await record_move(
+                    [p_client], sp, "switchover", f"switchover to {standby.text} stopped", failed
+                )
             raise
         standby = await refresh(standby, sp)
         return await _after_promotion(
-            cfg, primary, standby, epoch, t_fence, False, last=last, holders=holders
+            cfg, primary, standby, epoch, t_fence, False, last=last, holders=holders, t0=t0
         )
 
 
@@ -389,6 +406,7 @@ async def _after_promotion(
     resumed: bool,
     last: int = 0,
     holders: list[str] | None = None,
+    t0: float | None = None,
 ) -> SwitchoverResult:
     sp = cfg.pair.state_prefix
     p_role = await read_role(primary.client, sp)
@@ -415,6 +433,19 @@ async def _after_promotion(
     message = f"switchover from {primary.text}: primary with epoch {epoch}, all of revision {last} applied"
     await record_event(standby.client, sp, "promoted", message, epoch=epoch, via="switchover")
     await record_event(primary.client, sp, "demoted", f"switchover to {standby.text}: standby, epoch {epoch}")
+    if not resumed:
+        # On both sites: both are alive in a planned move, and either may be the one asked later.
+        record = move_record(
+            cfg,
+            f"{primary.text} (cluster {primary.id:x})",
+            f"{standby.text} (cluster {standby.id:x})",
+            t0 if t0 is not None else t_fence,
+            rpo_revision=last,
+            rpo_seconds=0.0 if cfg.fence != "none" else None,
+        )
+        await record_move(
+            [standby.client, primary.client], sp, "switchover", f"switchover to {standby.text}", record
+        )
     return SwitchoverResult(
         old_primary=primary.text,
         new_primary=standby.text,

@@ -144,6 +144,15 @@ def find_all() -> list[EtcdBinaries]:
     return sorted(by_version.values(), key=lambda b: b.version_tuple)
 
 
+def restore_argv(bins: EtcdBinaries) -> list[str]:
+    """The command that restores a snapshot file into a data dir: `etcdutl snapshot restore` beside a
+    3.5+ etcd (etcdctl's is deprecated there), else 3.4's `etcdctl snapshot restore` (ETCDCTL_API=3)."""
+    etcdutl = bins.etcd.with_name("etcdutl")
+    if bins.version_tuple >= (3, 5) and _ensure_executable(etcdutl):
+        return [str(etcdutl), "snapshot", "restore"]
+    return [str(bins.etcdctl), "snapshot", "restore"]
+
+
 def matches(bins: EtcdBinaries, version_prefix: str) -> bool:
     """ "3.4" matches 3.4.23 but not 3.45.0; "3.4.23" matches exactly."""
     prefix = version_prefix.strip().removeprefix("v")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Self
 import yaml
 
 from etcd_dr.local import resources
-from etcd_dr.local.binaries import EtcdBinaries
+from etcd_dr.local.binaries import EtcdBinaries, restore_argv
 
 if TYPE_CHECKING:
     from etcd_dr.local.tls import ClusterTLS, TLSFiles
@@ -227,6 +227,7 @@ class EtcdCluster:
         host: str = HOST,
         listen_host: str | None = None,
         command_prefix: Sequence[str] = (),
+        snapshot: Path | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"cluster size must be at least 1, not {size}")
@@ -248,6 +249,9 @@ class EtcdCluster:
         self.host = host
         self.listen_host = listen_host
         self.command_prefix = tuple(command_prefix)
+        # A snapshot file (etcd's Maintenance Snapshot) each member's data dir is restored from before
+        # its first start: a copy of another cluster's data (the drill's throwaway standby).
+        self.snapshot = snapshot
         self._base_dir_arg = base_dir
         self.base_dir: Path | None = None
         self.token = f"{name}-{uuid.uuid4().hex[:12]}"
@@ -349,6 +353,8 @@ class EtcdCluster:
                 try:
                     opener = self._http_opener()
                     for member in self.members:
+                        if self.snapshot is not None:
+                            self._restore(member)
                         self._spawn(member, "new")
                         if self.size > 1:
                             self._wait_peer_serving(member, opener)
@@ -660,6 +666,32 @@ class EtcdCluster:
             ]
         cmd += self.extra_args
         return cmd
+
+    def _restore(self, member: Member) -> None:
+        """Restore `self.snapshot` into the member's data dir, as the member it will start as."""
+        initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        cmd = [
+            *restore_argv(self.binaries),
+            str(self.snapshot),
+            f"--name={member.name}",
+            f"--data-dir={member.data_dir}",
+            f"--initial-cluster={initial_cluster}",
+            f"--initial-cluster-token={self.token}",
+            f"--initial-advertise-peer-urls={member.peer_url}",
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=_child_env({"ETCDCTL_API": "3"}),
+            timeout=600,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise EtcdClusterError(
+                f"cluster {self.name}: restoring {self.snapshot} failed (exit {proc.returncode}): "
+                + (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            )
 
     def _spawn(self, member: Member, state: str) -> None:
         with member.log_path.open("ab") as log:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import Refused
 from ..etcd import Compare, CompareResult, Delete, EtcdClient, Op, prefix_range_end
-from ..state.events import TAKE_OVER, record_event
+from ..state.events import TAKE_OVER, MoveRecord, record_event, who
 from ..state.layout import StateLayout, checkpoint_key, health_key, lease_registry_key, lock_key
 from ..state.reader import decode
 from ..state.records import Checkpoint, encode_key
@@ -150,6 +150,16 @@ async def guard_one_source(
             f"{other.describe(now)} by the mirror from source cluster {source_id:x}"
         )
         log.warning("--take-over: %s; its checkpoint is removed and the range is copied again", message)
+        user, host = who()
+        # A move in `etcd-dr history`: the range's source moved from the other cluster to this one.
+        record = MoveRecord(
+            source=f"cluster {other.source_id:x}",
+            target=f"{dest_text} (from source cluster {source_id:x})",
+            result="ok",
+            user=user,
+            host=host,
+            rpo_revision=other.checkpoint.revision,
+        )
         await record_event(
             dest,
             state_prefix,
@@ -160,4 +170,5 @@ async def guard_one_source(
             previous_checkpoint=encode_key(other.key),
             source=f"{source_id:x}",
             checkpoint=encode_key(mine),
+            move=record,
         )

@@ -3,10 +3,14 @@ under the cluster's state prefix so `etcd-dr status` can show the last moves who
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
+from dataclasses import fields as dc_fields
 from typing import Any
 
 from ..etcd import EtcdClient, EtcdError, SortOrder, SortTarget, prefix_range_end
@@ -21,24 +25,85 @@ KEEP = 200  # events kept per cluster; older ones are removed when a new one is 
 TAKE_OVER = "take-over"
 
 
+# The moves `etcd-dr history` lists: each one's event carries a MoveRecord (who, from, to, outcome).
+MOVES = ("switchover", "failover", "failback", TAKE_OVER, "drill")
+
+
+@dataclass(frozen=True)
+class MoveRecord:
+    """What the record of a move says beyond its event: who ran it where, from which site to which,
+    the RPO it had, how long it took, its result, the operator's reason and whether --force was given."""
+
+    source: str  # where the service was (endpoints, cluster id)
+    target: str  # where it went (for a drill: the standby rehearsed)
+    result: str  # "ok", or "failed: why"
+    user: str = ""
+    host: str = ""
+    reason: str = ""
+    forced: bool = False
+    rpo_revision: int | None = None
+    rpo_seconds: float | None = None
+    duration: float | None = None  # seconds, the whole move
+    id: str = ""  # one move recorded on both sites has one id (history lists it once)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dc_fields(self)}
+
+    @classmethod
+    def decode(cls, d: Any) -> MoveRecord | None:
+        """From an event's `move` field; None when it is not one (history is shown as far as it can be
+        read)."""
+        if not isinstance(d, dict):
+            return None
+        known = {f.name for f in dc_fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError:
+            return None
+
+
+def who() -> tuple[str, str]:
+    """(user, host) of this process, for a move's record."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's uid)
+        user = f"uid-{os.getuid()}"
+    return user, socket.gethostname()
+
+
 @dataclass(frozen=True)
 class Event:
     time: float
     kind: str
     message: str
     fields: dict[str, Any]
+    move: MoveRecord | None = None  # the record of a move (MOVES), else None
 
     def line(self) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.time))
         return f"{stamp} UTC {self.kind}: {self.message}"
 
+    def to_json(self) -> dict[str, Any]:
+        out = {"time": self.time, "kind": self.kind, "message": self.message, **self.fields}
+        if self.move is not None:
+            out["move"] = self.move.to_json()
+        return out
+
 
 async def record_event(
-    client: EtcdClient, state_prefix: bytes, kind: str, message: str, **fields: Any
+    client: EtcdClient,
+    state_prefix: bytes,
+    kind: str,
+    message: str,
+    *,
+    move: MoveRecord | None = None,
+    **fields: Any,
 ) -> None:
     """Best effort: an event that cannot be written is logged, never a reason to stop a move halfway."""
     t = time.time()
     key = StateLayout(state_prefix).event(time.time_ns(), kind)
+    if move is not None:
+        fields["move"] = move.to_json()
     value = json.dumps({"time": round(t, 3), "kind": kind, "message": message, **fields}, sort_keys=True)
     try:
         await client.put(key, value.encode())
@@ -76,6 +141,7 @@ def parse_event(data: bytes) -> Event | None:
     can be read (an event is a note of what was done, never state a command acts on)."""
     try:
         d = json.loads(data)
-        return Event(float(d.pop("time")), str(d.pop("kind")), str(d.pop("message")), d)
+        move = MoveRecord.decode(d.pop("move", None))
+        return Event(float(d.pop("time")), str(d.pop("kind")), str(d.pop("message")), d, move)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
