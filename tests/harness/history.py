@@ -29,6 +29,7 @@ class HistoryReport:
     replay_txns: int
     source_ops_checked: int
     copies: int
+    largest_txn: int = 0  # the most mirrored ops one replay txn carried on the destination
 
 
 # etcd hands a watcher that starts in the past at most 1000 revisions per sync pass (every 100 ms), and
@@ -152,6 +153,7 @@ async def check_exactly_once(
     copies = 0
     pos: tuple[int, int] | None = None  # position after the last copy / replay txn
     txns = 0
+    largest = 0
     checked = 0
     state: set[bytes] = set()  # destination keys that exist before the revision being checked
     for rev in sorted(dst_hist):
@@ -194,7 +196,8 @@ async def check_exactly_once(
             )
         pos = new
         txns += 1
-    return HistoryReport(replay_txns=txns, source_ops_checked=checked, copies=copies)
+        largest = max(largest, len(data))
+    return HistoryReport(replay_txns=txns, source_ops_checked=checked, copies=copies, largest_txn=largest)
 
 
 # ---- the acknowledged-operations log (Jepsen style) --------------------------------------------------

@@ -100,7 +100,7 @@ class Replayer:
         *,
         stop_at: int | None = None,
         heartbeat_key: bytes | None = None,
-        guard_deletes: Callable[[int], Awaitable[None]] | None = None,
+        guard_deletes: Callable[[list[bytes]], Awaitable[None]] | None = None,
         checkpoint_interval: float = 1.0,
         retry_for: float | None = None,
         backlog_ops: int | None = None,
@@ -140,6 +140,10 @@ class Replayer:
         self._room = asyncio.Event()  # set while the backlog is under its bounds
         self._room.set()
         self._read_error: BaseException | None = None
+        # The deletes of the source revision in the group being applied that deletes the most: the
+        # mass-delete guard judges source requests (a prefix delete, a txn), not the destination's
+        # txns, whose size follows how far behind the mirror is.
+        self._worst_deletes: list[bytes] = []
         self._covered = checkpoint.revision  # every revision up to here is applied or has nothing to apply
         self._last_write = time.monotonic()
         self._last_batch = time.monotonic()  # when the watch last delivered anything
@@ -273,6 +277,7 @@ class Replayer:
         ops: dict[bytes, DestOp] = {}
         size = 0
         last = self._covered
+        self._worst_deletes = []
         while self._pending:
             rev = self._pending[0]
             rsize = rev.nbytes
@@ -280,6 +285,9 @@ class Replayer:
                 break
             if not ops and (len(rev.ops) > self._max_ops or rsize > self._max_bytes):
                 break  # the caller applies this one in parts
+            deletes = [op.key for op in rev.ops if type(op) is Delete]
+            if len(deletes) > len(self._worst_deletes):
+                self._worst_deletes = deletes
             for op in rev.ops:
                 ops.pop(op.key, None)  # keep the order of the last write to each key
                 ops[op.key] = op
@@ -335,7 +343,7 @@ class Replayer:
                 self._raise_read_error()
                 ops, last = self._take_group()
                 if self._guard_deletes is not None:
-                    await self._guard_deletes(sum(isinstance(op, Delete) for op in ops))
+                    await self._guard_deletes(self._worst_deletes)
                 if ops:
                     await self._apply(ops, self._ckpt.advanced(last))
                     self._covered = last
@@ -347,7 +355,7 @@ class Replayer:
                 elif self._pending:
                     big = self._pending[0]
                     if self._guard_deletes is not None:
-                        await self._guard_deletes(sum(isinstance(op, Delete) for op in big.ops))
+                        await self._guard_deletes([op.key for op in big.ops if isinstance(op, Delete)])
                     await self._apply_split(self._popleft())
             await self._checkpoint_if_behind()
             return self._ckpt
