@@ -28,8 +28,8 @@ PROBE_FROM = 4096
 ETCD_DEFAULT_OPS = 128
 # Bytes of keys and values per txn: under etcd's default --max-request-bytes (1.5 MiB) ...
 DEFAULT_TXN_BYTES = 1024 * 1024
-# ... and, for a destination that takes more than etcd's default ops, under the 16 MiB `render`
-# configures (the request also carries the op framing and the guards; half leaves ample room).
+# ... and, for a destination that takes more than etcd's default ops, under the 10 MiB `render`
+# configures (the request also carries the op framing and the guards: 2 MiB is ample room).
 LARGE_TXN_BYTES = 8 * 1024 * 1024
 
 
