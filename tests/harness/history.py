@@ -243,20 +243,23 @@ async def check_against_acks(
     dest: EtcdClient,
     mapper: KeyMapper,
     checkpoint_key: bytes,
+    at_revision: int | None = None,
 ) -> AckCheck | None:
-    """Read the destination's checkpoint and content at one destination revision; the content must be
+    """Read the destination's checkpoint and content at one destination revision (the current one, or
+    `at_revision`: to check a sample again once the workload's request in flight was acknowledged, as
+    it may already be on the destination); the content must be
     the source's content at the checkpoint's revision, as rebuilt from the workload's acknowledged
     writes alone (not from the source), on every key no unacknowledged write touched.
 
     None when there is nothing to check yet (no checkpoint, a copy in progress, or the middle of a
     split revision)."""
-    got = await dest.range(checkpoint_key)
+    got = await dest.range(checkpoint_key, revision=at_revision or 0)
     if not got.kvs:
         return None
     ckpt = Checkpoint.decode(got.kvs[0].value)
     if ckpt.phase != REPLAY or ckpt.split_revision:
         return None
-    dest_rev = got.header.revision
+    dest_rev = at_revision or got.header.revision
     key, end = mapper.dest_range
     content = {
         kv.key: kv.value
