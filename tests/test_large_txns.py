@@ -214,7 +214,7 @@ async def test_exactly_once_with_large_txns_through_kill_lost_lock_and_cut_links
             report = await check_exactly_once(s, d, MAPPER, key)
             if wrong:
                 raise wrong[0]
-            assert len(set(checked)) >= 5, checked
+            assert len(set(checked)) >= 3, checked
             assert await content(d) == await content(s)
             # The backlogs were applied in txns beyond etcd's default limit of 128 ops.
             assert report.largest_txn > 128, report

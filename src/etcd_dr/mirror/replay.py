@@ -221,12 +221,16 @@ class Replayer:
     async def _apply(self, ops: list[DestOp], ckpt: Checkpoint) -> None:
         if self._leases is not None:
             ops = await self._leases.prepare(ops)
+        # One copy of the checkpoint per txn, not one per field changed (its JSON is written per txn).
+        more: dict[str, object] = {}
         if self._heartbeat and not ckpt.split_revision:
-            ckpt = ckpt.advanced(ckpt.revision, source_time=self._heartbeat)
+            more["source_time"] = self._heartbeat
         if self._rate is not None:
             # Where the source is and how fast it moves, written with the data (no extra txn).
             head = self._stats.source_revision
-            ckpt = replace(ckpt.seen(head, self._rate.observe(head)), source_endpoints=self._endpoints)
+            ckpt = ckpt.seen(head, self._rate.observe(head), source_endpoints=self._endpoints, **more)
+        elif more:
+            ckpt = replace(ckpt, **more)  # type: ignore[arg-type]
         data = ckpt.encode()
         guard = self._writer.guard(self._ckpt_bytes)
         batch = TxnBatch(ops)
