@@ -49,8 +49,13 @@ DestOp = Put | Delete
 STALL_AFTER = 5.0
 
 # The backlog (read, not yet applied) the reader may run ahead by: in destination txns' worth of ops,
-# and in bytes of keys and values. Past either, the reader waits for the applier.
+# and in bytes of keys and values. Past either, the reader waits for the applier. The reader must stay
+# a whole txn ahead plus what arrives while one is in flight: 16 txns of etcd's default 128 ops, or 4
+# of a bigger limit (4 x 4096 ops: a few MB of queued objects besides the values, which the byte
+# bound holds to 4 txns of the mirror's 8 MiB).
 BACKLOG_TXNS = 16
+BACKLOG_MIN_OPS = BACKLOG_TXNS * 128
+BACKLOG_BIG_TXNS = 4
 BACKLOG_BYTES = 32 * 1024 * 1024
 
 
@@ -134,7 +139,7 @@ class Replayer:
         self._pending: deque[SourceRevision] = deque()
         self._pending_ops = 0  # ops (counting a revision with none as one) and bytes in _pending
         self._pending_bytes = 0
-        self._max_backlog_ops = backlog_ops or BACKLOG_TXNS * max_txn_ops
+        self._max_backlog_ops = backlog_ops or max(BACKLOG_MIN_OPS, BACKLOG_BIG_TXNS * max_txn_ops)
         self._max_backlog_bytes = backlog_bytes
         self._arrived = asyncio.Event()  # set when the reader appended (or failed)
         self._room = asyncio.Event()  # set while the backlog is under its bounds
