@@ -294,9 +294,10 @@ class Replayer:
                 break
             if not ops and (len(rev.ops) > self._max_ops or rsize > self._max_bytes):
                 break  # the caller applies this one in parts
-            deletes = [op.key for op in rev.ops if type(op) is Delete]
-            if len(deletes) > len(self._worst_deletes):
-                self._worst_deletes = deletes
+            if len(rev.ops) > len(self._worst_deletes):  # (a list only when it may be the worst)
+                deletes = [op.key for op in rev.ops if type(op) is Delete]
+                if len(deletes) > len(self._worst_deletes):
+                    self._worst_deletes = deletes
             for op in rev.ops:
                 ops.pop(op.key, None)  # keep the order of the last write to each key
                 ops[op.key] = op
