@@ -17,6 +17,12 @@ with our own client, and ends every process it started (by PID, in `finally`). S
             kept in layers (one txn per create revision, --ordered-copy-time 1h) and as data
             (--ordered-copy-time 0, then the promotion's re-creation timed), beside the same keys
             without leases; on loopback and, with 1,000 keys, over the 30 ms delay proxy
+  far       30 and 100 ms round trips (15 / 50 ms each way): copy of 10,000 keys and 20,000 writes at
+            the writer's top rate (64 in flight): lag at load end and apply rate, etcd-dr against a
+            destination configured as `render` configures it (max-txn-ops 4096, max-request-bytes
+            10 MiB) and with etcd's default limits; make-mirror capped and extrapolated
+  alongside loopback, both mirrors running at once from one source into two destinations, 20,000
+            writes (64 in flight): each tool's lag at load end and CPU per replayed revision
 
 It prints the machine, a line per measurement, and a final table; the same table goes to
 bench/results/<timestamp>.json. See docs/benchmarks.md for the figures and how to read them.
@@ -75,7 +81,7 @@ STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 READY_TIMEOUT = 60.0  # a mirror must have copied the one-key source by then
 DELAY_ONE_WAY = 0.015  # the distance scenario's proxy delay (30 ms round trip)
 
-SCENARIOS = ("copy", "replay", "rss", "distance", "leased")
+SCENARIOS = ("copy", "replay", "rss", "distance", "far", "alongside", "leased")
 
 
 class BenchError(RuntimeError):
@@ -97,6 +103,8 @@ class Sizes:
     distance_mm_cap: float = 60.0
     distance_writes: int = 1_000
     distance_replay_cap: float = 180.0
+    far_writes: int = 20_000
+    far_mm_cap: float = 30.0  # make-mirror's copy and replay over the far links (then extrapolated)
     dr_timeout: float = 900.0  # an etcd-dr --once run must exit by then
     leased_keys: int = 10_000
     leased_far_keys: int = 1_000  # over the delay proxy: one round trip per key, so fewer
@@ -114,6 +122,8 @@ QUICK = Sizes(
     distance_mm_cap=15.0,
     distance_writes=300,
     distance_replay_cap=60.0,
+    far_writes=3_000,
+    far_mm_cap=10.0,
     dr_timeout=300.0,
     leased_keys=2_000,
     leased_far_keys=300,
@@ -407,12 +417,13 @@ class Pair:
 
 
 @contextlib.asynccontextmanager
-async def fresh_pair(tools: Tools, tag: str) -> AsyncIterator[Pair]:
-    """New single-member source and destination clusters."""
+async def fresh_pair(tools: Tools, tag: str, dst_args: Sequence[str] = ()) -> AsyncIterator[Pair]:
+    """New single-member source and destination clusters (`dst_args`: more flags for the destination)."""
     bins, storage = tools.bins, tools.storage
     opts: dict[str, Any] = {"base_dir": storage.data_dir, "extra_args": storage.extra_args(bins)}
     src = EtcdCluster(bins, 1, name=f"{tag}-src", **opts)
-    dst = EtcdCluster(bins, 1, name=f"{tag}-dst", **opts)
+    dst_opts = {**opts, "extra_args": (*storage.extra_args(bins), *dst_args)}
+    dst = EtcdCluster(bins, 1, name=f"{tag}-dst", **dst_opts)
     try:
         await asyncio.to_thread(src.start)
         await asyncio.to_thread(dst.start)
@@ -849,7 +860,8 @@ def describe_load(which: str, r: LoadRun) -> str:
         f"  {which:<11}: source wrote {r.writes} revisions in {r.write_seconds:.2f} s "
         f"({r.write_rate:,.0f}/s); {r.behind_at_load_end} behind at load end; lag at load end "
         f"{r.lag:.3f} s; caught up {r.catch_up_seconds:.2f} s after load start "
-        f"({r.apply_rate:,.0f} rev/s){extra}; tool CPU {r.cpu_seconds:.1f} s, "
+        f"({r.apply_rate:,.0f} rev/s){extra}; tool CPU {r.cpu_seconds:.1f} s "
+        f"({1e6 * r.cpu_seconds / r.writes:.0f} us per revision), "
         f"peak RSS {r.peak_rss_mb:.0f} MB; others used {r.other_cores:.2f} cores"
     )
 
@@ -944,7 +956,15 @@ async def scenario_replay(tools: Tools, sizes: Sizes, res: Results) -> None:
         note="make-mirror: its catch-up rate after the load ended; etcd-dr: its replay of a backlog of "
         "the same size from its checkpoint (--once)",
     )
-    res.rows += [lag, rate, capacity]
+    cpu = Row(
+        "replay",
+        "tool CPU per revision",
+        "us",
+        1e6 * mm.cpu_seconds / mm.writes,
+        1e6 * dr.cpu_seconds / dr.writes,
+        note="the tool's user + system CPU from load start until caught up, per source write",
+    )
+    res.rows += [lag, rate, capacity, cpu]
     res.details["replay"] = {k: {**asdict(v), "catch_up_rate": v.catch_up_rate} for k, v in runs.items()}
     if drain is not None:
         res.details["replay"]["etcd-dr backlog"] = {**asdict(drain), "rate": drain.rate}
@@ -1164,12 +1184,158 @@ async def scenario_leased(tools: Tools, sizes: Sizes, res: Results) -> None:
     res.details["leased"] = {k: asdict(v) for k, v in runs.items()}
 
 
+# The destination's limits in the far scenario: as `render` configures a standby, and etcd's defaults.
+RENDERED_DEST = ("--max-txn-ops=4096", f"--max-request-bytes={10 * 1024 * 1024}")
+FAR_RTTS_MS = (30, 100)
+FAR_RUNS = (("make-mirror", "default"), ("etcd-dr", "rendered"), ("etcd-dr", "default"))
+
+
+async def scenario_far(tools: Tools, sizes: Sizes, res: Results) -> None:
+    """Issue 14's distances: per round trip, the copy and a sustained replay for make-mirror and for
+    etcd-dr against a destination with the rendered limits and with etcd's defaults."""
+    n, w = sizes.distance_keys, sizes.far_writes
+    details: dict[str, Any] = {}
+    for rtt in FAR_RTTS_MS:
+        one_way = rtt / 2000
+        say(f"\n== far: {rtt} ms round trip to the destination ({one_way * 1000:.0f} ms each way)")
+        copies: dict[tuple[str, str], CopyRun] = {}
+        loads: dict[tuple[str, str], LoadRun] = {}
+        for which, limits in FAR_RUNS:
+            args = RENDERED_DEST if limits == "rendered" else ()
+            label = f"{which} ({limits} limits)" if which == "etcd-dr" else which
+            async with fresh_pair(tools, f"far{rtt}", dst_args=args) as pair:
+                await load_keys(pair.src_client, DATA, n, batch=100, inflight=8)
+                with delay_proxy(pair.dst_addr, one_way) as proxy:
+                    if which == "make-mirror":
+                        run = await copy_with_make_mirror(
+                            tools, f"far{rtt}-copy", pair, proxy.address, n, sizes.far_mm_cap
+                        )
+                    else:
+                        run = await copy_with_etcd_dr(
+                            tools, f"far{rtt}-copy", pair, proxy.address, n, sizes.dr_timeout
+                        )
+                copies[which, limits] = run
+                say(describe_copy(label, run, n))
+            async with fresh_pair(tools, f"far{rtt}", dst_args=args) as pair:
+                with delay_proxy(pair.dst_addr, one_way) as proxy:
+                    loads[which, limits] = await replay_run(
+                        tools, f"far{rtt}-replay", pair, proxy.address, which, w, sizes.far_mm_cap
+                    )
+                say(describe_load(label, loads[which, limits]))
+        mm_copy, mm_load = copies["make-mirror", "default"], loads["make-mirror", "default"]
+        mm_note = "make-mirror extrapolated from its capped run"
+        for limits in ("rendered", "default"):
+            dr_copy, dr_load = copies["etcd-dr", limits], loads["etcd-dr", limits]
+            where = f"{rtt} ms, dest {limits}"
+            res.rows.append(
+                Row(
+                    "far",
+                    f"{where}: {n // 1000}k keys copy rate",
+                    "keys/s",
+                    mm_copy.rate,
+                    dr_copy.rate,
+                    better="higher",
+                    min_ratio=1000 if rtt == 100 and limits == "rendered" else None,
+                    note=mm_note if mm_copy.capped else "",
+                )
+            )
+            res.rows.append(
+                Row(
+                    "far",
+                    f"{where}: {w:,} writes, lag at load end",
+                    "s",
+                    mm_load.lag,
+                    dr_load.lag,
+                    max_dr=(1.0 if rtt == 30 else 2.0) if limits == "rendered" else None,
+                    note=mm_note if mm_load.extrapolated else "",
+                )
+            )
+            res.rows.append(
+                Row(
+                    "far",
+                    f"{where}: apply rate",
+                    "rev/s",
+                    mm_load.apply_rate,
+                    dr_load.apply_rate,
+                    better="higher",
+                    note=mm_note if mm_load.extrapolated else "",
+                )
+            )
+        details[f"{rtt}ms"] = {
+            "copy": {f"{a} {b}": asdict(v) for (a, b), v in copies.items()},
+            "replay": {f"{a} {b}": asdict(v) for (a, b), v in loads.items()},
+        }
+    res.details["far"] = details
+
+
+async def scenario_alongside(tools: Tools, sizes: Sizes, res: Results) -> None:
+    """Both mirrors at once from one source (each into its own destination), on the same cores: the
+    replay's CPU per revision is what limits it then."""
+    w = sizes.replay_writes
+    say(f"\n== alongside: make-mirror and etcd-dr running at once from one source, {w:,} puts, 64 in flight")
+    bins, storage = tools.bins, tools.storage
+    async with fresh_pair(tools, "along") as pair:
+        dst2 = EtcdCluster(
+            bins, 1, name="along-dst2", base_dir=storage.data_dir, extra_args=storage.extra_args(bins)
+        )
+        await asyncio.to_thread(dst2.start)
+        try:
+            async with EtcdClient(ClientConfig.create(dst2.hostports[0])) as d2:
+                await pair.src_client.put(READY, b"1")
+                mm = tools.make_mirror("along", pair.src_addr, dst2.hostports[0])
+                dr = tools.mirror("along", pair.src_addr, pair.dst_addr, once=False)
+                try:
+                    await wait_caught_up(mm, d2, READY, b"1", READY_TIMEOUT)
+                    await wait_caught_up(dr, pair.dst_client, READY, b"1", READY_TIMEOUT)
+                    await wait_quiet(tools, pair, dr)
+                    cpu0 = {"make-mirror": mm.cpu_seconds(), "etcd-dr": dr.cpu_seconds()}
+                    others = OtherLoad(pair, dr)
+                    t0 = time.monotonic()
+                    key, value = await write_puts(pair.src_client, LOAD, w, 64)
+                    t_end = time.monotonic()
+
+                    async def caught(proc: Proc, client: EtcdClient) -> float:
+                        try:
+                            return await wait_caught_up(proc, client, key, value, sizes.replay_cap)
+                        except TimeoutError:
+                            cap = sizes.replay_cap
+                            raise BenchError(f"{proc.name} not caught up {cap:g} s after the load") from None
+
+                    t_mm, t_dr = await asyncio.gather(caught(mm, d2), caught(dr, pair.dst_client))
+                    cpu = {"make-mirror": mm.cpu_seconds(), "etcd-dr": dr.cpu_seconds()}
+                    other_cores = others.cores()
+                finally:
+                    await dr.stop()
+                    await mm.stop()
+        finally:
+            await asyncio.to_thread(dst2.stop)
+    rate = w / (t_end - t0)
+    lags = {"make-mirror": t_mm - t_end, "etcd-dr": t_dr - t_end}
+    per_rev = {k: 1e6 * (cpu[k] - cpu0[k]) / w for k in cpu}
+    for k in ("make-mirror", "etcd-dr"):
+        say(
+            f"  {k:<11}: source wrote {w} revisions in {t_end - t0:.2f} s ({rate:,.0f}/s); lag at load end "
+            f"{lags[k]:.3f} s; CPU {cpu[k] - cpu0[k]:.1f} s ({per_rev[k]:.0f} us per revision); "
+            f"others used {other_cores:.2f} cores"
+        )
+    res.rows.append(Row("alongside", "source write rate", "rev/s", rate, rate, better="higher"))
+    res.rows.append(
+        Row("alongside", "lag at load end", "s", lags["make-mirror"], lags["etcd-dr"], max_dr=0.5)
+    )
+    res.rows.append(
+        Row("alongside", "tool CPU per revision", "us", per_rev["make-mirror"], per_rev["etcd-dr"])
+    )
+    res.details["alongside"] = {"write_rate": rate, "lag": lags, "cpu_us_per_revision": per_rev}
+
+
 RUNNERS = {
     "leased": scenario_leased,
     "copy": scenario_copy,
     "replay": scenario_replay,
     "rss": scenario_rss,
     "distance": scenario_distance,
+    "far": scenario_far,
+    "alongside": scenario_alongside,
 }
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from harness.clirun import assert_refused, etcd_dr
 from harness.history import check_against_acks, check_exactly_once
 from harness.mirroring import connect, dump, pair_config, running, wait_equal
 from harness.workload import Acked, Workload
@@ -76,17 +75,3 @@ async def test_source_compacted_while_the_initial_copy_reads_it(
         workload.acked.append(Acked(top, (Put(APP + b"marker", b"1"),)))  # acknowledged too
         sample = await check_against_acks(workload, initial, d, MAPPER, key)
         assert sample is not None and sample.checkpoint_revision >= top
-
-
-async def test_max_txn_ops_above_the_destinations_limit_is_one_clear_line(
-    etcd_cluster_factory: Callable[..., EtcdCluster],
-) -> None:
-    src = etcd_cluster_factory(name="src")
-    dst = etcd_cluster_factory(name="dst", extra_args=["--max-txn-ops=16"])
-    async with connect(src) as s, connect(dst) as d:
-        await s.txn([], [Put(APP + b"k%03d" % i, b"v") for i in range(100)])
-        run = await etcd_dr(
-            "mirror", dst.endpoints[0], "--endpoints", src.endpoints[0], "--prefix", APP.decode(), "--once"
-        )
-        assert_refused(run, "--max-txn-ops 128", "--max-txn-ops")
-        assert await dump(d, APP) == {}, "data was written"

@@ -250,6 +250,9 @@ def test_example_renders(tmp_path: Path) -> None:
         },
         "logger": "zap",
         "log-outputs": ["stderr"],
+        # Both sites take the mirror's big txns (each is the standby in turn).
+        "max-txn-ops": 4096,
+        "max-request-bytes": 10 * 1024 * 1024,
         "auto-compaction-mode": "periodic",
         "auto-compaction-retention": "1h",
         "quota-backend-bytes": 8589934592,
@@ -257,6 +260,7 @@ def test_example_renders(tmp_path: Path) -> None:
     standby = yaml.safe_load((out / "standby/etcd-s3/etcd.conf.yml").read_text())
     assert standby["initial-cluster-token"] == "etcd-standby"
     assert standby["listen-client-urls"] == "https://192.168.2.13:2379"
+    assert (standby["max-txn-ops"], standby["max-request-bytes"]) == (4096, 10 * 1024 * 1024)
 
     unit = (out / "primary/etcd-p1/etcd.service").read_text()
     for line in ("Type=notify", "Restart=always", "RestartSec=5", "LimitNOFILE=65536"):

@@ -172,9 +172,9 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
 @click.option(
     "--max-txn-ops",
     type=int,
-    default=128,
-    show_default=True,
-    help="Ops per destination txn (the server's limit).",
+    default=None,
+    help="Most ops per destination txn. Default: the destination's limit, probed at start "
+    "(from 4096 down; etcd's default is 128, a standby configured by `render` takes 4096).",
 )
 @click.option(
     "--rev", type=int, default=None, help="Start watching at this source revision (no initial copy)."
@@ -265,7 +265,7 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
 )
 def mirror(
     pair: PairOptions,
-    max_txn_ops: int,
+    max_txn_ops: int | None,
     rev: int | None,
     once: bool,
     leases: Literal["mirror", "ignore"],

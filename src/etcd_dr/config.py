@@ -28,9 +28,13 @@ class MirrorConfig:
     # (mirror/order.py).
     ordered_copy_time: float = 60.0
     ignore_keys_regex: str | None = None
-    max_txn_ops: int = 128
-    # Bytes of keys and values per destination txn; below etcd's default --max-request-bytes (1.5 MiB).
-    max_txn_bytes: int = 1024 * 1024
+    # Ops per destination txn: None learns the destination's limit (mirror/limits.py, probed down from
+    # 4096); a number caps what is learned.
+    max_txn_ops: int | None = None
+    # Bytes of keys and values per destination txn; None: guessed from the op limit learned (1 MiB under
+    # etcd's default --max-request-bytes of 1.5 MiB, 8 MiB for a destination configured for big txns),
+    # halved whenever the destination refuses a txn as too large.
+    max_txn_bytes: int | None = None
     # Destination txns in flight during the initial copy.
     inflight: int = 8
     # Most keys per read page (pages are also cut to about 4 MiB of keys and values).
@@ -69,7 +73,7 @@ class MirrorConfig:
     # holder before taking over.
     lock_ttl: int = 10
     # Guard against a source that reads empty or a mistaken mass delete wiping the standby: a copy or a
-    # replayed batch that deletes at least `mass_delete_min` keys and more than this share of the
+    # replayed source revision that deletes at least `mass_delete_min` keys and more than this share of the
     # destination's keys under the prefix is refused, unless allowed.
     max_delete_ratio: float = 0.5
     allow_mass_delete: bool = False
@@ -80,7 +84,7 @@ class MirrorConfig:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.max_txn_ops < 2:
+        if self.max_txn_ops is not None and self.max_txn_ops < 2:
             raise UsageError(
                 f"--max-txn-ops {self.max_txn_ops}: must be at least 2 (one op is the checkpoint)"
             )

@@ -94,7 +94,7 @@ ETCDCTL_FLAGS: tuple[EtcdctlFlag, ...] = (
     EtcdctlFlag("dest-user", "3.5-3.7", "same"),
     EtcdctlFlag("dest-password", "3.5-3.7", "same"),
     EtcdctlFlag("rev", "3.6-3.7", "same", "start watching there, no initial copy"),
-    EtcdctlFlag("max-txn-ops", "3.6-3.7", "same", "default 128 in both"),
+    EtcdctlFlag("max-txn-ops", "3.6-3.7", "same", "a cap; by default etcd-dr probes the destination's limit"),
     # global
     EtcdctlFlag("endpoints", "3.3-3.7", "same"),
     EtcdctlFlag("cacert", "3.3-3.7", "same"),
@@ -113,7 +113,7 @@ ETCDCTL_FLAGS: tuple[EtcdctlFlag, ...] = (
     EtcdctlFlag("debug", "3.3-3.7", "honoured", "as --log-level debug"),
     EtcdctlFlag("write-out", "3.3-3.7", "ignored", "-w too; make-mirror prints only a count"),
     EtcdctlFlag("hex", "3.3-3.7", "ignored", "make-mirror prints no keys"),
-    EtcdctlFlag("max-request-bytes", "3.6-3.7", "ignored", "etcd-dr sizes its txns by --max-txn-ops"),
+    EtcdctlFlag("max-request-bytes", "3.6-3.7", "ignored", "etcd-dr learns the destination's limits"),
     EtcdctlFlag("max-recv-bytes", "3.6-3.7", "ignored", "etcd-dr's responses are paged"),
     EtcdctlFlag("insecure-skip-tls-verify", "3.3-3.7", "refused", "etcd-dr always verifies"),
     EtcdctlFlag("auth-jwt-token", "3.7", "refused", "use --user/--password or client certificates"),
@@ -446,7 +446,7 @@ def log_ignored(flags: EtcdctlOptions) -> None:
     for value, flag, why in (
         (flags.write_out, "--write-out", "etcd-dr logs; make-mirror printed only a count"),
         (flags.hex, "--hex", "etcd-dr logs keys escaped, never raw"),
-        (flags.max_request_bytes, "--max-request-bytes", "etcd-dr sizes its txns by --max-txn-ops"),
+        (flags.max_request_bytes, "--max-request-bytes", "etcd-dr learns the destination's limits"),
         (flags.max_recv_bytes, "--max-recv-bytes", "etcd-dr pages its reads"),
     ):
         if value:

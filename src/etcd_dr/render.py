@@ -153,6 +153,13 @@ class Copy:
 # small helpers
 
 
+# etcd's --max-txn-ops and --max-request-bytes for every member (etcd's defaults: 128 and 1.5 MiB). The
+# mirror probes the op limit (mirror/limits.py) and fills its txns up to it. 10 MiB is the most etcd 3.5
+# recommends (above it, it warns at start "exceeded recommended request limit").
+STANDBY_MAX_TXN_OPS = 4096
+STANDBY_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -257,6 +264,11 @@ def etcd_config(topology: Topology, site_name: str, member: Member) -> dict[str,
         # zap on both 3.4 and 3.5 (3.4's default logger is deprecated); stderr goes to the journal.
         "logger": "zap",
         "log-outputs": ["stderr"],
+        # Big txns for the mirror that writes into this site while it is the standby (both sites get
+        # them: the roles swap on a switchover). One txn per round trip carries up to 4096 source
+        # revisions, so a standby 100 ms away keeps up (docs/benchmarks.md: what it costs).
+        "max-txn-ops": STANDBY_MAX_TXN_OPS,
+        "max-request-bytes": STANDBY_MAX_REQUEST_BYTES,
     }
     config.update(site.extra_flags)
     return config

@@ -29,6 +29,7 @@ class HistoryReport:
     replay_txns: int
     source_ops_checked: int
     copies: int
+    largest_txn: int = 0  # the most mirrored ops one replay txn carried on the destination
 
 
 # etcd hands a watcher that starts in the past at most 1000 revisions per sync pass (every 100 ms), and
@@ -152,6 +153,7 @@ async def check_exactly_once(
     copies = 0
     pos: tuple[int, int] | None = None  # position after the last copy / replay txn
     txns = 0
+    largest = 0
     checked = 0
     state: set[bytes] = set()  # destination keys that exist before the revision being checked
     for rev in sorted(dst_hist):
@@ -194,7 +196,8 @@ async def check_exactly_once(
             )
         pos = new
         txns += 1
-    return HistoryReport(replay_txns=txns, source_ops_checked=checked, copies=copies)
+        largest = max(largest, len(data))
+    return HistoryReport(replay_txns=txns, source_ops_checked=checked, copies=copies, largest_txn=largest)
 
 
 # ---- the acknowledged-operations log (Jepsen style) --------------------------------------------------
@@ -240,20 +243,23 @@ async def check_against_acks(
     dest: EtcdClient,
     mapper: KeyMapper,
     checkpoint_key: bytes,
+    at_revision: int | None = None,
 ) -> AckCheck | None:
-    """Read the destination's checkpoint and content at one destination revision; the content must be
+    """Read the destination's checkpoint and content at one destination revision (the current one, or
+    `at_revision`: to check a sample again once the workload's request in flight was acknowledged, as
+    it may already be on the destination); the content must be
     the source's content at the checkpoint's revision, as rebuilt from the workload's acknowledged
     writes alone (not from the source), on every key no unacknowledged write touched.
 
     None when there is nothing to check yet (no checkpoint, a copy in progress, or the middle of a
     split revision)."""
-    got = await dest.range(checkpoint_key)
+    got = await dest.range(checkpoint_key, revision=at_revision or 0)
     if not got.kvs:
         return None
     ckpt = Checkpoint.decode(got.kvs[0].value)
     if ckpt.phase != REPLAY or ckpt.split_revision:
         return None
-    dest_rev = got.header.revision
+    dest_rev = at_revision or got.header.revision
     key, end = mapper.dest_range
     content = {
         kv.key: kv.value

@@ -53,6 +53,7 @@ from ..state.roles import RoleState, claim_standby
 from .checkpoint import SourceRate
 from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseMirror
+from .limits import TxnLimits, learn
 from .lock import MirrorLock
 from .order import OrderRule
 from .replay import Replayer
@@ -102,7 +103,8 @@ class Mirror(StandbyDuties):
         self._health_key = b""
         self._rev_pending = config.start_revision
         self._last_copy: SyncResult | None = None
-        self._max_txn_bytes = config.max_txn_bytes
+        self._limits: TxnLimits | None = None  # the destination's, learned in the first cycle
+        self._max_txn_bytes = 0  # bytes per txn: as learned, halved when the destination refuses one
         self._rate = SourceRate()
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -192,10 +194,17 @@ class Mirror(StandbyDuties):
         return _BACKOFF
 
     async def _on_too_many_ops(self, e: TooManyOpsError, dest: EtcdClient) -> _Next:
-        raise UsageError(
-            f"--max-txn-ops {self.config.max_txn_ops}: the destination takes fewer ops per txn "
-            f"({e}); give at most its etcd --max-txn-ops"
-        ) from None
+        # The destination takes fewer ops than it did when probed (restarted with a lower limit, or a
+        # member with another): nothing was applied; learn its limits again, unless they were just
+        # learned (then the probe disagrees with the txns, which only a broken destination does).
+        if self._limits is None or self.stats.applied_txns == self._limits_learned_at:
+            raise UsageError(
+                f"--max-txn-ops: the destination refuses txns the probe found it takes ({e}); give "
+                "--max-txn-ops at most its etcd --max-txn-ops"
+            ) from None
+        log.warning("%s: the destination's limit went down; learning it again", e)
+        self._limits = None
+        return _AGAIN
 
     async def _on_compacted(self, e: CompactedError, dest: EtcdClient) -> _Next:
         self.stats.resyncs += 1
@@ -206,7 +215,13 @@ class Mirror(StandbyDuties):
 
     async def _on_fenced(self, e: Fenced, dest: EtcdClient) -> _Next:
         self.stats.errors["fenced"] += 1
-        if not await self._still_holding_lock(dest):
+        try:
+            holding = await self._still_holding_lock(dest)
+        except TransientError as t:
+            # The destination went away as well: the next cycle finds out (its txns compare the lock).
+            log.warning("restart from the destination's checkpoint: %s (and %s)", e, t)
+            return _BACKOFF
+        if not holding:
             log.warning("the mirror lock was taken over (%s); standing by", e)
             self._lock.lost.set()
             return _AGAIN
@@ -271,6 +286,7 @@ class Mirror(StandbyDuties):
         self._failing_since = self._failing_since or now
         return self.config.once and now - self._failing_since > self.config.timeout
 
+    _limits_learned_at = -1  # stats.applied_txns when the limits were last learned
     _force_sync = ""  # why the next cycle must copy again, when it must
     _backoff = 0.1  # seconds before the next try after an error (doubling to 5 s)
     _failing_since: float | None = None  # monotonic time the current run of errors began
@@ -314,7 +330,7 @@ class Mirror(StandbyDuties):
             self.mapper,
             self._key,
             tuple(self._guards()),
-            self.config.max_txn_ops,
+            self._limits.max_ops if self._limits else 2,
             self._max_txn_bytes,
             self.stats,
             self._leases,
@@ -334,6 +350,10 @@ class Mirror(StandbyDuties):
             dest_id=self._dest_id,
             dest_text=self.config.dest.endpoints_text,
         )
+        if self._limits is None:
+            self._limits = await learn(dest, self._key, self.config.max_txn_ops, self.config.max_txn_bytes)
+            self._max_txn_bytes = min(self._max_txn_bytes or self._limits.max_bytes, self._limits.max_bytes)
+            self._limits_learned_at = self.stats.applied_txns
         ckpt, raw = await self._read_checkpoint(dest)
         # The lease registry checked against both clusters before any key is attached this cycle.
         if self._leases is not None and await self._leases.reconcile() and not self._force_sync:
@@ -478,12 +498,20 @@ class Mirror(StandbyDuties):
             )
         self._refuse_mass_delete(deletes, dest_keys, "the copy")
 
-    async def _check_replay_deletes(self, dest: EtcdClient, deletes: int) -> None:
-        if self.config.allow_mass_delete or deletes < self.config.mass_delete_min:
+    async def _check_replay_deletes(self, dest: EtcdClient, keys: list[bytes]) -> None:
+        """`keys`: the keys one source revision deletes (the one deleting the most of those a replay txn
+        applies). Its keys created earlier in the same txn, or already gone, are not on the destination:
+        when the count alone would refuse, only the keys the destination holds are counted."""
+        c = self.config
+        if c.allow_mass_delete or len(keys) < c.mass_delete_min:
             return
         key, end = self.mapper.dest_range
         dest_keys = (await dest.range(key, end, count_only=True)).count
-        self._refuse_mass_delete(deletes, dest_keys, "a replayed batch of source deletes")
+        deletes = len(keys)
+        if deletes > c.max_delete_ratio * dest_keys:
+            present = {kv.key for kv in (await dest.range(key, end, keys_only=True)).kvs}
+            deletes = sum(k in present for k in keys)
+        self._refuse_mass_delete(deletes, dest_keys, "a replayed source revision")
 
     def _new_checkpoint(self, revision: int, phase: str) -> Checkpoint:
         head = self.stats.source_revision

@@ -52,8 +52,13 @@ DestOp = Put | Delete
 STALL_AFTER = 5.0
 
 # The backlog (read, not yet applied) the reader may run ahead by: in destination txns' worth of ops,
-# and in bytes of keys and values. Past either, the reader waits for the applier.
+# and in bytes of keys and values. Past either, the reader waits for the applier. The reader must stay
+# a whole txn ahead plus what arrives while one is in flight: 16 txns of etcd's default 128 ops, or 4
+# of a bigger limit (4 x 4096 ops: a few MB of queued objects besides the values, which the byte
+# bound holds to 4 txns of the mirror's 8 MiB).
 BACKLOG_TXNS = 16
+BACKLOG_MIN_OPS = BACKLOG_TXNS * 128
+BACKLOG_BIG_TXNS = 4
 BACKLOG_BYTES = 32 * 1024 * 1024
 
 
@@ -104,7 +109,7 @@ class Replayer:
         *,
         stop_at: int | None = None,
         heartbeat_key: bytes | None = None,
-        guard_deletes: Callable[[int], Awaitable[None]] | None = None,
+        guard_deletes: Callable[[list[bytes]], Awaitable[None]] | None = None,
         checkpoint_interval: float = 1.0,
         retry_for: float | None = None,
         backlog_ops: int | None = None,
@@ -139,12 +144,16 @@ class Replayer:
         self._pending: deque[SourceRevision] = deque()
         self._pending_ops = 0  # ops (counting a revision with none as one) and bytes in _pending
         self._pending_bytes = 0
-        self._max_backlog_ops = backlog_ops or BACKLOG_TXNS * max_txn_ops
+        self._max_backlog_ops = backlog_ops or max(BACKLOG_MIN_OPS, BACKLOG_BIG_TXNS * max_txn_ops)
         self._max_backlog_bytes = backlog_bytes
         self._arrived = asyncio.Event()  # set when the reader appended (or failed)
         self._room = asyncio.Event()  # set while the backlog is under its bounds
         self._room.set()
         self._read_error: BaseException | None = None
+        # The deletes of the source revision in the group being applied that deletes the most: the
+        # mass-delete guard judges source requests (a prefix delete, a txn), not the destination's
+        # txns, whose size follows how far behind the mirror is.
+        self._worst_deletes: list[bytes] = []
         self._covered = checkpoint.revision  # every revision up to here is applied or has nothing to apply
         self._last_write = time.monotonic()
         self._last_batch = time.monotonic()  # when the watch last delivered anything
@@ -224,12 +233,16 @@ class Replayer:
     async def _apply(self, ops: list[DestOp], ckpt: Checkpoint) -> None:
         if self._leases is not None:
             ops = await self._leases.prepare(ops)
+        # One copy of the checkpoint per txn, not one per field changed (its JSON is written per txn).
+        more: dict[str, object] = {}
         if self._heartbeat and not ckpt.split_revision:
-            ckpt = ckpt.advanced(ckpt.revision, source_time=self._heartbeat)
+            more["source_time"] = self._heartbeat
         if self._rate is not None:
             # Where the source is and how fast it moves, written with the data (no extra txn).
             head = self._stats.source_revision
-            ckpt = replace(ckpt.seen(head, self._rate.observe(head)), source_endpoints=self._endpoints)
+            ckpt = ckpt.seen(head, self._rate.observe(head), source_endpoints=self._endpoints, **more)
+        elif more:
+            ckpt = replace(ckpt, **more)  # type: ignore[arg-type]
         data = ckpt.encode()
         guard = self._writer.guard(self._ckpt_bytes)
         batch = TxnBatch(ops)
@@ -281,6 +294,7 @@ class Replayer:
         parents: set[bytes] = set()  # under which the group creates ordered keys
         size = 0
         last = self._covered
+        self._worst_deletes = []
         while self._pending:
             rev = self._pending[0]
             rsize = rev.nbytes
@@ -290,6 +304,10 @@ class Replayer:
                 break  # it creates a sibling of a key this txn creates: the next txn, after it
             if not ops and (len(rev.ops) > self._max_ops or rsize > self._max_bytes):
                 break  # the caller applies this one in parts
+            if len(rev.ops) > len(self._worst_deletes):  # (a list only when it may be the worst)
+                deletes = [op.key for op in rev.ops if type(op) is Delete]
+                if len(deletes) > len(self._worst_deletes):
+                    self._worst_deletes = deletes
             for op in rev.ops:
                 ops.pop(op.key, None)  # keep the order of the last write to each key
                 ops[op.key] = op
@@ -346,7 +364,7 @@ class Replayer:
                 self._raise_read_error()
                 ops, last = self._take_group()
                 if self._guard_deletes is not None:
-                    await self._guard_deletes(sum(isinstance(op, Delete) for op in ops))
+                    await self._guard_deletes(self._worst_deletes)
                 if ops:
                     await self._apply(ops, self._ckpt.advanced(last))
                     self._covered = last
@@ -358,7 +376,7 @@ class Replayer:
                 elif self._pending:
                     big = self._pending[0]
                     if self._guard_deletes is not None:
-                        await self._guard_deletes(sum(isinstance(op, Delete) for op in big.ops))
+                        await self._guard_deletes([op.key for op in big.ops if isinstance(op, Delete)])
                     await self._apply_split(self._popleft())
             await self._checkpoint_if_behind()
             return self._ckpt
