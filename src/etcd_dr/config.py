@@ -28,6 +28,11 @@ class MirrorConfig:
     inflight: int = 8
     # Most keys per read page (pages are also cut to about 4 MiB of keys and values).
     page_size: int = 10000
+    # Catch-up beyond one watcher (mirror/catchup.py): watches at once, revisions per slice, and how far
+    # behind the head the resume point must be to use it (the hidden --catch-up W/S/T; 1 watcher: off).
+    catchup_watchers: int = 8
+    catchup_slice: int = 5000
+    catchup_threshold: int = 5000
     start_revision: int | None = None
     once: bool = False
     leases: Literal["mirror", "ignore"] = "mirror"
