@@ -188,7 +188,11 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     help="With --once: seconds an endpoint may be unreachable, or another mirror hold the lock.",
 )
 @click.option(
-    "--inflight", type=int, default=8, show_default=True, help="Destination txns in flight during the copy."
+    "--inflight",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Most destination txns in flight during the copy (which also keeps at most 16 MiB in flight).",
 )
 @click.option(
     "--max-delete-ratio",

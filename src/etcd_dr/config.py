@@ -24,8 +24,9 @@ class MirrorConfig:
     max_txn_ops: int = 128
     # Bytes of keys and values per destination txn; below etcd's default --max-request-bytes (1.5 MiB).
     max_txn_bytes: int = 1024 * 1024
-    # Destination txns in flight during the initial copy.
-    inflight: int = 8
+    # Most destination txns in flight during the copy, which also keeps at most mirror.sync's
+    # COPY_WINDOW_BYTES in flight: the window, in bytes, is what lets a far destination be fed.
+    inflight: int = 64
     # Most keys per read page (pages are also cut to about 4 MiB of keys and values).
     page_size: int = 10000
     # Catch-up beyond one watcher (mirror/catchup.py): watches at once, revisions per slice, and how far
