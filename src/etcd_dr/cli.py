@@ -192,7 +192,7 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     type=int,
     default=64,
     show_default=True,
-    help="Most destination txns in flight during the copy (which also keeps at most 16 MiB in flight).",
+    help="Most destination txns in flight during the copy (which also keeps at most 8 MiB in flight).",
 )
 @click.option(
     "--max-delete-ratio",

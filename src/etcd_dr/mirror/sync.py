@@ -28,7 +28,7 @@ log = logging.getLogger("etcd_dr.mirror")
 # The copy's window: bytes (of keys and values) of txns in flight, so that a far destination has as much
 # in flight as its round trip needs whatever the txn size; --inflight caps the number of txns. Both also
 # bound the memory the requests in flight hold.
-COPY_WINDOW_BYTES = 16 * 1024 * 1024
+COPY_WINDOW_BYTES = 8 * 1024 * 1024
 
 REPORT_FIRST = 10  # how many overwritten / removed keys are named in the log before a summary
 STALE_LIST = 20  # how many stale keys the one line before the copy's deletes names
