@@ -102,7 +102,8 @@ class _Slice:
             async for batch in watch:
                 if not batch.events:
                     continue
-                if batch.events[-1].kv.mod_revision > self.last:
+                reached = batch.events[-1].kv.mod_revision
+                if reached > self.last:
                     # The rest belongs to the next slice.
                     batch = WatchBatch(
                         batch.header, [e for e in batch.events if e.kv.mod_revision <= self.last]
@@ -111,7 +112,7 @@ class _Slice:
                     self.buffer.append(rev)
                     self.size += rev.nbytes + OP_OVERHEAD * (len(rev.ops) or 1)
                     self.ops += len(rev.ops) or 1
-                if batch.events and batch.events[-1].kv.mod_revision >= self.last:
+                if reached >= self.last:
                     self.done = True
                     self.changed.set()
                     return
