@@ -87,6 +87,11 @@ class MirrorConfig:
             raise UsageError(f"--foreign-writes {self.foreign_writes!r}: expected restore, report or ignore")
         if self.inflight < 1:
             raise UsageError("--inflight must be at least 1")
+        if self.catchup_watchers < 1 or self.catchup_slice < 1 or self.catchup_threshold < 0:
+            raise UsageError(
+                f"--catch-up {self.catchup_watchers}/{self.catchup_slice}/{self.catchup_threshold}: "
+                "watchers and slice size must be at least 1, the threshold at least 0"
+            )
         if self.start_revision is not None and self.start_revision < 1:
             raise UsageError(f"--rev {self.start_revision}: must be a positive revision")
         if self.ignore_keys_regex:
