@@ -23,6 +23,9 @@ with our own client, and ends every process it started (by PID, in `finally`). S
             10 MiB) and with etcd's default limits; make-mirror capped and extrapolated
   alongside loopback, both mirrors running at once from one source into two destinations, 20,000
             writes (64 in flight): each tool's lag at load end and CPU per replayed revision
+  catchup   `mirror --once` from a checkpoint 60,000 single-key revisions behind the head, through
+            one watch and through slices (mirror/catchup.py), against one `etcdctl watch --rev`
+            reading the same backlog (the baseline column)
 
 It prints the machine, a line per measurement, and a final table; the same table goes to
 bench/results/<timestamp>.json. See docs/benchmarks.md for the figures and how to read them.
@@ -81,7 +84,7 @@ STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 READY_TIMEOUT = 60.0  # a mirror must have copied the one-key source by then
 DELAY_ONE_WAY = 0.015  # the distance scenario's proxy delay (30 ms round trip)
 
-SCENARIOS = ("copy", "replay", "rss", "distance", "far", "alongside", "leased")
+SCENARIOS = ("copy", "replay", "rss", "distance", "far", "alongside", "leased", "catchup")
 
 
 class BenchError(RuntimeError):
@@ -105,6 +108,7 @@ class Sizes:
     distance_replay_cap: float = 180.0
     far_writes: int = 20_000
     far_mm_cap: float = 30.0  # make-mirror's copy and replay over the far links (then extrapolated)
+    catchup_revisions: int = 60_000
     dr_timeout: float = 900.0  # an etcd-dr --once run must exit by then
     leased_keys: int = 10_000
     leased_far_keys: int = 1_000  # over the delay proxy: one round trip per key, so fewer
@@ -124,6 +128,7 @@ QUICK = Sizes(
     distance_replay_cap=60.0,
     far_writes=3_000,
     far_mm_cap=10.0,
+    catchup_revisions=20_000,
     dr_timeout=300.0,
     leased_keys=2_000,
     leased_far_keys=300,
@@ -1328,6 +1333,148 @@ async def scenario_alongside(tools: Tools, sizes: Sizes, res: Results) -> None:
     res.details["alongside"] = {"write_rate": rate, "lag": lags, "cpu_us_per_revision": per_rev}
 
 
+# ---- catch-up: a backlog far behind the checkpoint --------------------------------------------------
+
+
+async def etcdctl_watch_read(tools: Tools, addr: str, first: int, last_key: bytes, timeout: float) -> float:
+    """Seconds one `etcdctl watch --rev FIRST` takes to print the backlog up to `last_key` (the key
+    written last): one etcd watcher's read rate of the backlog, the baseline of the catch-up."""
+    argv = [str(tools.bins.etcdctl), "--endpoints", addr, "watch", "--prefix", "", "--rev", str(first)]
+    env = child_env({"ETCDCTL_API": "3"})
+
+    def read() -> float:
+        started = time.monotonic()
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        try:
+            assert p.stdout is not None
+            for line in p.stdout:
+                if line.rstrip(b"\n") == last_key:
+                    return time.monotonic() - started
+                if time.monotonic() - started > timeout:
+                    break
+            raise BenchError(f"etcdctl watch --rev {first} did not print {last_key!r} within {timeout:g} s")
+        finally:
+            p.kill()
+            p.wait()
+
+    return await asyncio.to_thread(read)
+
+
+# The destination as `render` configures a standby (issue 14): txns of up to 4096 ops and 16 MiB; the
+# mirror is given the same --max-txn-ops (until it learns the destination's limits by itself).
+STANDBY_TXN_OPS = 4096
+STANDBY_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+@contextlib.asynccontextmanager
+async def standby_pair(tools: Tools, tag: str) -> AsyncIterator[Pair]:
+    """Like fresh_pair, with the destination started with the standby's txn limits."""
+    bins, storage = tools.bins, tools.storage
+    limits = (f"--max-txn-ops={STANDBY_TXN_OPS}", f"--max-request-bytes={STANDBY_REQUEST_BYTES}")
+    src = EtcdCluster(
+        bins, 1, name=f"{tag}-src", base_dir=storage.data_dir, extra_args=storage.extra_args(bins)
+    )
+    dst = EtcdCluster(
+        bins, 1, name=f"{tag}-dst", base_dir=storage.data_dir, extra_args=(*storage.extra_args(bins), *limits)
+    )
+    try:
+        await asyncio.to_thread(src.start)
+        await asyncio.to_thread(dst.start)
+        async with (
+            EtcdClient(ClientConfig.create(src.hostports[0])) as sc,
+            EtcdClient(ClientConfig.create(dst.hostports[0])) as dc,
+        ):
+            yield Pair(src, dst, sc, dc)
+    finally:
+        await asyncio.to_thread(dst.stop)
+        await asyncio.to_thread(src.stop)
+
+
+def catchup_mirror(tools: Tools, tag: str, pair: Pair, extra: Sequence[str]) -> Proc:
+    tools.runs += 1
+    argv = [*tools.etcd_dr.argv, "mirror", pair.dst_addr, "--endpoints", pair.src_addr, "--once"]
+    argv += ["--max-txn-ops", str(STANDBY_TXN_OPS), *extra]
+    return Proc(f"{tools.runs:02d}-{tag}-etcd-dr", argv, child_env(tools.etcd_dr.env), tools.log_dir)
+
+
+@dataclass
+class CatchUpRun:
+    revisions: int
+    seconds: float  # from the log: "resuming from the checkpoint" to "done"
+    cpu_seconds: float
+    peak_rss_mb: float
+
+    @property
+    def rate(self) -> float:
+        return self.revisions / self.seconds
+
+
+async def scenario_catchup(tools: Tools, sizes: Sizes, res: Results) -> None:
+    n = sizes.catchup_revisions
+    say(f"\n== catch-up: `mirror --once` from a checkpoint {n:,} single-key revisions behind the head")
+    async with standby_pair(tools, "catchup") as pair:
+        first_run = catchup_mirror(tools, "catchup-ckpt", pair, ["--heartbeat-interval", "0"])
+        if await first_run.wait(sizes.dr_timeout) != 0:
+            raise BenchError(f"etcd-dr mirror --once (checkpoint) failed:\n{first_run.log_tail()}")
+        # The checkpoint as the first run left it: put back before each measured run.
+        saved = (await pair.dst_client.range(b"/etcd-dr/mirror/", prefix_range_end(b"/etcd-dr/mirror/"))).kvs
+        if len(saved) != 1:
+            raise BenchError(f"expected one checkpoint on the destination, found {len(saved)}")
+        ckpt_key, ckpt_value = saved[0].key, saved[0].value
+        first = (await pair.src_client.status()).revision + 1
+        last_key, _ = await write_puts(pair.src_client, BACKLOG, n, 64)
+        revisions = (await pair.src_client.status()).revision - first + 1
+        await wait_quiet(tools, pair)
+        base = await etcdctl_watch_read(tools, pair.src_addr, first, last_key, sizes.dr_timeout)
+        say(
+            f"  etcdctl watch --rev: read {revisions:,} revisions in {base:.2f} s "
+            f"({revisions / base:,.0f} rev/s)"
+        )
+        runs: dict[str, CatchUpRun] = {}
+        for which, extra in (("one watch", ["--catch-up", "1/1/1"]), ("slices", [])):
+            await pair.dst_client.delete_prefix(BACKLOG)
+            await pair.dst_client.put(ckpt_key, ckpt_value)
+            await wait_quiet(tools, pair)
+            proc = catchup_mirror(tools, "catchup", pair, ["--heartbeat-interval", "0", *extra])
+            try:
+                if await proc.wait(sizes.dr_timeout) != 0:
+                    raise BenchError(f"etcd-dr mirror --once (catch-up) failed:\n{proc.log_tail()}")
+            finally:
+                await proc.stop()
+            got = await count(pair.dst_client, BACKLOG)
+            if got != n:
+                raise BenchError(f"after the catch-up the destination has {got} of {n} keys")
+            span = log_span(proc, "resuming from the checkpoint", "done: source revision")
+            run = CatchUpRun(
+                revisions, span or time.monotonic() - proc.started, proc.cpu_seconds(), proc.peak_rss_mb
+            )
+            runs[which] = run
+            say(
+                f"  etcd-dr ({which}): {revisions:,} revisions in {run.seconds:.2f} s "
+                f"({run.rate:,.0f} rev/s); "
+                f"CPU {run.cpu_seconds:.1f} s ({run.cpu_seconds / revisions * 1e6:.0f} us/rev), "
+                f"peak RSS {run.peak_rss_mb:.0f} MB"
+            )
+    res.rows.append(
+        Row(
+            "catch-up",
+            f"{n // 1000}k-revision backlog read/applied",
+            "rev/s",
+            revisions / base,
+            runs["slices"].rate,
+            better="higher",
+            min_ratio=2,
+            note="the make-mirror column is one `etcdctl watch --rev` reading the same backlog; etcd-dr "
+            "through one watch (--catch-up 1/1/1) is on each run's lines",
+        )
+    )
+    res.details["catchup"] = {
+        "revisions": revisions,
+        "etcdctl_watch_seconds": base,
+        "runs": {k: {**asdict(v), "rate": v.rate} for k, v in runs.items()},
+    }
+
+
 RUNNERS = {
     "leased": scenario_leased,
     "copy": scenario_copy,
@@ -1336,6 +1483,7 @@ RUNNERS = {
     "distance": scenario_distance,
     "far": scenario_far,
     "alongside": scenario_alongside,
+    "catchup": scenario_catchup,
 }
 
 

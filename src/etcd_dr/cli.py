@@ -189,7 +189,11 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     help="With --once: seconds an endpoint may be unreachable, or another mirror hold the lock.",
 )
 @click.option(
-    "--inflight", type=int, default=8, show_default=True, help="Destination txns in flight during the copy."
+    "--inflight",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Most destination txns in flight during the copy (which also keeps at most 8 MiB in flight).",
 )
 @click.option(
     "--ordered-copy-time",
@@ -263,6 +267,9 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     show_default=True,
     help="Write a heartbeat on the source this often, for lag in seconds (0: never).",
 )
+@click.option(
+    "--catch-up", "catch_up", default=None, hidden=True, help="WATCHERS/SLICE/THRESHOLD (tests, bench)."
+)
 def mirror(
     pair: PairOptions,
     max_txn_ops: int | None,
@@ -284,9 +291,13 @@ def mirror(
     foreign_writes: Literal["restore", "report", "ignore"],
     fence_standby: bool,
     heartbeat_interval: str,
+    catch_up: str | None,
 ) -> None:
     """Continuously mirror SOURCE (--endpoints) into DEST, exactly once, resumable."""
     from .mirror import Mirror
+    from .mirror.catchup import CatchUpConfig
+
+    catchup = CatchUpConfig.parse(catch_up) if catch_up else CatchUpConfig()
 
     config = pair.config(
         max_txn_ops=max_txn_ops,
@@ -312,6 +323,9 @@ def mirror(
         foreign_writes=foreign_writes,
         fence_standby=fence_standby,
         heartbeat_interval=duration(heartbeat_interval, "--heartbeat-interval"),
+        catchup_watchers=catchup.watchers,
+        catchup_slice=catchup.slice_revisions,
+        catchup_threshold=catchup.threshold,
     )
     from .progress import with_copy_progress
 

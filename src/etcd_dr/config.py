@@ -35,10 +35,16 @@ class MirrorConfig:
     # etcd's default --max-request-bytes of 1.5 MiB, 8 MiB for a destination configured for big txns),
     # halved whenever the destination refuses a txn as too large.
     max_txn_bytes: int | None = None
-    # Destination txns in flight during the initial copy.
-    inflight: int = 8
+    # Most destination txns in flight during the copy, which also keeps at most mirror.sync's
+    # COPY_WINDOW_BYTES in flight: the window, in bytes, is what lets a far destination be fed.
+    inflight: int = 64
     # Most keys per read page (pages are also cut to about 4 MiB of keys and values).
     page_size: int = 10000
+    # Catch-up beyond one watcher (mirror/catchup.py): watches at once, revisions per slice, and how far
+    # behind the head the resume point must be to use it (the hidden --catch-up W/S/T; 1 watcher: off).
+    catchup_watchers: int = 8
+    catchup_slice: int = 5000
+    catchup_threshold: int = 5000
     start_revision: int | None = None
     once: bool = False
     leases: Literal["mirror", "ignore"] = "mirror"
@@ -98,6 +104,11 @@ class MirrorConfig:
             raise UsageError(f"--ordered-copy-time {self.ordered_copy_time:g}: must not be negative")
         if self.inflight < 1:
             raise UsageError("--inflight must be at least 1")
+        if self.catchup_watchers < 1 or self.catchup_slice < 1 or self.catchup_threshold < 0:
+            raise UsageError(
+                f"--catch-up {self.catchup_watchers}/{self.catchup_slice}/{self.catchup_threshold}: "
+                "watchers and slice size must be at least 1, the threshold at least 0"
+            )
         if self.start_revision is not None and self.start_revision < 1:
             raise UsageError(f"--rev {self.start_revision}: must be a positive revision")
         if self.ignore_keys_regex:

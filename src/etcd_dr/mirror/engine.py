@@ -50,6 +50,7 @@ from ..state.layout import (
 from ..state.reader import decode
 from ..state.records import REPLAY, SYNC, Checkpoint, encode_key
 from ..state.roles import RoleState, claim_standby
+from .catchup import CatchUpConfig
 from .checkpoint import SourceRate
 from .keys import KeyMapper, ranges_overlap
 from .leases import LeaseMirror
@@ -393,6 +394,9 @@ class Mirror(StandbyDuties):
             checkpoint_raw=raw,
             source_rate=self._rate,
             source_endpoints=self.config.source.endpoints_text,
+            catchup=CatchUpConfig(
+                self.config.catchup_watchers, self.config.catchup_slice, self.config.catchup_threshold
+            ),
         )
         return await replayer.run()
 

@@ -38,6 +38,7 @@ from ..etcd import (
     WatchBatch,
 )
 from ..state.records import Checkpoint
+from .catchup import CatchUpConfig, catch_up
 from .checkpoint import SourceRate
 from .keys import ALL_KEYS
 from .order import joins, parent
@@ -117,6 +118,7 @@ class Replayer:
         checkpoint_raw: bytes | None = None,
         source_rate: SourceRate | None = None,
         source_endpoints: str = "",
+        catchup: CatchUpConfig | None = None,
     ) -> None:
         self._source = source
         self._writer = writer
@@ -140,6 +142,7 @@ class Replayer:
         self._heartbeat = 0.0  # newest heartbeat time covered but not yet in a written checkpoint
         self._interval = checkpoint_interval
         self._retry_for = retry_for
+        self._catchup = catchup
         # Revisions read and not yet applied, in order; the reader appends, the applier takes.
         self._pending: deque[SourceRevision] = deque()
         self._pending_ops = 0  # ops (counting a revision with none as one) and bytes in _pending
@@ -195,6 +198,12 @@ class Replayer:
 
     async def _read(self) -> None:
         start = self._ckpt.split_revision or self._ckpt.revision + 1
+        try:
+            start = await self._catch_up(start)
+        except Exception as e:  # handed to the applier, as the watch's own errors are
+            self._read_error = e
+            self._arrived.set()
+            return
         watch = self._source.watch(*ALL_KEYS, start_revision=start, retry_for=self._retry_for)
         try:
             async for batch in watch:
@@ -210,6 +219,35 @@ class Replayer:
             self._arrived.set()
         finally:
             await watch.close()
+
+    async def _catch_up(self, start: int) -> int:
+        """While the source's head is far ahead of `start`, read up to it through several watches
+        (mirror/catchup.py); returns where the one live watch starts."""
+        cfg = self._catchup
+        while cfg is not None and cfg.enabled:
+            head = (await self._source.range(ALL_KEYS[0])).header.revision
+            self._stats.source_revision = max(self._stats.source_revision, head)
+            if head - start + 1 <= cfg.threshold:
+                break
+            await catch_up(
+                self._source,
+                start,
+                head,
+                config=cfg,
+                convert=self._revisions,
+                deliver=self._deliver,
+                retry_for=self._retry_for,
+            )
+            start = head + 1
+        return start
+
+    async def _deliver(self, revisions: list[SourceRevision]) -> None:
+        """The catch-up's revisions, in order, into the backlog the applier takes from."""
+        self._last_batch = time.monotonic()
+        self._stats.received(revisions[-1].revision)
+        self._append(revisions)
+        if not self._room.is_set():
+            await self._room.wait()
 
     def _append(self, revisions: list[SourceRevision]) -> None:
         for rev in revisions:

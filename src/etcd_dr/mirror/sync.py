@@ -28,6 +28,11 @@ from .writer import DestWriter
 
 log = logging.getLogger("etcd_dr.mirror")
 
+# The copy's window: bytes (of keys and values) of txns in flight, so that a far destination has as much
+# in flight as its round trip needs whatever the txn size; --inflight caps the number of txns. Both also
+# bound the memory the requests in flight hold.
+COPY_WINDOW_BYTES = 8 * 1024 * 1024
+
 REPORT_FIRST = 10  # how many overwritten / removed keys are named in the log before a summary
 STALE_LIST = 20  # how many stale keys the one line before the copy's deletes names
 
@@ -52,8 +57,15 @@ class SyncResult:
 ProgressFn = Callable[[SyncResult], None]
 
 
+def copy_txn_limits(writer: DestWriter) -> tuple[int, int]:
+    """Ops and bytes of keys and values per copy txn: the one place the copy's txn size is chosen (the
+    configured --max-txn-ops and request size today; the destination's learned limits belong here)."""
+    return writer.max_txn_ops, writer.max_txn_bytes
+
+
 class TxnPipeline:
-    """Sends batches of ops as destination txns guarded by `guard`, up to `inflight` at once.
+    """Sends batches of ops as destination txns guarded by `guard`: up to `window_bytes` of keys and
+    values in flight, and at most `inflight` txns.
 
     Order between txns does not matter here (each key is written once per copy), which is what lets
     several be in flight. Ops go straight into the next txn's request (`TxnBatch`): `room` says whether
@@ -68,13 +80,18 @@ class TxnPipeline:
         max_bytes: int,
         inflight: int,
         stats: MirrorStats | None = None,
+        window_bytes: int = COPY_WINDOW_BYTES,
     ) -> None:
         self._stats = stats
         self._dest = dest
         self._guard = list(guard)
         self._max_ops = max_ops
         self._max_bytes = max_bytes
-        self._slots = asyncio.Semaphore(inflight)
+        self._max_txns = inflight
+        self._window = window_bytes
+        self._txns_out = 0  # txns in flight, and their bytes of keys and values
+        self._bytes_out = 0
+        self._freed = asyncio.Event()  # set when a txn in flight ended
         self._tasks: set[asyncio.Task[None]] = set()
         self.batch = TxnBatch()
         self._ops = 0
@@ -110,13 +127,20 @@ class TxnPipeline:
         if not self._ops:
             return
         batch, self.batch, self._ops = self.batch, TxnBatch(), 0
+        size = batch.nbytes
         self._raise_failures()
-        await self._slots.acquire()
-        task = asyncio.create_task(self._send(batch))
+        # One txn always goes, however large; more while the window and the cap allow.
+        while self._txns_out and (self._txns_out >= self._max_txns or self._bytes_out + size > self._window):
+            self._freed.clear()
+            await self._freed.wait()
+            self._raise_failures()
+        self._txns_out += 1
+        self._bytes_out += size
+        task = asyncio.create_task(self._send(batch, size))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: TxnBatch) -> None:
+    async def _send(self, batch: TxnBatch, size: int) -> None:
         try:
             started = time.monotonic()
             succeeded, _ = await self._dest.txn_batch(self._guard, batch)
@@ -128,7 +152,9 @@ class TxnPipeline:
                 raise Fenced("the mirror's checkpoint changed during the copy: another mirror is writing")
             self.txns += 1
         finally:
-            self._slots.release()
+            self._txns_out -= 1
+            self._bytes_out -= size
+            self._freed.set()
 
     def _raise_failures(self) -> None:
         for t in list(self._tasks):
@@ -356,7 +382,8 @@ async def diff_sync(
     dest, mapper, stats, leases = writer.dest, writer.mapper, writer.stats, writer.leases
     rule = writer.order
     ordered: list[OrderedKey] = []
-    guard, max_txn_ops, max_txn_bytes = writer.guard(checkpoint_raw), writer.max_txn_ops, writer.max_txn_bytes
+    guard = writer.guard(checkpoint_raw)
+    max_txn_ops, max_txn_bytes = copy_txn_limits(writer)
     level = logging.INFO if resync else logging.WARNING
     started = time.monotonic()
     result = SyncResult(revision=revision)
