@@ -12,6 +12,7 @@ import random
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,9 @@ async def test_a_destination_below_the_mirrors_guess_is_learned_exactly_once(
     caplog.set_level(logging.INFO, logger="etcd_dr")
     src = etcd_cluster_factory(name="src")
     dst = etcd_cluster_factory(name="dst", extra_args=["--max-txn-ops=64", "--max-request-bytes=32768"])
+    dp = FaultProxy.to(dst.endpoints[0])
     config = pair_config(src, dst, prefix=APP)
+    config = replace(config, dest=ClientConfig.create(dp.address, role="destination", flag_prefix="dest-"))
     async with connect(src) as s, connect(dst) as d:
         key = checkpoint_key(STATE, (await s.status()).cluster_id, APP, APP)
         async with running(config) as mirror:
@@ -78,7 +81,13 @@ async def test_a_destination_below_the_mirrors_guess_is_learned_exactly_once(
                 for i in keys:
                     await s.put(APP + b"k%04d" % (i % 700), rng.randbytes(rng.choice((10, 500, 1000))))
 
-            await asyncio.gather(*(writer() for _ in range(32)))
+            # The link is held while the source is written, so the backlog (and a txn over the
+            # destination's 32 KiB) does not depend on how fast this machine writes.
+            dp.set_blackhole(True)
+            try:
+                await asyncio.gather(*(writer() for _ in range(32)))
+            finally:
+                dp.set_blackhole(False)
             await wait_equal(s, d, APP, timeout=60)
             assert mirror.stats.errors["too_large"] >= 1
         report = await check_exactly_once(s, d, MAPPER, key)
@@ -86,6 +95,7 @@ async def test_a_destination_below_the_mirrors_guess_is_learned_exactly_once(
         assert 1 < report.largest_txn <= 63
     assert "destination txn limits: 64 ops per txn" in caplog.text
     assert "refused a txn as too large" in caplog.text
+    dp.close()
 
 
 async def test_exactly_once_with_large_txns_through_kill_lost_lock_and_cut_links(
