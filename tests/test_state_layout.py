@@ -23,7 +23,7 @@ from etcd_dr.state import StateLayout
 from etcd_dr.state.events import record_event
 from etcd_dr.state.layout import pair_id
 from etcd_dr.state.reader import UnreadableRecord
-from etcd_dr.state.records import Checkpoint, HealthRecord
+from etcd_dr.state.records import Checkpoint, HealthRecord, LockHolder
 from etcd_dr.state.roles import STANDBY, Role
 from etcd_dr.state.site import SiteState
 
@@ -174,14 +174,14 @@ async def test_site_state_reads_every_record_in_one_range(
         await client.put(layout.health(0xABC, b"/app/", b"/app/"), health.encode())
         await client.put(layout.lease_registry(0xABC, b"/app/", b"/app/") + b"00000000000000ff", b"10")
         await client.put(layout.role, role.encode())
-        await record_event(client, b"/etcd-dr/", "promoted", "made primary")
-        site = await SiteState.read(client, b"/etcd-dr/")
+        await record_event(client, layout, "promoted", "made primary")
+        site = await SiteState.read(client, layout)
         assert site.checkpoint(pair) == ckpt and site.health(pair) == health and site.role == role
-        assert site.lock_holder(pair) == "host:1:tok" and site.lease_counts == {pair: 1}
+        assert site.lock_holder(pair) == LockHolder("host:1:tok") and site.lease_counts == {pair: 1}
         assert site.fence is None and [e.kind for e in site.events] == ["promoted"]
         assert [i.id for i in checkpoints_of(site)] == [pair.decode()]
         # A damaged record is met when it is used, naming its key.
         await client.put(layout.health(0xABC, b"/app/", b"/app/"), b"[1]")
-        site = await SiteState.read(client, b"/etcd-dr/")
+        site = await SiteState.read(client, layout)
         with pytest.raises(UnreadableRecord, match="mirror health record /etcd-dr/health/"):
             site.health(pair)

@@ -17,9 +17,9 @@ from typing import Any
 from .errors import CheckFailed, Refused, UsageError
 from .etcd import Compare, CompareResult, Delete, EtcdClient
 from .state.events import record_event
-from .state.layout import StateLayout, health_key
+from .state.layout import StateLayout
 from .state.reader import UnreadableRecord, where
-from .state.records import Checkpoint, encode_key
+from .state.records import Checkpoint, LockHolder, encode_key
 from .state.site import SiteState
 
 log = logging.getLogger("etcd_dr.checkpoints")
@@ -31,7 +31,7 @@ class CheckpointInfo:
     raw: bytes
     mod_revision: int
     checkpoint: Checkpoint | None  # None: the record is not readable (listed, removable)
-    holder: str | None  # the mirror lock's holder (a running mirror), None when the lock is free
+    holder: LockHolder | None  # the mirror lock's holder (a running mirror), None when the lock is free
     error: str = ""
 
     @property
@@ -78,7 +78,7 @@ class CheckpointInfo:
             "phase": ck.phase if ck else None,
             "updated": ck.updated if ck else None,
             "age_seconds": self.age(now),
-            "lock_holder": self.holder,
+            "lock_holder": None if self.holder is None else str(self.holder),
             "state": "live" if self.live else "stale",
             "error": self.error or None,
         }
@@ -89,12 +89,12 @@ def _prefix(p: bytes) -> str:
 
 
 async def list_checkpoints(
-    client: EtcdClient, state_prefix: bytes, source_id: int | None = None, *, strict: bool = True
+    client: EtcdClient, layout: StateLayout, source_id: int | None = None, *, strict: bool = True
 ) -> list[CheckpointInfo]:
     """Every mirror checkpoint on `client` (only those from the cluster `source_id` if given), each
     with its lock's holder; oldest first by key. An unreadable one is UnreadableRecord, unless not
     `strict` (removing one by its id must still work: then it is listed with its error)."""
-    return checkpoints_of(await SiteState.read(client, state_prefix), source_id, strict=strict)
+    return checkpoints_of(await SiteState.read(client, layout), source_id, strict=strict)
 
 
 def checkpoints_of(
@@ -164,12 +164,12 @@ def find(found: list[CheckpointInfo], wanted: str) -> CheckpointInfo:
 
 
 async def remove_checkpoint(
-    client: EtcdClient, state_prefix: bytes, wanted: str, *, force: bool = False
+    client: EtcdClient, layout: StateLayout, wanted: str, *, force: bool = False
 ) -> CheckpointInfo:
     """Remove one checkpoint (and the health record beside it) in one txn that holds only if it is
     unchanged and, unless `force`, its lock is still free. A live one is refused without `force`:
     its mirror would lose its place and copy again."""
-    info = find(await list_checkpoints(client, state_prefix, strict=False), wanted)
+    info = find(await list_checkpoints(client, layout, strict=False), wanted)
     if info.live and not force:
         raise Refused(
             f"checkpoint {info.id} ({info.pair()}) is live: its mirror lock is held by {info.holder}; "
@@ -177,13 +177,12 @@ async def remove_checkpoint(
         )
     compares = [Compare.mod(info.key, CompareResult.EQUAL, info.mod_revision)]
     ops = [Delete(info.key)]
-    layout = StateLayout(state_prefix)
     if not force:
         lock = layout.lock_of_pair(layout.pair_of(info.key))
         compares.append(Compare.create(lock, CompareResult.EQUAL, 0))
     if info.checkpoint is not None:
         ck = info.checkpoint
-        ops.append(Delete(health_key(state_prefix, ck.source_cluster_id, ck.source_prefix, ck.dest_prefix)))
+        ops.append(Delete(layout.health(ck.source_cluster_id, ck.source_prefix, ck.dest_prefix)))
     result = await client.txn(compares, ops)
     if not result.succeeded:
         raise CheckFailed(
@@ -199,7 +198,7 @@ async def remove_checkpoint(
     )
     await record_event(
         client,
-        state_prefix,
+        layout,
         "checkpoint-removed",
         f"mirror checkpoint {info.id} ({info.pair()}) removed" + (" with --force" if info.live else ""),
     )
@@ -207,11 +206,11 @@ async def remove_checkpoint(
 
 
 async def live_checkpoints(
-    client: EtcdClient, state_prefix: bytes, source_id: int, own_key: bytes | None = None
+    client: EtcdClient, layout: StateLayout, source_id: int, own_key: bytes | None = None
 ) -> tuple[list[CheckpointInfo], Choice]:
     """Every checkpoint from `source_id` on `client`, and the choice a move takes its RPO from; the
     choice is logged, each stale checkpoint with a warning."""
-    found = await list_checkpoints(client, state_prefix, source_id)
+    found = await list_checkpoints(client, layout, source_id)
     choice = choose_live(found, own_key)
     if choice.used:
         log.info(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from .errors import UsageError
 from .etcd import ClientConfig
+from .state.layout import StateLayout
 
 DEFAULT_STATE_PREFIX = b"/etcd-dr/"
 
@@ -93,6 +95,11 @@ class MirrorConfig:
         for e in self.excludes:
             if not e:
                 raise UsageError("--exclude must not be empty (it would exclude every key)")
+
+    @cached_property
+    def layout(self) -> StateLayout:
+        """The keys of the state records under --state-prefix (built once, held by every user)."""
+        return StateLayout(self.state_prefix)
 
     @property
     def effective_dest_prefix(self) -> bytes:

@@ -23,7 +23,6 @@ from .errors import Refused
 from .etcd import CompactedError, EtcdClient, KeyValue
 from .mirror.compare import Kind, Pair, compare_ranges
 from .mirror.keys import KeyMapper, ranges_overlap
-from .state.layout import checkpoint_key
 from .state.reader import decode
 from .state.records import REPLAY, Checkpoint, encode_key
 
@@ -102,7 +101,7 @@ async def verify(
                 f"the same cluster (cluster id {src_status.cluster_id:x}) with overlapping ranges: "
                 "nothing to compare"
             )
-        key = checkpoint_key(config.state_prefix, src_status.cluster_id, config.prefix, mapper.dest_prefix)
+        key = config.layout.checkpoint(src_status.cluster_id, config.prefix, mapper.dest_prefix)
         for attempt in range(20):
             # The checkpoint and the data are read at the same destination revision.
             kv_result = await dest.range(key)
@@ -213,7 +212,7 @@ async def verify_in_segments(
     result = VerifyResult()
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
         src_id = (await source.status()).cluster_id
-        key = checkpoint_key(config.state_prefix, src_id, config.prefix, mapper.dest_prefix)
+        key = config.layout.checkpoint(src_id, config.prefix, mapper.dest_prefix)
         cursor, dest_cursor = src_key, dst_key
         while True:
             for attempt in range(50):
@@ -267,7 +266,7 @@ async def recheck(config: MirrorConfig, keys: list[bytes]) -> list[bytes]:
     still: list[bytes] = []
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
         src_id = (await source.status()).cluster_id
-        key = checkpoint_key(config.state_prefix, src_id, config.prefix, mapper.dest_prefix)
+        key = config.layout.checkpoint(src_id, config.prefix, mapper.dest_prefix)
         for dkey in keys:
             ckpt_read = await dest.range(key)
             ckpt = (

@@ -89,10 +89,10 @@ MOVES = ("failover", "switchover")
 
 async def _failback(cfg: MoveConfig, plan: MovePlan | None) -> FailbackResult | None:
     pair = cfg.pair  # source: the new primary; destination: the old primary that came back
-    sp = pair.state_prefix
+    layout = pair.layout
     async with EtcdClient(pair.source) as b_client, EtcdClient(pair.dest) as a_client:
         primary, old = await asyncio.gather(
-            open_site(b_client, pair.source, sp), open_site(a_client, pair.dest, sp)
+            open_site(b_client, pair.source, layout), open_site(a_client, pair.dest, layout)
         )
         refuse_same_cluster(primary, old)
         role = primary.role.role
@@ -154,7 +154,7 @@ async def _failback(cfg: MoveConfig, plan: MovePlan | None) -> FailbackResult | 
         )
         await record_event(
             a_client,
-            sp,
+            layout,
             "errant-writes",
             f"{len(writes)} writes after revision {role.applied_revision} reported to {report_path}",
         )
@@ -241,7 +241,7 @@ def _plan_steps(plan: MovePlan, cfg: MoveConfig, primary: Site, old: Site, role:
 async def _demote(cfg: MoveConfig, primary: Site, old: Site, role: Role) -> int:
     """Fence the old primary and make it a standby of the new one; returns the revision of that
     change (the old primary's own writes end before it)."""
-    sp = cfg.pair.state_prefix
+    layout = cfg.pair.layout
     current = old.role.role
     if (
         current is not None
@@ -256,12 +256,12 @@ async def _demote(cfg: MoveConfig, primary: Site, old: Site, role: Role) -> int:
             f"both {primary.describe()} and {old.describe()} say primary; the newer epoch is unclear"
         )
     await fence_writes(
-        old.client, sp, mode=cfg.fence, hook=cfg.fence_hook, epoch=current.epoch if current else 0
+        old.client, layout, mode=cfg.fence, hook=cfg.fence_hook, epoch=current.epoch if current else 0
     )
     log.info("failback: writes on the old primary %s fenced (%s)", old.text, cfg.fence)
     base = current or Role(STANDBY, 0, primary.id, 0.0)
     demoted = base.moved(STANDBY, role.epoch, primary.id, "failback", applied_revision=role.applied_revision)
-    result = await write_role(old.client, sp, demoted, old.role)
+    result = await write_role(old.client, layout, demoted, old.role)
     if not result.succeeded:
         raise CheckFailed(
             f"the role record on {old.text} changed while it was being made a standby; run again"

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..etcd import EtcdClient, EtcdError, prefix_range_end
-from ..mirror.lock import describe_holder
 from ..state.layout import StateLayout
+from ..state.records import LockHolder
 
 
 @dataclass
@@ -33,30 +33,25 @@ class MovePlan:
         return out
 
 
-def lock_prefix(state_prefix: bytes, source_id: int) -> bytes:
-    """Where the locks of the mirrors from cluster `source_id` are (state/layout.py)."""
-    return StateLayout(state_prefix).locks_of(source_id)
-
-
-async def mirror_holders(client: EtcdClient, state_prefix: bytes, source_id: int) -> list[str]:
+async def mirror_holders(client: EtcdClient, layout: StateLayout, source_id: int) -> list[LockHolder]:
     """The holders (HOST:PID:TOKEN) of the mirror locks on `client` of mirrors from `source_id`."""
-    prefix = lock_prefix(state_prefix, source_id)
+    prefix = layout.locks_of(source_id)
     try:
         result = await client.range(prefix, prefix_range_end(prefix))
     except EtcdError:
         return []
-    return [kv.value.decode(errors="replace") for kv in result.kvs]
+    return [LockHolder.decode(kv.value) for kv in result.kvs]
 
 
 async def old_mirror_lines(
-    client: EtcdClient, state_prefix: bytes, source_id: int, before: list[str], into: str
+    client: EtcdClient, layout: StateLayout, source_id: int, before: list[LockHolder], into: str
 ) -> list[str]:
     """After a move: the mirror that ran into the new primary before it (read before the move), and
     whether it still holds its lock. The promotion fenced it: it cannot write, and it ends at its next
     attempt; its service must not start it again."""
     if not before:
         return []
-    now = set(await mirror_holders(client, state_prefix, source_id))
+    now = set(await mirror_holders(client, layout, source_id))
     lines = []
     for holder in before:
         state = (
@@ -65,7 +60,7 @@ async def old_mirror_lines(
             else "it has stopped"
         )
         lines.append(
-            f"old mirror into {into}: {describe_holder(holder)}; {state}. Disable its service there so it "
+            f"old mirror into {into}: {holder.describe()}; {state}. Disable its service there so it "
             "does not start again"
         )
     return lines

@@ -40,13 +40,13 @@ class Site:
         return f"{self.text} (cluster {self.id:x}, {role})"
 
 
-async def open_site(client: EtcdClient, config: ClientConfig, state_prefix: bytes) -> Site:
-    status, role = await asyncio.gather(client.status(), read_role(client, state_prefix))
+async def open_site(client: EtcdClient, config: ClientConfig, layout: StateLayout) -> Site:
+    status, role = await asyncio.gather(client.status(), read_role(client, layout))
     return Site(client, config, status, role)
 
 
-async def refresh(site: Site, state_prefix: bytes) -> Site:
-    return await open_site(site.client, site.config, state_prefix)
+async def refresh(site: Site, layout: StateLayout) -> Site:
+    return await open_site(site.client, site.config, layout)
 
 
 def refuse_same_cluster(a: Site, b: Site) -> None:
@@ -72,9 +72,9 @@ class StoredCheckpoint:
     checkpoint: Checkpoint
 
 
-async def checkpoints_from(client: EtcdClient, state_prefix: bytes, source_id: int) -> list[StoredCheckpoint]:
+async def checkpoints_from(client: EtcdClient, layout: StateLayout, source_id: int) -> list[StoredCheckpoint]:
     """Every mirror checkpoint on `client` of mirrors from the cluster `source_id`."""
-    prefix = StateLayout(state_prefix).checkpoints_of(source_id)
+    prefix = layout.checkpoints_of(source_id)
     result = await client.range(prefix, prefix_range_end(prefix))
     found = []
     for kv in result.kvs:

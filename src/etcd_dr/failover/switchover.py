@@ -21,11 +21,10 @@ from ..etcd import CompactedError, Compare, CompareResult, Delete, EtcdClient, E
 from ..fence import fence_writes, unfence_writes
 from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
-from ..mirror.lock import describe_holder
 from ..state.events import record_event
-from ..state.layout import checkpoint_key, lock_key
+from ..state.layout import StateLayout
 from ..state.reader import decode
-from ..state.records import REPLAY, Checkpoint
+from ..state.records import REPLAY, Checkpoint, LockHolder
 from ..state.roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from ..verify import verify
 from .config import MoveConfig
@@ -101,10 +100,10 @@ async def plan_switchover(cfg: MoveConfig) -> MovePlan:
 
 async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResult | None:
     pair = cfg.pair
-    sp = pair.state_prefix
+    layout = pair.layout
     async with EtcdClient(pair.source) as p_client, EtcdClient(pair.dest) as s_client:
         primary, standby = await asyncio.gather(
-            open_site(p_client, pair.source, sp), open_site(s_client, pair.dest, sp)
+            open_site(p_client, pair.source, layout), open_site(s_client, pair.dest, layout)
         )
         refuse_same_cluster(primary, standby)
         s_role, p_role = standby.role.role, primary.role.role
@@ -123,9 +122,9 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
             return await _after_promotion(cfg, primary, standby, s_role.epoch, time.monotonic(), True)
         _check_roles(primary, standby)
         mapper = KeyMapper.from_config(pair)
-        key = checkpoint_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
+        key = layout.checkpoint(primary.id, pair.prefix, mapper.dest_prefix)
         stored = await _checkpoint(standby, key)
-        await live_checkpoints(s_client, sp, primary.id, key)  # logs the stale ones, with a warning
+        await live_checkpoints(s_client, layout, primary.id, key)  # logs the stale ones, with a warning
         log.info(
             "switchover: %s -> %s; the standby has applied revision %d of %d",
             primary.text,
@@ -135,7 +134,7 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
         )
         # Raised ahead while writes still flow, so that little is left to do while they are refused.
         margin = min(cfg.revision_margin, SWITCHOVER_MARGIN)
-        holders = await mirror_holders(s_client, sp, primary.id)
+        holders = await mirror_holders(s_client, layout, primary.id)
         if plan is not None:
             _plan_steps(plan, cfg, primary, standby, stored, holders, margin)
             return None
@@ -143,20 +142,24 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
             top = (await p_client.status()).revision
             if (await s_client.status()).revision >= top + 2 * margin:
                 break
-            await raise_revision(s_client, sp, top + 3 * margin)
+            await raise_revision(s_client, layout, top + 3 * margin)
 
         t_fence = time.monotonic()
         try:
             # Inside the try: a fence that fails halfway is lifted again (the record says what it took).
-            await fence_writes(p_client, sp, mode=cfg.fence, hook=cfg.fence_hook, epoch=primary.role.epoch)
+            await fence_writes(
+                p_client, layout, mode=cfg.fence, hook=cfg.fence_hook, epoch=primary.role.epoch
+            )
             if cfg.fence == "none":
                 log.warning("switchover: --no-fence: writes on %s are NOT stopped", primary.text)
             else:
                 log.info("switchover: writes on %s fenced (%s)", primary.text, cfg.fence)
-            await record_event(p_client, sp, "fenced", f"writes fenced for a switchover to {standby.text}")
+            await record_event(
+                p_client, layout, "fenced", f"writes fenced for a switchover to {standby.text}"
+            )
             last = (await p_client.status()).revision
             need = await _catch_up(
-                cfg, p_client, s_client, key, last, lock_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
+                cfg, p_client, s_client, key, last, layout.lock(primary.id, pair.prefix, mapper.dest_prefix)
             )
             if cfg.verify:
                 result = await verify(pair)
@@ -168,16 +171,16 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
                     "switchover: verified equal at revision %d: %s", result.source_revision, result.summary()
                 )
             top = (await p_client.status()).revision
-            bump = await raise_revision(s_client, sp, top + margin)
+            bump = await raise_revision(s_client, layout, top + margin)
             await mark_compacted(s_client, bump.revision)
             epoch = max(primary.role.epoch, standby.role.epoch) + 1
-            await _promote(s_client, sp, standby, primary.id, epoch, key, need)
+            await _promote(s_client, layout, standby, primary.id, epoch, key, need)
         except BaseException as e:
             log.error(
                 "switchover stopped before the roles changed (%s); lifting the fence on %s", e, primary.text
             )
             try:
-                await unfence_writes(p_client, sp, hook=cfg.fence_hook)
+                await unfence_writes(p_client, layout, hook=cfg.fence_hook)
             except (EtcdError, EtcdDrError) as unfence_error:
                 log.error(
                     "the fence on %s could not be lifted (%s): its writes stay refused; rerun the switchover",
@@ -185,9 +188,9 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
                     unfence_error,
                 )
             else:
-                await record_event(p_client, sp, "unfenced", f"switchover to {standby.text} stopped: {e}")
+                await record_event(p_client, layout, "unfenced", f"switchover to {standby.text} stopped: {e}")
             raise
-        standby = await refresh(standby, sp)
+        standby = await refresh(standby, layout)
         return await _after_promotion(
             cfg, primary, standby, epoch, t_fence, False, last=last, holders=holders
         )
@@ -199,7 +202,7 @@ def _plan_steps(
     primary: Site,
     standby: Site,
     stored: StoredCheckpoint,
-    holders: list[str],
+    holders: list[LockHolder],
     margin: int,
 ) -> None:
     top = primary.status.revision
@@ -218,7 +221,7 @@ def _plan_steps(
             "new standby)"
         )
     if holders:
-        catch_up = "by the running mirror " + ", ".join(describe_holder(h) for h in holders)
+        catch_up = "by the running mirror " + ", ".join(h.describe() for h in holders)
     else:
         catch_up = "by a one-shot mirror run here (no mirror holds the lock)"
     plan.step(
@@ -344,7 +347,13 @@ async def _read_checkpoint(dest: EtcdClient, key: bytes) -> StoredCheckpoint:
 
 
 async def _promote(
-    client: EtcdClient, sp: bytes, standby: Site, old_primary: int, epoch: int, key: bytes, need: int
+    client: EtcdClient,
+    layout: StateLayout,
+    standby: Site,
+    old_primary: int,
+    epoch: int,
+    key: bytes,
+    need: int,
 ) -> None:
     """One txn: the role record says primary, and the mirror checkpoint from the old primary goes
     (its revisions are the old primary's; a later mirror the other way starts from a fresh copy).
@@ -365,7 +374,7 @@ async def _promote(
         )
         result = await write_role(
             client,
-            sp,
+            layout,
             role,
             standby.role,
             compare=(Compare.value_(stored.key, CompareResult.EQUAL, stored.raw),),
@@ -374,7 +383,7 @@ async def _promote(
         if result.succeeded:
             log.info("switchover: %s promoted: %s", standby.text, role.describe())
             return
-        if (await read_role(client, sp)).mod_revision != standby.role.mod_revision:
+        if (await read_role(client, layout)).mod_revision != standby.role.mod_revision:
             break
     raise CheckFailed("switchover stopped: the standby's role or checkpoint changed under it")
 
@@ -387,17 +396,17 @@ async def _after_promotion(
     t_fence: float,
     resumed: bool,
     last: int = 0,
-    holders: list[str] | None = None,
+    holders: list[LockHolder] | None = None,
 ) -> SwitchoverResult:
-    sp = cfg.pair.state_prefix
-    p_role = await read_role(primary.client, sp)
+    layout = cfg.pair.layout
+    p_role = await read_role(primary.client, layout)
     if p_role.role is None or p_role.role.is_primary or p_role.epoch < epoch:
         base = p_role.role or Role(PRIMARY, 0, standby.id, now())
         demoted = base.moved(STANDBY, epoch, standby.id, "switchover", fenced_revision=last)
-        if not (await write_role(primary.client, sp, demoted, p_role)).succeeded:
+        if not (await write_role(primary.client, layout, demoted, p_role)).succeeded:
             raise CheckFailed(f"the role record on {primary.text} changed while it was being made a standby")
         log.info("switchover: %s is now %s", primary.text, demoted.describe())
-    if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
+    if await unfence_writes(standby.client, layout, hook=cfg.fence_hook) is not None:
         log.info(
             "switchover: writes on %s allowed again (its fence from an earlier move lifted)", standby.text
         )
@@ -411,8 +420,10 @@ async def _after_promotion(
     s_role = standby.role.role
     last = last or (s_role.applied_revision if s_role else 0)
     message = f"switchover from {primary.text}: primary with epoch {epoch}, all of revision {last} applied"
-    await record_event(standby.client, sp, "promoted", message, epoch=epoch, via="switchover")
-    await record_event(primary.client, sp, "demoted", f"switchover to {standby.text}: standby, epoch {epoch}")
+    await record_event(standby.client, layout, "promoted", message, epoch=epoch, via="switchover")
+    await record_event(
+        primary.client, layout, "demoted", f"switchover to {standby.text}: standby, epoch {epoch}"
+    )
     return SwitchoverResult(
         old_primary=primary.text,
         new_primary=standby.text,
@@ -424,5 +435,5 @@ async def _after_promotion(
         next_command=mirror_command(reversed_pair(cfg.pair)),
         finished_earlier_run=resumed,
         fenced=cfg.fence != "none",
-        old_mirror=await old_mirror_lines(standby.client, sp, primary.id, holders or [], standby.text),
+        old_mirror=await old_mirror_lines(standby.client, layout, primary.id, holders or [], standby.text),
     )

@@ -39,7 +39,6 @@ from ..etcd import (
     TransientError,
     Unavailable,
 )
-from ..state.layout import checkpoint_key, health_key, heartbeat_key, lease_registry_key, lock_key
 from ..state.reader import decode
 from ..state.records import REPLAY, SYNC, Checkpoint, encode_key
 from ..state.roles import RoleState, claim_standby
@@ -290,7 +289,7 @@ class Mirror(StandbyDuties):
         """Compares every destination txn carries besides its checkpoint's: the lock, and the
         destination's role record as read at the start of the cycle (a promotion changes it, which
         fences this mirror for good)."""
-        return [self._lock.guard(), self._role.guard(self.config.state_prefix)]
+        return [self._lock.guard(), self._role.guard(self.config.layout)]
 
     def _writer(self, dest: EtcdClient) -> DestWriter:
         """How the copy and the replay write: under the checkpoint and the guards of this cycle."""
@@ -310,7 +309,7 @@ class Mirror(StandbyDuties):
         self._role = await claim_standby(
             source,
             dest,
-            self.config.state_prefix,
+            self.config.layout,
             source_id=self._source_id,
             dest_id=self._dest_id,
             dest_text=self.config.dest.endpoints_text,
@@ -518,21 +517,19 @@ class Mirror(StandbyDuties):
             )
         await guard_one_source(
             dest,
-            state_prefix=self.config.state_prefix,
+            layout=self.config.layout,
             source_id=src.cluster_id,
             source_prefix=self.config.prefix,
             dest_prefix=self.mapper.dest_prefix,
             dest_text=self.config.dest.endpoints_text,
             take_over=self.config.take_over,
         )
-        self._heartbeat_key = heartbeat_key(self.config.state_prefix, dst.cluster_id)
-        self._lock_key = lock_key(
-            self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
-        )
+        self._heartbeat_key = self.config.layout.heartbeat(dst.cluster_id)
+        self._lock_key = self.config.layout.lock(src.cluster_id, self.config.prefix, self.mapper.dest_prefix)
         if self.config.leases == "mirror":
             # The leases this mirror owns on the destination, next to its lock and checkpoint.
-            registry = lease_registry_key(
-                self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
+            registry = self.config.layout.lease_registry(
+                src.cluster_id, self.config.prefix, self.mapper.dest_prefix
             )
             self._leases = LeaseMirror(
                 source,
@@ -542,11 +539,9 @@ class Mirror(StandbyDuties):
                 self._guards,
                 same_cluster=src.cluster_id == dst.cluster_id,
             )
-        self._key = checkpoint_key(
-            self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
-        )
-        self._health_key = health_key(
-            self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
+        self._key = self.config.layout.checkpoint(src.cluster_id, self.config.prefix, self.mapper.dest_prefix)
+        self._health_key = self.config.layout.health(
+            src.cluster_id, self.config.prefix, self.mapper.dest_prefix
         )
         log.info(
             "source %s (cluster %x, etcd %s, revision %d) -> destination %s (cluster %x, etcd %s); "

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from ..errors import Refused
 from ..etcd import Compare, CompareResult, Delete, EtcdClient, Op, prefix_range_end
 from ..state.events import TAKE_OVER, record_event
-from ..state.layout import StateLayout, checkpoint_key, health_key, lease_registry_key, lock_key
+from ..state.layout import StateLayout
 from ..state.reader import decode
-from ..state.records import Checkpoint, encode_key
+from ..state.records import Checkpoint, LockHolder, encode_key
 from ..state.roles import STANDBY, read_role, write_role
 from .keys import key_range, ranges_overlap
 
@@ -50,18 +50,18 @@ class ForeignCheckpoint:
             f"{self.age(now)})"
         )
 
-    def lock_key(self, state_prefix: bytes) -> bytes:
+    def lock_key(self, layout: StateLayout) -> bytes:
         c = self.checkpoint
-        return lock_key(state_prefix, c.source_cluster_id, c.source_prefix, c.dest_prefix)
+        return layout.lock(c.source_cluster_id, c.source_prefix, c.dest_prefix)
 
-    def owned_keys(self, state_prefix: bytes) -> list[Op]:
+    def owned_keys(self, layout: StateLayout) -> list[Op]:
         """Deletes of what that mirror keeps beside its data: checkpoint, lease registry, health."""
         c = self.checkpoint
-        registry = lease_registry_key(state_prefix, c.source_cluster_id, c.source_prefix, c.dest_prefix)
+        registry = layout.lease_registry(c.source_cluster_id, c.source_prefix, c.dest_prefix)
         return [
             Delete(self.key),
             Delete(registry, prefix_range_end(registry)),
-            Delete(health_key(state_prefix, c.source_cluster_id, c.source_prefix, c.dest_prefix)),
+            Delete(layout.health(c.source_cluster_id, c.source_prefix, c.dest_prefix)),
         ]
 
 
@@ -76,11 +76,11 @@ def _duration(seconds: float) -> str:
 
 
 async def foreign_checkpoints(
-    dest: EtcdClient, state_prefix: bytes, source_id: int, dest_range: tuple[bytes, bytes]
+    dest: EtcdClient, layout: StateLayout, source_id: int, dest_range: tuple[bytes, bytes]
 ) -> list[ForeignCheckpoint]:
     """Checkpoints on `dest` of mirrors from clusters other than `source_id` into a range overlapping
     `dest_range` (the same key names, or one range inside the other)."""
-    prefix = StateLayout(state_prefix).checkpoints
+    prefix = layout.checkpoints
     found = []
     for kv in (await dest.range(prefix, prefix_range_end(prefix))).kvs:
         ckpt = decode("checkpoint", kv.key, kv.value, dest, Checkpoint.decode)
@@ -94,7 +94,7 @@ async def foreign_checkpoints(
 async def guard_one_source(
     dest: EtcdClient,
     *,
-    state_prefix: bytes,
+    layout: StateLayout,
     source_id: int,
     source_prefix: bytes,
     dest_prefix: bytes,
@@ -103,7 +103,7 @@ async def guard_one_source(
 ) -> None:
     """Refuse (Refused, exit 2) when the destination range has another source's checkpoint; with
     `take_over`, remove that other mirror's state instead, record it and go on."""
-    others = await foreign_checkpoints(dest, state_prefix, source_id, key_range(dest_prefix))
+    others = await foreign_checkpoints(dest, layout, source_id, key_range(dest_prefix))
     if not others:
         return
     now = time.time()
@@ -120,30 +120,30 @@ async def guard_one_source(
     compares: list[Compare] = []
     deletes: list[Op] = []
     for other in others:
-        lock = await dest.get(other.lock_key(state_prefix))
+        lock = await dest.get(other.lock_key(layout))
         if lock is not None:
-            holder = lock.value.decode(errors="replace")
+            holder = LockHolder.decode(lock.value)
             raise Refused(
                 f"--take-over: the mirror from {other.describe(now)} is still running on the destination "
                 f"{dest_text} (it holds its lock, {holder}); stop it first, then run again with --take-over"
             )
         compares.append(Compare.mod(other.key, CompareResult.EQUAL, other.mod_revision))
-        compares.append(Compare.create(other.lock_key(state_prefix), CompareResult.EQUAL, 0))
-        deletes.extend(other.owned_keys(state_prefix))
+        compares.append(Compare.create(other.lock_key(layout), CompareResult.EQUAL, 0))
+        deletes.extend(other.owned_keys(layout))
     taken = {o.source_id for o in others}
-    role = await read_role(dest, state_prefix)
+    role = await read_role(dest, layout)
     if role.role is not None and role.role.role == STANDBY and role.role.peer_cluster_id in taken:
         # The standby's record names its source: the moves read it.
         new = role.role.moved(STANDBY, role.role.epoch, source_id, "take-over")
-        result = await write_role(dest, state_prefix, new, role, compare=tuple(compares), also=tuple(deletes))
+        result = await write_role(dest, layout, new, role, compare=tuple(compares), also=tuple(deletes))
     else:
-        result = await dest.txn([role.guard(state_prefix), *compares], deletes)
+        result = await dest.txn([role.guard(layout), *compares], deletes)
     if not result.succeeded:
         raise Refused(
             f"--take-over: the other mirror's state on the destination {dest_text} changed while it was "
             "being taken over; is that mirror still running? Stop it, then run again"
         )
-    mine = checkpoint_key(state_prefix, source_id, source_prefix, dest_prefix)
+    mine = layout.checkpoint(source_id, source_prefix, dest_prefix)
     for other in others:
         message = (
             f"the range {encode_key(dest_prefix) or '(all keys)'} of {dest_text} taken over from "
@@ -152,7 +152,7 @@ async def guard_one_source(
         log.warning("--take-over: %s; its checkpoint is removed and the range is copied again", message)
         await record_event(
             dest,
-            state_prefix,
+            layout,
             TAKE_OVER,
             message,
             previous_source=f"{other.source_id:x}",

@@ -9,8 +9,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..etcd import EtcdClient, EtcdError, SortOrder, SortTarget, prefix_range_end
-from .layout import StateLayout, events_prefix
+from ..etcd import EtcdClient, EtcdError, KeyValue, SortOrder, SortTarget, prefix_range_end
+from .layout import StateLayout
+from .reader import decode
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -28,27 +29,32 @@ class Event:
     message: str
     fields: dict[str, Any]
 
+    @classmethod
+    def decode(cls, data: bytes) -> Event:
+        d = json.loads(data)
+        return cls(float(d.pop("time")), str(d.pop("kind")), str(d.pop("message")), dict(d))
+
     def line(self) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.time))
         return f"{stamp} UTC {self.kind}: {self.message}"
 
 
 async def record_event(
-    client: EtcdClient, state_prefix: bytes, kind: str, message: str, **fields: Any
+    client: EtcdClient, layout: StateLayout, kind: str, message: str, **fields: Any
 ) -> None:
     """Best effort: an event that cannot be written is logged, never a reason to stop a move halfway."""
     t = time.time()
-    key = StateLayout(state_prefix).event(time.time_ns(), kind)
+    key = layout.event(time.time_ns(), kind)
     value = json.dumps({"time": round(t, 3), "kind": kind, "message": message, **fields}, sort_keys=True)
     try:
         await client.put(key, value.encode())
-        await _trim(client, state_prefix)
+        await _trim(client, layout)
     except EtcdError as e:
         log.warning("could not record the event %r on %s: %s", kind, client.endpoint, e)
 
 
-async def _trim(client: EtcdClient, state_prefix: bytes) -> None:
-    prefix = events_prefix(state_prefix)
+async def _trim(client: EtcdClient, layout: StateLayout) -> None:
+    prefix = layout.events
     end = prefix_range_end(prefix)
     count = (await client.range(prefix, end, count_only=True)).count
     if count <= KEEP:
@@ -58,9 +64,9 @@ async def _trim(client: EtcdClient, state_prefix: bytes) -> None:
         await client.delete_range(prefix, oldest.kvs[-1].key + b"\0")
 
 
-async def recent_events(client: EtcdClient, state_prefix: bytes, limit: int = 10) -> list[Event]:
-    """The newest `limit` events, oldest first."""
-    prefix = events_prefix(state_prefix)
+async def recent_events(client: EtcdClient, layout: StateLayout, limit: int = 10) -> list[Event]:
+    """The newest `limit` events, oldest first (an unreadable one is UnreadableRecord, exit 2)."""
+    prefix = layout.events
     result = await client.range(
         prefix,
         prefix_range_end(prefix),
@@ -68,14 +74,10 @@ async def recent_events(client: EtcdClient, state_prefix: bytes, limit: int = 10
         sort_order=SortOrder.DESCEND,
         sort_target=SortTarget.KEY,
     )
-    return [e for e in (parse_event(kv.value) for kv in reversed(result.kvs)) if e is not None]
+    return [read_event(kv, client) for kv in reversed(result.kvs)]
 
 
-def parse_event(data: bytes) -> Event | None:
-    """An event record, or None when it is not ours to interpret: the history is shown as far as it
-    can be read (an event is a note of what was done, never state a command acts on)."""
-    try:
-        d = json.loads(data)
-        return Event(float(d.pop("time")), str(d.pop("kind")), str(d.pop("message")), d)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+def read_event(kv: KeyValue, client: EtcdClient) -> Event:
+    """One event record as read from `client`; a damaged one is UnreadableRecord (state/reader.py)
+    like every other record: a history shown with holes would hide the move an operator looks for."""
+    return decode("event", kv.key, kv.value, client, Event.decode)

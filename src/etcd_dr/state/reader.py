@@ -30,6 +30,11 @@ _RECORDS: dict[str, tuple[str, str]] = {
         "give the application roles their write permissions back by hand, then remove it with `{cmd}`",
     ),
     "heartbeat": ("mirror heartbeat", "remove it with `{cmd}`; the mirror writes it again"),
+    "event": ("event record", "remove it with `{cmd}`; it is only a note in the history of moves"),
+    "lock": (
+        "mirror lock",
+        "remove it with `{cmd}` once no mirror of that pair runs; a mirror takes it again",
+    ),
     "lease registry": (
         "lease registry entry",
         "remove it with `{cmd}`; the pair's mirror registers its leases again",

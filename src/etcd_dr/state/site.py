@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..etcd import EtcdClient, KeyValue
-from .events import Event, parse_event
+from .events import Event, read_event
 from .layout import StateLayout
 from .reader import decode
-from .records import Checkpoint, FenceRecord, HealthRecord
+from .records import Checkpoint, FenceRecord, HealthRecord, LockHolder
 from .roles import Role, RoleState, read_role_kv
 
 
@@ -30,11 +30,11 @@ class SiteState:
     lease_counts: Mapping[bytes, int]  # pair id -> leases in its registry
     role_kv: KeyValue | None
     fence_kv: KeyValue | None
-    events: tuple[Event, ...]  # oldest first; undecodable ones skipped (history, not state)
+    event_kvs: tuple[KeyValue, ...]  # oldest first
+    heartbeat_kvs: Mapping[bytes, KeyValue]  # on a source: destination cluster id (hex) -> heartbeat
 
     @classmethod
-    async def read(cls, client: EtcdClient, state_prefix: bytes) -> SiteState:
-        layout = StateLayout(state_prefix)
+    async def read(cls, client: EtcdClient, layout: StateLayout) -> SiteState:
         result = await client.range(*layout.range)
         checkpoints: dict[bytes, KeyValue] = {}
         locks: dict[bytes, KeyValue] = {}
@@ -42,6 +42,7 @@ class SiteState:
         leases: dict[bytes, int] = {}
         role = fence = None
         events = []
+        heartbeats: dict[bytes, KeyValue] = {}
         registries = layout.lease_registry_of_pair(b"")
         for kv in result.kvs:
             k = kv.key
@@ -59,9 +60,9 @@ class SiteState:
             elif k == layout.fence:
                 fence = kv
             elif k.startswith(layout.events):
-                event = parse_event(kv.value)
-                if event is not None:
-                    events.append(event)
+                events.append(kv)
+            elif k.startswith(layout.heartbeats):
+                heartbeats[k[len(layout.heartbeats) :]] = kv
         return cls(
             client,
             layout,
@@ -73,6 +74,7 @@ class SiteState:
             role,
             fence,
             tuple(events),
+            heartbeats,
         )
 
     def checkpoint(self, pair: bytes) -> Checkpoint | None:
@@ -83,10 +85,23 @@ class SiteState:
         kv = self.health_kvs.get(pair)
         return None if kv is None else decode("health", kv.key, kv.value, self.client, HealthRecord.decode)
 
-    def lock_holder(self, pair: bytes) -> str | None:
-        """HOST:PID:TOKEN of the mirror holding the pair's lock (opaque text), None when free."""
+    def lock_holder(self, pair: bytes) -> LockHolder | None:
+        """The mirror holding the pair's lock, None when free."""
         kv = self.lock_kvs.get(pair)
-        return None if kv is None else kv.value.decode(errors="replace")
+        return None if kv is None else LockHolder.decode(kv.value)
+
+    def heartbeat(self, dest_cluster_id: int) -> float | None:
+        """On a source: the time of the newest heartbeat of the mirror into `dest_cluster_id`."""
+        kv = self.heartbeat_kvs.get(self.layout.heartbeat(dest_cluster_id)[len(self.layout.heartbeats) :])
+        return None if kv is None else decode("heartbeat", kv.key, kv.value, self.client, float)
+
+    def recent_events(self, limit: int) -> list[Event]:
+        """The newest `limit` events, oldest first (an unreadable one is UnreadableRecord)."""
+        return [read_event(kv, self.client) for kv in self.event_kvs[-limit:]] if limit > 0 else []
+
+    @property
+    def events(self) -> list[Event]:
+        return self.recent_events(len(self.event_kvs))
 
     @property
     def role_state(self) -> RoleState:
