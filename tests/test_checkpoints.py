@@ -13,11 +13,12 @@ from collections.abc import Callable
 from harness.clirun import assert_refused, etcd_dr
 from harness.mirroring import connect, pair_config, running
 
-from etcd_dr.checkpoints import CheckpointInfo, choose_live
+from etcd_dr.checkpoints import choose_live
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.state import StateLayout
 from etcd_dr.state.records import Checkpoint, HealthRecord, LockHolder
+from etcd_dr.state.site import StoredCheckpoint
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"
@@ -152,10 +153,10 @@ async def test_prefix_without_trailing_slash_is_warned_about(etcd_cluster_factor
 def test_the_rpo_checkpoint_is_the_running_mirrors() -> None:
     """The choice among one source's checkpoints (pure: no cluster), rule by rule."""
 
-    def info(prefix: bytes, revision: int, updated: float, holder: str | None) -> CheckpointInfo:
+    def info(prefix: bytes, revision: int, updated: float, holder: str | None) -> StoredCheckpoint:
         ck = Checkpoint(1, prefix, prefix, revision, updated=updated)
         key = LAYOUT.checkpoint(1, prefix, prefix)
-        return CheckpointInfo(key, ck.encode(), 1, ck, None if holder is None else LockHolder(holder))
+        return StoredCheckpoint(key, ck.encode(), 1, ck, None if holder is None else LockHolder(holder))
 
     old_once = info(b"/app", 100, 50.0, None)
     shard_a, shard_b = info(b"/a/", 300, 90.0, "h:1:x"), info(b"/b/", 250, 80.0, "h:2:y")
@@ -171,6 +172,8 @@ def test_the_rpo_checkpoint_is_the_running_mirrors() -> None:
     assert choose_live([old_once, own], None).used == [own]
     assert choose_live([own, old_once], LAYOUT.checkpoint(1, b"/x/", b"/x/")).used == [own]
     # An unreadable record is never used (and still listed among the ignored).
-    bad = CheckpointInfo(LAYOUT.checkpoint(1, b"/z/", b"/z/"), b"{", 1, None, LockHolder("h:4:w"), "bad json")
+    bad = StoredCheckpoint(
+        LAYOUT.checkpoint(1, b"/z/", b"/z/"), b"{", 1, None, LockHolder("h:4:w"), "bad json"
+    )
     choice = choose_live([bad], None)
     assert choice.used == [] and choice.ignored == [bad]

@@ -116,7 +116,7 @@ async def test_failover_refused_while_the_recorded_primary_answers(
     assert await role_of(b) == before and before.startswith("standby")
     async with EtcdClient(ClientConfig.create(b.endpoints)) as cb:
         (stored,) = await checkpoints_from(cb, LAYOUT, a_id)
-    assert stored.checkpoint.source_endpoints == a.endpoints[0]
+    assert stored.record.source_endpoints == a.endpoints[0]
 
 
 async def ca_status(cluster: EtcdCluster) -> Status:
@@ -280,7 +280,7 @@ async def test_failover_raises_past_what_the_old_primary_wrote_unseen(
             async def seen() -> int:
                 """What the mirror has applied (once caught up, it has seen the head too)."""
                 stored = await checkpoints_from(cb, LAYOUT, a_id)
-                return max((s.checkpoint.revision for s in stored), default=0)
+                return max((s.record.revision for s in stored), default=0)
 
             deadline = time.monotonic() + 60
             while await seen() == 0:
@@ -330,5 +330,5 @@ async def test_a_checkpoint_of_the_previous_version_still_resumes(
         assert result.copied is None, "the upgraded mirror copied again instead of resuming"
         assert await cb.get(APP + b"after-upgrade") is not None
         (stored,) = await checkpoints_from(cb, LAYOUT, a_id)
-        assert stored.checkpoint.source_endpoints == cfg.source.endpoints_text
-        assert stored.checkpoint.seen_revision >= stored.checkpoint.revision > 0
+        assert stored.record.source_endpoints == cfg.source.endpoints_text
+        assert stored.record.seen_revision >= stored.record.revision > 0

@@ -17,7 +17,6 @@ import pytest
 from harness.mirroring import connect
 
 import etcd_dr
-from etcd_dr.checkpoints import checkpoints_of
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.state import StateLayout
 from etcd_dr.state.events import record_event
@@ -179,7 +178,7 @@ async def test_site_state_reads_every_record_in_one_range(
         assert site.checkpoint(pair) == ckpt and site.health(pair) == health and site.role == role
         assert site.lock_holder(pair) == LockHolder("host:1:tok") and site.lease_counts == {pair: 1}
         assert site.fence is None and [e.kind for e in site.events] == ["promoted"]
-        assert [i.id for i in checkpoints_of(site)] == [pair.decode()]
+        assert [i.id for i in site.stored_checkpoints()] == [pair.decode()]
         # A damaged record is met when it is used, naming its key.
         await client.put(layout.health(0xABC, b"/app/", b"/app/"), b"[1]")
         site = await SiteState.read(client, layout)

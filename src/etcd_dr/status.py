@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoints import CheckpointInfo, checkpoints_of
 from .config import MirrorConfig
 from .etcd import EtcdClient, Status, TransientError
 from .mirror.keys import KeyMapper
@@ -23,7 +22,7 @@ from .state.events import Event
 from .state.layout import StateLayout
 from .state.records import REPLAY, Checkpoint, HealthRecord, encode_key
 from .state.roles import Role
-from .state.site import SiteState
+from .state.site import SiteState, StoredCheckpoint
 
 log = logging.getLogger("etcd_dr.status")
 
@@ -94,7 +93,7 @@ class StatusReport:
     source_heartbeat: float = 0.0
     now: float = field(default_factory=time.time)
     health: HealthRecord | None = None  # the mirror's health record (state/records.py), if written
-    checkpoints: list[CheckpointInfo] = field(default_factory=list)  # every one on the destination
+    checkpoints: list[StoredCheckpoint] = field(default_factory=list)  # every one on the destination
     checkpoint_id: str = ""  # this pair's, in `etcd-dr checkpoints` form
     checkpoint_error: str = ""  # why this pair's checkpoint could not be read
     limits: Limits = field(default_factory=Limits)
@@ -137,7 +136,7 @@ class StatusReport:
         return applied + 1 - self.source.compact_revision
 
     @property
-    def stale_checkpoints(self) -> list[CheckpointInfo]:
+    def stale_checkpoints(self) -> list[StoredCheckpoint]:
         """Checkpoints of other pairs whose mirror is not running (this pair's own is `lock_holder`)."""
         return [c for c in self.checkpoints if not c.live and c.id != self.checkpoint_id]
 
@@ -577,7 +576,7 @@ def _read_mirror(report: StatusReport, config: MirrorConfig, mapper: KeyMapper) 
     site = dst.site
     if site is None:
         return
-    report.checkpoints = checkpoints_of(site)
+    report.checkpoints = site.stored_checkpoints()
     # This pair's source cluster: the source's own id; with the source down, the one the standby's
     # role record names, else the one whose checkpoint has this pair's prefixes.
     source_id = src.cluster_id if not src.down else 0

@@ -119,7 +119,7 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
         stored = await checkpoints_from(s_client, layout, old_id)
         if not stored:
             raise Refused(f"{standby.describe()} holds no mirror checkpoint from cluster {old_id:x}")
-        recorded = sorted({s.checkpoint.source_endpoints for s in stored if s.checkpoint.source_endpoints})
+        recorded = sorted({s.record.source_endpoints for s in stored if s.record.source_endpoints})
         fence_at = await _check_primary_gone(cfg, old_id, recorded, plan)
         holders = await mirror_holders(s_client, layout, old_id)
         own_key = layout.checkpoint(old_id, pair.prefix, KeyMapper.from_config(pair).dest_prefix)

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from ..config import MirrorConfig, mirror_argv
 from ..errors import EtcdDrError, Refused
-from ..etcd import ClientConfig, EtcdClient, Event, Status, TransientError, prefix_range_end
+from ..etcd import ClientConfig, EtcdClient, Event, Status, TransientError
 from ..state.layout import StateLayout
-from ..state.reader import decode
-from ..state.records import Checkpoint
 from ..state.roles import RoleState, read_role
+from ..state.site import SiteState, StoredCheckpoint
 from .config import MoveConfig
 
 log = logging.getLogger("etcd_dr.failover")
@@ -65,22 +64,9 @@ async def probe(config: ClientConfig, timeout: float) -> Status | str:
         return str(e)
 
 
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    key: bytes
-    raw: bytes
-    checkpoint: Checkpoint
-
-
 async def checkpoints_from(client: EtcdClient, layout: StateLayout, source_id: int) -> list[StoredCheckpoint]:
     """Every mirror checkpoint on `client` of mirrors from the cluster `source_id`."""
-    prefix = layout.checkpoints_of(source_id)
-    result = await client.range(prefix, prefix_range_end(prefix))
-    found = []
-    for kv in result.kvs:
-        ckpt = decode("checkpoint", kv.key, kv.value, client, Checkpoint.decode)
-        found.append(StoredCheckpoint(kv.key, kv.value, ckpt))
-    return found
+    return (await SiteState.read(client, layout)).stored_checkpoints(source_id)
 
 
 async def events_between(

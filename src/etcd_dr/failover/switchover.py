@@ -23,16 +23,15 @@ from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
 from ..state.events import record_event
 from ..state.layout import StateLayout
-from ..state.reader import decode
-from ..state.records import REPLAY, Checkpoint, LockHolder
+from ..state.records import REPLAY, LockHolder
 from ..state.roles import PRIMARY, STANDBY, Role, now, read_role, write_role
+from ..state.site import StoredCheckpoint
 from ..verify import verify
 from .config import MoveConfig
 from .plan import MovePlan, mirror_holders, old_mirror_lines
 from .revision import mark_compacted, raise_revision
 from .sites import (
     Site,
-    StoredCheckpoint,
     events_between,
     mirror_command,
     open_site,
@@ -129,7 +128,7 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
             "switchover: %s -> %s; the standby has applied revision %d of %d",
             primary.text,
             standby.text,
-            stored.checkpoint.revision,
+            stored.record.revision,
             primary.status.revision,
         )
         # Raised ahead while writes still flow, so that little is left to do while they are refused.
@@ -208,7 +207,7 @@ def _plan_steps(
     top = primary.status.revision
     plan.note(
         f"primary {primary.describe()}; standby {standby.describe()}, applied revision "
-        f"{stored.checkpoint.revision} of {top}"
+        f"{stored.record.revision} of {top}"
     )
     plan.step(
         f"raise {standby.text}'s revision (now {standby.status.revision}) ahead to about {top + 3 * margin}"
@@ -275,10 +274,10 @@ async def _checkpoint(standby: Site, key: bytes) -> StoredCheckpoint:
             "as the mirror's, or let the mirror make its first copy first"
         )
 
-    ckpt = decode("checkpoint", kv.key, kv.value, standby.client, Checkpoint.decode)
-    if ckpt.phase != REPLAY:
+    stored = StoredCheckpoint.read(kv, standby.client)
+    if stored.record.phase != REPLAY:
         raise Refused(f"the mirror into {standby.text} has not finished its copy yet; switch over after it")
-    return StoredCheckpoint(kv.key, kv.value, ckpt)
+    return stored
 
 
 async def _catch_up(
@@ -304,13 +303,13 @@ async def _catch_up(
     # The newest revisions after the fence are etcd-dr's own (fence record, heartbeats): a running
     # mirror records those only at its next idle checkpoint. What must be applied is the last change
     # to a mirrored key, found in the primary's history since the checkpoint.
-    need = await _last_mirrored_change(cfg, source, stored.checkpoint.revision, last)
+    need = await _last_mirrored_change(cfg, source, stored.record.revision, last)
     while True:
-        if stored.checkpoint.revision >= need and not stored.checkpoint.split_revision:
+        if stored.record.revision >= need and not stored.record.split_revision:
             log.info(
                 "switchover: the standby has applied revision %d: every mirrored change of the primary "
                 "(the last at %d; the primary is at %d)",
-                stored.checkpoint.revision,
+                stored.record.revision,
                 need,
                 last,
             )
@@ -318,7 +317,7 @@ async def _catch_up(
         if time.monotonic() > deadline:
             raise CheckFailed(
                 f"switchover stopped: the standby did not apply the primary's revision {need} within "
-                f"{cfg.catch_up_timeout:g} s (--catch-up-timeout); it is at {stored.checkpoint.revision}. "
+                f"{cfg.catch_up_timeout:g} s (--catch-up-timeout); it is at {stored.record.revision}. "
                 "Is the mirror running?"
             )
         await asyncio.sleep(0.01)
@@ -343,7 +342,7 @@ async def _read_checkpoint(dest: EtcdClient, key: bytes) -> StoredCheckpoint:
     kv = await dest.get(key)
     if kv is None:
         raise CheckFailed(f"switchover stopped: the mirror checkpoint on {dest.endpoint} disappeared")
-    return StoredCheckpoint(kv.key, kv.value, decode("checkpoint", kv.key, kv.value, dest, Checkpoint.decode))
+    return StoredCheckpoint.read(kv, dest)
 
 
 async def _promote(
@@ -362,15 +361,15 @@ async def _promote(
     assert standby.role.role is not None
     for _ in range(20):
         stored = await _read_checkpoint(client, key)
-        if stored.checkpoint.revision < need:
+        if stored.record.revision < need:
             raise CheckFailed("switchover stopped: the standby's checkpoint went backwards")
         role = standby.role.role.moved(
             PRIMARY,
             epoch,
             old_primary,
             "switchover",
-            applied_revision=stored.checkpoint.revision,
-            applied_time=stored.checkpoint.source_time,
+            applied_revision=stored.record.revision,
+            applied_time=stored.record.source_time,
         )
         result = await write_role(
             client,

@@ -4,15 +4,97 @@ checkpoint it guards are seen as they were together, never a mirror half-started
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..etcd import EtcdClient, KeyValue
 from .events import Event, read_event
 from .layout import StateLayout
-from .reader import decode
-from .records import Checkpoint, FenceRecord, HealthRecord, LockHolder
+from .reader import UnreadableRecord, decode, where
+from .records import Checkpoint, FenceRecord, HealthRecord, LockHolder, encode_key
 from .roles import Role, RoleState, read_role_kv
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A mirror checkpoint as stored on a destination: its key, value as read (a move compares it by
+    value), mod revision, the decoded record and its pair's lock holder (a running mirror), as the
+    moves, `checkpoints`, `status` and the one-source guard all see it."""
+
+    key: bytes
+    raw: bytes
+    mod_revision: int
+    checkpoint: Checkpoint | None  # None: read leniently and not readable (`error` says why)
+    holder: LockHolder | None = None  # None when the lock is free (or was not read)
+    error: str = ""
+
+    @classmethod
+    def read(cls, kv: KeyValue, client: EtcdClient, holder: LockHolder | None = None) -> StoredCheckpoint:
+        """The checkpoint in `kv` as read from `client`; an unreadable one is UnreadableRecord."""
+        ckpt = decode("checkpoint", kv.key, kv.value, client, Checkpoint.decode)
+        return cls(kv.key, kv.value, kv.mod_revision, ckpt, holder)
+
+    @property
+    def record(self) -> Checkpoint:
+        """The checkpoint, for code that read it strictly (`read`), where it is always decoded."""
+        if self.checkpoint is None:
+            raise UnreadableRecord("checkpoint", self.key, "the destination", self.error)
+        return self.checkpoint
+
+    @property
+    def id(self) -> str:
+        """<source cluster id, 16 hex>/<digest of the prefixes>: the checkpoint key's tail."""
+        return b"/".join(self.key.rsplit(b"/", 2)[-2:]).decode()
+
+    @property
+    def live(self) -> bool:
+        return self.holder is not None
+
+    @property
+    def source_cluster_id(self) -> int:
+        return int(self.id.split("/")[0], 16)
+
+    def age(self, now: float | None = None) -> float | None:
+        if self.checkpoint is None or not self.checkpoint.updated:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.checkpoint.updated)
+
+    def pair(self) -> str:
+        ck = self.checkpoint
+        if ck is None:
+            return f"cluster {self.source_cluster_id:x} (unreadable: {self.error})"
+        return f"cluster {ck.source_cluster_id:x} {_prefix(ck.source_prefix)} -> {_prefix(ck.dest_prefix)}"
+
+    def line(self, now: float | None = None) -> str:
+        ck = self.checkpoint
+        age = self.age(now)
+        at = f"revision {ck.revision} ({ck.phase})" if ck else "unreadable"
+        when = f"updated {age:.0f} s ago" if age is not None else "never updated"
+        state = f"live, lock held by {self.holder}" if self.holder else "STALE, lock free"
+        return f"{self.id}  {self.pair()}  {at}, {when}, {state}"
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        ck = self.checkpoint
+        return {
+            "id": self.id,
+            "key": encode_key(self.key),
+            "source_cluster_id": f"{self.source_cluster_id:x}",
+            "source_prefix": encode_key(ck.source_prefix) if ck else None,
+            "dest_prefix": encode_key(ck.dest_prefix) if ck else None,
+            "revision": ck.revision if ck else None,
+            "phase": ck.phase if ck else None,
+            "updated": ck.updated if ck else None,
+            "age_seconds": self.age(now),
+            "lock_holder": None if self.holder is None else str(self.holder),
+            "state": "live" if self.live else "stale",
+            "error": self.error or None,
+        }
+
+
+def _prefix(p: bytes) -> str:
+    return repr(encode_key(p)) if p else "(all keys)"
 
 
 @dataclass(frozen=True)
@@ -80,6 +162,29 @@ class SiteState:
     def checkpoint(self, pair: bytes) -> Checkpoint | None:
         kv = self.checkpoint_kvs.get(pair)
         return None if kv is None else decode("checkpoint", kv.key, kv.value, self.client, Checkpoint.decode)
+
+    def stored_checkpoints(
+        self, source_id: int | None = None, *, strict: bool = True
+    ) -> list[StoredCheckpoint]:
+        """Every checkpoint (only those from the cluster `source_id` if given), each with its lock's
+        holder as they were at one revision; oldest first by key. An unreadable one is
+        UnreadableRecord, unless not `strict` (then it is listed with its error: removable by id)."""
+        tail = None if source_id is None else self.layout.pair_of(self.layout.checkpoints_of(source_id))
+        found = []
+        for pair, kv in sorted(self.checkpoint_kvs.items()):
+            if pair.count(b"/") != 1 or (tail is not None and not pair.startswith(tail)):
+                continue  # not a checkpoint key (<cluster>/<digest>), or another source's
+            try:
+                ckpt: Checkpoint | None = Checkpoint.decode(kv.value)
+                error = ""
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                if strict:
+                    raise UnreadableRecord("checkpoint", kv.key, where(self.client), e) from None
+                ckpt, error = None, str(e) or type(e).__name__
+            found.append(
+                StoredCheckpoint(kv.key, kv.value, kv.mod_revision, ckpt, self.lock_holder(pair), error)
+            )
+        return found
 
     def health(self, pair: bytes) -> HealthRecord | None:
         kv = self.health_kvs.get(pair)
