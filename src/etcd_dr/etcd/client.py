@@ -9,9 +9,18 @@ from typing import Any
 import grpc
 
 from ._pb import etcd_dr_v3_pb2 as pb
-from .connection import ClientConfig, Connection, InvalidToken, closed_under_us, map_grpc_error
+from .connection import ClientConfig, Connection, closed_under_us
 from .endpoints import Endpoint
-from .errors import AuthError, AuthNotEnabled, CompactedError, EtcdError, LeaseNotFound, Unavailable
+from .errors import (
+    AuthError,
+    AuthNotEnabled,
+    CompactedError,
+    EtcdError,
+    InvalidToken,
+    LeaseNotFound,
+    Unavailable,
+    map_grpc_error,
+)
 from .types import (
     Compare,
     DeleteResult,

@@ -20,8 +20,16 @@ import grpc
 import grpc.aio
 
 from ._pb import etcd_dr_v3_pb2 as pb
-from .connection import Connection, InvalidToken, closed_under_us, map_grpc_error
-from .errors import CompactedError, EtcdError, TransientError, Unavailable, WatchCanceled
+from .connection import Connection, closed_under_us
+from .errors import (
+    CompactedError,
+    EtcdError,
+    InvalidToken,
+    TransientError,
+    Unavailable,
+    WatchCanceled,
+    map_grpc_error,
+)
 from .types import Event, Header, WatchBatch
 
 T = TypeVar("T")
