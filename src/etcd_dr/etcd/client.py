@@ -604,65 +604,13 @@ class LeaseKeepAlive:
         return self._call
 
     async def refresh(self, lease_id: int) -> int:
-        async with self._lock:
-            # A stream opened by an earlier refresh may have broken since (member restarted, connection
-            # dropped), or the member may be gone: a keepalive is idempotent, so it is sent once more,
-            # on a fresh stream, on the next endpoint when this one is unavailable.
-            retry = True
-            while True:
-                ep = self._conn.endpoint
-                endpoint = str(ep)
-                try:
-                    await (await self._stream()).write(pb.LeaseKeepAliveRequest(id=lease_id))
-                    async with asyncio.timeout(self._conn.config.request_timeout):  # not wait_for: see replay
-                        resp = await self._call.read()
-                except grpc.RpcError as e:
-                    await self.close()
-                    err = map_grpc_error(e, endpoint, self._conn.config.role, config=self._conn.config)
-                    if isinstance(err, Unavailable):
-                        await self._conn.rotate(ep)
-                    if retry:
-                        retry = False
-                        continue
-                    raise err from None
-                except (asyncio.InvalidStateError, asyncio.CancelledError) as e:
-                    if isinstance(e, asyncio.CancelledError) and not closed_under_us():
-                        raise
-                    # The call had already ended (its connection broke since the last refresh), or
-                    # another call closed the channel under it.
-                    await self.close()
-                    await self._conn.rotate(ep)
-                    if retry:
-                        retry = False
-                        continue
-                    raise Unavailable(
-                        f"{self._conn.config.role} endpoint {endpoint}: keepalive stream broken",
-                        endpoint=endpoint,
-                    ) from None
-                except TimeoutError:
-                    await self.close()
-                    await self._conn.rotate(ep)
-                    raise Unavailable(
-                        f"{self._conn.config.role} endpoint {endpoint}: lease keepalive timed out",
-                        endpoint=endpoint,
-                    ) from None
-                if resp is grpc.aio.EOF:
-                    await self.close()
-                    await self._conn.rotate(ep)
-                    if retry:
-                        retry = False
-                        continue
-                    raise Unavailable(
-                        f"{self._conn.config.role} endpoint {endpoint}: keepalive stream closed",
-                        endpoint=endpoint,
-                    )
-                break
-            if resp.ttl <= 0:
-                raise LeaseNotFound(
-                    f"lease {lease_id:x} not found on {self._conn.config.role}", endpoint=endpoint
-                )
-            ttl: int = resp.ttl
-            return ttl
+        """Refresh one lease: its new TTL; LeaseNotFound when it is gone."""
+        ttl = (await self.refresh_many([lease_id])).get(lease_id, 0)
+        if ttl <= 0:
+            raise LeaseNotFound(
+                f"lease {lease_id:x} not found on {self._conn.config.role}", endpoint=str(self._conn.endpoint)
+            )
+        return ttl
 
     async def refresh_many(self, lease_ids: Sequence[int], window: int = 512) -> dict[int, int]:
         """Refresh many leases: lease id -> its new TTL, 0 for a lease that is gone. Up to `window`
@@ -676,35 +624,52 @@ class LeaseKeepAlive:
                 try:
                     await self._exchange(chunk, out)
                 except Unavailable:
-                    # Idempotent: once more on a fresh stream (next endpoint), as `refresh` does.
+                    # A stream opened earlier may have broken since (member restarted, connection
+                    # dropped), or the member may be gone: a keepalive is idempotent, so it is sent once
+                    # more, on a fresh stream, on the next endpoint.
                     await self._exchange(chunk, out)
         return out
 
     async def _exchange(self, lease_ids: Sequence[int], out: dict[int, int]) -> None:
         ep = self._conn.endpoint
-        endpoint = str(ep)
         try:
             call = await self._stream()
             for lease_id in lease_ids:
                 await call.write(pb.LeaseKeepAliveRequest(id=lease_id))
-            async with asyncio.timeout(self._conn.config.request_timeout):
+            async with asyncio.timeout(self._conn.config.request_timeout):  # not wait_for: see replay
                 for _ in lease_ids:
                     resp = await call.read()
                     if resp is grpc.aio.EOF:
                         raise EOFError
                     out[resp.id] = max(int(resp.ttl), 0)
-        except grpc.RpcError as e:
-            await self.close()
-            err = map_grpc_error(e, endpoint, self._conn.config.role, config=self._conn.config)
-            if isinstance(err, Unavailable):
-                await self._conn.rotate(ep)
-            raise err from None
-        except (asyncio.InvalidStateError, asyncio.CancelledError, EOFError, TimeoutError) as e:
+        except (
+            grpc.RpcError,
+            asyncio.InvalidStateError,
+            asyncio.CancelledError,
+            EOFError,
+            TimeoutError,
+        ) as e:
             if isinstance(e, asyncio.CancelledError) and not closed_under_us():
                 raise
-            await self.close()
+            raise await self._broken(e, ep) from None
+
+    async def _broken(self, e: BaseException, ep: Endpoint) -> EtcdError:
+        """The one handler of a failed exchange: the stream is closed (the next exchange opens a new
+        one), the endpoint rotated when it is unavailable; returns the error to raise."""
+        await self.close()
+        endpoint, role = str(ep), self._conn.config.role
+        if isinstance(e, grpc.RpcError):
+            err = map_grpc_error(e, endpoint, role, config=self._conn.config)
+        else:
+            if isinstance(e, TimeoutError):
+                what = "lease keepalive timed out"
+            elif isinstance(e, EOFError):
+                what = "keepalive stream closed"  # the server ended the stream
+            else:
+                # InvalidStateError / CancelledError: the call had already ended (its connection broke
+                # since the last refresh), or another call closed the channel under it.
+                what = "keepalive stream broken"
+            err = Unavailable(f"{role} endpoint {endpoint}: {what}", endpoint=endpoint)
+        if isinstance(err, Unavailable):
             await self._conn.rotate(ep)
-            raise Unavailable(
-                f"{self._conn.config.role} endpoint {endpoint}: keepalive stream broken or timed out",
-                endpoint=endpoint,
-            ) from None
+        return err
