@@ -85,6 +85,42 @@ def test_no_state_key_is_built_outside_state() -> None:
     assert offenders == [], "\n".join(offenders)
 
 
+# Where a StateLayout is built from a prefix: the config objects (MirrorConfig.layout), and the one
+# command without one (`checkpoints`, which has only a destination).
+LAYOUT_BUILDERS = {"config.py", "cli.py"}
+# Who takes the prefix itself: the flag's value (cli.py), and the key mapping that never mirrors the
+# state prefix (mirror/keys.py: a range to exclude, not a record).
+PREFIX_TAKERS = {"cli.py", "keys.py"}
+
+
+def layout_threading(path: Path) -> list[str]:
+    """Where `path` threads the state prefix instead of holding the StateLayout built once."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        where = f"{path.name}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and path.name not in PREFIX_TAKERS:
+            args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            found += [
+                f"{where}: {node.name} takes the state prefix {a.arg}" for a in args if a.arg in PREFIX_NAMES
+            ]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "StateLayout"
+            and path.name not in LAYOUT_BUILDERS
+        ):
+            found.append(f"{where}: builds a StateLayout of its own")
+    return found
+
+
+def test_the_state_prefix_is_held_as_one_layout() -> None:
+    offenders = [
+        hit for p in modules() if "state" not in p.relative_to(SRC).parts for hit in layout_threading(p)
+    ]
+    offenders += [f"state/layout.py: {hit}" for hit in layout_threading(SRC / "state" / "layout.py")]
+    assert offenders == [], "\n".join(offenders)
+
+
 def test_the_check_sees_a_key_built_by_hand(tmp_path: Path) -> None:
     # The walker must catch the very forms the old code used, or the test above proves nothing.
     bad = tmp_path / "bad.py"
@@ -148,7 +184,7 @@ def test_import_rule() -> None:
             if m.startswith(("etcd_dr.failover", "etcd_dr.mirror", "etcd_dr.fence", "etcd_dr.cli"))
         ]
     # failover runs mirrors (switchover, failback) but takes no record or key from mirror/.
-    allowed = ("etcd_dr.mirror.engine", "etcd_dr.mirror.keys", "etcd_dr.mirror.lock")
+    allowed = ("etcd_dr.mirror.engine", "etcd_dr.mirror.keys")
     for p in modules("failover"):
         broken += [
             f"failover/{p.name} imports {m}"
