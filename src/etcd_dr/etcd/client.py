@@ -114,36 +114,6 @@ class EtcdClient:
         min_mod_revision: int = 0,
         max_mod_revision: int = 0,
     ) -> RangeResult:
-        resp = await self._range(
-            key,
-            range_end,
-            revision=revision,
-            limit=limit,
-            sort_order=sort_order,
-            sort_target=sort_target,
-            serializable=serializable,
-            keys_only=keys_only,
-            count_only=count_only,
-            min_mod_revision=min_mod_revision,
-            max_mod_revision=max_mod_revision,
-        )
-        return range_result(resp)
-
-    async def _range(
-        self,
-        key: bytes,
-        range_end: bytes = b"",
-        *,
-        revision: int = 0,
-        limit: int = 0,
-        sort_order: SortOrder = SortOrder.NONE,
-        sort_target: SortTarget = SortTarget.KEY,
-        serializable: bool = False,
-        keys_only: bool = False,
-        count_only: bool = False,
-        min_mod_revision: int = 0,
-        max_mod_revision: int = 0,
-    ) -> pb.RangeResponse:
         req = pb.RangeRequest(
             key=key,
             range_end=range_end,
@@ -157,6 +127,10 @@ class EtcdClient:
             min_mod_revision=min_mod_revision,
             max_mod_revision=max_mod_revision,
         )
+        return range_result(await self._range(req))
+
+    async def _range(self, req: pb.RangeRequest) -> pb.RangeResponse:
+        """One Range call, its raw response (range_pages reads the pages' `more` and counts)."""
         return await self._conn.unary(_KV + "Range", req, pb.RangeResponse, idempotent=True)
 
     async def get(self, key: bytes, *, revision: int = 0) -> KeyValue | None:
@@ -239,7 +213,11 @@ class EtcdClient:
                 guess = _bound_after(start, span)
                 if guess is not None and (range_end == b"\0" or guess < range_end):
                     bound = guess
-            page = await self._range(start, bound, revision=revision, limit=limit, keys_only=keys_only)
+            page = await self._range(
+                pb.RangeRequest(
+                    key=start, range_end=bound, revision=revision, limit=limit, keys_only=keys_only
+                )
+            )
             # No sort order is asked for: etcd returns keys in key order anyway, and any explicit sort
             # makes it read the whole rest of the range before cutting it to the limit.
             if revision == 0:

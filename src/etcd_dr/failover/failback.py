@@ -9,7 +9,6 @@ keys changed since from the current content and says that deletes could not be l
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -27,8 +26,8 @@ from ..state.events import record_event
 from ..state.records import encode_key
 from ..state.roles import STANDBY, Role, write_role
 from .config import MoveConfig
-from .plan import MovePlan
-from .sites import Site, events_between, mirror_command, open_site, refuse_same_cluster, switch_plan
+from .plan import MovePlan, plan_move, run_move
+from .sites import Site, events_between, mirror_command, open_pair, switch_plan
 from .switchover import SwitchoverResult, switchover
 
 log = logging.getLogger("etcd_dr.failover")
@@ -71,16 +70,12 @@ class FailbackResult:
 
 
 async def failback(cfg: MoveConfig) -> FailbackResult:
-    result = await _failback(cfg, None)
-    assert result is not None
-    return result
+    return await run_move(_failback, cfg)
 
 
 async def plan_failback(cfg: MoveConfig) -> MovePlan:
     """The checks of a failback, then what it would do (--dry-run): nothing is changed."""
-    plan = MovePlan("failback")
-    await _failback(cfg, plan)
-    return plan
+    return await plan_move("failback", _failback, cfg)
 
 
 # The moves after which the other site has lost the primary role (a failback may undo them).
@@ -90,11 +85,8 @@ MOVES = ("failover", "switchover")
 async def _failback(cfg: MoveConfig, plan: MovePlan | None) -> FailbackResult | None:
     pair = cfg.pair  # source: the new primary; destination: the old primary that came back
     layout = pair.layout
-    async with EtcdClient(pair.source) as b_client, EtcdClient(pair.dest) as a_client:
-        primary, old = await asyncio.gather(
-            open_site(b_client, pair.source, layout), open_site(a_client, pair.dest, layout)
-        )
-        refuse_same_cluster(primary, old)
+    async with open_pair(pair) as (primary, old):
+        b_client, a_client = primary.client, old.client
         role = primary.role.role
         if role is None or not role.is_primary:
             raise Refused(

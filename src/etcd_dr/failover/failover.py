@@ -24,7 +24,7 @@ from ..state.events import record_event
 from ..state.records import SYNC, Checkpoint, LockHolder
 from ..state.roles import PRIMARY, Role, write_role
 from .config import MoveConfig
-from .plan import MovePlan, mirror_holders, old_mirror_lines
+from .plan import MovePlan, mirror_holders, old_mirror_lines, plan_move, run_move
 from .revision import mark_compacted, raise_revision
 from .sites import (
     Site,
@@ -84,16 +84,12 @@ class FailoverResult:
 
 
 async def failover(cfg: MoveConfig) -> FailoverResult:
-    result = await _failover(cfg, None)
-    assert result is not None
-    return result
+    return await run_move(_failover, cfg)
 
 
 async def plan_failover(cfg: MoveConfig) -> MovePlan:
     """The checks of a failover, then what it would do (--dry-run): nothing is changed."""
-    plan = MovePlan("failover")
-    await _failover(cfg, plan)
-    return plan
+    return await plan_move("failover", _failover, cfg)
 
 
 async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | None:

@@ -3,12 +3,20 @@ behind (named in its output with how to stop it)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..etcd import EtcdClient, EtcdError, prefix_range_end
 from ..state.layout import StateLayout
 from ..state.records import LockHolder
+
+if TYPE_CHECKING:
+    from .config import MoveConfig
+
+T = TypeVar("T")
+# A move's one body: it does the move (no plan given) or only checks and fills the plan (--dry-run).
+Move = Callable[["MoveConfig", "MovePlan | None"], Awaitable[T | None]]
 
 
 @dataclass
@@ -31,6 +39,21 @@ class MovePlan:
         out += [f"  {note}" for note in self.notes]
         out += [f"  {i}. {text}" for i, text in enumerate(self.steps, 1)]
         return out
+
+
+async def run_move(move: Move[T], cfg: MoveConfig) -> T:
+    """The move done: its result (a body given no plan always returns one)."""
+    result = await move(cfg, None)
+    if result is None:
+        raise AssertionError("a move without a plan returned no result")
+    return result
+
+
+async def plan_move(name: str, move: Move[Any], cfg: MoveConfig) -> MovePlan:
+    """The move's checks, then what it would do (--dry-run): nothing is changed."""
+    plan = MovePlan(name)
+    await move(cfg, plan)
+    return plan
 
 
 async def mirror_holders(client: EtcdClient, layout: StateLayout, source_id: int) -> list[LockHolder]:

@@ -4,8 +4,10 @@ checkpoints; and how to point the clients at the new primary (DNS update or a ho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..config import MirrorConfig, mirror_argv
@@ -46,6 +48,17 @@ async def open_site(client: EtcdClient, config: ClientConfig, layout: StateLayou
 
 async def refresh(site: Site, layout: StateLayout) -> Site:
     return await open_site(site.client, site.config, layout)
+
+
+@contextlib.asynccontextmanager
+async def open_pair(pair: MirrorConfig) -> AsyncIterator[tuple[Site, Site]]:
+    """Both sites of a move (the pair's source, then its destination), refused if they are one."""
+    async with EtcdClient(pair.source) as source, EtcdClient(pair.dest) as dest:
+        a, b = await asyncio.gather(
+            open_site(source, pair.source, pair.layout), open_site(dest, pair.dest, pair.layout)
+        )
+        refuse_same_cluster(a, b)
+        yield a, b
 
 
 def refuse_same_cluster(a: Site, b: Site) -> None:

@@ -28,15 +28,14 @@ from ..state.roles import PRIMARY, STANDBY, Role, now, read_role, write_role
 from ..state.site import StoredCheckpoint
 from ..verify import verify
 from .config import MoveConfig
-from .plan import MovePlan, mirror_holders, old_mirror_lines
+from .plan import MovePlan, mirror_holders, old_mirror_lines, plan_move, run_move
 from .revision import mark_compacted, raise_revision
 from .sites import (
     Site,
     events_between,
     mirror_command,
-    open_site,
+    open_pair,
     refresh,
-    refuse_same_cluster,
     reversed_pair,
     switch_clients,
     switch_plan,
@@ -85,26 +84,19 @@ class SwitchoverResult:
 
 
 async def switchover(cfg: MoveConfig) -> SwitchoverResult:
-    result = await _switchover(cfg, None)
-    assert result is not None
-    return result
+    return await run_move(_switchover, cfg)
 
 
 async def plan_switchover(cfg: MoveConfig) -> MovePlan:
     """The checks of a switchover, then what it would do (--dry-run): nothing is changed."""
-    plan = MovePlan("switchover")
-    await _switchover(cfg, plan)
-    return plan
+    return await plan_move("switchover", _switchover, cfg)
 
 
 async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResult | None:
     pair = cfg.pair
     layout = pair.layout
-    async with EtcdClient(pair.source) as p_client, EtcdClient(pair.dest) as s_client:
-        primary, standby = await asyncio.gather(
-            open_site(p_client, pair.source, layout), open_site(s_client, pair.dest, layout)
-        )
-        refuse_same_cluster(primary, standby)
+    async with open_pair(pair) as (primary, standby):
+        p_client, s_client = primary.client, standby.client
         s_role, p_role = standby.role.role, primary.role.role
         if s_role is not None and s_role.is_primary and s_role.peer_cluster_id == primary.id:
             if p_role is not None and p_role.is_primary and p_role.epoch >= s_role.epoch:
