@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 
@@ -44,7 +44,7 @@ from .types import (
     txn_request,
     txn_result,
 )
-from .watch import Watch
+from .watch import Watch, WatchOptions
 
 _KV = "/etcdserverpb.KV/"
 _LEASE = "/etcdserverpb.Lease/"
@@ -70,6 +70,16 @@ def _bound_after(start: bytes, span: int) -> bytes | None:
         return None
     guess = n.to_bytes(_KEY_WIDTH, "big").rstrip(b"\0")
     return guess if guess > start else None
+
+
+class PageOptions(TypedDict, total=False):
+    """How `range_pages` reads (the defaults of `_range_pages`): at `revision` (0: the first page's),
+    up to `page_size` keys per page, about `page_bytes` of keys and values per page, keys only."""
+
+    revision: int
+    page_size: int
+    page_bytes: int | None
+    keys_only: bool
 
 
 class EtcdClient:
@@ -141,14 +151,7 @@ class EtcdClient:
         return await self.range(prefix, prefix_range_end(prefix), revision=revision)
 
     async def range_pages(
-        self,
-        key: bytes,
-        range_end: bytes = b"",
-        *,
-        revision: int = 0,
-        page_size: int = 1000,
-        page_bytes: int | None = None,
-        keys_only: bool = False,
+        self, key: bytes, range_end: bytes = b"", **options: Unpack[PageOptions]
     ) -> AsyncIterator[RangeResult]:
         """Read a range in pages, all at ONE revision (the first page's, when revision is 0), in key
         order; each page's header.revision is that revision. Raises CompactedError if the revision is
@@ -160,10 +163,7 @@ class EtcdClient:
         a short page just continues from that bound. With `page_bytes`, the page grows up to
         `page_size` keys while keeping about `page_bytes` of keys and values per page.
         """
-        pages = self._range_pages(
-            key, range_end, revision=revision, page_size=page_size, page_bytes=page_bytes, keys_only=keys_only
-        )
-        async for resp, rev in pages:
+        async for resp, rev in self._range_pages(key, range_end, **options):
             h = resp.header
             yield RangeResult(
                 Header(h.cluster_id, h.member_id, rev, h.raft_term),
@@ -173,21 +173,11 @@ class EtcdClient:
             )
 
     async def range_pages_raw(
-        self,
-        key: bytes,
-        range_end: bytes = b"",
-        *,
-        revision: int = 0,
-        page_size: int = 1000,
-        page_bytes: int | None = None,
-        keys_only: bool = False,
+        self, key: bytes, range_end: bytes = b"", **options: Unpack[PageOptions]
     ) -> AsyncIterator[RawPage]:
         """`range_pages`, with each page's key-values as etcd sent them (`KeyValueLike`, not converted
         to `KeyValue` one by one): for loops over many keys, like the mirror's copy and verify."""
-        pages = self._range_pages(
-            key, range_end, revision=revision, page_size=page_size, page_bytes=page_bytes, keys_only=keys_only
-        )
-        async for resp, rev in pages:
+        async for resp, rev in self._range_pages(key, range_end, **options):
             yield RawPage(rev, resp.kvs, resp.more)
 
     async def _range_pages(
@@ -195,10 +185,10 @@ class EtcdClient:
         key: bytes,
         range_end: bytes,
         *,
-        revision: int,
-        page_size: int,
-        page_bytes: int | None,
-        keys_only: bool,
+        revision: int = 0,
+        page_size: int = 1000,
+        page_bytes: int | None = None,
+        keys_only: bool = False,
     ) -> AsyncIterator[tuple[pb.RangeResponse, int]]:
         """The pages of range_pages, as responses with the paging revision."""
         if page_size <= 0:
@@ -321,27 +311,9 @@ class EtcdClient:
 
     # ---- watch ----------------------------------------------------------------------------------
 
-    def watch(
-        self,
-        key: bytes,
-        range_end: bytes = b"",
-        *,
-        start_revision: int = 0,
-        prev_kv: bool = False,
-        progress_notify: bool = False,
-        fragment: bool = True,
-        retry_for: float | None = None,
-    ) -> Watch:
-        return Watch(
-            self._conn,
-            key,
-            range_end,
-            start_revision=start_revision,
-            prev_kv=prev_kv,
-            progress_notify=progress_notify,
-            fragment=fragment,
-            retry_for=retry_for,
-        )
+    def watch(self, key: bytes, range_end: bytes = b"", **options: Unpack[WatchOptions]) -> Watch:
+        """A watch of [key, range_end) (its options: WatchOptions, in watch.py)."""
+        return Watch(self._conn, key, range_end, **options)
 
     def watch_prefix(self, prefix: bytes, **kwargs: Any) -> Watch:
         return self.watch(prefix, prefix_range_end(prefix), **kwargs)
