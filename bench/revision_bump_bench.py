@@ -20,6 +20,7 @@ from etcd_dr.etcd import ClientConfig, EtcdClient
 from etcd_dr.failover.revision import raise_revision
 from etcd_dr.local.binaries import find
 from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.state import StateLayout
 
 STATE = b"/etcd-dr/"
 
@@ -27,7 +28,7 @@ STATE = b"/etcd-dr/"
 async def one(cluster: EtcdCluster, revisions: int, inflight: int) -> tuple[int, float]:
     async with EtcdClient(ClientConfig.create(cluster.endpoints)) as client:
         start = (await client.status()).revision
-        bump = await raise_revision(client, STATE, start + revisions, inflight=inflight)
+        bump = await raise_revision(client, StateLayout(STATE), start + revisions, inflight=inflight)
         return bump.added, bump.seconds
 
 

@@ -21,7 +21,7 @@ from etcd_dr.etcd import ClientConfig, EtcdClient, prefix_range_end
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.catchup import CatchUpConfig, slices
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state.layout import StateLayout
 from etcd_dr.state.records import Checkpoint
 
 STATE = b"/etcd-dr/"
@@ -80,7 +80,7 @@ async def test_catch_up_over_slices_is_exactly_once_through_a_kill_and_a_resume(
         initial_text = await run_once(cmd, log)  # the copy and a checkpoint
         assert "catch-up:" not in initial_text
         initial = await content(s)
-        key = checkpoint_key(STATE, (await s.status()).cluster_id, APP, APP)
+        key = StateLayout(STATE).checkpoint((await s.status()).cluster_id, APP, APP)
         start = await checkpoint(d, key)
         assert start is not None
         # The backlog: puts, deletes, multi-op txns, writes outside the prefix, and a run of 600
@@ -136,7 +136,7 @@ async def test_a_compaction_during_the_catch_up_ends_in_a_resync(
         EtcdClient(ClientConfig.create(dst.endpoints)) as d,
     ):
         await run_once(cmd, log)
-        key = checkpoint_key(STATE, (await s.status()).cluster_id, APP, APP)
+        key = StateLayout(STATE).checkpoint((await s.status()).cluster_id, APP, APP)
         start = await checkpoint(d, key)
         assert start is not None
         await Workload(s, seed=21).run(2000)

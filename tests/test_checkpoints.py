@@ -13,14 +13,16 @@ from collections.abc import Callable
 from harness.clirun import assert_refused, etcd_dr
 from harness.mirroring import connect, pair_config, running
 
-from etcd_dr.checkpoints import CheckpointInfo, choose_live
+from etcd_dr.checkpoints import choose_live
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.state.layout import checkpoint_key, health_key, lock_key
-from etcd_dr.state.records import Checkpoint, HealthRecord
+from etcd_dr.state import StateLayout
+from etcd_dr.state.records import Checkpoint, HealthRecord, LockHolder
+from etcd_dr.state.site import StoredCheckpoint
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"
+LAYOUT = StateLayout(STATE)
 APP = b"/app/"
 
 
@@ -43,13 +45,13 @@ async def test_failover_rpo_comes_from_the_running_mirror_not_a_stale_checkpoint
         # An earlier one-off run with --prefix /app (no slash) left its checkpoint behind.
         await Mirror(pair_config(a, b, prefix=b"/app", once=True, heartbeat_interval=0)).run()
         a_id = (await ca.status()).cluster_id
-        stale_key = checkpoint_key(STATE, a_id, b"/app", b"/app")
+        stale_key = LAYOUT.checkpoint(a_id, b"/app", b"/app")
         kv = await cb.get(stale_key)
         assert kv is not None
         stale_rev = Checkpoint.decode(kv.value).revision
 
         config = pair_config(a, b, prefix=APP, heartbeat_interval=0, lock_ttl=2)
-        live_key = checkpoint_key(STATE, a_id, APP, APP)
+        live_key = LAYOUT.checkpoint(a_id, APP, APP)
         async with running(config) as mirror:
             await until(lambda: mirror.stats.phase == "replay", "the mirror's first copy")
             for i in range(30):
@@ -84,10 +86,10 @@ async def test_checkpoints_lists_and_removes_only_what_it_is_asked(etcd_cluster_
         await ca.put(APP + b"x", b"1")
         await Mirror(pair_config(a, b, prefix=b"/app", once=True, heartbeat_interval=0)).run()
         a_id = (await ca.status()).cluster_id
-        stale_key = checkpoint_key(STATE, a_id, b"/app", b"/app")
+        stale_key = LAYOUT.checkpoint(a_id, b"/app", b"/app")
         stale_id = stale_key.decode().rsplit("/", 2)
         full_id = f"{stale_id[1]}/{stale_id[2]}"
-        await cb.put(health_key(STATE, a_id, b"/app", b"/app"), HealthRecord(updated=time.time()).encode())
+        await cb.put(LAYOUT.health(a_id, b"/app", b"/app"), HealthRecord(updated=time.time()).encode())
         async with running(pair_config(a, b, prefix=APP, heartbeat_interval=0, lock_ttl=2)) as mirror:
             await until(lambda: mirror.stats.phase == "replay", "the mirror's first copy")
             text = await etcd_dr("checkpoints", dest)
@@ -111,7 +113,7 @@ async def test_checkpoints_lists_and_removes_only_what_it_is_asked(etcd_cluster_
             live_id = live_line.split()[0]
             refused = await etcd_dr("checkpoints", dest, "--remove", live_id)
             assert_refused(refused, live_id, "lock is held", "--force")
-            assert await cb.get(checkpoint_key(STATE, a_id, APP, APP)) is not None
+            assert await cb.get(LAYOUT.checkpoint(a_id, APP, APP)) is not None
 
             unknown = await etcd_dr("checkpoints", dest, "--remove", "0123456789abcdef")
             assert_refused(unknown, "--remove", "0123456789abcdef")
@@ -121,8 +123,8 @@ async def test_checkpoints_lists_and_removes_only_what_it_is_asked(etcd_cluster_
             assert removed.code == 0, removed.stderr
             assert f"removed the mirror checkpoint {full_id}" in removed.stderr + removed.stdout
             assert await cb.get(stale_key) is None
-            assert await cb.get(health_key(STATE, a_id, b"/app", b"/app")) is None
-            assert await cb.get(checkpoint_key(STATE, a_id, APP, APP)) is not None
+            assert await cb.get(LAYOUT.health(a_id, b"/app", b"/app")) is None
+            assert await cb.get(LAYOUT.checkpoint(a_id, APP, APP)) is not None
 
             after = await etcd_dr("checkpoints", dest, "--json")
             assert [c["source_prefix"] for c in json.loads(after.stdout)["checkpoints"]] == ["/app/"]
@@ -130,12 +132,12 @@ async def test_checkpoints_lists_and_removes_only_what_it_is_asked(etcd_cluster_
             assert "checkpoint-removed" in events.stdout, events.stdout
         # A live one (its lock held by a mirror elsewhere) goes only with --force, which says so.
         lease = await cb.lease_grant(300)
-        await cb.put(lock_key(STATE, a_id, APP, APP), b"other-host:1:x", lease=lease.id)
+        await cb.put(LAYOUT.lock(a_id, APP, APP), b"other-host:1:x", lease=lease.id)
         assert_refused(await etcd_dr("checkpoints", dest, "--remove", live_id), "other-host:1:x")
         forced = await etcd_dr("checkpoints", dest, "--remove", live_id, "--force")
         assert forced.code == 0, forced.stderr
         assert "--force: its mirror (lock held by other-host:1:x) will copy again" in forced.stderr
-        assert await cb.get(checkpoint_key(STATE, a_id, APP, APP)) is None
+        assert await cb.get(LAYOUT.checkpoint(a_id, APP, APP)) is None
 
 
 async def test_prefix_without_trailing_slash_is_warned_about(etcd_cluster_factory: Factory) -> None:
@@ -151,10 +153,10 @@ async def test_prefix_without_trailing_slash_is_warned_about(etcd_cluster_factor
 def test_the_rpo_checkpoint_is_the_running_mirrors() -> None:
     """The choice among one source's checkpoints (pure: no cluster), rule by rule."""
 
-    def info(prefix: bytes, revision: int, updated: float, holder: str | None) -> CheckpointInfo:
+    def info(prefix: bytes, revision: int, updated: float, holder: str | None) -> StoredCheckpoint:
         ck = Checkpoint(1, prefix, prefix, revision, updated=updated)
-        key = checkpoint_key(STATE, 1, prefix, prefix)
-        return CheckpointInfo(key, ck.encode(), 1, ck, holder)
+        key = LAYOUT.checkpoint(1, prefix, prefix)
+        return StoredCheckpoint(key, ck.encode(), 1, ck, None if holder is None else LockHolder(holder))
 
     old_once = info(b"/app", 100, 50.0, None)
     shard_a, shard_b = info(b"/a/", 300, 90.0, "h:1:x"), info(b"/b/", 250, 80.0, "h:2:y")
@@ -168,8 +170,10 @@ def test_the_rpo_checkpoint_is_the_running_mirrors() -> None:
     # No lock held: this --prefix's checkpoint; without one, the most recently updated.
     assert choose_live([old_once, own], own.key).used == [own]
     assert choose_live([old_once, own], None).used == [own]
-    assert choose_live([own, old_once], checkpoint_key(STATE, 1, b"/x/", b"/x/")).used == [own]
+    assert choose_live([own, old_once], LAYOUT.checkpoint(1, b"/x/", b"/x/")).used == [own]
     # An unreadable record is never used (and still listed among the ignored).
-    bad = CheckpointInfo(checkpoint_key(STATE, 1, b"/z/", b"/z/"), b"{", 1, None, "h:4:w", "bad json")
+    bad = StoredCheckpoint(
+        LAYOUT.checkpoint(1, b"/z/", b"/z/"), b"{", 1, None, LockHolder("h:4:w"), "bad json"
+    )
     choice = choose_live([bad], None)
     assert choice.used == [] and choice.ignored == [bad]

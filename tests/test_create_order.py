@@ -287,7 +287,7 @@ async def test_resync_after_compaction_keeps_and_repairs_the_order(
                 x_now = await cb.get(ORDERED + b"x")
                 assert x_now is not None and x_before is not None
                 assert x_now.create_revision == x_before.create_revision  # left in place, its order as data
-                assert await recreate_in_order(cb, STATE, "site-b") > 0  # what a promotion does
+                assert await recreate_in_order(cb, StateLayout(STATE), "site-b") > 0  # what a promotion does
             await assert_same_order(ca, cb, ELECTION, ORDERED)
             assert observed_leader(b) == observed_leader(a)
 
@@ -408,7 +408,9 @@ async def test_an_interrupted_recreation_puts_its_deleted_keys_back(etcd_cluster
         journal = StateLayout(STATE).order_journal
         gone = [(ELECTION + b"%x" % lease, b"cand", lease), (ORDERED + b"j", b"job", 0)]
         await c.put(journal, OrderJournal(gone).encode())
-        assert await recreate_in_order(c, STATE, "here") == 0  # no order records: only the journal
+        assert (
+            await recreate_in_order(c, StateLayout(STATE), "here") == 0
+        )  # no order records: only the journal
         for key, value, kv_lease in gone:
             kv = await c.get(key)
             assert kv is not None and (kv.value, kv.lease) == (value, kv_lease)

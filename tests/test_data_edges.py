@@ -21,7 +21,6 @@ from etcd_dr.etcd import Delete, EtcdClient, Put
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.state.layout import checkpoint_key
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"
@@ -50,7 +49,7 @@ async def verify_cli(src: EtcdCluster, dst: EtcdCluster, *flags: str) -> tuple[i
 
 
 def ckpt_key(config: MirrorConfig, source_id: int) -> bytes:
-    return checkpoint_key(config.state_prefix, source_id, config.prefix, config.effective_dest_prefix)
+    return config.layout.checkpoint(source_id, config.prefix, config.effective_dest_prefix)
 
 
 async def test_arbitrary_keys_empty_and_large_values(etcd_cluster_factory: Factory) -> None:

@@ -18,7 +18,7 @@ from harness.proxy import FaultProxy
 from etcd_dr.etcd import EtcdClient
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state import StateLayout
 
 STATE = b"/etcd-dr/"
 PREFIX = b"/app/"
@@ -60,7 +60,7 @@ async def test_mirror_keeps_up_over_a_30ms_round_trip_by_batching(
             far.url(), ",".join(src.endpoints), "--prefix", "/app/", log_path=tmp_path / "mirror.log"
         )
         async with connect(src) as s, connect(dst) as d:
-            key = checkpoint_key(STATE, (await s.status()).cluster_id, PREFIX, PREFIX)
+            key = StateLayout(STATE).checkpoint((await s.status()).cluster_id, PREFIX, PREFIX)
             await s.put(PREFIX + b"seed", b"1")
             mirror.start()
             try:

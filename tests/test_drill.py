@@ -22,6 +22,7 @@ from etcd_dr.etcd import ClientConfig, EtcdClient
 from etcd_dr.local.cluster import EtcdCluster, free_ports
 from etcd_dr.mirror import Mirror
 from etcd_dr.state.events import recent_events
+from etcd_dr.state.layout import StateLayout
 from etcd_dr.state.roles import read_role
 
 STATE = b"/etcd-dr/"
@@ -111,9 +112,9 @@ async def test_drill_passes_and_leaves_both_sites_untouched(
     assert len(added) == 1 and next(iter(added)).startswith(STATE + b"events/")
     assert rev_b == before_b[0] + 1
     async with EtcdClient(ClientConfig.create(b.endpoints)) as cb:
-        (event,) = await recent_events(cb, STATE, limit=1)
-        assert (await read_role(cb, STATE)).role is not None
-        assert not (await read_role(cb, STATE)).role.is_primary  # type: ignore[union-attr]
+        (event,) = await recent_events(cb, StateLayout(STATE), limit=1)
+        assert (await read_role(cb, StateLayout(STATE))).role is not None
+        assert not (await read_role(cb, StateLayout(STATE))).role.is_primary  # type: ignore[union-attr]
     assert event.kind == "drill" and event.move is not None
     assert event.move.result == "ok" and event.move.reason == "quarterly test"
     assert event.move.rpo_revision == applied and event.move.user and event.move.host
@@ -239,8 +240,8 @@ async def test_max_rpo_refuses_a_move_and_force_is_recorded(
     result = json.loads(run.stdout)
     assert set(result["steps"]) == {"revision raise and compaction", "promotion", "client switch"}
     async with EtcdClient(ClientConfig.create(b.endpoints)) as cb:
-        role = (await read_role(cb, STATE)).role
-        moves = [e for e in await recent_events(cb, STATE) if e.move is not None]
+        role = (await read_role(cb, StateLayout(STATE))).role
+        moves = [e for e in await recent_events(cb, StateLayout(STATE)) if e.move is not None]
     assert role is not None and role.is_primary
     (move,) = moves
     assert move.kind == "failover" and move.move is not None

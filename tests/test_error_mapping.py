@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from etcd_dr.etcd import TLSError, Unavailable
-from etcd_dr.etcd.connection import map_grpc_error
+from etcd_dr.etcd.errors import map_grpc_error
 
 
 class _Failure(grpc.RpcError):

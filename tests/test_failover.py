@@ -26,10 +26,12 @@ from etcd_dr.failover.switchover import switchover
 from etcd_dr.local.acked import AckedWriter
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
+from etcd_dr.state import StateLayout
 from etcd_dr.state.roles import read_role, write_role
 from etcd_dr.status import status as mirror_status
 
 STATE = b"/etcd-dr/"
+LAYOUT = StateLayout(STATE)
 APP = b"/app/"
 
 
@@ -93,7 +95,7 @@ async def test_failover_drill_rpo_fencing_and_failback_report(
         missing = [ack.key for ack in kept if on_b.get(ack.key) != ack.value]
         assert not missing, f"{len(missing)} acknowledged writes at or below the RPO revision are not on B"
         assert not [ack.key for ack in lost if ack.key in on_b], "B holds writes after the reported RPO"
-        role = (await read_role(cb, STATE)).role
+        role = (await read_role(cb, LAYOUT)).role
         assert role is not None and role.is_primary and role.applied_revision == rpo
 
         # Watchers holding the old primary's revisions are told to re-list, not left waiting.
@@ -142,7 +144,7 @@ async def test_failover_drill_rpo_fencing_and_failback_report(
         assert (await ca.get(APP + b"written-on-b")) is not None
         for ack in lost:
             assert await ca.get(ack.key) is None, "an errant write survived the re-sync"
-        role_a, role_b = (await read_role(ca, STATE)).role, (await read_role(cb, STATE)).role
+        role_a, role_b = (await read_role(ca, LAYOUT)).role, (await read_role(cb, LAYOUT)).role
         assert role_a is not None and role_a.is_primary and role_a.epoch == 3
         assert role_b is not None and not role_b.is_primary and role_b.epoch == 3
     # `etcd-dr status` shows each site's role and the last moves recorded in both.
@@ -153,13 +155,13 @@ async def test_failover_drill_rpo_fencing_and_failback_report(
 
     # A failback that stopped after promoting A again but before B was made a standby: rerun it.
     async with EtcdClient(cfg.dest) as cb:
-        state_b = await read_role(cb, STATE)
+        state_b = await read_role(cb, LAYOUT)
         assert state_b.role is not None
         stale = replace(state_b.role, role="primary", epoch=2)
-        assert (await write_role(cb, STATE, stale, state_b)).succeeded
+        assert (await write_role(cb, LAYOUT, stale, state_b)).succeeded
         finished = await failback(back)
         assert finished.switched_back is not None and finished.switched_back.finished_earlier_run
-        role_b = (await read_role(cb, STATE)).role
+        role_b = (await read_role(cb, LAYOUT)).role
         assert role_b is not None and not role_b.is_primary and role_b.epoch == 3
 
 
@@ -174,7 +176,7 @@ async def test_failover_refuses_while_the_primary_is_healthy(
     with pytest.raises(CheckFailed, match="answers and is healthy"):
         await failover(MoveConfig(pair=cfg, fence="none"))
     async with EtcdClient(cfg.dest) as cb:
-        role = (await read_role(cb, STATE)).role
+        role = (await read_role(cb, LAYOUT)).role
         assert role is not None and not role.is_primary  # nothing changed
 
 
@@ -183,7 +185,7 @@ async def test_mirror_refuses_the_wrong_direction(etcd_cluster_factory: Callable
     cfg = pair(a, b, once=True)
     await Mirror(cfg).run()
     async with EtcdClient(cfg.source) as ca, EtcdClient(cfg.dest) as cb:
-        ra, rb = (await read_role(ca, STATE)).role, (await read_role(cb, STATE)).role
+        ra, rb = (await read_role(ca, LAYOUT)).role, (await read_role(cb, LAYOUT)).role
         assert ra is not None and ra.is_primary and ra.peer_cluster_id == (await cb.status()).cluster_id
         assert rb is not None and not rb.is_primary and rb.epoch == ra.epoch == 1
         await ca.put(APP + b"after", b"1")

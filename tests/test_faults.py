@@ -14,9 +14,10 @@ from harness.workload import Acked, Workload
 from etcd_dr.etcd import Put
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state import StateLayout
 
 STATE = b"/etcd-dr/"
+LAYOUT = StateLayout(STATE)
 APP = b"/app/"
 MAPPER = KeyMapper.create(APP, None, (), STATE)
 
@@ -26,7 +27,7 @@ async def test_source_leader_killed_under_load(etcd_cluster_factory: Callable[..
     dst = etcd_cluster_factory(name="dst")
     async with connect(src) as s, connect(dst) as d:
         config = pair_config(src, dst, prefix=APP)
-        key = checkpoint_key(STATE, (await s.status()).cluster_id, APP, APP)
+        key = LAYOUT.checkpoint((await s.status()).cluster_id, APP, APP)
         initial = await dump(s, APP)
         async with running(config):
             workload = Workload(s, seed=21)
@@ -55,7 +56,7 @@ async def test_source_compacted_while_the_initial_copy_reads_it(
         for i in range(0, 60_000, 100):
             await s.txn([], [Put(APP + b"bulk/%06d" % j, b"x" * 100) for j in range(i, i + 100)])
         initial = await dump(s, APP)
-        key = checkpoint_key(STATE, (await s.status()).cluster_id, APP, APP)
+        key = LAYOUT.checkpoint((await s.status()).cluster_id, APP, APP)
         # Small pages and one txn in flight: the copy takes long enough to be caught in the middle.
         config = pair_config(src, dst, prefix=APP, page_size=500, inflight=1)
         async with running(config) as mirror:

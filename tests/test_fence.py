@@ -16,10 +16,11 @@ from etcd_dr.config import DEFAULT_STATE_PREFIX
 from etcd_dr.etcd import ClientConfig, EtcdClient, Permission, PermissionDenied
 from etcd_dr.fence import FenceError, fence_writes, read_fence, unfence_writes
 from etcd_dr.local.cluster import EtcdCluster
-from etcd_dr.state.layout import fence_key
+from etcd_dr.state import StateLayout
 from etcd_dr.state.records import FENCED, FENCING, UNFENCING, FenceRecord
 
 SP = DEFAULT_STATE_PREFIX
+LAYOUT = StateLayout(SP)
 ROOT_AUTH = ("root", "rootpw")
 APP_ROLES = ("app-rw", "app-wo", "app-ro")
 
@@ -101,7 +102,7 @@ async def test_auth_fence_and_unfence(
     async with connect(cluster, "etcd-dr") as dr:
         before = await role_perms(dr)
         t0 = time.monotonic()
-        record = await fence_writes(dr, SP, mode="auth", epoch=7)
+        record = await fence_writes(dr, LAYOUT, mode="auth", epoch=7)
         report(capsys, cluster, "fence (auth, 5 permissions of 2 roles)", time.monotonic() - t0)
         assert record.mode == "auth" and record.state == FENCED and record.epoch == 7
         assert record.mod_revision > 0 and "etcd-dr" in record.by
@@ -115,9 +116,9 @@ async def test_auth_fence_and_unfence(
             "app-wo": (Permission("write", b"/logs/", b"/logs0"),),
         }
         # Stored as described in the contract, and read back the same.
-        stored = await read_fence(dr, SP)
+        stored = await read_fence(dr, LAYOUT)
         assert stored == record and stored.mod_revision == record.mod_revision
-        kv = await dr.get(fence_key(SP))
+        kv = await dr.get(LAYOUT.fence)
         assert kv is not None and b'"key":"/app/"' in kv.value and b'"perm_type":"readwrite"' in kv.value
 
         fenced = await role_perms(dr)
@@ -134,17 +135,17 @@ async def test_auth_fence_and_unfence(
         await assert_app_fenced(cluster)
 
         # Fencing again: nothing changes, the same record comes back.
-        again = await fence_writes(dr, SP, mode="auth", epoch=8)
+        again = await fence_writes(dr, LAYOUT, mode="auth", epoch=8)
         assert again == record and again.mod_revision == record.mod_revision
         assert await role_perms(dr) == fenced
 
         t0 = time.monotonic()
-        lifted = await unfence_writes(dr, SP)
+        lifted = await unfence_writes(dr, LAYOUT)
         report(capsys, cluster, "unfence (auth)", time.monotonic() - t0)
         assert lifted is not None and lifted.revoked == record.revoked
         assert await role_perms(dr) == before
-        assert await read_fence(dr, SP) is None
-        assert await unfence_writes(dr, SP) is None  # idempotent
+        assert await read_fence(dr, LAYOUT) is None
+        assert await unfence_writes(dr, LAYOUT) is None  # idempotent
     await assert_app_writes(cluster, b"after")
 
 
@@ -176,10 +177,10 @@ async def test_auth_fence_finishes_after_a_crash_halfway(
         # Meanwhile somebody gave an application role one more write permission: taken too.
         await dr.role_grant_permission("app-ro", Permission("write", b"/late/", b"/late0"))
         before_late = await role_perms(dr)
-        await dr.put(fence_key(SP), plan.encode())
+        await dr.put(LAYOUT.fence, plan.encode())
         await dr.role_grant_permission("app-rw", Permission("read", b"/app/", b"/app0"))
 
-        record = await fence_writes(dr, SP, mode="auth", epoch=3)
+        record = await fence_writes(dr, LAYOUT, mode="auth", epoch=3)
         assert record.state == FENCED and record.by == "a run that crashed"
         assert record.revoked["app-ro"] == (Permission("write", b"/late/", b"/late0"),)
         assert record.permission_count == 6
@@ -189,15 +190,15 @@ async def test_auth_fence_finishes_after_a_crash_halfway(
                 await app.put(b"/late/x", b"v")
 
         # An unfence that died after giving one permission back: fencing again re-fences.
-        await dr.put(fence_key(SP), replace(record, state=UNFENCING).encode())
+        await dr.put(LAYOUT.fence, replace(record, state=UNFENCING).encode())
         await dr.role_grant_permission("app-wo", Permission("write", b"/logs/", b"/logs0"))
-        refenced = await fence_writes(dr, SP, mode="auth")
+        refenced = await fence_writes(dr, LAYOUT, mode="auth")
         assert refenced.state == FENCED and refenced.revoked == record.revoked
         await assert_app_fenced(cluster)
 
         # Half lifted again, then unfence finishes: everything back as it was (with the late grant).
         await dr.role_grant_permission("app-rw", Permission("readwrite", b"/cfg", b""))
-        lifted = await unfence_writes(dr, SP)
+        lifted = await unfence_writes(dr, LAYOUT)
         assert lifted is not None
         after = await role_perms(dr)
         assert after == before_late
@@ -213,15 +214,15 @@ async def test_auth_unfence_skips_a_deleted_role(
     cluster = auth_cluster(etcd_cluster_factory)
     async with connect(cluster, "etcd-dr") as dr:
         before = await role_perms(dr)
-        await fence_writes(dr, SP, mode="auth")
+        await fence_writes(dr, LAYOUT, mode="auth")
         cluster.etcdctl("role", "delete", "app-wo")
         with caplog.at_level("WARNING", logger="etcd_dr.failover"):
-            assert await unfence_writes(dr, SP) is not None
+            assert await unfence_writes(dr, LAYOUT) is not None
         assert "app-wo was deleted while fenced" in caplog.text
         after = await role_perms(dr)
         del before["app-wo"]
         assert after == before
-        assert await read_fence(dr, SP) is None
+        assert await read_fence(dr, LAYOUT) is None
 
 
 async def test_auth_fence_refused_without_auth_or_root(
@@ -230,27 +231,27 @@ async def test_auth_fence_refused_without_auth_or_root(
     plain = etcd_cluster_factory(name="plain")
     async with connect(plain) as client:
         with pytest.raises(FenceError) as info:
-            await fence_writes(client, SP, mode="auth")
+            await fence_writes(client, LAYOUT, mode="auth")
         assert str(info.value) == (
             f"cannot fence writes on {plain.endpoints[0]}: etcd auth is not enabled; "
             "give --fence-hook CMD or --no-fence"
         )
-        assert await read_fence(client, SP) is None
+        assert await read_fence(client, LAYOUT) is None
     cluster = auth_cluster(etcd_cluster_factory)
     async with connect(cluster, "app") as app:
         with pytest.raises(FenceError) as info:
-            await fence_writes(app, SP, mode="auth")
+            await fence_writes(app, LAYOUT, mode="auth")
         assert str(info.value) == (
             f"cannot fence writes on {cluster.endpoints[0]}: the user app (--user) lacks the root role "
             "needed to change role permissions"
         )
     async with connect(cluster, "etcd-dr") as dr:
-        assert await read_fence(dr, SP) is None
+        assert await read_fence(dr, LAYOUT) is None
         # A fence of another kind is not taken for this one.
-        await fence_writes(dr, SP, mode="none")
+        await fence_writes(dr, LAYOUT, mode="none")
         with pytest.raises(FenceError, match="has a fence by none"):
-            await fence_writes(dr, SP, mode="auth")
-        assert (await unfence_writes(dr, SP)) is not None
+            await fence_writes(dr, LAYOUT, mode="auth")
+        assert (await unfence_writes(dr, LAYOUT)) is not None
     await assert_app_writes(cluster, b"v")
 
 
@@ -266,53 +267,53 @@ async def test_hook_fence_and_unfence(
     async with connect(cluster) as client:
         cluster_id = (await client.status()).header.cluster_id
         t0 = time.monotonic()
-        record = await fence_writes(client, SP, mode="hook", hook=hook, epoch=2, env={"EXTRA": "x1"})
+        record = await fence_writes(client, LAYOUT, mode="hook", hook=hook, epoch=2, env={"EXTRA": "x1"})
         report(capsys, cluster, "fence (hook)", time.monotonic() - t0)
         assert record.mode == "hook" and record.state == FENCED and record.revoked == {}
         assert out.read_text() == f"fence {cluster_id:x} {cluster.endpoints[0]} x1\n"
         # Already fenced: the hook does not run again.
-        assert await fence_writes(client, SP, mode="hook", hook=hook) == record
+        assert await fence_writes(client, LAYOUT, mode="hook", hook=hook) == record
         assert out.read_text().count("fence") == 1
 
         with pytest.raises(FenceError, match="give --fence-hook CMD"):
-            await unfence_writes(client, SP)
+            await unfence_writes(client, LAYOUT)
         t0 = time.monotonic()
-        lifted = await unfence_writes(client, SP, hook=hook, env={"EXTRA": "x2"})
+        lifted = await unfence_writes(client, LAYOUT, hook=hook, env={"EXTRA": "x2"})
         report(capsys, cluster, "unfence (hook)", time.monotonic() - t0)
         assert lifted == record
         assert out.read_text().splitlines()[1] == f"unfence {cluster_id:x} {cluster.endpoints[0]} x2"
-        assert await read_fence(client, SP) is None
+        assert await read_fence(client, LAYOUT) is None
 
 
 async def test_hook_failure(etcd_cluster_factory: Callable[..., EtcdCluster], tmp_path: Path) -> None:
     cluster = etcd_cluster_factory(name="hookfail")
     async with connect(cluster) as client:
         with pytest.raises(FenceError) as info:
-            await fence_writes(client, SP, mode="hook", hook="echo no way >&2; exit 3")
+            await fence_writes(client, LAYOUT, mode="hook", hook="echo no way >&2; exit 3")
         message = str(info.value)
         assert message.startswith(f"cannot fence writes on {cluster.endpoints[0]}: --fence-hook")
         assert "exited with code 3: no way" in message and "\n" not in message
         # The record stays (the fence may be half done): a rerun runs the hook again, an unfence lifts it.
-        record = await read_fence(client, SP)
+        record = await read_fence(client, LAYOUT)
         assert record is not None and record.state == FENCING
         out = tmp_path / "retry"
-        record = await fence_writes(client, SP, mode="hook", hook=f"touch {out}")
+        record = await fence_writes(client, LAYOUT, mode="hook", hook=f"touch {out}")
         assert record.state == FENCED and out.exists()
         with pytest.raises(FenceError, match=r"cannot lift the fence on .*exited with code 4"):
-            await unfence_writes(client, SP, hook="exit 4")
-        assert await unfence_writes(client, SP, hook="true") is not None
-        assert await read_fence(client, SP) is None
+            await unfence_writes(client, LAYOUT, hook="exit 4")
+        assert await unfence_writes(client, LAYOUT, hook="true") is not None
+        assert await read_fence(client, LAYOUT) is None
 
 
 async def test_no_fence_is_recorded_only(etcd_cluster_factory: Callable[..., EtcdCluster]) -> None:
     cluster = etcd_cluster_factory(name="nofence")
     async with connect(cluster) as client:
-        record = await fence_writes(client, SP, mode="none", epoch=5, by="test")
+        record = await fence_writes(client, LAYOUT, mode="none", epoch=5, by="test")
         assert (record.mode, record.state, record.epoch, record.by) == ("none", FENCED, 5, "test")
         await client.put(b"/app/x", b"still writable")
-        assert await fence_writes(client, SP, mode="none") == record
-        assert await unfence_writes(client, SP) == record
-        assert await read_fence(client, SP) is None
+        assert await fence_writes(client, LAYOUT, mode="none") == record
+        assert await unfence_writes(client, LAYOUT) == record
+        assert await read_fence(client, LAYOUT) is None
 
 
 def test_record_round_trip() -> None:

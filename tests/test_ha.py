@@ -19,7 +19,7 @@ from etcd_dr import MirrorConfig
 from etcd_dr.etcd import ClientConfig, EtcdClient, prefix_range_end
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state import StateLayout
 from etcd_dr.status import status as mirror_status
 
 STATE = b"/etcd-dr/"
@@ -112,7 +112,7 @@ async def test_standby_mirror_takes_over_and_the_old_one_is_fenced(
                     p.kill()
                     await p.wait()
         status = await s.status()
-        key = checkpoint_key(STATE, status.cluster_id, b"/app/", b"/app/")
+        key = StateLayout(STATE).checkpoint(status.cluster_id, b"/app/", b"/app/")
         # No stale write from the fenced mirror: every destination txn applies exactly the next source ops.
         report = await check_exactly_once(s, d, KeyMapper.create(b"/app/", None, (), STATE), key)
         assert report.copies == 1 and report.replay_txns > 0

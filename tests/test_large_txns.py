@@ -25,7 +25,7 @@ from etcd_dr.etcd import ClientConfig, EtcdClient, Put, Unavailable, prefix_rang
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.keys import KeyMapper
 from etcd_dr.mirror.limits import probe_max_ops
-from etcd_dr.state.layout import checkpoint_key, lock_key
+from etcd_dr.state.layout import StateLayout
 
 STATE = b"/etcd-dr/"
 APP = b"/app/"
@@ -70,7 +70,7 @@ async def test_a_destination_below_the_mirrors_guess_is_learned_exactly_once(
     config = pair_config(src, dst, prefix=APP)
     config = replace(config, dest=ClientConfig.create(dp.address, role="destination", flag_prefix="dest-"))
     async with connect(src) as s, connect(dst) as d:
-        key = checkpoint_key(STATE, (await s.status()).cluster_id, APP, APP)
+        key = StateLayout(STATE).checkpoint((await s.status()).cluster_id, APP, APP)
         async with running(config) as mirror:
             await s.put(APP + b"ready", b"1")
             await wait_equal(s, d, APP)
@@ -117,8 +117,8 @@ async def test_exactly_once_with_large_txns_through_kill_lost_lock_and_cut_links
             await s.txn([], [Put(APP + b"seed/%04d" % j, b"s%d" % j) for j in range(100)])
             initial = await content(s)
             cluster_id = (await s.status()).cluster_id
-            key = checkpoint_key(STATE, cluster_id, APP, APP)
-            lock = lock_key(STATE, cluster_id, APP, APP)
+            key = StateLayout(STATE).checkpoint(cluster_id, APP, APP)
+            lock = StateLayout(STATE).lock(cluster_id, APP, APP)
             workload = Workload(s, seed=14, max_txn=12, keys=2000)
             stop = asyncio.Event()
             writing = asyncio.create_task(workload.run(stop=stop))

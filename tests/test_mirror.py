@@ -22,7 +22,7 @@ from etcd_dr.errors import Refused
 from etcd_dr.etcd import Delete, EtcdClient, Put, prefix_range_end
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state import StateLayout
 from etcd_dr.state.records import Checkpoint
 
 STATE = b"/etcd-dr/"
@@ -32,7 +32,7 @@ Factory = Callable[..., EtcdCluster]
 
 
 async def the_checkpoint(d: EtcdClient, config: MirrorConfig, source_id: int) -> Checkpoint:
-    key = checkpoint_key(config.state_prefix, source_id, config.prefix, config.effective_dest_prefix)
+    key = config.layout.checkpoint(source_id, config.prefix, config.effective_dest_prefix)
     kv = await d.get(key)
     assert kv is not None, "no checkpoint on the destination"
     return Checkpoint.decode(kv.value)
@@ -121,7 +121,7 @@ async def test_random_workload_exactly_once(etcd_cluster_factory: Factory) -> No
 
 
 def _key(config: MirrorConfig, status: Any) -> bytes:
-    return checkpoint_key(config.state_prefix, status.cluster_id, config.prefix, config.effective_dest_prefix)
+    return config.layout.checkpoint(status.cluster_id, config.prefix, config.effective_dest_prefix)
 
 
 async def test_source_txn_larger_than_max_txn_ops_is_split(
@@ -253,7 +253,7 @@ async def test_kill_9_at_random_points_then_exactly_once(
         try:
             with log_path.open("wb") as log:
                 status = await s.status()
-                key = checkpoint_key(STATE, status.cluster_id, b"/app/", b"/app/")
+                key = StateLayout(STATE).checkpoint(status.cluster_id, b"/app/", b"/app/")
                 for i in range(6):
                     before = await d.get(key)
                     proc = await asyncio.create_subprocess_exec(

@@ -31,6 +31,7 @@ from etcd_dr.state import StateLayout
 from etcd_dr.state.roles import read_role
 
 STATE = b"/etcd-dr/"
+LAYOUT = StateLayout(STATE)
 APP = b"/app/"
 
 
@@ -53,14 +54,14 @@ async def snapshot(cluster: EtcdCluster) -> tuple[int, dict[bytes, bytes]]:
 
 
 async def has_health_record(cluster: EtcdCluster) -> bool:
-    layout = StateLayout(STATE)
+    layout = LAYOUT
     async with EtcdClient(ClientConfig.create(cluster.endpoints)) as c:
         return bool((await c.range(layout.health_records, prefix_range_end(layout.health_records))).kvs)
 
 
 async def role_of(cluster: EtcdCluster) -> str:
     async with EtcdClient(ClientConfig.create(cluster.endpoints)) as c:
-        role = (await read_role(c, STATE)).role
+        role = (await read_role(c, LAYOUT)).role
         return role.describe() if role else "none"
 
 
@@ -114,8 +115,8 @@ async def test_failover_refused_while_the_recorded_primary_answers(
     refused_once(run, 1, "answers and is healthy")
     assert await role_of(b) == before and before.startswith("standby")
     async with EtcdClient(ClientConfig.create(b.endpoints)) as cb:
-        (stored,) = await checkpoints_from(cb, STATE, a_id)
-    assert stored.checkpoint.source_endpoints == a.endpoints[0]
+        (stored,) = await checkpoints_from(cb, LAYOUT, a_id)
+    assert stored.record.source_endpoints == a.endpoints[0]
 
 
 async def ca_status(cluster: EtcdCluster) -> Status:
@@ -278,21 +279,21 @@ async def test_failover_raises_past_what_the_old_primary_wrote_unseen(
 
             async def seen() -> int:
                 """What the mirror has applied (once caught up, it has seen the head too)."""
-                stored = await checkpoints_from(cb, STATE, a_id)
-                return max((s.checkpoint.revision for s in stored), default=0)
+                stored = await checkpoints_from(cb, LAYOUT, a_id)
+                return max((s.record.revision for s in stored), default=0)
 
             deadline = time.monotonic() + 60
             while await seen() == 0:
                 assert time.monotonic() < deadline and proc.running(), proc.log_text()[-3000:]
                 await asyncio.sleep(0.2)
             start = (await ca.status()).revision
-            await raise_revision(ca, APP, start + 10_000)  # one key, 10,000 revisions
+            await raise_revision(ca, StateLayout(APP), start + 10_000)  # one key, 10,000 revisions
             head = (await ca.status()).revision
             while await seen() < head:
                 assert time.monotonic() < deadline + 60 and proc.running(), proc.log_text()[-3000:]
                 await asyncio.sleep(0.2)
             assert await proc.stop() == 0
-            await raise_revision(ca, APP, head + 30_000)
+            await raise_revision(ca, StateLayout(APP), head + 30_000)
             last = (await ca.status()).revision
         a.kill(0)
         run = await etcd_dr(
@@ -319,7 +320,7 @@ async def test_a_checkpoint_of_the_previous_version_still_resumes(
     await Mirror(cfg).run()
     async with EtcdClient(cfg.source) as ca, EtcdClient(cfg.dest) as cb:
         a_id = (await ca.status()).cluster_id
-        (stored,) = await checkpoints_from(cb, STATE, a_id)
+        (stored,) = await checkpoints_from(cb, LAYOUT, a_id)
         old = json.loads(stored.raw)
         for name in ("source_endpoints", "seen_revision", "seen_time", "source_rate"):
             del old[name]
@@ -328,6 +329,6 @@ async def test_a_checkpoint_of_the_previous_version_still_resumes(
         result = await asyncio.wait_for(Mirror(cfg).run(), 60)
         assert result.copied is None, "the upgraded mirror copied again instead of resuming"
         assert await cb.get(APP + b"after-upgrade") is not None
-        (stored,) = await checkpoints_from(cb, STATE, a_id)
-        assert stored.checkpoint.source_endpoints == cfg.source.endpoints_text
-        assert stored.checkpoint.seen_revision >= stored.checkpoint.revision > 0
+        (stored,) = await checkpoints_from(cb, LAYOUT, a_id)
+        assert stored.record.source_endpoints == cfg.source.endpoints_text
+        assert stored.record.seen_revision >= stored.record.revision > 0

@@ -11,12 +11,14 @@ from harness.mirroring import connect, dump, pair_config, running
 
 from etcd_dr.etcd import EtcdClient
 from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.state import StateLayout
 from etcd_dr.state.events import recent_events
 from etcd_dr.state.records import Checkpoint
 from etcd_dr.state.roles import read_role
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"
+LAYOUT = StateLayout(STATE)
 
 
 async def fill(c: EtcdClient, value: bytes, n: int = 150, prefix: bytes = b"/registry/") -> None:
@@ -70,14 +72,14 @@ async def test_second_source_refused_then_taken_over_and_recorded(etcd_cluster_f
         assert "take-over" in err and a_id in err  # logged, naming what was replaced
         assert await dump(cc, b"/registry/") == await dump(cb, b"/registry/")
         assert {f"{k.source_cluster_id:x}" for k in await checkpoints(cc)} == {b_id}  # B's two mirrors
-        events = [e for e in await recent_events(cc, STATE) if e.kind == "take-over"]
+        events = [e for e in await recent_events(cc, LAYOUT) if e.kind == "take-over"]
         assert len(events) == 1, events
         assert events[0].fields["previous_source"] == a_id and events[0].fields["source"] == b_id
         assert events[0].fields["previous_revision"] == a_rev
         move = events[0].move  # a move in `etcd-dr history`: who, from where, to where
         assert move is not None and move.result == "ok" and move.user and move.host
         assert move.source == f"cluster {a_id}" and move.rpo_revision == a_rev
-        role = (await read_role(cc, STATE)).role
+        role = (await read_role(cc, LAYOUT)).role
         assert role is not None and f"{role.peer_cluster_id:x}" == b_id and role.via == "take-over"
         shown = await etcd_dr(
             "status", c.endpoints[0], "--endpoints", b.endpoints[0], "--prefix", "/registry/"

@@ -20,7 +20,7 @@ from harness.workload import Workload
 
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state import StateLayout
 
 pytestmark = pytest.mark.netns
 
@@ -71,7 +71,7 @@ async def test_partition_between_sites_cut_and_healed(
         command_prefix=home.exec_prefix,
     )  # fmt: skip
     async with connect(src) as s, connect(dst) as d:
-        key = checkpoint_key(STATE, (await s.status()).cluster_id, PREFIX, PREFIX)
+        key = StateLayout(STATE).checkpoint((await s.status()).cluster_id, PREFIX, PREFIX)
         await Workload(s, seed=41).run(200)
         mirror.start()
         stop = asyncio.Event()

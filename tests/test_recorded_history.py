@@ -23,9 +23,10 @@ from etcd_dr.etcd import ClientConfig, EtcdClient, Put, prefix_range_end
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state import StateLayout
 
 STATE = b"/etcd-dr/"
+LAYOUT = StateLayout(STATE)
 APP = b"/app/"
 MAPPER = KeyMapper.create(APP, None, (), STATE)
 
@@ -47,7 +48,7 @@ async def test_every_sample_of_the_destination_is_an_acknowledged_source_state(
             for i in range(0, 2000, 100):
                 await s.txn([], [Put(APP + b"seed/%05d" % j, b"s%d" % j) for j in range(i, i + 100)])
             initial = await content(s)
-            key = checkpoint_key(STATE, (await s.status()).cluster_id, APP, APP)
+            key = LAYOUT.checkpoint((await s.status()).cluster_id, APP, APP)
             workload = Workload(s, seed=5, max_txn=12)
             stop = asyncio.Event()
             writing = asyncio.create_task(workload.run(stop=stop, rate=300))
@@ -112,7 +113,7 @@ async def test_the_checkers_catch_a_wrong_destination(
         workload = Workload(s, seed=3)
         await workload.run(200)
         await Mirror(config).run()
-        key = checkpoint_key(STATE, (await s.status()).cluster_id, APP, APP)
+        key = LAYOUT.checkpoint((await s.status()).cluster_id, APP, APP)
         assert await check_against_acks(workload, initial, d, MAPPER, key) is not None
         await check_exactly_once(s, d, MAPPER, key)
 

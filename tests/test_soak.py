@@ -28,7 +28,7 @@ from harness.workload import Workload
 
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror.keys import KeyMapper
-from etcd_dr.state.layout import checkpoint_key
+from etcd_dr.state import StateLayout
 
 STATE = b"/etcd-dr/"
 PREFIX = b"/app/"
@@ -85,7 +85,7 @@ async def soak(etcd_cluster_factory: Factory, tmp_path: Path, seconds: float) ->
         HistoryRecorder(s_watch) as s_history,
         HistoryRecorder(d_watch) as d_history,
     ):
-        key = checkpoint_key(STATE, (await s.status()).cluster_id, PREFIX, PREFIX)
+        key = StateLayout(STATE).checkpoint((await s.status()).cluster_id, PREFIX, PREFIX)
         await Workload(s, seed=100).run(500)
         mirror.start()
         samples: list[Sample] = []

@@ -27,7 +27,7 @@ from etcd_dr.config import DEFAULT_STATE_PREFIX
 from etcd_dr.etcd import ClientConfig, EtcdClient, PermissionDenied
 from etcd_dr.local.cluster import EtcdCluster, free_ports
 from etcd_dr.mirror import Mirror
-from etcd_dr.state.layout import health_key
+from etcd_dr.state import StateLayout
 from etcd_dr.state.records import HealthRecord
 from etcd_dr.verify import verify, verify_in_segments
 
@@ -67,7 +67,7 @@ async def value(c: EtcdClient, key: bytes) -> bytes | None:
 
 async def health_record(source: EtcdClient, dest: EtcdClient, prefix: bytes) -> HealthRecord | None:
     cluster_id = (await source.status()).cluster_id
-    kv = await dest.get(health_key(SP, cluster_id, prefix, prefix))
+    kv = await dest.get(StateLayout(SP).health(cluster_id, prefix, prefix))
     return None if kv is None else HealthRecord.decode(kv.value)
 
 

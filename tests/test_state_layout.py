@@ -17,13 +17,12 @@ import pytest
 from harness.mirroring import connect
 
 import etcd_dr
-from etcd_dr.checkpoints import checkpoints_of
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.state import StateLayout
 from etcd_dr.state.events import record_event
 from etcd_dr.state.layout import pair_id
 from etcd_dr.state.reader import UnreadableRecord
-from etcd_dr.state.records import Checkpoint, HealthRecord
+from etcd_dr.state.records import Checkpoint, HealthRecord, LockHolder
 from etcd_dr.state.roles import STANDBY, Role
 from etcd_dr.state.site import SiteState
 
@@ -83,6 +82,42 @@ def key_building(path: Path) -> list[str]:
 
 def test_no_state_key_is_built_outside_state() -> None:
     offenders = [hit for p in modules() if "state" not in p.relative_to(SRC).parts for hit in key_building(p)]
+    assert offenders == [], "\n".join(offenders)
+
+
+# Where a StateLayout is built from a prefix: the config objects (MirrorConfig.layout), and the one
+# command without one (`checkpoints`, which has only a destination).
+LAYOUT_BUILDERS = {"config.py", "cli.py"}
+# Who takes the prefix itself: the flag's value (cli.py), and the key mapping that never mirrors the
+# state prefix (mirror/keys.py: a range to exclude, not a record).
+PREFIX_TAKERS = {"cli.py", "keys.py"}
+
+
+def layout_threading(path: Path) -> list[str]:
+    """Where `path` threads the state prefix instead of holding the StateLayout built once."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        where = f"{path.name}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and path.name not in PREFIX_TAKERS:
+            args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            found += [
+                f"{where}: {node.name} takes the state prefix {a.arg}" for a in args if a.arg in PREFIX_NAMES
+            ]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "StateLayout"
+            and path.name not in LAYOUT_BUILDERS
+        ):
+            found.append(f"{where}: builds a StateLayout of its own")
+    return found
+
+
+def test_the_state_prefix_is_held_as_one_layout() -> None:
+    offenders = [
+        hit for p in modules() if "state" not in p.relative_to(SRC).parts for hit in layout_threading(p)
+    ]
+    offenders += [f"state/layout.py: {hit}" for hit in layout_threading(SRC / "state" / "layout.py")]
     assert offenders == [], "\n".join(offenders)
 
 
@@ -149,7 +184,7 @@ def test_import_rule() -> None:
             if m.startswith(("etcd_dr.failover", "etcd_dr.mirror", "etcd_dr.fence", "etcd_dr.cli"))
         ]
     # failover runs mirrors (switchover, failback) but takes no record or key from mirror/.
-    allowed = ("etcd_dr.mirror.engine", "etcd_dr.mirror.keys", "etcd_dr.mirror.lock")
+    allowed = ("etcd_dr.mirror.engine", "etcd_dr.mirror.keys")
     for p in modules("failover"):
         broken += [
             f"failover/{p.name} imports {m}"
@@ -174,14 +209,14 @@ async def test_site_state_reads_every_record_in_one_range(
         await client.put(layout.health(0xABC, b"/app/", b"/app/"), health.encode())
         await client.put(layout.lease_registry(0xABC, b"/app/", b"/app/") + b"00000000000000ff", b"10")
         await client.put(layout.role, role.encode())
-        await record_event(client, b"/etcd-dr/", "promoted", "made primary")
-        site = await SiteState.read(client, b"/etcd-dr/")
+        await record_event(client, layout, "promoted", "made primary")
+        site = await SiteState.read(client, layout)
         assert site.checkpoint(pair) == ckpt and site.health(pair) == health and site.role == role
-        assert site.lock_holder(pair) == "host:1:tok" and site.lease_counts == {pair: 1}
+        assert site.lock_holder(pair) == LockHolder("host:1:tok") and site.lease_counts == {pair: 1}
         assert site.fence is None and [e.kind for e in site.events] == ["promoted"]
-        assert [i.id for i in checkpoints_of(site)] == [pair.decode()]
+        assert [i.id for i in site.stored_checkpoints()] == [pair.decode()]
         # A damaged record is met when it is used, naming its key.
         await client.put(layout.health(0xABC, b"/app/", b"/app/"), b"[1]")
-        site = await SiteState.read(client, b"/etcd-dr/")
+        site = await SiteState.read(client, layout)
         with pytest.raises(UnreadableRecord, match="mirror health record /etcd-dr/health/"):
             site.health(pair)

@@ -16,7 +16,6 @@ from harness.mirroring import connect, pair_config
 
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
-from etcd_dr.state.layout import checkpoint_key, heartbeat_key
 from etcd_dr.state.records import Checkpoint
 from etcd_dr.status import status
 
@@ -31,14 +30,14 @@ async def test_lag_seconds_uses_the_mirrors_clock_only(etcd_cluster_factory: Fac
         await s.put(b"/a", b"1")
         await Mirror(pair_config(src, dst, once=True)).run()
         source_id, dest_id = (await s.status()).cluster_id, (await d.status()).cluster_id
-        key = checkpoint_key(config.state_prefix, source_id, b"", b"")
+        key = config.layout.checkpoint(source_id, b"", b"")
         kv = await d.get(key)
         assert kv is not None
         ckpt = Checkpoint.decode(kv.value)
         mirror_now = time.time() + skew
         # The applied state is 7.5 s behind the newest heartbeat, both on the mirror's clock.
         await d.put(key, ckpt.advanced(ckpt.revision, source_time=mirror_now - 7.5).encode())
-        await s.put(heartbeat_key(config.state_prefix, dest_id), f"{mirror_now:.3f}".encode())
+        await s.put(config.layout.heartbeat(dest_id), f"{mirror_now:.3f}".encode())
         await s.put(b"/b", b"2")  # not applied yet: the mirror is behind
 
         report = await status(config)
@@ -50,6 +49,6 @@ async def test_lag_seconds_uses_the_mirrors_clock_only(etcd_cluster_factory: Fac
         assert any(lag in line for line in report.lines()), report.lines()
 
         # A mirror whose clock jumped back after its last applied heartbeat: never a negative lag.
-        await s.put(heartbeat_key(config.state_prefix, dest_id), f"{mirror_now - 100:.3f}".encode())
+        await s.put(config.layout.heartbeat(dest_id), f"{mirror_now - 100:.3f}".encode())
         report = await status(config)
         assert report.lag_seconds == 0.0

@@ -17,13 +17,14 @@ from harness.mirroring import connect, pair_config, running
 from etcd_dr.etcd import EtcdClient
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
+from etcd_dr.state import StateLayout
 from etcd_dr.state.events import record_event
-from etcd_dr.state.layout import checkpoint_key, health_key, lock_key
 from etcd_dr.state.records import HealthRecord, VerifyResult
 from etcd_dr.state.roles import PRIMARY, read_role, write_role
 
 Factory = Callable[..., EtcdCluster]
 STATE = b"/etcd-dr/"
+LAYOUT = StateLayout(STATE)
 APP = b"/app/"
 # Old fields of `status --json`, kept for the scripts that read them.
 OLD_FIELDS = {
@@ -62,7 +63,7 @@ async def hold_lock(cb: EtcdClient, source_id: int) -> None:
     """The mirror lock held as a running mirror holds it (no mirror process that would rewrite the
     records this test writes by hand)."""
     lease = await cb.lease_grant(300)
-    await cb.put(lock_key(STATE, source_id, APP, APP), b"mirror-host:4242:test", lease=lease.id)
+    await cb.put(LAYOUT.lock(source_id, APP, APP), b"mirror-host:4242:test", lease=lease.id)
 
 
 async def test_healthy_pair_exits_0_and_json_keeps_its_fields(etcd_cluster_factory: Factory) -> None:
@@ -157,7 +158,7 @@ async def test_stopped_mirror_with_unapplied_writes_and_lag_limit(etcd_cluster_f
     # the fix; `checkpoints --remove` still removes it by its id.
     async with connect(a) as ca, connect(b) as cb:
         a_id = (await ca.status()).cluster_id
-        key = checkpoint_key(STATE, a_id, APP, APP)
+        key = LAYOUT.checkpoint(a_id, APP, APP)
         await cb.put(key, b"{not json")
     broken = await etcd_dr(
         "status", b.endpoints[0], "--endpoints", a.endpoints[0], "--prefix", "/app/", "--no-fence"
@@ -174,12 +175,12 @@ async def test_two_primaries_and_the_last_move(etcd_cluster_factory: Factory) ->
     a_id = await mirrored_once(a, b)
     async with connect(b) as cb:
         await hold_lock(cb, a_id)
-        state = await read_role(cb, STATE)
+        state = await read_role(cb, LAYOUT)
         assert state.role is not None and not state.role.is_primary
         promoted = state.role.moved(PRIMARY, state.role.epoch + 1, a_id, "failover")
-        assert (await write_role(cb, STATE, promoted, state)).succeeded
-        await record_event(cb, STATE, "promoted", "failover from a: primary with epoch 2", epoch=2)
-        await record_event(cb, STATE, "drill", "failover drill, RTO 41 s")
+        assert (await write_role(cb, LAYOUT, promoted, state)).succeeded
+        await record_event(cb, LAYOUT, "promoted", "failover from a: primary with epoch 2", epoch=2)
+        await record_event(cb, LAYOUT, "drill", "failover drill, RTO 41 s")
     run = await status(a, b, "--no-fence")
     assert run.code == 1, run.stdout
     assert "two-primaries: both sites are marked primary" in run.stdout, run.stdout
@@ -194,7 +195,7 @@ async def test_two_primaries_and_the_last_move(etcd_cluster_factory: Factory) ->
 async def test_health_record_problems_and_age_and_stale_checkpoints(etcd_cluster_factory: Factory) -> None:
     a, b = etcd_cluster_factory(name="a"), etcd_cluster_factory(name="b")
     a_id = await mirrored_once(a, b)
-    hkey = health_key(STATE, a_id, APP, APP)
+    hkey = LAYOUT.health(a_id, APP, APP)
     now = time.time()
     verify = VerifyResult(
         at=now - 3600, seconds=1.5, equal=True, keys=10, differences=0, source_revision=11, dest_revision=12

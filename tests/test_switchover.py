@@ -21,9 +21,11 @@ from harness.bind import BindServer, bind_server, named_unavailable_reason
 from etcd_dr.etcd import ClientConfig, EtcdClient, PermissionDenied, prefix_range_end
 from etcd_dr.local.acked import AckedWriter
 from etcd_dr.local.cluster import EtcdCluster
+from etcd_dr.state import StateLayout
 from etcd_dr.state.roles import read_role
 
 STATE = b"/etcd-dr/"
+LAYOUT = StateLayout(STATE)
 APP = b"/app/"
 ROOT = ("root", "rootpw")
 
@@ -107,9 +109,9 @@ async def test_switchover_from_the_command_line_fences_loses_nothing_and_moves_t
             assert writer.acked and not missing, f"{len(missing)} of {len(writer.acked)} acked writes missing"
             async with client(a, "etcd-dr", "drpw") as dr_a:
                 assert await dump(dr_a) == on_b
-                role_a = (await read_role(dr_a, STATE)).role
+                role_a = (await read_role(dr_a, LAYOUT)).role
                 assert (await dr_b.status()).revision > (await dr_a.status()).revision
-            role_b = (await read_role(dr_b, STATE)).role
+            role_b = (await read_role(dr_b, LAYOUT)).role
             assert role_b is not None and role_b.is_primary and role_b.epoch == result["epoch"] == 2
             assert role_a is not None and not role_a.is_primary and role_a.epoch == 2
 

@@ -5,6 +5,7 @@ reader is state/reader.py). One cluster pair per record; the commands run as the
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 import pytest
@@ -32,6 +33,8 @@ RECORDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "fence": ("a", ("switchover",), "fence record"),  # failback: the test below
     "lease registry": ("b", ("mirror",), "lease registry entry"),
     "heartbeat": ("a", ("status",), "mirror heartbeat"),
+    # The history of moves shown by status: a damaged entry is not skipped (it may be the move looked for).
+    "event": ("b", ("status",), "event record"),
 }
 
 
@@ -74,6 +77,7 @@ def key_of(record: str, source_id: int, dest_id: int) -> bytes:
         "fence": LAYOUT.fence,
         "lease registry": LAYOUT.lease_registry(source_id, APP, APP) + b"0000000000000001",
         "heartbeat": LAYOUT.heartbeat(dest_id),
+        "event": LAYOUT.event(time.time_ns(), "promoted"),
     }[record]
 
 

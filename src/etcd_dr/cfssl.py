@@ -140,12 +140,22 @@ def read_signing_profile(path: Path, profile: str | None) -> SigningProfile:
             raise CfsslConfigError(f"--config {path}: profile {name!r} usages: {e}") from None
 
     expiry = section.get("expiry", default.get("expiry", _CFSSL_DEFAULT_EXPIRY))
-    if not isinstance(expiry, str):
-        raise CfsslConfigError(f'--config {path}: profile {name!r} "expiry" must be a string like "8760h"')
     try:
-        seconds = parse_duration(expiry)
+        seconds = parse_expiry(expiry, f'profile {name!r} "expiry"', "8760h")
+    except ValueError as e:
+        raise CfsslConfigError(f"--config {path}: {e}") from None
+    return SigningProfile(name, tuple(usages), key_usage, tuple(ekus), seconds, str(expiry))
+
+
+def parse_expiry(value: object, field: str, example: str) -> float:
+    """A cfssl "expiry" (a Go duration such as "8760h"), in seconds, from a signing profile or a CSR's
+    "ca" section; ValueError naming `field` when it is not a positive duration."""
+    if not isinstance(value, str):
+        raise ValueError(f'{field} must be a string like "{example}", not {value!r}')
+    try:
+        seconds = parse_duration(value)
     except DurationError as e:
-        raise CfsslConfigError(f'--config {path}: profile {name!r} "expiry": {e}') from None
+        raise ValueError(f"{field}: {e}") from None
     if seconds <= 0:
-        raise CfsslConfigError(f'--config {path}: profile {name!r} "expiry" {expiry!r} must be positive')
-    return SigningProfile(name, tuple(usages), key_usage, tuple(ekus), seconds, expiry)
+        raise ValueError(f"{field} {value!r} must be positive")
+    return seconds

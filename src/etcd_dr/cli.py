@@ -452,18 +452,19 @@ def checkpoints(
     """The mirror checkpoints DEST holds: pair, revision, age, lock holder, live or stale; --remove one."""
     from .checkpoints import list_checkpoints, remove_checkpoint
     from .etcd import EtcdClient
+    from .state import StateLayout
 
     if force and remove_id is None:
         raise UsageError("--force goes with --remove ID")
     config = dest_config(dest, destination, dial_timeout=dial_timeout, command_timeout=command_timeout)
-    sp = arg_bytes(state_prefix)
+    layout = StateLayout(arg_bytes(state_prefix))
 
     async def run() -> tuple[Any, list[Any]]:
         async with EtcdClient(config) as client:
             removed = None
             if remove_id is not None:
-                removed = await remove_checkpoint(client, sp, remove_id, force=force)
-            return removed, await list_checkpoints(client, sp)
+                removed = await remove_checkpoint(client, layout, remove_id, force=force)
+            return removed, await list_checkpoints(client, layout)
 
     removed, found = runner.run(run())
     if as_json:
@@ -749,9 +750,7 @@ def history(pair: PairOptions, limit: int, as_json: bool) -> None:
             "--endpoints (or ETCDCTL_ENDPOINTS) is required: give the other site's endpoints"
         )
     config = pair.config()
-    show_result(
-        runner.run(read_history([config.source, config.dest], config.state_prefix, limit=limit)), as_json
-    )
+    show_result(runner.run(read_history([config.source, config.dest], config.layout, limit=limit)), as_json)
 
 
 @cli.command()

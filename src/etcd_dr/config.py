@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from .errors import UsageError
 from .etcd import ClientConfig
+from .state.layout import StateLayout
 
 DEFAULT_STATE_PREFIX = b"/etcd-dr/"
 
@@ -129,6 +131,11 @@ class MirrorConfig:
                     f"--ordered-prefix {o.decode(errors='replace')!r} is outside --prefix "
                     f"{self.prefix.decode(errors='replace')!r}: no mirrored key is under it"
                 )
+
+    @cached_property
+    def layout(self) -> StateLayout:
+        """The keys of the state records under --state-prefix (built once, held by every user)."""
+        return StateLayout(self.state_prefix)
 
     @property
     def effective_dest_prefix(self) -> bytes:

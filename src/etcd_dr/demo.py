@@ -876,7 +876,7 @@ class _Moves:
     async def _site_a_back(self, old_mirror: asyncio.Task[Any]) -> None:
         """Step 15: site A started again; the mirror left running from before is refused."""
         await self.sites.run(_start_site, self.site_a)
-        role_a = (await read_role(self.a, self.config.state_prefix)).role
+        role_a = (await read_role(self.a, self.config.layout)).role
         self.say(
             f"15. Site A is back, its {len(self.site_a.members)} members started again from their "
             f"etcd.conf.yml. It still says {role_a.describe() if role_a else 'nothing'} and holds the "

@@ -111,7 +111,7 @@ async def drill(cfg: DrillConfig, tell: Callable[[str], None]) -> DrillResult:
     t0 = time.monotonic()
     async with EtcdClient(pair.dest) as s_client:
         status = await s_client.status()
-        role = (await read_role(s_client, pair.state_prefix)).role
+        role = (await read_role(s_client, pair.layout)).role
         if role is None or role.is_primary:
             what = "no mirror has run into it" if role is None else role.describe()
             raise Refused(f"drill: {pair.dest.endpoints_text} is not a standby ({what}): nothing to rehearse")
@@ -243,5 +243,5 @@ async def _record(cfg: DrillConfig, result: DrillResult, t0: float) -> None:
         f"RTO {result.rto_seconds:.2f} s"
     )
     async with EtcdClient(pair.dest) as s_client:
-        await record_move([s_client], pair.state_prefix, "drill", message, record)
+        await record_move([s_client], pair.layout, "drill", message, record)
     result.recorded = True

@@ -9,7 +9,7 @@ Three ways, chosen by the caller (`--fence-hook CMD`, `--no-fence`, else etcd au
 - "hook": the operator's command does it (run with ETCD_DR_ACTION=fence, later unfence).
 - "none": nothing is fenced; the record only says that writes were not.
 
-The fence record lives IN the fenced cluster, at state_prefix + "fence", and says what was done, so
+The fence record lives IN the fenced cluster (StateLayout.fence), and says what was done, so
 that lifting the fence restores exactly that. It is written BEFORE anything changes, listing every
 permission about to change (state "fencing"); it says "fenced" once all are done and "unfencing" while
 they are given back; it is deleted at the end. A crash anywhere loses nothing: fence_writes finishes a
@@ -41,7 +41,7 @@ from .etcd import (
     prefix_range_end,
 )
 from .hooks import HookFailed, run_hook
-from .state.layout import fence_key
+from .state.layout import StateLayout
 from .state.reader import decode
 from .state.records import FENCED, FENCING, MODES, UNFENCING, FenceMode, FenceRecord, encode_key
 
@@ -56,15 +56,15 @@ class FenceError(EtcdDrError):
     """Writes could not be fenced (or the fence lifted); one line says why and what to do."""
 
 
-async def read_fence(client: EtcdClient, state_prefix: bytes) -> FenceRecord | None:
+async def read_fence(client: EtcdClient, layout: StateLayout) -> FenceRecord | None:
     """The cluster's fence record, or None when its writes are not fenced."""
-    record, _ = await _read(client, state_prefix)
+    record, _ = await _read(client, layout)
     return record
 
 
 async def fence_writes(
     client: EtcdClient,
-    state_prefix: bytes,
+    layout: StateLayout,
     *,
     mode: FenceMode,
     hook: str | None = None,
@@ -94,7 +94,7 @@ async def fence_writes(
                 "give --fence-hook CMD or --no-fence"
             )
         own = await _own_roles(client, "fence writes on")
-    record, cluster_id = await _read(client, state_prefix)
+    record, cluster_id = await _read(client, layout)
     if record is not None:
         if record.mode != mode:
             raise FenceError(
@@ -112,7 +112,7 @@ async def fence_writes(
         )
     owner = by or _owner(client)
     if mode == "auth":
-        record, changes = await _fence_by_auth(client, state_prefix, own, record, epoch, owner)
+        record, changes = await _fence_by_auth(client, layout, own, record, epoch, owner)
         detail = (
             f"write permission taken from {record.permission_count} permissions of "
             f"{len(record.revoked)} roles ({changes} role changes made now)"
@@ -120,7 +120,7 @@ async def fence_writes(
     elif mode == "hook":
         assert hook is not None
         if record is None:
-            record = await _store(client, state_prefix, _new(mode, epoch, owner), None, "fence writes on")
+            record = await _store(client, layout, _new(mode, epoch, owner), None, "fence writes on")
         try:
             await run_hook(hook, "fence", _hook_env(client, cluster_id, env), hook_timeout)
         except HookFailed as e:
@@ -129,7 +129,7 @@ async def fence_writes(
     else:
         detail = "by nothing (--no-fence): applications can still write"
     done = replace(record, state=FENCED) if record is not None else _new(mode, epoch, owner, FENCED)
-    record = await _store(client, state_prefix, done, record, "fence writes on")
+    record = await _store(client, layout, done, record, "fence writes on")
     log.info(
         "writes on %s fenced (%s) at revision %d: %s, in %.3f s",
         where,
@@ -143,7 +143,7 @@ async def fence_writes(
 
 async def unfence_writes(
     client: EtcdClient,
-    state_prefix: bytes,
+    layout: StateLayout,
     *,
     hook: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -155,7 +155,7 @@ async def unfence_writes(
     Returns the record as it was found (mod_revision: that record's)."""
     started = time.monotonic()
     where = client.config.endpoints_text
-    record, cluster_id = await _read(client, state_prefix)
+    record, cluster_id = await _read(client, layout)
     if record is None:
         log.info("writes on %s are not fenced: no fence to lift", where)
         return None
@@ -167,9 +167,7 @@ async def unfence_writes(
         )
     if record.state != UNFENCING:
         # From here on a fence_writes knows the permissions may be half given back.
-        record = await _store(
-            client, state_prefix, replace(record, state=UNFENCING), record, "lift the fence on"
-        )
+        record = await _store(client, layout, replace(record, state=UNFENCING), record, "lift the fence on")
     detail = ""
     if record.mode == "auth":
         changes, gone = await _unfence_by_auth(client, record)
@@ -183,7 +181,7 @@ async def unfence_writes(
         except HookFailed as e:
             raise FenceError(f"cannot lift the fence on {where}: {e}") from None
         detail = f" by --fence-hook {hook!r}"
-    key = fence_key(state_prefix)
+    key = layout.fence
     result = await client.txn([Compare.mod(key, CompareResult.EQUAL, record.mod_revision)], [Delete(key)])
     if not result.succeeded:
         raise FenceError(
@@ -212,9 +210,9 @@ def _owner(client: EtcdClient) -> str:
     return f"etcd-dr {user}@{socket.gethostname()} pid {os.getpid()}"
 
 
-async def _read(client: EtcdClient, state_prefix: bytes) -> tuple[FenceRecord | None, int]:
+async def _read(client: EtcdClient, layout: StateLayout) -> tuple[FenceRecord | None, int]:
     """(the record or None, the cluster id)."""
-    key = fence_key(state_prefix)
+    key = layout.fence
     r = await client.range(key)
     if not r.kvs:
         return None, r.header.cluster_id
@@ -224,10 +222,10 @@ async def _read(client: EtcdClient, state_prefix: bytes) -> tuple[FenceRecord | 
 
 
 async def _store(
-    client: EtcdClient, state_prefix: bytes, new: FenceRecord, old: FenceRecord | None, doing: str
+    client: EtcdClient, layout: StateLayout, new: FenceRecord, old: FenceRecord | None, doing: str
 ) -> FenceRecord:
     """Write `new` if the record is still `old` (None: absent); returns it with its mod revision."""
-    key = fence_key(state_prefix)
+    key = layout.fence
     expected = old.mod_revision if old is not None else 0  # a missing key compares as revision 0
     result = await client.txn([Compare.mod(key, CompareResult.EQUAL, expected)], [Put(key, new.encode())])
     if not result.succeeded:
@@ -251,7 +249,7 @@ def _hook_env(client: EtcdClient, cluster_id: int, env: Mapping[str, str] | None
 
 async def _fence_by_auth(
     client: EtcdClient,
-    state_prefix: bytes,
+    layout: StateLayout,
     own: set[str],
     record: FenceRecord | None,
     epoch: int,
@@ -270,7 +268,7 @@ async def _fence_by_auth(
         where,
         ", ".join(kept),
         client.config.user or "(none given)",
-        encode_key(state_prefix),
+        encode_key(layout.prefix),
     )
     changes = 0
     gone: set[str] = set()
@@ -285,7 +283,7 @@ async def _fence_by_auth(
             for p in perms:
                 if p.perm_type == "read":
                     continue
-                if _inside(p, state_prefix):
+                if _inside(p, layout):
                     if n == 0:
                         log.info(
                             "role %s keeps its %s permission on %s: inside the state prefix, etcd-dr's",
@@ -304,7 +302,7 @@ async def _fence_by_auth(
         if record is None or added:
             new = record if record is not None else _new("auth", epoch, by)
             new = replace(new, revoked={r: tuple(ps) for r, ps in revoked.items() if ps})
-            record = await _store(client, state_prefix, new, record, "fence writes on")
+            record = await _store(client, layout, new, record, "fence writes on")
             log.info(
                 "fence record written on %s before changing any role: %d write permissions of %d roles "
                 "to take (%d new)",
@@ -452,12 +450,12 @@ def _same_range(a: Permission, b: Permission) -> bool:
     return a.key == b.key and a.range_end == b.range_end
 
 
-def _inside(p: Permission, state_prefix: bytes) -> bool:
+def _inside(p: Permission, layout: StateLayout) -> bool:
     """Whether the permission covers only keys under the state prefix."""
+    start, end = layout.range
     if not p.range_end:
-        return p.key.startswith(state_prefix)
-    end = prefix_range_end(state_prefix)
-    return p.key >= state_prefix and p.range_end != b"\0" and p.range_end <= end
+        return p.key.startswith(start)
+    return p.key >= start and p.range_end != b"\0" and p.range_end <= end
 
 
 def _describe(p: Permission) -> str:

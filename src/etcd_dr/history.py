@@ -17,6 +17,7 @@ from typing import Any
 
 from .etcd import ClientConfig, EtcdClient, EtcdError
 from .state.events import MOVES, Event
+from .state.layout import StateLayout
 from .state.site import SiteState
 
 log = logging.getLogger("etcd_dr.history")
@@ -64,13 +65,13 @@ def describe(e: Event) -> str:
     return "; ".join(parts)
 
 
-async def history(sites: list[ClientConfig], state_prefix: bytes, *, limit: int = 50) -> History:
+async def history(sites: list[ClientConfig], layout: StateLayout, *, limit: int = 50) -> History:
     """The moves recorded on every site that answers, merged, newest first, at most `limit`."""
 
     async def read(config: ClientConfig) -> list[Event] | EtcdError:
         try:
             async with EtcdClient(config) as client:
-                return moves_of((await SiteState.read(client, state_prefix)).events)
+                return moves_of((await SiteState.read(client, layout)).events)
         except EtcdError as e:
             return e
 

@@ -503,16 +503,12 @@ def _read_csr_json(path: Path) -> _CsrRequest:
             raise bad('"ca" field backdate is not supported (etcd-dr back-dates by 5 minutes, as cfssl)')
         expiry = ca_doc.get("expiry")
         if expiry not in (None, ""):
-            from .durations import DurationError, parse_duration
+            from .cfssl import parse_expiry
 
-            if not isinstance(expiry, str):
-                raise bad(f'"ca" expiry must be a string like "876000h", not {expiry!r}')
             try:
-                ca_expiry = parse_duration(expiry)
-            except DurationError as e:
-                raise bad(f'"ca" expiry: {e}') from None
-            if ca_expiry <= 0:
-                raise bad(f'"ca" expiry {expiry!r} must be positive')
+                ca_expiry = parse_expiry(expiry, '"ca" expiry', "876000h")
+            except ValueError as e:
+                raise bad(str(e)) from None
         pathlen = ca_doc.get("pathlen", 0)
         if isinstance(pathlen, bool) or not isinstance(pathlen, int) or pathlen < 0:
             raise bad(f'"ca" pathlen must be a whole number, not {pathlen!r}')

@@ -38,7 +38,6 @@ from .etcd import EtcdClient, EtcdError, TLSError, TransientError
 from .failover.config import MoveConfig
 from .failover.plan import Rpo
 from .mirror.keys import KeyMapper
-from .state.layout import checkpoint_key
 from .state.records import REPLAY, Checkpoint
 from .status import ClusterState, Limits, StatusReport, _ago, in_our_words, status_of
 
@@ -337,9 +336,9 @@ async def _lag_item(
     if not source_id:
         report.add("lag", "fail", "unknown: the source does not answer and the standby names no primary")
         return
-    own = checkpoint_key(pair.state_prefix, source_id, pair.prefix, KeyMapper.from_config(pair).dest_prefix)
+    own = pair.layout.checkpoint(source_id, pair.prefix, KeyMapper.from_config(pair).dest_prefix)
     try:
-        _found, choice = await live_checkpoints(dest, pair.state_prefix, source_id, own)
+        _found, choice = await live_checkpoints(dest, pair.layout, source_id, own)
     except EtcdError as e:
         report.add("lag", "fail", f"the destination's checkpoints cannot be read: {e}")
         return

@@ -15,16 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoints import CheckpointInfo, checkpoints_of
 from .config import MirrorConfig
 from .etcd import EtcdClient, Status, TransientError
 from .mirror.keys import KeyMapper
-from .state.events import Event, recent_events
-from .state.layout import checkpoint_key, heartbeat_key
-from .state.reader import decode
+from .state.events import Event
+from .state.layout import StateLayout
 from .state.records import REPLAY, Checkpoint, HealthRecord, encode_key
-from .state.roles import Role, read_role
-from .state.site import SiteState, keys_ordered_as_data
+from .state.roles import Role
+from .state.site import SiteState, StoredCheckpoint, keys_ordered_as_data
 
 log = logging.getLogger("etcd_dr.status")
 
@@ -76,6 +74,8 @@ class ClusterState:
     alarms: list[tuple[int, str]] = field(default_factory=list)  # (member id, "NOSPACE" / "CORRUPT")
     down: str = ""  # why the cluster could not be read, in our words ("" when it answered)
     auth_enabled: bool | None = None  # None: not known
+    # Every record under the state prefix as read (one range): role, events, checkpoints, heartbeats.
+    site: SiteState | None = field(default=None, repr=False, compare=False)
 
     @property
     def healthy(self) -> bool:
@@ -93,7 +93,7 @@ class StatusReport:
     source_heartbeat: float = 0.0
     now: float = field(default_factory=time.time)
     health: HealthRecord | None = None  # the mirror's health record (state/records.py), if written
-    checkpoints: list[CheckpointInfo] = field(default_factory=list)  # every one on the destination
+    checkpoints: list[StoredCheckpoint] = field(default_factory=list)  # every one on the destination
     checkpoint_id: str = ""  # this pair's, in `etcd-dr checkpoints` form
     checkpoint_error: str = ""  # why this pair's checkpoint could not be read
     ordered_as_data: int = 0  # keys written tied, their source create order kept as data
@@ -137,7 +137,7 @@ class StatusReport:
         return applied + 1 - self.source.compact_revision
 
     @property
-    def stale_checkpoints(self) -> list[CheckpointInfo]:
+    def stale_checkpoints(self) -> list[StoredCheckpoint]:
         """Checkpoints of other pairs whose mirror is not running (this pair's own is `lock_holder`)."""
         return [c for c in self.checkpoints if not c.live and c.id != self.checkpoint_id]
 
@@ -538,19 +538,19 @@ def in_our_words(e: BaseException, timeout: float) -> str:
     return "it does not answer"
 
 
-async def _cluster_state(client: EtcdClient, role: str, state_prefix: bytes) -> ClusterState:
+async def _cluster_state(client: EtcdClient, role: str, layout: StateLayout) -> ClusterState:
     state = ClusterState(role=role, endpoints=client.config.endpoints_text)
     timeout = client.config.request_timeout
     try:
         async with asyncio.timeout(timeout):
-            await _read_cluster(client, state, state_prefix)
+            await _read_cluster(client, state, layout)
     except (TransientError, TimeoutError) as e:
         log.debug("the %s %s does not answer: %s", role, state.endpoints, e)
         state.down = in_our_words(e, timeout)
     return state
 
 
-async def _read_cluster(client: EtcdClient, state: ClusterState, state_prefix: bytes) -> None:
+async def _read_cluster(client: EtcdClient, state: ClusterState, layout: StateLayout) -> None:
     statuses = await client.statuses()
     timeout = client.config.request_timeout
     for ep, st in statuses.items():
@@ -569,9 +569,10 @@ async def _read_cluster(client: EtcdClient, state: ClusterState, state_prefix: b
     state.cluster_id = head.header.cluster_id
     state.revision = head.header.revision
     state.compact_revision = await client.compact_revision(state.revision)
-    state.site_role = (await read_role(client, state_prefix)).role
+    state.site = await SiteState.read(client, layout)
+    state.site_role = state.site.role
     # Enough to find the last move and the last drill among the other events (fences, removals).
-    state.events = await recent_events(client, state_prefix, limit=20)
+    state.events = state.site.recent_events(20)
     state.alarms = [(member, name.removeprefix("ALARM_")) for member, name in await client.alarms()]
     state.auth_enabled = await client.auth_enabled()
 
@@ -586,17 +587,16 @@ async def status_of(
 ) -> StatusReport:
     """`status` over clients the caller holds (`check` reads more with the same ones)."""
     mapper = KeyMapper.from_config(config)
-    sp = config.state_prefix
     src, dst = await asyncio.gather(
-        _cluster_state(source, "source", sp),
-        _cluster_state(dest, "destination", sp),
+        _cluster_state(source, "source", config.layout),
+        _cluster_state(dest, "destination", config.layout),
     )
     report = StatusReport(src, dst, limits=limits or Limits())
     if dst.down:
         return report
     try:
         async with asyncio.timeout(config.dest.request_timeout):
-            await _read_mirror(report, config, mapper, source, dest)
+            await _read_mirror(report, config, mapper, dest)
     except (TransientError, TimeoutError) as e:
         # It answered a moment ago: the mirror's records could not be read (member lost meanwhile).
         log.debug("reading the mirror's records on the destination: %s", e)
@@ -605,13 +605,14 @@ async def status_of(
 
 
 async def _read_mirror(
-    report: StatusReport, config: MirrorConfig, mapper: KeyMapper, source: EtcdClient, dest: EtcdClient
+    report: StatusReport, config: MirrorConfig, mapper: KeyMapper, dest: EtcdClient
 ) -> None:
-    sp = config.state_prefix
+    """The pair's records, from the snapshots of both sites' state (each read in one range)."""
     src, dst = report.source, report.dest
-    # The destination's records in one read (one revision): checkpoints, locks, health records.
-    site = await SiteState.read(dest, sp)
-    report.checkpoints = checkpoints_of(site)
+    site = dst.site
+    if site is None:
+        return
+    report.checkpoints = site.stored_checkpoints()
     # This pair's source cluster: the source's own id; with the source down, the one the standby's
     # role record names, else the one whose checkpoint has this pair's prefixes.
     source_id = src.cluster_id if not src.down else 0
@@ -631,20 +632,15 @@ async def _read_mirror(
         )
     if not source_id:
         return
-    key = checkpoint_key(sp, source_id, config.prefix, mapper.dest_prefix)
-    pair = site.layout.pair_of(key)
+    pair = site.layout.pair_of(site.layout.checkpoint(source_id, config.prefix, mapper.dest_prefix))
     report.checkpoint_id = pair.decode()
     report.checkpoint = site.checkpoint(pair)
-    report.lock_holder = site.lock_holder(pair)
+    holder = site.lock_holder(pair)
+    report.lock_holder = None if holder is None else str(holder)
     report.health = site.health(pair)
     report.ordered_as_data = await keys_ordered_as_data(dest, site.layout, pair)
-    if not src.down:
-        try:
-            beat = await source.get(heartbeat_key(sp, dst.cluster_id))
-        except TransientError as e:
-            log.debug("reading the heartbeat on the source: %s", e)
-            return
-        report.source_heartbeat = decode("heartbeat", beat.key, beat.value, source, float) if beat else 0.0
+    if src.site is not None and not src.down:
+        report.source_heartbeat = src.site.heartbeat(dst.cluster_id) or 0.0
 
 
 def _parse_time(value: bytes) -> float:

@@ -21,9 +21,9 @@ from typing import Any
 from .config import MirrorConfig
 from .errors import Refused
 from .etcd import CompactedError, EtcdClient, KeyValue
-from .mirror.compare import Kind, Pair, compare_ranges
+from .mirror.compare import Kind, Pair, as_pairs, diff_ranges
 from .mirror.keys import KeyMapper, ranges_overlap
-from .state.layout import StateLayout, checkpoint_key
+from .state.layout import StateLayout
 from .state.reader import decode
 from .state.records import REPLAY, Checkpoint, encode_key
 from .state.site import keys_ordered_as_data
@@ -113,16 +113,10 @@ async def verify(
                 f"the same cluster (cluster id {src_status.cluster_id:x}) with overlapping ranges: "
                 "nothing to compare"
             )
-        key = checkpoint_key(config.state_prefix, src_status.cluster_id, config.prefix, mapper.dest_prefix)
+        key = config.layout.checkpoint(src_status.cluster_id, config.prefix, mapper.dest_prefix)
         for attempt in range(20):
             # The checkpoint and the data are read at the same destination revision.
-            kv_result = await dest.range(key)
-            dest_rev = kv_result.header.revision
-            ckpt = (
-                decode("checkpoint", key, kv_result.kvs[0].value, dest, Checkpoint.decode)
-                if kv_result.kvs
-                else None
-            )
+            ckpt, dest_rev = await _read_checkpoint(dest, key)
             if ckpt is not None and ckpt.split_revision:
                 # The mirror is in the middle of a source revision too large for one txn.
                 await asyncio.sleep(0.1 * (attempt + 1))
@@ -174,9 +168,16 @@ async def _compare(
     nbytes = 0
     lists = {Kind.MISSING: result.missing, Kind.EXTRA: result.extra, Kind.DIFFERENT: result.different}
     pair: Pair
-    async for batch in compare_ranges(
-        source, dest, mapper, source_revision=src_rev, dest_revision=dest_rev, page_size=page_size
-    ):
+    diffs = diff_ranges(
+        source,
+        dest,
+        mapper,
+        source_revision=src_rev,
+        dest_revision=dest_rev,
+        page_size=page_size,
+        include_equal=True,
+    )
+    async for batch in as_pairs(diffs):
         for pair in batch:
             if pair.source is not None:
                 result.keys += 1
@@ -231,16 +232,11 @@ async def verify_in_segments(
     result = VerifyResult()
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
         src_id = (await source.status()).cluster_id
-        key = checkpoint_key(config.state_prefix, src_id, config.prefix, mapper.dest_prefix)
+        key = config.layout.checkpoint(src_id, config.prefix, mapper.dest_prefix)
         cursor, dest_cursor = src_key, dst_key
         while True:
             for attempt in range(50):
-                read = await dest.range(key)
-                ckpt = (
-                    decode("checkpoint", key, read.kvs[0].value, dest, Checkpoint.decode)
-                    if read.kvs
-                    else None
-                )
+                ckpt, dest_rev = await _read_checkpoint(dest, key)
                 if ckpt is None or ckpt.phase != REPLAY:
                     raise Refused("the mirror is copying (or has no checkpoint): nothing to compare yet")
                 if not ckpt.split_revision:
@@ -262,14 +258,14 @@ async def verify_in_segments(
                 dest,
                 segment,
                 ckpt.revision,
-                read.header.revision,
+                dest_rev,
                 page_size,
                 result,
                 None,
                 rate,
             )
             result.checkpoint_revision = ckpt.revision
-            result.dest_revision = read.header.revision
+            result.dest_revision = dest_rev
             if not last:
                 break
             cursor, dest_cursor = seg_src[1], seg_dst[1]
@@ -285,19 +281,14 @@ async def recheck(config: MirrorConfig, keys: list[bytes]) -> list[bytes]:
     still: list[bytes] = []
     async with EtcdClient(config.source) as source, EtcdClient(config.dest) as dest:
         src_id = (await source.status()).cluster_id
-        key = checkpoint_key(config.state_prefix, src_id, config.prefix, mapper.dest_prefix)
+        key = config.layout.checkpoint(src_id, config.prefix, mapper.dest_prefix)
         for dkey in keys:
-            ckpt_read = await dest.range(key)
-            ckpt = (
-                decode("checkpoint", key, ckpt_read.kvs[0].value, dest, Checkpoint.decode)
-                if ckpt_read.kvs
-                else None
-            )
+            ckpt, dest_rev = await _read_checkpoint(dest, key)
             if ckpt is None or ckpt.phase != REPLAY:
                 raise Refused(
                     "the mirror is copying (or has no checkpoint): differences cannot be judged now"
                 )
-            d = await dest.get(dkey, revision=ckpt_read.header.revision)
+            d = await dest.get(dkey, revision=dest_rev)
             skey = mapper.prefix + dkey[len(mapper.dest_prefix) :]
             try:
                 s = await source.get(skey, revision=ckpt.revision)
@@ -310,3 +301,9 @@ async def recheck(config: MirrorConfig, keys: list[bytes]) -> list[bytes]:
 
 def _checkpoint(dest: EtcdClient, key: bytes, kvs: Sequence[KeyValue]) -> Checkpoint | None:
     return decode("checkpoint", key, kvs[0].value, dest, Checkpoint.decode) if kvs else None
+
+
+async def _read_checkpoint(dest: EtcdClient, key: bytes) -> tuple[Checkpoint | None, int]:
+    """The pair's checkpoint and the destination revision it was read at (where the data is read)."""
+    read = await dest.range(key)
+    return _checkpoint(dest, key, read.kvs), read.header.revision

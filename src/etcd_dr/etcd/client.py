@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 
 from ._pb import etcd_dr_v3_pb2 as pb
-from .connection import ClientConfig, Connection, InvalidToken, closed_under_us, map_grpc_error
+from .connection import ClientConfig, Connection, closed_under_us
 from .endpoints import Endpoint
-from .errors import AuthError, AuthNotEnabled, CompactedError, EtcdError, LeaseNotFound, Unavailable
+from .errors import (
+    AuthError,
+    AuthNotEnabled,
+    CompactedError,
+    EtcdError,
+    InvalidToken,
+    LeaseNotFound,
+    Unavailable,
+    map_grpc_error,
+)
 from .types import (
     Compare,
     DeleteResult,
@@ -36,7 +45,7 @@ from .types import (
     txn_request,
     txn_result,
 )
-from .watch import Watch
+from .watch import Watch, WatchOptions
 
 _KV = "/etcdserverpb.KV/"
 _LEASE = "/etcdserverpb.Lease/"
@@ -62,6 +71,16 @@ def _bound_after(start: bytes, span: int) -> bytes | None:
         return None
     guess = n.to_bytes(_KEY_WIDTH, "big").rstrip(b"\0")
     return guess if guess > start else None
+
+
+class PageOptions(TypedDict, total=False):
+    """How `range_pages` reads (the defaults of `_range_pages`): at `revision` (0: the first page's),
+    up to `page_size` keys per page, about `page_bytes` of keys and values per page, keys only."""
+
+    revision: int
+    page_size: int
+    page_bytes: int | None
+    keys_only: bool
 
 
 class EtcdClient:
@@ -106,36 +125,6 @@ class EtcdClient:
         min_mod_revision: int = 0,
         max_mod_revision: int = 0,
     ) -> RangeResult:
-        resp = await self._range(
-            key,
-            range_end,
-            revision=revision,
-            limit=limit,
-            sort_order=sort_order,
-            sort_target=sort_target,
-            serializable=serializable,
-            keys_only=keys_only,
-            count_only=count_only,
-            min_mod_revision=min_mod_revision,
-            max_mod_revision=max_mod_revision,
-        )
-        return range_result(resp)
-
-    async def _range(
-        self,
-        key: bytes,
-        range_end: bytes = b"",
-        *,
-        revision: int = 0,
-        limit: int = 0,
-        sort_order: SortOrder = SortOrder.NONE,
-        sort_target: SortTarget = SortTarget.KEY,
-        serializable: bool = False,
-        keys_only: bool = False,
-        count_only: bool = False,
-        min_mod_revision: int = 0,
-        max_mod_revision: int = 0,
-    ) -> pb.RangeResponse:
         req = pb.RangeRequest(
             key=key,
             range_end=range_end,
@@ -149,6 +138,10 @@ class EtcdClient:
             min_mod_revision=min_mod_revision,
             max_mod_revision=max_mod_revision,
         )
+        return range_result(await self._range(req))
+
+    async def _range(self, req: pb.RangeRequest) -> pb.RangeResponse:
+        """One Range call, its raw response (range_pages reads the pages' `more` and counts)."""
         return await self._conn.unary(_KV + "Range", req, pb.RangeResponse, idempotent=True)
 
     async def get(self, key: bytes, *, revision: int = 0) -> KeyValue | None:
@@ -159,14 +152,7 @@ class EtcdClient:
         return await self.range(prefix, prefix_range_end(prefix), revision=revision)
 
     async def range_pages(
-        self,
-        key: bytes,
-        range_end: bytes = b"",
-        *,
-        revision: int = 0,
-        page_size: int = 1000,
-        page_bytes: int | None = None,
-        keys_only: bool = False,
+        self, key: bytes, range_end: bytes = b"", **options: Unpack[PageOptions]
     ) -> AsyncIterator[RangeResult]:
         """Read a range in pages, all at ONE revision (the first page's, when revision is 0), in key
         order; each page's header.revision is that revision. Raises CompactedError if the revision is
@@ -178,10 +164,7 @@ class EtcdClient:
         a short page just continues from that bound. With `page_bytes`, the page grows up to
         `page_size` keys while keeping about `page_bytes` of keys and values per page.
         """
-        pages = self._range_pages(
-            key, range_end, revision=revision, page_size=page_size, page_bytes=page_bytes, keys_only=keys_only
-        )
-        async for resp, rev in pages:
+        async for resp, rev in self._range_pages(key, range_end, **options):
             h = resp.header
             yield RangeResult(
                 Header(h.cluster_id, h.member_id, rev, h.raft_term),
@@ -191,21 +174,11 @@ class EtcdClient:
             )
 
     async def range_pages_raw(
-        self,
-        key: bytes,
-        range_end: bytes = b"",
-        *,
-        revision: int = 0,
-        page_size: int = 1000,
-        page_bytes: int | None = None,
-        keys_only: bool = False,
+        self, key: bytes, range_end: bytes = b"", **options: Unpack[PageOptions]
     ) -> AsyncIterator[RawPage]:
         """`range_pages`, with each page's key-values as etcd sent them (`KeyValueLike`, not converted
         to `KeyValue` one by one): for loops over many keys, like the mirror's copy and verify."""
-        pages = self._range_pages(
-            key, range_end, revision=revision, page_size=page_size, page_bytes=page_bytes, keys_only=keys_only
-        )
-        async for resp, rev in pages:
+        async for resp, rev in self._range_pages(key, range_end, **options):
             yield RawPage(rev, resp.kvs, resp.more)
 
     async def _range_pages(
@@ -213,10 +186,10 @@ class EtcdClient:
         key: bytes,
         range_end: bytes,
         *,
-        revision: int,
-        page_size: int,
-        page_bytes: int | None,
-        keys_only: bool,
+        revision: int = 0,
+        page_size: int = 1000,
+        page_bytes: int | None = None,
+        keys_only: bool = False,
     ) -> AsyncIterator[tuple[pb.RangeResponse, int]]:
         """The pages of range_pages, as responses with the paging revision."""
         if page_size <= 0:
@@ -231,7 +204,11 @@ class EtcdClient:
                 guess = _bound_after(start, span)
                 if guess is not None and (range_end == b"\0" or guess < range_end):
                     bound = guess
-            page = await self._range(start, bound, revision=revision, limit=limit, keys_only=keys_only)
+            page = await self._range(
+                pb.RangeRequest(
+                    key=start, range_end=bound, revision=revision, limit=limit, keys_only=keys_only
+                )
+            )
             # No sort order is asked for: etcd returns keys in key order anyway, and any explicit sort
             # makes it read the whole rest of the range before cutting it to the limit.
             if revision == 0:
@@ -335,27 +312,9 @@ class EtcdClient:
 
     # ---- watch ----------------------------------------------------------------------------------
 
-    def watch(
-        self,
-        key: bytes,
-        range_end: bytes = b"",
-        *,
-        start_revision: int = 0,
-        prev_kv: bool = False,
-        progress_notify: bool = False,
-        fragment: bool = True,
-        retry_for: float | None = None,
-    ) -> Watch:
-        return Watch(
-            self._conn,
-            key,
-            range_end,
-            start_revision=start_revision,
-            prev_kv=prev_kv,
-            progress_notify=progress_notify,
-            fragment=fragment,
-            retry_for=retry_for,
-        )
+    def watch(self, key: bytes, range_end: bytes = b"", **options: Unpack[WatchOptions]) -> Watch:
+        """A watch of [key, range_end) (its options: WatchOptions, in watch.py)."""
+        return Watch(self._conn, key, range_end, **options)
 
     def watch_prefix(self, prefix: bytes, **kwargs: Any) -> Watch:
         return self.watch(prefix, prefix_range_end(prefix), **kwargs)
@@ -622,65 +581,13 @@ class LeaseKeepAlive:
         return self._call
 
     async def refresh(self, lease_id: int) -> int:
-        async with self._lock:
-            # A stream opened by an earlier refresh may have broken since (member restarted, connection
-            # dropped), or the member may be gone: a keepalive is idempotent, so it is sent once more,
-            # on a fresh stream, on the next endpoint when this one is unavailable.
-            retry = True
-            while True:
-                ep = self._conn.endpoint
-                endpoint = str(ep)
-                try:
-                    await (await self._stream()).write(pb.LeaseKeepAliveRequest(id=lease_id))
-                    async with asyncio.timeout(self._conn.config.request_timeout):  # not wait_for: see replay
-                        resp = await self._call.read()
-                except grpc.RpcError as e:
-                    await self.close()
-                    err = map_grpc_error(e, endpoint, self._conn.config.role, config=self._conn.config)
-                    if isinstance(err, Unavailable):
-                        await self._conn.rotate(ep)
-                    if retry:
-                        retry = False
-                        continue
-                    raise err from None
-                except (asyncio.InvalidStateError, asyncio.CancelledError) as e:
-                    if isinstance(e, asyncio.CancelledError) and not closed_under_us():
-                        raise
-                    # The call had already ended (its connection broke since the last refresh), or
-                    # another call closed the channel under it.
-                    await self.close()
-                    await self._conn.rotate(ep)
-                    if retry:
-                        retry = False
-                        continue
-                    raise Unavailable(
-                        f"{self._conn.config.role} endpoint {endpoint}: keepalive stream broken",
-                        endpoint=endpoint,
-                    ) from None
-                except TimeoutError:
-                    await self.close()
-                    await self._conn.rotate(ep)
-                    raise Unavailable(
-                        f"{self._conn.config.role} endpoint {endpoint}: lease keepalive timed out",
-                        endpoint=endpoint,
-                    ) from None
-                if resp is grpc.aio.EOF:
-                    await self.close()
-                    await self._conn.rotate(ep)
-                    if retry:
-                        retry = False
-                        continue
-                    raise Unavailable(
-                        f"{self._conn.config.role} endpoint {endpoint}: keepalive stream closed",
-                        endpoint=endpoint,
-                    )
-                break
-            if resp.ttl <= 0:
-                raise LeaseNotFound(
-                    f"lease {lease_id:x} not found on {self._conn.config.role}", endpoint=endpoint
-                )
-            ttl: int = resp.ttl
-            return ttl
+        """Refresh one lease: its new TTL; LeaseNotFound when it is gone."""
+        ttl = (await self.refresh_many([lease_id])).get(lease_id, 0)
+        if ttl <= 0:
+            raise LeaseNotFound(
+                f"lease {lease_id:x} not found on {self._conn.config.role}", endpoint=str(self._conn.endpoint)
+            )
+        return ttl
 
     async def refresh_many(self, lease_ids: Sequence[int], window: int = 512) -> dict[int, int]:
         """Refresh many leases: lease id -> its new TTL, 0 for a lease that is gone. Up to `window`
@@ -694,35 +601,52 @@ class LeaseKeepAlive:
                 try:
                     await self._exchange(chunk, out)
                 except Unavailable:
-                    # Idempotent: once more on a fresh stream (next endpoint), as `refresh` does.
+                    # A stream opened earlier may have broken since (member restarted, connection
+                    # dropped), or the member may be gone: a keepalive is idempotent, so it is sent once
+                    # more, on a fresh stream, on the next endpoint.
                     await self._exchange(chunk, out)
         return out
 
     async def _exchange(self, lease_ids: Sequence[int], out: dict[int, int]) -> None:
         ep = self._conn.endpoint
-        endpoint = str(ep)
         try:
             call = await self._stream()
             for lease_id in lease_ids:
                 await call.write(pb.LeaseKeepAliveRequest(id=lease_id))
-            async with asyncio.timeout(self._conn.config.request_timeout):
+            async with asyncio.timeout(self._conn.config.request_timeout):  # not wait_for: see replay
                 for _ in lease_ids:
                     resp = await call.read()
                     if resp is grpc.aio.EOF:
                         raise EOFError
                     out[resp.id] = max(int(resp.ttl), 0)
-        except grpc.RpcError as e:
-            await self.close()
-            err = map_grpc_error(e, endpoint, self._conn.config.role, config=self._conn.config)
-            if isinstance(err, Unavailable):
-                await self._conn.rotate(ep)
-            raise err from None
-        except (asyncio.InvalidStateError, asyncio.CancelledError, EOFError, TimeoutError) as e:
+        except (
+            grpc.RpcError,
+            asyncio.InvalidStateError,
+            asyncio.CancelledError,
+            EOFError,
+            TimeoutError,
+        ) as e:
             if isinstance(e, asyncio.CancelledError) and not closed_under_us():
                 raise
-            await self.close()
+            raise await self._broken(e, ep) from None
+
+    async def _broken(self, e: BaseException, ep: Endpoint) -> EtcdError:
+        """The one handler of a failed exchange: the stream is closed (the next exchange opens a new
+        one), the endpoint rotated when it is unavailable; returns the error to raise."""
+        await self.close()
+        endpoint, role = str(ep), self._conn.config.role
+        if isinstance(e, grpc.RpcError):
+            err = map_grpc_error(e, endpoint, role, config=self._conn.config)
+        else:
+            if isinstance(e, TimeoutError):
+                what = "lease keepalive timed out"
+            elif isinstance(e, EOFError):
+                what = "keepalive stream closed"  # the server ended the stream
+            else:
+                # InvalidStateError / CancelledError: the call had already ended (its connection broke
+                # since the last refresh), or another call closed the channel under it.
+                what = "keepalive stream broken"
+            err = Unavailable(f"{role} endpoint {endpoint}: {what}", endpoint=endpoint)
+        if isinstance(err, Unavailable):
             await self._conn.rotate(ep)
-            raise Unavailable(
-                f"{self._conn.config.role} endpoint {endpoint}: keepalive stream broken or timed out",
-                endpoint=endpoint,
-            ) from None
+        return err

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,22 +21,12 @@ from ._pb import etcd_dr_v3_pb2 as pb
 from .endpoints import Endpoint, parse_endpoints
 from .errors import (
     AuthError,
-    AuthNotEnabled,
-    CompactedError,
     ConfigError,
     EtcdError,
-    FutureRevisionError,
-    InvalidRequest,
-    LeaseExists,
-    LeaseNotFound,
-    NoSpaceError,
-    PermissionDenied,
-    RequestTooLargeError,
-    RoleNotFound,
+    InvalidToken,
     TLSConfigError,
-    TLSError,
-    TooManyOpsError,
     Unavailable,
+    map_grpc_error,
 )
 
 log = logging.getLogger(__name__)
@@ -186,159 +175,6 @@ def load_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
                 f"--{p}cert {tls.cert} does not match --{p}key {tls.key}", path=str(tls.cert)
             )
     return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
-
-
-# ---- error mapping --------------------------------------------------------------------------------
-
-_TLS_HINTS = (
-    "ssl",
-    "handshake",
-    "certificate",
-    "tsi_",
-    "tls",
-    "wrong_version_number",
-    "x509",
-    "hostname verification",
-)
-_CONNECTION_HINTS = ("socket closed", "connection reset", "failed to connect", "connection refused", "eof")
-
-_BY_MESSAGE: list[tuple[str, type[EtcdError]]] = [
-    ("required revision has been compacted", CompactedError),
-    ("required revision is a future revision", FutureRevisionError),
-    ("too many operations in txn request", TooManyOpsError),
-    ("request is too large", RequestTooLargeError),
-    ("database space exceeded", NoSpaceError),
-    ("requested lease not found", LeaseNotFound),
-    ("lease already exists", LeaseExists),
-    ("permission denied", PermissionDenied),
-    ("authentication failed", AuthError),
-    ("user name is empty", AuthError),
-    ("user name not found", AuthError),
-    ("authentication is not enabled", AuthNotEnabled),
-    ("role name not found", RoleNotFound),
-    ("duplicate key given in txn request", InvalidRequest),
-    ("key is not provided", InvalidRequest),
-]
-
-
-class InvalidToken(AuthError):
-    """The auth token expired or the server restarted: authenticate again and retry."""
-
-
-def map_grpc_error(
-    e: grpc.RpcError,
-    endpoint: str,
-    role: str = "etcd",
-    timeout: float | None = None,
-    *,
-    config: ClientConfig | None = None,
-) -> EtcdError:
-    code = e.code() if hasattr(e, "code") else None
-    details = (e.details() if hasattr(e, "details") else None) or str(e)
-    low = details.lower()
-    where = f"{role} endpoint {endpoint}"
-    if (
-        "invalid auth token" in low
-        or "revision of auth store is old" in low
-        or "revision in header is old" in low
-    ):
-        # The last two: a JWT token carries the auth revision it was issued at, and any change to users,
-        # roles or permissions (fencing writes, say) makes it stale ("auth: revision in header is old"
-        # comes from the apply step, code UNKNOWN). Either way the request was refused before it was
-        # applied: authenticate again and resend it.
-        return InvalidToken(f"{where}: {details}", endpoint=endpoint)
-    for pattern, cls in _BY_MESSAGE:
-        if pattern in low:
-            return cls(f"{where}: {details}", endpoint=endpoint)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in low:
-        return RequestTooLargeError(f"{where}: {details}", endpoint=endpoint)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        # "tcp handshaker shutdown": grpc gave up a TCP connect that got no answer (a partition, a
-        # host gone), before any TLS was spoken: a transient fault, not a TLS one.
-        tcp_connect = "tcp handshaker" in low
-        # "Handshake read failed (Endpoint closing)": the server closed the connection in the middle
-        # of the TLS handshake (it is stopping or restarting), not a certificate problem.
-        closing = "endpoint closing" in low
-        if any(h in low for h in _TLS_HINTS) and not tcp_connect and not closing:
-            return TLSError(
-                f"{where}: TLS handshake failed{_tls_hint(low, config)}: {_short(details)}", endpoint=endpoint
-            )
-        # grpc says "failed to connect" when no connection was made: the request was never sent.
-        not_sent = tcp_connect or closing or "failed to connect" in low or "connection refused" in low
-        return Unavailable(
-            f"{where} unavailable: {_short(details)}", endpoint=endpoint, maybe_applied=not not_sent
-        )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        after = f" after {timeout:g} s" if timeout else ""
-        return Unavailable(f"{where}: request timed out{after}", endpoint=endpoint)
-    if code == grpc.StatusCode.CANCELLED:
-        return Unavailable(f"{where}: request cancelled ({_short(details)})", endpoint=endpoint)
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return AuthError(f"{where}: {details}", endpoint=endpoint)
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return PermissionDenied(f"{where}: {details}", endpoint=endpoint)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequest(f"{where}: {details}", endpoint=endpoint)
-    return EtcdError(
-        f"{where}: {_short(details) if details else (code.name if code else 'error')}", endpoint=endpoint
-    )
-
-
-def _tls_hint(low: str, config: ClientConfig | None) -> str:
-    """Name the file a TLS handshake failure most likely comes from (grpc's message names none)."""
-    if config is None or config.tls is None:
-        return ""
-    tls, p = config.tls, config.flag_prefix
-    if "hostname verification" in low:
-        return (
-            " (the server's certificate does not name the address it was reached by: "
-            "see its SANs with `etcd-dr pki check`)"
-        )
-    if "certificate_verify_failed" in low or "unable to get local issuer" in low:
-        if tls.cacert is None:
-            return f" (the server's certificate is not signed by a CA the system trusts; give --{p}cacert)"
-        return f" (the server's certificate is not signed by the CA in --{p}cacert {tls.cacert})"
-    if "bad_certificate" in low or "certificate_required" in low or "tsi_data_corrupted" in low:
-        if tls.cert is None:
-            return f" (the server wants a client certificate: give --{p}cert and --{p}key)"
-        return f" (the server rejected the client certificate --{p}cert {tls.cert})"
-    return ""
-
-
-def _short(details: str) -> str:
-    """grpc's failure text in plain words: without its status names, subchannel addresses and OpenSSL
-    error codes (``failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to
-    connect to remote host: Connection refused`` -> ``cannot connect (connection refused)``). Our
-    message already names the endpoint; these internals only make it longer and harder to search."""
-    d = " ".join(details.split())
-    if "last error:" in d:
-        d = d.split("last error:", 1)[1].strip()
-    # Status names and the subchannel's address that grpc puts in front ("UNKNOWN: ipv4:1.2.3.4:5: ").
-    d = re.sub(r"^(?:[A-Z][A-Z_]+: )+", "", d)
-    d = re.sub(r"^(?:ipv4|ipv6|unix|unix-abstract|dns):(?:\[[^\]]*\]|[^ ]*?)(?::\d+)?: ", "", d)
-    d = re.sub(r":? ?\bOK$", "", d).strip().rstrip(":").strip()
-    low = d.lower()
-    if "connection refused" in low:
-        return "cannot connect (connection refused)"
-    if "tcp handshaker" in low:
-        return "cannot connect (no answer)"
-    if "endpoint closing" in low:
-        return "the server closed the connection during the TLS handshake"
-    if "socket closed" in low or "connection reset" in low:
-        return "the connection was closed"
-    if "hostname verification" in low:
-        return "hostname verification failed"
-    if "failed to connect to remote host" in low:
-        reason = d.split(":", 1)[1].strip().lower() if ":" in d else ""
-        return f"cannot connect ({reason})" if reason else "cannot connect"
-    # TLS: keep OpenSSL's reason, in words ("certificate verify failed: unable to get local issuer
-    # certificate", "sslv3 alert bad certificate").
-    d = re.sub(r"\s*\(TSI_[A-Z_]+\)", "", d)
-    d = re.sub(r"SSL_ERROR_[A-Z_]+: ", "", d)
-    d = re.sub(r"error:[0-9a-fA-F]+:[A-Za-z ]+ routines:(?:OPENSSL_internal:)?", "", d)
-    d = re.sub(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", lambda m: m.group(0).lower().replace("_", " "), d)
-    d = d.replace("Tls handshake failed: ", "").replace("Handshake failed", "handshake failed")
-    return (d or "no details")[:300]
 
 
 # ---- the connection -------------------------------------------------------------------------------

@@ -14,15 +14,23 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import grpc
 import grpc.aio
 
 from ._pb import etcd_dr_v3_pb2 as pb
-from .connection import Connection, InvalidToken, closed_under_us, map_grpc_error
+from .connection import Connection, closed_under_us
 from .endpoints import Endpoint
-from .errors import CompactedError, EtcdError, TransientError, Unavailable, WatchCanceled
+from .errors import (
+    CompactedError,
+    EtcdError,
+    InvalidToken,
+    TransientError,
+    Unavailable,
+    WatchCanceled,
+    map_grpc_error,
+)
 from .types import Event, Header, WatchBatch
 
 T = TypeVar("T")
@@ -42,6 +50,18 @@ class _NoLeader(Unavailable):
 class _StaleToken(EtcdError):
     """The member canceled the watch for want of a valid token (restarted member, expired token):
     authenticate again and resume. etcd 3.4 says "invalid auth token", 3.5 says "permission denied"."""
+
+
+class WatchOptions(TypedDict, total=False):
+    """A watch's options (the defaults of `Watch`): from `start_revision` (0: now), with each event's
+    previous key-value, with progress notifications, fragmented responses, and for how long of continuous
+    failure transient faults are retried (None: forever)."""
+
+    start_revision: int
+    prev_kv: bool
+    progress_notify: bool
+    fragment: bool
+    retry_for: float | None
 
 
 class Watch:

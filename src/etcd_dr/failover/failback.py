@@ -9,7 +9,6 @@ keys changed since from the current content and says that deletes could not be l
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -27,9 +26,9 @@ from ..state.events import record_event
 from ..state.records import encode_key
 from ..state.roles import STANDBY, Role, write_role
 from .config import MoveConfig
-from .plan import MovePlan
+from .plan import MovePlan, plan_move, run_move
 from .policy import move_record, record_move
-from .sites import Site, events_between, mirror_command, open_site, refuse_same_cluster, switch_plan
+from .sites import Site, events_between, mirror_command, open_pair, switch_plan
 from .switchover import SwitchoverResult, switchover
 
 log = logging.getLogger("etcd_dr.failover")
@@ -72,16 +71,12 @@ class FailbackResult:
 
 
 async def failback(cfg: MoveConfig) -> FailbackResult:
-    result = await _failback(cfg, None)
-    assert result is not None
-    return result
+    return await run_move(_failback, cfg)
 
 
 async def plan_failback(cfg: MoveConfig) -> MovePlan:
     """The checks of a failback, then what it would do (--dry-run): nothing is changed."""
-    plan = MovePlan("failback")
-    await _failback(cfg, plan)
-    return plan
+    return await plan_move("failback", _failback, cfg)
 
 
 # The moves after which the other site has lost the primary role (a failback may undo them).
@@ -90,13 +85,10 @@ MOVES = ("failover", "switchover")
 
 async def _failback(cfg: MoveConfig, plan: MovePlan | None) -> FailbackResult | None:
     pair = cfg.pair  # source: the new primary; destination: the old primary that came back
-    sp = pair.state_prefix
+    layout = pair.layout
     t0 = time.monotonic()
-    async with EtcdClient(pair.source) as b_client, EtcdClient(pair.dest) as a_client:
-        primary, old = await asyncio.gather(
-            open_site(b_client, pair.source, sp), open_site(a_client, pair.dest, sp)
-        )
-        refuse_same_cluster(primary, old)
+    async with open_pair(pair) as (primary, old):
+        b_client, a_client = primary.client, old.client
         role = primary.role.role
         if role is None or not role.is_primary:
             raise Refused(
@@ -156,7 +148,7 @@ async def _failback(cfg: MoveConfig, plan: MovePlan | None) -> FailbackResult | 
         )
         await record_event(
             a_client,
-            sp,
+            layout,
             "errant-writes",
             f"{len(writes)} writes after revision {role.applied_revision} reported to {report_path}",
         )
@@ -196,7 +188,7 @@ async def _failback(cfg: MoveConfig, plan: MovePlan | None) -> FailbackResult | 
     message = f"failback: {old.text} {what}; {len(writes)} errant writes listed in {report_path}"
     # On both sites: both are alive when a failback ends.
     async with EtcdClient(pair.source) as b_client, EtcdClient(pair.dest) as a_client:
-        await record_move([b_client, a_client], sp, "failback", message, record)
+        await record_move([b_client, a_client], layout, "failback", message, record)
     return fb
 
 
@@ -255,7 +247,7 @@ def _plan_steps(plan: MovePlan, cfg: MoveConfig, primary: Site, old: Site, role:
 async def _demote(cfg: MoveConfig, primary: Site, old: Site, role: Role) -> int:
     """Fence the old primary and make it a standby of the new one; returns the revision of that
     change (the old primary's own writes end before it)."""
-    sp = cfg.pair.state_prefix
+    layout = cfg.pair.layout
     current = old.role.role
     if (
         current is not None
@@ -270,12 +262,12 @@ async def _demote(cfg: MoveConfig, primary: Site, old: Site, role: Role) -> int:
             f"both {primary.describe()} and {old.describe()} say primary; the newer epoch is unclear"
         )
     await fence_writes(
-        old.client, sp, mode=cfg.fence, hook=cfg.fence_hook, epoch=current.epoch if current else 0
+        old.client, layout, mode=cfg.fence, hook=cfg.fence_hook, epoch=current.epoch if current else 0
     )
     log.info("failback: writes on the old primary %s fenced (%s)", old.text, cfg.fence)
     base = current or Role(STANDBY, 0, primary.id, 0.0)
     demoted = base.moved(STANDBY, role.epoch, primary.id, "failback", applied_revision=role.applied_revision)
-    result = await write_role(old.client, sp, demoted, old.role)
+    result = await write_role(old.client, layout, demoted, old.role)
     if not result.succeeded:
         raise CheckFailed(
             f"the role record on {old.text} changed while it was being made a standby; run again"

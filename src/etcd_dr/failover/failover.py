@@ -20,13 +20,11 @@ from ..errors import CheckFailed, Refused
 from ..etcd import ClientConfig, Compare, CompareResult, Delete, EtcdClient, Status, parse_endpoints
 from ..fence import fence_writes, unfence_writes
 from ..mirror.keys import KeyMapper
-from ..mirror.lock import describe_holder
 from ..state.events import record_event
-from ..state.layout import checkpoint_key
-from ..state.records import SYNC, Checkpoint
+from ..state.records import SYNC, Checkpoint, LockHolder
 from ..state.roles import PRIMARY, Role, write_role
 from .config import MoveConfig
-from .plan import MovePlan, Rpo, mirror_holders, old_mirror_lines
+from .plan import MovePlan, Rpo, mirror_holders, old_mirror_lines, plan_move, run_move
 from .policy import guard_max_rpo, move_record, record_move
 from .reorder import recreate_in_order
 from .revision import mark_compacted, raise_revision
@@ -91,24 +89,20 @@ class FailoverResult:
 
 
 async def failover(cfg: MoveConfig) -> FailoverResult:
-    result = await _failover(cfg, None)
-    assert result is not None
-    return result
+    return await run_move(_failover, cfg)
 
 
 async def plan_failover(cfg: MoveConfig) -> MovePlan:
     """The checks of a failover, then what it would do (--dry-run): nothing is changed."""
-    plan = MovePlan("failover")
-    await _failover(cfg, plan)
-    return plan
+    return await plan_move("failover", _failover, cfg)
 
 
 async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | None:
     pair = cfg.pair
-    sp = pair.state_prefix
+    layout = pair.layout
     t0 = time.monotonic()
     async with EtcdClient(pair.dest) as s_client:
-        standby = await open_site(s_client, pair.dest, sp)
+        standby = await open_site(s_client, pair.dest, layout)
         role = standby.role.role
         if role is not None and role.is_primary:
             log.info(
@@ -124,18 +118,18 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
         if role is None:
             raise Refused(f"{standby.describe()}: no mirror has run into it; it is nobody's standby")
         old_id = role.peer_cluster_id
-        stored = await checkpoints_from(s_client, sp, old_id)
+        stored = await checkpoints_from(s_client, layout, old_id)
         if not stored:
             raise Refused(f"{standby.describe()} holds no mirror checkpoint from cluster {old_id:x}")
-        recorded = sorted({s.checkpoint.source_endpoints for s in stored if s.checkpoint.source_endpoints})
+        recorded = sorted({s.record.source_endpoints for s in stored if s.record.source_endpoints})
         # A rehearsal (drill) runs on a copy of the standby while the primary lives: never probe or fence it.
         fence_at = None if cfg.rehearsal else await _check_primary_gone(cfg, old_id, recorded, plan)
-        holders = await mirror_holders(s_client, sp, old_id)
-        own_key = checkpoint_key(sp, old_id, pair.prefix, KeyMapper.from_config(pair).dest_prefix)
+        holders = await mirror_holders(s_client, layout, old_id)
+        own_key = layout.checkpoint(old_id, pair.prefix, KeyMapper.from_config(pair).dest_prefix)
         for _attempt in range(10):
             # The RPO comes from the mirror that was running (live_checkpoints), never from a checkpoint
             # a stopped mirror left (another --prefix, an old one-off run): that one is behind.
-            found, choice = await live_checkpoints(s_client, sp, old_id, own_key)
+            found, choice = await live_checkpoints(s_client, layout, old_id, own_key)
             if not choice.used:
                 raise Refused(f"{standby.describe()} holds no mirror checkpoint from cluster {old_id:x}")
             used = [c.checkpoint for c in choice.used if c.checkpoint is not None]
@@ -158,14 +152,14 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
                 await _fence_anyway(cfg, fence_at)
             log.info("failover: %s", target.line())
             t_step = time.monotonic()
-            bump = await raise_revision(s_client, sp, target.target)
+            bump = await raise_revision(s_client, layout, target.target)
             await mark_compacted(s_client, bump.revision)
             steps = {"revision raise and compaction": round(time.monotonic() - t_step, 3)}
             t_step = time.monotonic()
             new = role.moved(PRIMARY, epoch, old_id, "failover", applied_revision=rpo, applied_time=rpo_time)
             result = await write_role(
                 s_client,
-                sp,
+                layout,
                 new,
                 standby.role,
                 compare=tuple(Compare.value_(c.key, CompareResult.EQUAL, c.raw) for c in found),
@@ -180,14 +174,14 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
                     rpo,
                     old_id,
                 )
-                standby = await open_site(s_client, pair.dest, sp)
+                standby = await open_site(s_client, pair.dest, layout)
                 stale = [f"{c.line(new.since)} (removed at the promotion)" for c in choice.ignored]
                 return await _after_promotion(
                     cfg, standby, new, False, holders, target, stale, steps=steps, t0=t0
                 )
             # A mirror still applied something between the read and the promotion: read again.
             log.info("failover: the standby's checkpoint moved while promoting; reading it again")
-            standby = await open_site(s_client, pair.dest, sp)
+            standby = await open_site(s_client, pair.dest, layout)
             if standby.role.role is None or standby.role.role.is_primary:
                 raise CheckFailed(f"the role record on {standby.text} changed under the failover")
         raise CheckFailed(
@@ -272,7 +266,7 @@ def _plan_steps(
     rpo: int,
     target: RaiseTarget,
     epoch: int,
-    holders: list[str],
+    holders: list[LockHolder],
 ) -> None:
     if fence_at is not None:
         plan.step(
@@ -294,7 +288,7 @@ def _plan_steps(
         "are not (failback lists them)"
     )
     for holder in holders:
-        plan.step(f"the mirror holding the lock ({describe_holder(holder)}) is fenced by the promotion")
+        plan.step(f"the mirror holding the lock ({holder.describe()}) is fenced by the promotion")
     plan.step(f"lift any fence on {standby.text}; clients: {switch_plan(cfg, standby)}")
 
 
@@ -370,7 +364,7 @@ async def _check_primary_gone(
 async def _fence_anyway(cfg: MoveConfig, at: ClientConfig) -> None:
     try:
         async with EtcdClient(at) as p_client:
-            await fence_writes(p_client, cfg.pair.state_prefix, mode=cfg.fence, hook=cfg.fence_hook)
+            await fence_writes(p_client, cfg.pair.layout, mode=cfg.fence, hook=cfg.fence_hook)
     except Exception as e:  # best effort by design: --force promotes whatever happens here
         log.warning(
             "failover --force: could not fence the primary's writes (%s); both sites may take writes", e
@@ -382,27 +376,27 @@ async def _after_promotion(
     standby: Site,
     role: Role,
     resumed: bool,
-    holders: list[str],
+    holders: list[LockHolder],
     target: RaiseTarget | None = None,
     stale: list[str] | None = None,
     *,
     steps: dict[str, float] | None = None,
     t0: float | None = None,
 ) -> FailoverResult:
-    sp = cfg.pair.state_prefix
+    layout = cfg.pair.layout
     steps = dict(steps or {})
     t_step = time.monotonic()
-    await recreate_in_order(standby.client, sp, standby.text)  # before any client campaigns there
+    await recreate_in_order(standby.client, layout, standby.text)  # before any client campaigns there
     steps["create order"] = round(time.monotonic() - t_step, 3)
     t_step = time.monotonic()
-    if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
+    if await unfence_writes(standby.client, layout, hook=cfg.fence_hook) is not None:
         log.info("failover: writes on %s allowed (its fence from an earlier move lifted)", standby.text)
     clients = await switch_clients(cfg, standby, cfg.pair.source.endpoints_text, role.epoch)
     steps["client switch"] = round(time.monotonic() - t_step, 3)
     if not resumed:
         await record_event(
             standby.client,
-            sp,
+            layout,
             "promoted",
             f"failover from cluster {role.peer_cluster_id:x}: primary with epoch {role.epoch}; "
             f"RPO revision {role.applied_revision}",
@@ -422,7 +416,11 @@ async def _after_promotion(
                 rpo_seconds=role.since - role.applied_time if role.applied_time else None,
             )
             await record_move(
-                [standby.client], sp, "failover", f"failover to {standby.text}, epoch {role.epoch}", record
+                [standby.client],
+                layout,
+                "failover",
+                f"failover to {standby.text}, epoch {role.epoch}",
+                record,
             )
     return FailoverResult(
         new_primary=standby.text,
@@ -438,7 +436,9 @@ async def _after_promotion(
         stale_checkpoints=stale or [],
         revision_raise=target.to_json() if target else None,
         raise_line=target.line() if target else "",
-        old_mirror=await old_mirror_lines(standby.client, sp, role.peer_cluster_id, holders, standby.text),
+        old_mirror=await old_mirror_lines(
+            standby.client, layout, role.peer_cluster_id, holders, standby.text
+        ),
         steps=steps,
     )
 

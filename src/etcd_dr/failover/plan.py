@@ -3,13 +3,20 @@ behind (named in its output with how to stop it)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..etcd import EtcdClient, EtcdError, prefix_range_end
-from ..mirror.lock import describe_holder
 from ..state.layout import StateLayout
-from ..state.records import Checkpoint
+from ..state.records import Checkpoint, LockHolder
+
+if TYPE_CHECKING:
+    from .config import MoveConfig
+
+T = TypeVar("T")
+# A move's one body: it does the move (no plan given) or only checks and fills the plan (--dry-run).
+Move = Callable[["MoveConfig", "MovePlan | None"], Awaitable[T | None]]
 
 
 @dataclass
@@ -57,30 +64,40 @@ class Rpo:
         return round(max(0.0, now - self.source_time), 3) if self.source_time else None
 
 
-def lock_prefix(state_prefix: bytes, source_id: int) -> bytes:
-    """Where the locks of the mirrors from cluster `source_id` are (state/layout.py)."""
-    return StateLayout(state_prefix).locks_of(source_id)
+async def run_move(move: Move[T], cfg: MoveConfig) -> T:
+    """The move done: its result (a body given no plan always returns one)."""
+    result = await move(cfg, None)
+    if result is None:
+        raise AssertionError("a move without a plan returned no result")
+    return result
 
 
-async def mirror_holders(client: EtcdClient, state_prefix: bytes, source_id: int) -> list[str]:
+async def plan_move(name: str, move: Move[Any], cfg: MoveConfig) -> MovePlan:
+    """The move's checks, then what it would do (--dry-run): nothing is changed."""
+    plan = MovePlan(name)
+    await move(cfg, plan)
+    return plan
+
+
+async def mirror_holders(client: EtcdClient, layout: StateLayout, source_id: int) -> list[LockHolder]:
     """The holders (HOST:PID:TOKEN) of the mirror locks on `client` of mirrors from `source_id`."""
-    prefix = lock_prefix(state_prefix, source_id)
+    prefix = layout.locks_of(source_id)
     try:
         result = await client.range(prefix, prefix_range_end(prefix))
     except EtcdError:
         return []
-    return [kv.value.decode(errors="replace") for kv in result.kvs]
+    return [LockHolder.decode(kv.value) for kv in result.kvs]
 
 
 async def old_mirror_lines(
-    client: EtcdClient, state_prefix: bytes, source_id: int, before: list[str], into: str
+    client: EtcdClient, layout: StateLayout, source_id: int, before: list[LockHolder], into: str
 ) -> list[str]:
     """After a move: the mirror that ran into the new primary before it (read before the move), and
     whether it still holds its lock. The promotion fenced it: it cannot write, and it ends at its next
     attempt; its service must not start it again."""
     if not before:
         return []
-    now = set(await mirror_holders(client, state_prefix, source_id))
+    now = set(await mirror_holders(client, layout, source_id))
     lines = []
     for holder in before:
         state = (
@@ -89,7 +106,7 @@ async def old_mirror_lines(
             else "it has stopped"
         )
         lines.append(
-            f"old mirror into {into}: {describe_holder(holder)}; {state}. Disable its service there so it "
+            f"old mirror into {into}: {holder.describe()}; {state}. Disable its service there so it "
             "does not start again"
         )
     return lines

@@ -10,6 +10,7 @@ import uuid
 from ..errors import Refused
 from ..etcd import EtcdClient
 from ..state.events import MoveRecord, record_event, who
+from ..state.layout import StateLayout
 from .config import MoveConfig
 
 log = logging.getLogger("etcd_dr.failover")
@@ -77,8 +78,8 @@ def move_record(
 
 
 async def record_move(
-    clients: list[EtcdClient], state_prefix: bytes, kind: str, message: str, record: MoveRecord
+    clients: list[EtcdClient], layout: StateLayout, kind: str, message: str, record: MoveRecord
 ) -> None:
     """The move's record on each of `clients` (the sites that survive it), best effort."""
     for client in clients:
-        await record_event(client, state_prefix, kind, message, move=record)
+        await record_event(client, layout, kind, message, move=record)

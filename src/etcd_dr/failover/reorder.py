@@ -33,10 +33,9 @@ SLICE_KEYS = 50  # keys deleted (and put back) per txn, under etcd's default --m
 SLICE_BYTES = 512 * 1024
 
 
-async def recreate_in_order(client: EtcdClient, state_prefix: bytes, where: str) -> int:
+async def recreate_in_order(client: EtcdClient, layout: StateLayout, where: str) -> int:
     """Create the keys the order records name again in their source order; remove the records.
     Returns how many keys were created again (0: no records)."""
-    layout = StateLayout(state_prefix)
     await _put_back_journal(client, layout)
     start = layout.order_records
     end = prefix_range_end(start)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from ..etcd import CompactedError, EtcdClient
-from ..state.layout import bump_key
+from ..state.layout import StateLayout
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -38,10 +38,10 @@ class Bump:
         return self.added / self.seconds if self.seconds > 0 else 0.0
 
 
-async def raise_revision(client: EtcdClient, state_prefix: bytes, target: int, *, inflight: int = 64) -> Bump:
+async def raise_revision(client: EtcdClient, layout: StateLayout, target: int, *, inflight: int = 64) -> Bump:
     """Write until the cluster's revision is at least `target` (no compaction; see `mark_compacted`)."""
     t0 = time.monotonic()
-    key = bump_key(state_prefix)
+    key = layout.revision_raise
     first = await client.put(key, b"")
     start = current = first.header.revision - 1
 

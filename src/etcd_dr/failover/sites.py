@@ -4,17 +4,18 @@ checkpoints; and how to point the clients at the new primary (DNS update or a ho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..config import MirrorConfig, mirror_argv
 from ..errors import EtcdDrError, Refused
-from ..etcd import ClientConfig, EtcdClient, Event, Status, TransientError, prefix_range_end
+from ..etcd import ClientConfig, EtcdClient, Event, Status, TransientError
 from ..state.layout import StateLayout
-from ..state.reader import decode
-from ..state.records import Checkpoint
 from ..state.roles import RoleState, read_role
+from ..state.site import SiteState, StoredCheckpoint
 from .config import MoveConfig
 
 log = logging.getLogger("etcd_dr.failover")
@@ -40,13 +41,24 @@ class Site:
         return f"{self.text} (cluster {self.id:x}, {role})"
 
 
-async def open_site(client: EtcdClient, config: ClientConfig, state_prefix: bytes) -> Site:
-    status, role = await asyncio.gather(client.status(), read_role(client, state_prefix))
+async def open_site(client: EtcdClient, config: ClientConfig, layout: StateLayout) -> Site:
+    status, role = await asyncio.gather(client.status(), read_role(client, layout))
     return Site(client, config, status, role)
 
 
-async def refresh(site: Site, state_prefix: bytes) -> Site:
-    return await open_site(site.client, site.config, state_prefix)
+async def refresh(site: Site, layout: StateLayout) -> Site:
+    return await open_site(site.client, site.config, layout)
+
+
+@contextlib.asynccontextmanager
+async def open_pair(pair: MirrorConfig) -> AsyncIterator[tuple[Site, Site]]:
+    """Both sites of a move (the pair's source, then its destination), refused if they are one."""
+    async with EtcdClient(pair.source) as source, EtcdClient(pair.dest) as dest:
+        a, b = await asyncio.gather(
+            open_site(source, pair.source, pair.layout), open_site(dest, pair.dest, pair.layout)
+        )
+        refuse_same_cluster(a, b)
+        yield a, b
 
 
 def refuse_same_cluster(a: Site, b: Site) -> None:
@@ -65,22 +77,9 @@ async def probe(config: ClientConfig, timeout: float) -> Status | str:
         return str(e)
 
 
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    key: bytes
-    raw: bytes
-    checkpoint: Checkpoint
-
-
-async def checkpoints_from(client: EtcdClient, state_prefix: bytes, source_id: int) -> list[StoredCheckpoint]:
+async def checkpoints_from(client: EtcdClient, layout: StateLayout, source_id: int) -> list[StoredCheckpoint]:
     """Every mirror checkpoint on `client` of mirrors from the cluster `source_id`."""
-    prefix = StateLayout(state_prefix).checkpoints_of(source_id)
-    result = await client.range(prefix, prefix_range_end(prefix))
-    found = []
-    for kv in result.kvs:
-        ckpt = decode("checkpoint", kv.key, kv.value, client, Checkpoint.decode)
-        found.append(StoredCheckpoint(kv.key, kv.value, ckpt))
-    return found
+    return (await SiteState.read(client, layout)).stored_checkpoints(source_id)
 
 
 async def events_between(

@@ -21,26 +21,23 @@ from ..etcd import CompactedError, Compare, CompareResult, Delete, EtcdClient, E
 from ..fence import fence_writes, unfence_writes
 from ..mirror.engine import Mirror
 from ..mirror.keys import KeyMapper
-from ..mirror.lock import describe_holder
 from ..state.events import record_event
-from ..state.layout import checkpoint_key, lock_key
-from ..state.reader import decode
-from ..state.records import REPLAY, Checkpoint
+from ..state.layout import StateLayout
+from ..state.records import REPLAY, LockHolder
 from ..state.roles import PRIMARY, STANDBY, Role, now, read_role, write_role
+from ..state.site import StoredCheckpoint
 from ..verify import verify
 from .config import MoveConfig
-from .plan import MovePlan, mirror_holders, old_mirror_lines
+from .plan import MovePlan, mirror_holders, old_mirror_lines, plan_move, run_move
 from .policy import guard_max_rpo, move_record, record_move
 from .reorder import recreate_in_order
 from .revision import mark_compacted, raise_revision
 from .sites import (
     Site,
-    StoredCheckpoint,
     events_between,
     mirror_command,
-    open_site,
+    open_pair,
     refresh,
-    refuse_same_cluster,
     reversed_pair,
     switch_clients,
     switch_plan,
@@ -89,27 +86,20 @@ class SwitchoverResult:
 
 
 async def switchover(cfg: MoveConfig) -> SwitchoverResult:
-    result = await _switchover(cfg, None)
-    assert result is not None
-    return result
+    return await run_move(_switchover, cfg)
 
 
 async def plan_switchover(cfg: MoveConfig) -> MovePlan:
     """The checks of a switchover, then what it would do (--dry-run): nothing is changed."""
-    plan = MovePlan("switchover")
-    await _switchover(cfg, plan)
-    return plan
+    return await plan_move("switchover", _switchover, cfg)
 
 
 async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResult | None:
     pair = cfg.pair
-    sp = pair.state_prefix
+    layout = pair.layout
     t0 = time.monotonic()
-    async with EtcdClient(pair.source) as p_client, EtcdClient(pair.dest) as s_client:
-        primary, standby = await asyncio.gather(
-            open_site(p_client, pair.source, sp), open_site(s_client, pair.dest, sp)
-        )
-        refuse_same_cluster(primary, standby)
+    async with open_pair(pair) as (primary, standby):
+        p_client, s_client = primary.client, standby.client
         s_role, p_role = standby.role.role, primary.role.role
         if s_role is not None and s_role.is_primary and s_role.peer_cluster_id == primary.id:
             if p_role is not None and p_role.is_primary and p_role.epoch >= s_role.epoch:
@@ -126,10 +116,11 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
             return await _after_promotion(cfg, primary, standby, s_role.epoch, time.monotonic(), True)
         _check_roles(primary, standby)
         mapper = KeyMapper.from_config(pair)
-        key = checkpoint_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
+        key = layout.checkpoint(primary.id, pair.prefix, mapper.dest_prefix)
         stored = await _checkpoint(standby, key)
-        _, choice = await live_checkpoints(s_client, sp, primary.id, key)  # logs the stale ones
-        applied = [c.checkpoint for c in choice.used if c.checkpoint is not None] or [stored.checkpoint]
+        # Logs the stale ones, with a warning.
+        _, choice = await live_checkpoints(s_client, layout, primary.id, key)
+        applied = [c.checkpoint for c in choice.used if c.checkpoint is not None] or [stored.record]
         # Before anything is fenced: a standby far behind would keep the writes refused a long time.
         guard_max_rpo(
             cfg,
@@ -142,12 +133,12 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
             "switchover: %s -> %s; the standby has applied revision %d of %d",
             primary.text,
             standby.text,
-            stored.checkpoint.revision,
+            stored.record.revision,
             primary.status.revision,
         )
         # Raised ahead while writes still flow, so that little is left to do while they are refused.
         margin = min(cfg.revision_margin, SWITCHOVER_MARGIN)
-        holders = await mirror_holders(s_client, sp, primary.id)
+        holders = await mirror_holders(s_client, layout, primary.id)
         if plan is not None:
             _plan_steps(plan, cfg, primary, standby, stored, holders, margin)
             return None
@@ -155,20 +146,24 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
             top = (await p_client.status()).revision
             if (await s_client.status()).revision >= top + 2 * margin:
                 break
-            await raise_revision(s_client, sp, top + 3 * margin)
+            await raise_revision(s_client, layout, top + 3 * margin)
 
         t_fence = time.monotonic()
         try:
             # Inside the try: a fence that fails halfway is lifted again (the record says what it took).
-            await fence_writes(p_client, sp, mode=cfg.fence, hook=cfg.fence_hook, epoch=primary.role.epoch)
+            await fence_writes(
+                p_client, layout, mode=cfg.fence, hook=cfg.fence_hook, epoch=primary.role.epoch
+            )
             if cfg.fence == "none":
                 log.warning("switchover: --no-fence: writes on %s are NOT stopped", primary.text)
             else:
                 log.info("switchover: writes on %s fenced (%s)", primary.text, cfg.fence)
-            await record_event(p_client, sp, "fenced", f"writes fenced for a switchover to {standby.text}")
+            await record_event(
+                p_client, layout, "fenced", f"writes fenced for a switchover to {standby.text}"
+            )
             last = (await p_client.status()).revision
             need = await _catch_up(
-                cfg, p_client, s_client, key, last, lock_key(sp, primary.id, pair.prefix, mapper.dest_prefix)
+                cfg, p_client, s_client, key, last, layout.lock(primary.id, pair.prefix, mapper.dest_prefix)
             )
             if cfg.verify:
                 result = await verify(pair)
@@ -180,16 +175,16 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
                     "switchover: verified equal at revision %d: %s", result.source_revision, result.summary()
                 )
             top = (await p_client.status()).revision
-            bump = await raise_revision(s_client, sp, top + margin)
+            bump = await raise_revision(s_client, layout, top + margin)
             await mark_compacted(s_client, bump.revision)
             epoch = max(primary.role.epoch, standby.role.epoch) + 1
-            await _promote(s_client, sp, standby, primary.id, epoch, key, need)
+            await _promote(s_client, layout, standby, primary.id, epoch, key, need)
         except BaseException as e:
             log.error(
                 "switchover stopped before the roles changed (%s); lifting the fence on %s", e, primary.text
             )
             try:
-                await unfence_writes(p_client, sp, hook=cfg.fence_hook)
+                await unfence_writes(p_client, layout, hook=cfg.fence_hook)
             except (EtcdError, EtcdDrError) as unfence_error:
                 log.error(
                     "the fence on %s could not be lifted (%s): its writes stay refused; rerun the switchover",
@@ -197,15 +192,15 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
                     unfence_error,
                 )
             else:
-                await record_event(p_client, sp, "unfenced", f"switchover to {standby.text} stopped: {e}")
+                await record_event(p_client, layout, "unfenced", f"switchover to {standby.text} stopped: {e}")
                 failed = move_record(
                     cfg, primary.text, standby.text, t0, result=f"failed: {str(e) or type(e).__name__}"
                 )
                 await record_move(
-                    [p_client], sp, "switchover", f"switchover to {standby.text} stopped", failed
+                    [p_client], layout, "switchover", f"switchover to {standby.text} stopped", failed
                 )
             raise
-        standby = await refresh(standby, sp)
+        standby = await refresh(standby, layout)
         return await _after_promotion(
             cfg, primary, standby, epoch, t_fence, False, last=last, holders=holders, t0=t0
         )
@@ -217,13 +212,13 @@ def _plan_steps(
     primary: Site,
     standby: Site,
     stored: StoredCheckpoint,
-    holders: list[str],
+    holders: list[LockHolder],
     margin: int,
 ) -> None:
     top = primary.status.revision
     plan.note(
         f"primary {primary.describe()}; standby {standby.describe()}, applied revision "
-        f"{stored.checkpoint.revision} of {top}"
+        f"{stored.record.revision} of {top}"
     )
     plan.step(
         f"raise {standby.text}'s revision (now {standby.status.revision}) ahead to about {top + 3 * margin}"
@@ -236,7 +231,7 @@ def _plan_steps(
             "new standby)"
         )
     if holders:
-        catch_up = "by the running mirror " + ", ".join(describe_holder(h) for h in holders)
+        catch_up = "by the running mirror " + ", ".join(h.describe() for h in holders)
     else:
         catch_up = "by a one-shot mirror run here (no mirror holds the lock)"
     plan.step(
@@ -290,10 +285,10 @@ async def _checkpoint(standby: Site, key: bytes) -> StoredCheckpoint:
             "as the mirror's, or let the mirror make its first copy first"
         )
 
-    ckpt = decode("checkpoint", kv.key, kv.value, standby.client, Checkpoint.decode)
-    if ckpt.phase != REPLAY:
+    stored = StoredCheckpoint.read(kv, standby.client)
+    if stored.record.phase != REPLAY:
         raise Refused(f"the mirror into {standby.text} has not finished its copy yet; switch over after it")
-    return StoredCheckpoint(kv.key, kv.value, ckpt)
+    return stored
 
 
 async def _catch_up(
@@ -319,13 +314,13 @@ async def _catch_up(
     # The newest revisions after the fence are etcd-dr's own (fence record, heartbeats): a running
     # mirror records those only at its next idle checkpoint. What must be applied is the last change
     # to a mirrored key, found in the primary's history since the checkpoint.
-    need = await _last_mirrored_change(cfg, source, stored.checkpoint.revision, last)
+    need = await _last_mirrored_change(cfg, source, stored.record.revision, last)
     while True:
-        if stored.checkpoint.revision >= need and not stored.checkpoint.split_revision:
+        if stored.record.revision >= need and not stored.record.split_revision:
             log.info(
                 "switchover: the standby has applied revision %d: every mirrored change of the primary "
                 "(the last at %d; the primary is at %d)",
-                stored.checkpoint.revision,
+                stored.record.revision,
                 need,
                 last,
             )
@@ -333,7 +328,7 @@ async def _catch_up(
         if time.monotonic() > deadline:
             raise CheckFailed(
                 f"switchover stopped: the standby did not apply the primary's revision {need} within "
-                f"{cfg.catch_up_timeout:g} s (--catch-up-timeout); it is at {stored.checkpoint.revision}. "
+                f"{cfg.catch_up_timeout:g} s (--catch-up-timeout); it is at {stored.record.revision}. "
                 "Is the mirror running?"
             )
         await asyncio.sleep(0.01)
@@ -358,11 +353,17 @@ async def _read_checkpoint(dest: EtcdClient, key: bytes) -> StoredCheckpoint:
     kv = await dest.get(key)
     if kv is None:
         raise CheckFailed(f"switchover stopped: the mirror checkpoint on {dest.endpoint} disappeared")
-    return StoredCheckpoint(kv.key, kv.value, decode("checkpoint", kv.key, kv.value, dest, Checkpoint.decode))
+    return StoredCheckpoint.read(kv, dest)
 
 
 async def _promote(
-    client: EtcdClient, sp: bytes, standby: Site, old_primary: int, epoch: int, key: bytes, need: int
+    client: EtcdClient,
+    layout: StateLayout,
+    standby: Site,
+    old_primary: int,
+    epoch: int,
+    key: bytes,
+    need: int,
 ) -> None:
     """One txn: the role record says primary, and the mirror checkpoint from the old primary goes
     (its revisions are the old primary's; a later mirror the other way starts from a fresh copy).
@@ -371,19 +372,19 @@ async def _promote(
     assert standby.role.role is not None
     for _ in range(20):
         stored = await _read_checkpoint(client, key)
-        if stored.checkpoint.revision < need:
+        if stored.record.revision < need:
             raise CheckFailed("switchover stopped: the standby's checkpoint went backwards")
         role = standby.role.role.moved(
             PRIMARY,
             epoch,
             old_primary,
             "switchover",
-            applied_revision=stored.checkpoint.revision,
-            applied_time=stored.checkpoint.source_time,
+            applied_revision=stored.record.revision,
+            applied_time=stored.record.source_time,
         )
         result = await write_role(
             client,
-            sp,
+            layout,
             role,
             standby.role,
             compare=(Compare.value_(stored.key, CompareResult.EQUAL, stored.raw),),
@@ -392,7 +393,7 @@ async def _promote(
         if result.succeeded:
             log.info("switchover: %s promoted: %s", standby.text, role.describe())
             return
-        if (await read_role(client, sp)).mod_revision != standby.role.mod_revision:
+        if (await read_role(client, layout)).mod_revision != standby.role.mod_revision:
             break
     raise CheckFailed("switchover stopped: the standby's role or checkpoint changed under it")
 
@@ -405,19 +406,19 @@ async def _after_promotion(
     t_fence: float,
     resumed: bool,
     last: int = 0,
-    holders: list[str] | None = None,
+    holders: list[LockHolder] | None = None,
     t0: float | None = None,
 ) -> SwitchoverResult:
-    sp = cfg.pair.state_prefix
-    p_role = await read_role(primary.client, sp)
+    layout = cfg.pair.layout
+    p_role = await read_role(primary.client, layout)
     if p_role.role is None or p_role.role.is_primary or p_role.epoch < epoch:
         base = p_role.role or Role(PRIMARY, 0, standby.id, now())
         demoted = base.moved(STANDBY, epoch, standby.id, "switchover", fenced_revision=last)
-        if not (await write_role(primary.client, sp, demoted, p_role)).succeeded:
+        if not (await write_role(primary.client, layout, demoted, p_role)).succeeded:
             raise CheckFailed(f"the role record on {primary.text} changed while it was being made a standby")
         log.info("switchover: %s is now %s", primary.text, demoted.describe())
-    await recreate_in_order(standby.client, sp, standby.text)  # before any client campaigns there
-    if await unfence_writes(standby.client, sp, hook=cfg.fence_hook) is not None:
+    await recreate_in_order(standby.client, layout, standby.text)  # before any client campaigns there
+    if await unfence_writes(standby.client, layout, hook=cfg.fence_hook) is not None:
         log.info(
             "switchover: writes on %s allowed again (its fence from an earlier move lifted)", standby.text
         )
@@ -431,8 +432,10 @@ async def _after_promotion(
     s_role = standby.role.role
     last = last or (s_role.applied_revision if s_role else 0)
     message = f"switchover from {primary.text}: primary with epoch {epoch}, all of revision {last} applied"
-    await record_event(standby.client, sp, "promoted", message, epoch=epoch, via="switchover")
-    await record_event(primary.client, sp, "demoted", f"switchover to {standby.text}: standby, epoch {epoch}")
+    await record_event(standby.client, layout, "promoted", message, epoch=epoch, via="switchover")
+    await record_event(
+        primary.client, layout, "demoted", f"switchover to {standby.text}: standby, epoch {epoch}"
+    )
     if not resumed:
         # On both sites: both are alive in a planned move, and either may be the one asked later.
         record = move_record(
@@ -444,7 +447,7 @@ async def _after_promotion(
             rpo_seconds=0.0 if cfg.fence != "none" else None,
         )
         await record_move(
-            [standby.client, primary.client], sp, "switchover", f"switchover to {standby.text}", record
+            [standby.client, primary.client], layout, "switchover", f"switchover to {standby.text}", record
         )
     return SwitchoverResult(
         old_primary=primary.text,
@@ -457,5 +460,5 @@ async def _after_promotion(
         next_command=mirror_command(reversed_pair(cfg.pair)),
         finished_earlier_run=resumed,
         fenced=cfg.fence != "none",
-        old_mirror=await old_mirror_lines(standby.client, sp, primary.id, holders or [], standby.text),
+        old_mirror=await old_mirror_lines(standby.client, layout, primary.id, holders or [], standby.text),
     )

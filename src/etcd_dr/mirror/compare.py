@@ -222,27 +222,9 @@ async def diff_ranges(
         await dst_pages.aclose()
 
 
-async def compare_ranges(
-    source: EtcdClient,
-    dest: EtcdClient,
-    mapper: KeyMapper,
-    *,
-    source_revision: int,
-    dest_revision: int,
-    page_size: int,
-    compare_leases: bool = False,
-) -> AsyncGenerator[list[Pair]]:
-    """`diff_ranges` with every key, equal ones included, as pairs."""
-    diffs = diff_ranges(
-        source,
-        dest,
-        mapper,
-        source_revision=source_revision,
-        dest_revision=dest_revision,
-        page_size=page_size,
-        compare_leases=compare_leases,
-        include_equal=True,
-    )
+async def as_pairs(diffs: AsyncGenerator[Diff]) -> AsyncGenerator[list[Pair]]:
+    """The batches of `diff_ranges(..., include_equal=True)` with every key as a pair, the missing
+    ones included (verify reports each key; the copy only needs the differences)."""
     try:
         async for diff in diffs:
             pairs = diff.pairs

@@ -12,7 +12,6 @@ live in standby.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -24,41 +23,31 @@ from ..aio import cancel_and_wait
 from ..config import MirrorConfig
 from ..errors import Fenced, LeaseLost, MassDeleteRefused, Refused, UsageError
 from ..etcd import (
-    AuthError,
     CompactedError,
     Compare,
     CompareResult,
     EtcdClient,
-    EtcdError,
     LeaseNotFound,
     NoSpaceError,
     Put,
     RequestTooLargeError,
-    Status,
     TooManyOpsError,
     TransientError,
     Unavailable,
 )
-from ..state.layout import (
-    StateLayout,
-    checkpoint_key,
-    health_key,
-    heartbeat_key,
-    lease_registry_key,
-    lock_key,
-)
 from ..state.reader import decode
 from ..state.records import REPLAY, SYNC, Checkpoint, encode_key
 from ..state.roles import RoleState, claim_standby
+from .background import follow_compaction, heartbeats, status_lines
 from .catchup import CatchUpConfig
 from .checkpoint import SourceRate
-from .keys import KeyMapper, ranges_overlap
+from .keys import KeyMapper
 from .leases import LeaseMirror
 from .limits import TxnLimits, learn
 from .lock import MirrorLock
 from .order import OrderRule
+from .preflight import preflight
 from .replay import Replayer
-from .sourceguard import guard_one_source
 from .standby import StandbyDuties
 from .stats import MirrorStats
 from .sync import SyncResult, diff_sync
@@ -117,8 +106,8 @@ class Mirror(StandbyDuties):
                 await self._fence_standby(dest)
             self._lock = MirrorLock(dest, self._lock_key, self.config.lock_ttl)
             helpers = [
-                asyncio.create_task(self._status_lines()),
-                asyncio.create_task(self._compaction(source)),
+                asyncio.create_task(status_lines(self.config, self.stats)),
+                asyncio.create_task(follow_compaction(self.config, self.stats, source)),
             ]
             if self.config.verify_every and not self.config.once:
                 helpers.append(asyncio.create_task(self._verify_periodically()))
@@ -128,7 +117,9 @@ class Mirror(StandbyDuties):
                 helpers.append(asyncio.create_task(self._write_health(dest)))
             if self.readiness_check is not None and self.config.check_every and not self.config.once:
                 helpers.append(asyncio.create_task(self._check_readiness_periodically()))
-            helpers.append(asyncio.create_task(self._heartbeats(source)))
+            helpers.append(
+                asyncio.create_task(heartbeats(self.config, self.stats, source, self._heartbeat_key))
+            )
             try:
                 return await self._loop(source, dest)
             finally:
@@ -140,6 +131,28 @@ class Mirror(StandbyDuties):
                 for task in helpers:
                     await cancel_and_wait(task)
                 await self._lock.release()
+
+    async def _preflight(self, source: EtcdClient, dest: EtcdClient) -> None:
+        """Both clusters reached and the pair checked (preflight.py); the pair's keys and leases."""
+        src, dst = await preflight(self.config, self.mapper, source, dest)
+        self._source_id = src.cluster_id
+        self._dest_id = dst.cluster_id
+        self.stats.source_revision = src.revision
+        layout, pair = self.config.layout, (src.cluster_id, self.config.prefix, self.mapper.dest_prefix)
+        self._heartbeat_key = layout.heartbeat(dst.cluster_id)
+        self._lock_key = layout.lock(*pair)
+        if self.config.leases == "mirror":
+            # The leases this mirror owns on the destination, next to its lock and checkpoint.
+            self._leases = LeaseMirror(
+                source,
+                dest,
+                layout.lease_registry(*pair),
+                self.stats,
+                self._guards,
+                same_cluster=src.cluster_id == dst.cluster_id,
+            )
+        self._key = layout.checkpoint(*pair)
+        self._health_key = layout.health(*pair)
 
     async def _loop(self, source: EtcdClient, dest: EtcdClient) -> MirrorResult:
         """Cycles until one ends (--once) or the mirror is stopped; an error is met as the retry
@@ -322,7 +335,7 @@ class Mirror(StandbyDuties):
         """Compares every destination txn carries besides its checkpoint's: the lock, and the
         destination's role record as read at the start of the cycle (a promotion changes it, which
         fences this mirror for good)."""
-        return [self._lock.guard(), self._role.guard(self.config.state_prefix)]
+        return [self._lock.guard(), self._role.guard(self.config.layout)]
 
     def _writer(self, dest: EtcdClient) -> DestWriter:
         """How the copy and the replay write: under the checkpoint and the guards of this cycle."""
@@ -336,8 +349,8 @@ class Mirror(StandbyDuties):
             self.stats,
             self._leases,
             OrderRule(self.config.ordered_prefixes),
-            StateLayout(self.config.state_prefix),
-            StateLayout(self.config.state_prefix).pair_of(self._key),
+            self.config.layout,
+            self.config.layout.pair_of(self._key),
             self.config.ordered_copy_time,
         )
 
@@ -346,7 +359,7 @@ class Mirror(StandbyDuties):
         self._role = await claim_standby(
             source,
             dest,
-            self.config.state_prefix,
+            self.config.layout,
             source_id=self._source_id,
             dest_id=self._dest_id,
             dest_text=self.config.dest.endpoints_text,
@@ -548,134 +561,3 @@ class Mirror(StandbyDuties):
         if not result.succeeded:
             raise Fenced("the checkpoint on the destination changed while the mirror was starting")
         return data
-
-    # ---- checks and reporting ---------------------------------------------------------------------
-
-    async def _preflight(self, source: EtcdClient, dest: EtcdClient) -> None:
-        """Connect to both clusters; refuse a mirror into an overlapping range of the same cluster."""
-        src = await self._status_with_retry(source, "source")
-        dst = await self._status_with_retry(dest, "destination")
-        self._source_id = src.cluster_id
-        self._dest_id = dst.cluster_id
-        self.stats.source_revision = src.revision
-        if src.cluster_id == dst.cluster_id and ranges_overlap(
-            self.mapper.source_range, self.mapper.dest_range
-        ):
-            raise Refused(
-                f"source {self.config.source.endpoints_text} and destination "
-                f"{self.config.dest.endpoints_text} are the same cluster (cluster id {src.cluster_id:x}) "
-                "and the key ranges overlap: "
-                "mirroring a cluster into itself is refused"
-            )
-        await guard_one_source(
-            dest,
-            state_prefix=self.config.state_prefix,
-            source_id=src.cluster_id,
-            source_prefix=self.config.prefix,
-            dest_prefix=self.mapper.dest_prefix,
-            dest_text=self.config.dest.endpoints_text,
-            take_over=self.config.take_over,
-        )
-        self._heartbeat_key = heartbeat_key(self.config.state_prefix, dst.cluster_id)
-        self._lock_key = lock_key(
-            self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
-        )
-        if self.config.leases == "mirror":
-            # The leases this mirror owns on the destination, next to its lock and checkpoint.
-            registry = lease_registry_key(
-                self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
-            )
-            self._leases = LeaseMirror(
-                source,
-                dest,
-                registry,
-                self.stats,
-                self._guards,
-                same_cluster=src.cluster_id == dst.cluster_id,
-            )
-        self._key = checkpoint_key(
-            self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
-        )
-        self._health_key = health_key(
-            self.config.state_prefix, src.cluster_id, self.config.prefix, self.mapper.dest_prefix
-        )
-        log.info(
-            "source %s (cluster %x, etcd %s, revision %d) -> destination %s (cluster %x, etcd %s); "
-            "prefix %s -> %s",
-            self.config.source.endpoints_text,
-            src.cluster_id,
-            src.version,
-            src.revision,
-            self.config.dest.endpoints_text,
-            dst.cluster_id,
-            dst.version,
-            encode_key(self.config.prefix) or "(all keys)",
-            encode_key(self.mapper.dest_prefix) or "(all keys)",
-        )
-        if self.config.leases == "ignore":
-            log.info("--leases ignore: keys are written without their leases (make-mirror's behaviour)")
-
-    async def _status_with_retry(self, client: EtcdClient, role: str) -> Status:
-        """The first contact: TLS and auth failures are fatal at once; unreachable endpoints are retried
-        (forever for the daemon, for --timeout with --once)."""
-        deadline = time.monotonic() + self.config.timeout
-        backoff = 0.2
-        while True:
-            try:
-                return await client.status()
-            except TransientError as e:
-                if self.config.once and time.monotonic() > deadline:
-                    raise Unavailable(
-                        f"{role} unreachable for {self.config.timeout:g} s (--timeout): {e}"
-                    ) from e
-                log.warning("%s not reachable yet: %s; retrying in %.1f s", role, e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def _heartbeats(self, source: EtcdClient) -> None:
-        """Write the time on the source every interval; the replay carries the newest one it applied
-        into the checkpoint, which gives the lag in seconds. Optional: without write access, it only
-        follows the source's revision (which the watch alone under-reports when the mirror is behind)."""
-        # A one-shot run writes none: it would only add source revisions for itself to catch up on.
-        write = self.config.heartbeat_interval > 0 and not self.config.once
-        while True:
-            try:
-                if write:
-                    put = await source.put(self._heartbeat_key, f"{time.time():.3f}".encode())
-                    revision = put.header.revision
-                else:
-                    revision = (await source.range(self._heartbeat_key, count_only=True)).header.revision
-                self.stats.source_revision = max(self.stats.source_revision, revision)
-            except AuthError as e:
-                if not write:
-                    return
-                log.info("heartbeat: no write access on the source (%s); lag in seconds is not measured", e)
-                write = False
-            except EtcdError as e:
-                log.debug("heartbeat: %s", e)
-            await asyncio.sleep(self.config.heartbeat_interval or 1.0)
-
-    async def _compaction(self, source: EtcdClient) -> None:
-        """Follow the source's compaction point, for the headroom before a re-copy would be needed."""
-        while True:
-            with contextlib.suppress(EtcdError):
-                self.stats.source_compact_revision = await source.compact_revision()
-            await asyncio.sleep(self.config.compaction_poll_interval)
-
-    async def _status_lines(self) -> None:
-        last_events = 0
-        while True:
-            await asyncio.sleep(self.config.status_interval)
-            s = self.stats
-            if s.phase != "replay":
-                continue
-            log.info(
-                "applied source revision %d (source at %d, %d behind, %.1f s); %d events in the last %g s",
-                s.applied_revision,
-                s.source_revision,
-                s.lag_revisions,
-                s.lag_seconds,
-                s.applied_events - last_events,
-                self.config.status_interval,
-            )
-            last_events = s.applied_events

@@ -6,29 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-import uuid
 
 from ..aio import cancel_and_wait
 from ..errors import CheckFailed
 from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, Get, LeaseNotFound, Put, TransientError
-from ..state.records import encode_key
+from ..state.records import LockHolder, encode_key
 
 log = logging.getLogger("etcd_dr.mirror")
-
-
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def describe_holder(owner: str) -> str:
-    """A lock holder (HOST:PID:TOKEN) as the operator acts on it: where it runs and how to stop it."""
-    host, sep, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if not sep or not pid.isdigit():
-        return owner
-    return f"{owner} (etcd-dr process {pid} on host {host}: stop it there with `kill {pid}` or its service)"
 
 
 class LockHeld(CheckFailed):
@@ -41,7 +25,7 @@ class MirrorLock:
         self._dest = dest
         self.key = key
         self.ttl = ttl
-        self.owner = owner_id()
+        self.owner = LockHolder.mine()
         self.revision = 0  # create revision of our lock key while we hold it
         self.lost = asyncio.Event()
         self._lease = 0
@@ -54,7 +38,7 @@ class MirrorLock:
     async def acquire(self, wait: float | None = None) -> None:
         """Wait until this process holds the lock (a dead holder's lease expires within the TTL); with
         `wait`, at most that many seconds, then LockHeld naming the holder."""
-        waiting_for = ""
+        waiting_for: LockHolder | None = None
         deadline = None if wait is None else asyncio.get_running_loop().time() + wait
         while True:
             grant = await self._dest.lease_grant(self.ttl)
@@ -78,7 +62,7 @@ class MirrorLock:
                 return
             await self._dest.lease_revoke(grant.id)
             rng = result.responses[0].range if result.responses else None
-            holder = rng.kvs[0].value.decode(errors="replace") if rng and rng.kvs else "?"
+            holder = LockHolder.decode(rng.kvs[0].value) if rng and rng.kvs else LockHolder("?")
             if holder != waiting_for:
                 if deadline is None:
                     log.info("standing by: the mirror lock is held by %s; taking over if it stops", holder)
@@ -93,7 +77,7 @@ class MirrorLock:
             if deadline is not None and asyncio.get_running_loop().time() >= deadline:
                 raise LockHeld(
                     f"the mirror lock {encode_key(self.key)} on the destination is held by "
-                    f"{describe_holder(holder)}: another mirror runs into it; gave up after {wait:g} s "
+                    f"{holder.describe()}: another mirror runs into it; gave up after {wait:g} s "
                     "(--timeout). Stop that mirror, or let it do the work"
                 )
             await asyncio.sleep(min(1.0, self.ttl / 3))

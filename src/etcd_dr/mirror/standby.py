@@ -281,4 +281,4 @@ class StandbyDuties:
             "a standby takes writes only from its mirror)",
             self.config.dest.endpoints_text,
         )
-        await fence_writes(dest, self.config.state_prefix, mode="auth", epoch=self._role.epoch)
+        await fence_writes(dest, self.config.layout, mode="auth", epoch=self._role.epoch)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from dataclasses import fields as dc_fields
 from typing import Any
 
-from ..etcd import EtcdClient, EtcdError, SortOrder, SortTarget, prefix_range_end
-from .layout import StateLayout, events_prefix
+from ..etcd import EtcdClient, EtcdError, KeyValue, SortOrder, SortTarget, prefix_range_end
+from .layout import StateLayout
+from .reader import decode
 
 log = logging.getLogger("etcd_dr.failover")
 
@@ -79,6 +80,12 @@ class Event:
     fields: dict[str, Any]
     move: MoveRecord | None = None  # the record of a move (MOVES), else None
 
+    @classmethod
+    def decode(cls, data: bytes) -> Event:
+        d = json.loads(data)
+        move = MoveRecord.decode(d.pop("move", None))
+        return cls(float(d.pop("time")), str(d.pop("kind")), str(d.pop("message")), dict(d), move)
+
     def line(self) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.time))
         return f"{stamp} UTC {self.kind}: {self.message}"
@@ -92,7 +99,7 @@ class Event:
 
 async def record_event(
     client: EtcdClient,
-    state_prefix: bytes,
+    layout: StateLayout,
     kind: str,
     message: str,
     *,
@@ -101,19 +108,19 @@ async def record_event(
 ) -> None:
     """Best effort: an event that cannot be written is logged, never a reason to stop a move halfway."""
     t = time.time()
-    key = StateLayout(state_prefix).event(time.time_ns(), kind)
+    key = layout.event(time.time_ns(), kind)
     if move is not None:
         fields["move"] = move.to_json()
     value = json.dumps({"time": round(t, 3), "kind": kind, "message": message, **fields}, sort_keys=True)
     try:
         await client.put(key, value.encode())
-        await _trim(client, state_prefix)
+        await _trim(client, layout)
     except EtcdError as e:
         log.warning("could not record the event %r on %s: %s", kind, client.endpoint, e)
 
 
-async def _trim(client: EtcdClient, state_prefix: bytes) -> None:
-    prefix = events_prefix(state_prefix)
+async def _trim(client: EtcdClient, layout: StateLayout) -> None:
+    prefix = layout.events
     end = prefix_range_end(prefix)
     count = (await client.range(prefix, end, count_only=True)).count
     if count <= KEEP:
@@ -123,9 +130,9 @@ async def _trim(client: EtcdClient, state_prefix: bytes) -> None:
         await client.delete_range(prefix, oldest.kvs[-1].key + b"\0")
 
 
-async def recent_events(client: EtcdClient, state_prefix: bytes, limit: int = 10) -> list[Event]:
-    """The newest `limit` events, oldest first."""
-    prefix = events_prefix(state_prefix)
+async def recent_events(client: EtcdClient, layout: StateLayout, limit: int = 10) -> list[Event]:
+    """The newest `limit` events, oldest first (an unreadable one is UnreadableRecord, exit 2)."""
+    prefix = layout.events
     result = await client.range(
         prefix,
         prefix_range_end(prefix),
@@ -133,15 +140,10 @@ async def recent_events(client: EtcdClient, state_prefix: bytes, limit: int = 10
         sort_order=SortOrder.DESCEND,
         sort_target=SortTarget.KEY,
     )
-    return [e for e in (parse_event(kv.value) for kv in reversed(result.kvs)) if e is not None]
+    return [read_event(kv, client) for kv in reversed(result.kvs)]
 
 
-def parse_event(data: bytes) -> Event | None:
-    """An event record, or None when it is not ours to interpret: the history is shown as far as it
-    can be read (an event is a note of what was done, never state a command acts on)."""
-    try:
-        d = json.loads(data)
-        move = MoveRecord.decode(d.pop("move", None))
-        return Event(float(d.pop("time")), str(d.pop("kind")), str(d.pop("message")), d, move)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+def read_event(kv: KeyValue, client: EtcdClient) -> Event:
+    """One event record as read from `client`; a damaged one is UnreadableRecord (state/reader.py)
+    like every other record: a history shown with holes would hide the move an operator looks for."""
+    return decode("event", kv.key, kv.value, client, Event.decode)

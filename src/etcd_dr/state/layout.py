@@ -128,9 +128,14 @@ class StateLayout:
         return self.prefix + _ORDER_JOURNAL
 
     # ---- one per cluster -----------------------------------------------------------------------------
+    @property
+    def heartbeats(self) -> bytes:
+        """Prefix of the heartbeats the mirrors from this cluster (as a source) write."""
+        return self.prefix + _HEARTBEATS
+
     def heartbeat(self, dest_cluster_id: int) -> bytes:
         """On the source: where a mirror into `dest_cluster_id` writes its heartbeat (lag in seconds)."""
-        return self.prefix + _HEARTBEATS + f"{dest_cluster_id:016x}".encode()
+        return self.heartbeats + f"{dest_cluster_id:016x}".encode()
 
     @property
     def role(self) -> bytes:
@@ -154,50 +159,3 @@ class StateLayout:
 
     def event(self, time_ns: int, kind: str) -> bytes:
         return self.events + f"{time_ns:020d}-{kind}".encode()
-
-
-# Shorthands used by the many call sites that hold a state prefix and one pair.
-def checkpoint_key(
-    state_prefix: bytes, source_cluster_id: int, source_prefix: bytes, dest_prefix: bytes
-) -> bytes:
-    """One checkpoint per (source cluster, source prefix, destination prefix)."""
-    return StateLayout(state_prefix).checkpoint(source_cluster_id, source_prefix, dest_prefix)
-
-
-def lock_key(state_prefix: bytes, source_cluster_id: int, source_prefix: bytes, dest_prefix: bytes) -> bytes:
-    """The key whose holder is the one mirror allowed to write (one per checkpoint)."""
-    return StateLayout(state_prefix).lock(source_cluster_id, source_prefix, dest_prefix)
-
-
-def health_key(
-    state_prefix: bytes, source_cluster_id: int, source_prefix: bytes, dest_prefix: bytes
-) -> bytes:
-    """One health record per mirror pair, beside its checkpoint."""
-    return StateLayout(state_prefix).health(source_cluster_id, source_prefix, dest_prefix)
-
-
-def lease_registry_key(
-    state_prefix: bytes, source_cluster_id: int, source_prefix: bytes, dest_prefix: bytes
-) -> bytes:
-    return StateLayout(state_prefix).lease_registry(source_cluster_id, source_prefix, dest_prefix)
-
-
-def heartbeat_key(state_prefix: bytes, dest_cluster_id: int) -> bytes:
-    """Where a mirror into the given destination writes its heartbeat on the source."""
-    return StateLayout(state_prefix).heartbeat(dest_cluster_id)
-
-
-def role_key(state_prefix: bytes) -> bytes:
-    return StateLayout(state_prefix).role
-
-
-def fence_key(state_prefix: bytes) -> bytes:
-    return StateLayout(state_prefix).fence
-
-
-def bump_key(state_prefix: bytes) -> bytes:
-    return StateLayout(state_prefix).revision_raise
-
-
-def events_prefix(state_prefix: bytes) -> bytes:
-    return StateLayout(state_prefix).events

@@ -38,6 +38,11 @@ _RECORDS: dict[str, tuple[str, str]] = {
         "order journal (keys a promotion deleted to create them again)",
         "put its keys back by hand from its JSON, then remove it with `{cmd}`",
     ),
+    "event": ("event record", "remove it with `{cmd}`; it is only a note in the history of moves"),
+    "lock": (
+        "mirror lock",
+        "remove it with `{cmd}` once no mirror of that pair runs; a mirror takes it again",
+    ),
     "lease registry": (
         "lease registry entry",
         "remove it with `{cmd}`; the pair's mirror registers its leases again",

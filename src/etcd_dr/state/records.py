@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -125,6 +128,39 @@ class Checkpoint:
             source_rate=round(rate, 1),
             **more,
         )
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The value of a mirror lock (mirror/lock.py): the process allowed to write a pair, as
+    HOST:PID:TOKEN. Read leniently: a holder is only shown to the operator, never acted on, and a lock
+    disappears with its lease, so any value is shown as it is (undecodable bytes replaced)."""
+
+    text: str
+
+    @classmethod
+    def mine(cls) -> LockHolder:
+        """This process, with a token telling apart two holdings by one process."""
+        return cls(f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+
+    def encode(self) -> bytes:
+        return self.text.encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> LockHolder:
+        return cls(data.decode(errors="replace"))
+
+    def __str__(self) -> str:
+        return self.text
+
+    def describe(self) -> str:
+        """Where the holder runs and how to stop it (the text alone when it is not HOST:PID:TOKEN)."""
+        host, sep, rest = self.text.partition(":")
+        pid = rest.partition(":")[0]
+        if not sep or not pid.isdigit():
+            return self.text
+        how = f"stop it there with `kill {pid}` or its service"
+        return f"{self.text} (etcd-dr process {pid} on host {host}: {how})"
 
 
 @dataclass(frozen=True)

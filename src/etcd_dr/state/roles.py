@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from ..errors import Refused
 from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, KeyValue, Op, Put, TxnResult
-from .layout import role_key
+from .layout import StateLayout
 from .reader import UnreadableRecord, where
 
 log = logging.getLogger("etcd_dr.failover")
@@ -95,17 +95,17 @@ class RoleState:
     def epoch(self) -> int:
         return self.role.epoch if self.role else 0
 
-    def guard(self, state_prefix: bytes) -> Compare:
+    def guard(self, layout: StateLayout) -> Compare:
         """True while the record is exactly what was read (a missing key compares as revision 0)."""
-        return Compare.mod(role_key(state_prefix), CompareResult.EQUAL, self.mod_revision)
+        return Compare.mod(layout.role, CompareResult.EQUAL, self.mod_revision)
 
 
 class RoleUnreadable(UnreadableRecord):
     pass
 
 
-async def read_role(client: EtcdClient, state_prefix: bytes) -> RoleState:
-    return read_role_kv(await client.get(role_key(state_prefix)), client)
+async def read_role(client: EtcdClient, layout: StateLayout) -> RoleState:
+    return read_role_kv(await client.get(layout.role), client)
 
 
 def read_role_kv(kv: KeyValue | None, client: EtcdClient) -> RoleState:
@@ -120,7 +120,7 @@ def read_role_kv(kv: KeyValue | None, client: EtcdClient) -> RoleState:
 
 async def write_role(
     client: EtcdClient,
-    state_prefix: bytes,
+    layout: StateLayout,
     new: Role,
     expected: RoleState,
     *,
@@ -128,15 +128,13 @@ async def write_role(
     also: tuple[Op, ...] = (),
 ) -> TxnResult:
     """Replace the role record if it is still `expected` and `compare` holds; `also` in the same txn."""
-    return await client.txn(
-        [expected.guard(state_prefix), *compare], [Put(role_key(state_prefix), new.encode()), *also]
-    )
+    return await client.txn([expected.guard(layout), *compare], [Put(layout.role, new.encode()), *also])
 
 
 async def claim_standby(
     source: EtcdClient,
     dest: EtcdClient,
-    state_prefix: bytes,
+    layout: StateLayout,
     *,
     source_id: int,
     dest_id: int,
@@ -146,7 +144,7 @@ async def claim_standby(
     first time is marked (destination standby; source primary unless it says otherwise). Returns the
     destination's record, which every mirror txn then compares."""
     for _ in range(5):
-        dest_state = await read_role(dest, state_prefix)
+        dest_state = await read_role(dest, layout)
         if dest_state.role is not None:
             if dest_state.role.is_primary:
                 raise Refused(
@@ -156,15 +154,15 @@ async def claim_standby(
                 )
             return dest_state
         try:
-            src_state = await read_role(source, state_prefix)
+            src_state = await read_role(source, layout)
         except RoleUnreadable:
             src_state = RoleState(None, 0)
         epoch = max(src_state.epoch, 1)
         new = Role(STANDBY, epoch, source_id, now(), via="mirror")
-        if (await write_role(dest, state_prefix, new, dest_state)).succeeded:
+        if (await write_role(dest, layout, new, dest_state)).succeeded:
             log.info("marked the destination %s %s", dest_text, new.describe())
             if src_state.role is None:
-                await _mark_source_primary(source, state_prefix, src_state, epoch, dest_id)
+                await _mark_source_primary(source, layout, src_state, epoch, dest_id)
             continue  # read it back for its mod revision
     raise Refused(
         f"the role record on the destination {dest_text} keeps changing; is another tool moving it?"
@@ -172,11 +170,11 @@ async def claim_standby(
 
 
 async def _mark_source_primary(
-    source: EtcdClient, state_prefix: bytes, state: RoleState, epoch: int, dest_id: int
+    source: EtcdClient, layout: StateLayout, state: RoleState, epoch: int, dest_id: int
 ) -> None:
     """Best effort: the source's record helps the later moves, but a mirror with read-only access
     to its source must still run."""
     try:
-        await write_role(source, state_prefix, Role(PRIMARY, epoch, dest_id, now(), via="mirror"), state)
+        await write_role(source, layout, Role(PRIMARY, epoch, dest_id, now(), via="mirror"), state)
     except EtcdError as e:
         log.info("could not mark the source primary (%s); switchover will", e)
