@@ -1169,7 +1169,9 @@ async def scenario_leased(tools: Tools, sizes: Sizes, res: Results) -> None:
                 if how == "as data" and not far:
                     # What a promotion adds: the keys created again in order, on the promoted site.
                     t0 = time.monotonic()
-                    again = await recreate_in_order(pair.dst_client, StateLayout(DEFAULT_STATE_PREFIX), "the standby")
+                    again = await recreate_in_order(
+                        pair.dst_client, StateLayout(DEFAULT_STATE_PREFIX), "the standby"
+                    )
                     secs = time.monotonic() - t0
                     run.checked += "; " + await check_events(pair, n, "in layers")
                     say(f"  promotion's re-creation of {again:,} keys in order: {secs:.2f} s; {run.checked}")
