@@ -23,7 +23,6 @@ from .errors import Refused
 from .etcd import CompactedError, EtcdClient, KeyValue
 from .mirror.compare import Kind, Pair, as_pairs, diff_ranges
 from .mirror.keys import KeyMapper, ranges_overlap
-from .state.layout import StateLayout
 from .state.reader import decode
 from .state.records import REPLAY, Checkpoint, encode_key
 from .state.site import keys_ordered_as_data
@@ -133,7 +132,7 @@ async def verify(
         if ckpt is not None and ckpt.phase == REPLAY:
             result.checkpoint_revision = ckpt.revision
             src_rev = ckpt.revision
-            layout = StateLayout(config.state_prefix)
+            layout = config.layout
             result.ordered_as_data = await keys_ordered_as_data(dest, layout, layout.pair_of(key))
         try:
             await _compare(source, dest, mapper, src_rev, dest_rev, pages, result, on_difference, rate)
