@@ -386,8 +386,8 @@ async def _after_promotion(
     layout = cfg.pair.layout
     steps = dict(steps or {})
     t_step = time.monotonic()
-    await recreate_in_order(standby.client, layout, standby.text)  # before any client campaigns there
-    steps["create order"] = round(time.monotonic() - t_step, 3)
+    if await recreate_in_order(standby.client, layout, standby.text):  # before any client campaigns there
+        steps["create order"] = round(time.monotonic() - t_step, 3)
     t_step = time.monotonic()
     if await unfence_writes(standby.client, layout, hook=cfg.fence_hook) is not None:
         log.info("failover: writes on %s allowed (its fence from an earlier move lifted)", standby.text)

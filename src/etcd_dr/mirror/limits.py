@@ -88,7 +88,7 @@ async def learn(dest: EtcdClient, key: bytes, cap: int | None, max_bytes: int | 
         "and values per txn (%s)",
         ops,
         how,
-        "all of them" if ops == start else f"{ops} and refused more",
+        "all of them" if ops == start else f"{ops} and no more",
         max_bytes,
         "learned lower if the destination refuses a txn as too large",
     )
