@@ -33,6 +33,8 @@ RECORDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "fence": ("a", ("switchover",), "fence record"),  # failback: the test below
     "lease registry": ("b", ("mirror",), "lease registry entry"),
     "heartbeat": ("a", ("status",), "mirror heartbeat"),
+    # Not a mirror's HOST:PID:TOKEN: a mirror would wait on it forever, the others would show garbage.
+    "lock": ("b", ("mirror", "status", "checkpoints"), "mirror lock"),
     # The history of moves shown by status: a damaged entry is not skipped (it may be the move looked for).
     "event": ("b", ("status",), "event record"),
 }
@@ -77,6 +79,7 @@ def key_of(record: str, source_id: int, dest_id: int) -> bytes:
         "fence": LAYOUT.fence,
         "lease registry": LAYOUT.lease_registry(source_id, APP, APP) + b"0000000000000001",
         "heartbeat": LAYOUT.heartbeat(dest_id),
+        "lock": LAYOUT.lock(source_id, APP, APP),
         "event": LAYOUT.event(time.time_ns(), "promoted"),
     }[record]
 

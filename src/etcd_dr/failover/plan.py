@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..etcd import EtcdClient, EtcdError, prefix_range_end
 from ..state.layout import StateLayout
+from ..state.reader import decode
 from ..state.records import Checkpoint, LockHolder
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ async def mirror_holders(client: EtcdClient, layout: StateLayout, source_id: int
         result = await client.range(prefix, prefix_range_end(prefix))
     except EtcdError:
         return []
-    return [LockHolder.decode(kv.value) for kv in result.kvs]
+    return [decode("lock", kv.key, kv.value, client, LockHolder.decode) for kv in result.kvs]
 
 
 async def old_mirror_lines(

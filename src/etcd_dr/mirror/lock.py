@@ -10,6 +10,7 @@ import logging
 from ..aio import cancel_and_wait
 from ..errors import CheckFailed
 from ..etcd import Compare, CompareResult, EtcdClient, EtcdError, Get, LeaseNotFound, Put, TransientError
+from ..state.reader import decode
 from ..state.records import LockHolder, encode_key
 
 log = logging.getLogger("etcd_dr.mirror")
@@ -62,7 +63,12 @@ class MirrorLock:
                 return
             await self._dest.lease_revoke(grant.id)
             rng = result.responses[0].range if result.responses else None
-            holder = LockHolder.decode(rng.kvs[0].value) if rng and rng.kvs else LockHolder("?")
+            held = rng.kvs[0] if rng and rng.kvs else None
+            holder = (
+                decode("lock", held.key, held.value, self._dest, LockHolder.decode)
+                if held
+                else LockHolder("?")
+            )
             if holder != waiting_for:
                 if deadline is None:
                     log.info("standing by: the mirror lock is held by %s; taking over if it stops", holder)

@@ -14,6 +14,7 @@ from ..errors import Refused
 from ..etcd import Compare, CompareResult, Delete, EtcdClient, Op, prefix_range_end
 from ..state.events import TAKE_OVER, MoveRecord, record_event, who
 from ..state.layout import StateLayout
+from ..state.reader import decode
 from ..state.records import LockHolder, encode_key
 from ..state.roles import STANDBY, read_role, write_role
 from ..state.site import StoredCheckpoint
@@ -106,7 +107,7 @@ async def guard_one_source(
     for other in others:
         lock = await dest.get(layout.lock_of_pair(layout.pair_of(other.key)))
         if lock is not None:
-            holder = LockHolder.decode(lock.value)
+            holder = decode("lock", lock.key, lock.value, dest, LockHolder.decode)
             raise Refused(
                 f"--take-over: the mirror from {_describe(other, now)} is still running on the destination "
                 f"{dest_text} (it holds its lock, {holder}); stop it first, then run again with --take-over"

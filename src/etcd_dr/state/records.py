@@ -133,8 +133,8 @@ class Checkpoint:
 @dataclass(frozen=True)
 class LockHolder:
     """The value of a mirror lock (mirror/lock.py): the process allowed to write a pair, as
-    HOST:PID:TOKEN. Read leniently: a holder is only shown to the operator, never acted on, and a lock
-    disappears with its lease, so any value is shown as it is (undecodable bytes replaced)."""
+    HOST:PID:TOKEN. Anything else was not written by a mirror: like every record, it is unreadable
+    (state/reader.py, exit 2), since a mirror would otherwise wait forever on a lock nobody holds."""
 
     text: str
 
@@ -148,7 +148,12 @@ class LockHolder:
 
     @classmethod
     def decode(cls, data: bytes) -> LockHolder:
-        return cls(data.decode(errors="replace"))
+        text = data.decode()  # not UTF-8: UnicodeDecodeError, a ValueError
+        host, _, rest = text.partition(":")
+        pid, _, token = rest.partition(":")
+        if not host or not pid.isdigit() or not token:
+            raise ValueError(f"not HOST:PID:TOKEN: {text[:40]!r}")
+        return cls(text)
 
     def __str__(self) -> str:
         return self.text

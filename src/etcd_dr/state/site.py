@@ -193,7 +193,7 @@ class SiteState:
     def lock_holder(self, pair: bytes) -> LockHolder | None:
         """The mirror holding the pair's lock, None when free."""
         kv = self.lock_kvs.get(pair)
-        return None if kv is None else LockHolder.decode(kv.value)
+        return None if kv is None else decode("lock", kv.key, kv.value, self.client, LockHolder.decode)
 
     def heartbeat(self, dest_cluster_id: int) -> float | None:
         """On a source: the time of the newest heartbeat of the mirror into `dest_cluster_id`."""
