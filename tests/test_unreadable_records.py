@@ -35,6 +35,18 @@ RECORDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "heartbeat": ("a", ("status",), "mirror heartbeat"),
     # Not a mirror's HOST:PID:TOKEN: a mirror would wait on it forever, the others would show garbage.
     "lock": ("b", ("mirror", "status", "checkpoints"), "mirror lock"),
+    # Issue 18's records of the source's create order kept as data, read by status/verify (counted) and by
+    # the promotion that creates those keys again in order.
+    "order": (
+        "b",
+        ("status", "verify", "failover"),
+        "order record (the source's create order of keys written tied)",
+    ),
+    "order journal": (
+        "b",
+        ("failover",),
+        "order journal (keys a promotion deleted to create them again)",
+    ),
     # The history of moves shown by status: a damaged entry is not skipped (it may be the move looked for).
     "event": ("b", ("status",), "event record"),
 }
@@ -80,6 +92,8 @@ def key_of(record: str, source_id: int, dest_id: int) -> bytes:
         "lease registry": LAYOUT.lease_registry(source_id, APP, APP) + b"0000000000000001",
         "heartbeat": LAYOUT.heartbeat(dest_id),
         "lock": LAYOUT.lock(source_id, APP, APP),
+        "order": LAYOUT.order_record(LAYOUT.pair_of(LAYOUT.checkpoint(source_id, APP, APP)), APP, 0),
+        "order journal": LAYOUT.order_journal,
         "event": LAYOUT.event(time.time_ns(), "promoted"),
     }[record]
 
