@@ -221,14 +221,8 @@ async def switch_name(cfg: DnsConfig, addresses: Sequence[str]) -> DnsSwitch:
     """
     wanted = _parse_addresses(addresses, cfg.name)
     started = time.monotonic()
-    host, port = parse_server(cfg.server)
-    name = dns.name.from_text(cfg.name)
-    zone = dns.name.from_text(cfg.zone)
-    key = cfg.tsig_key
-    if key is None and cfg.tsig_key_file is not None:
-        key = load_tsig_key(cfg.tsig_key_file)
-    where = await _resolve_server(cfg, host, port)
-    ask = _Asker(cfg, where, port)
+    ask = await _Asker.open(cfg)
+    name, zone, key = ask.name, ask.zone, ask.key
 
     before = await ask.addresses(name, "query")
     log.info("DNS %s at %s answers %s", cfg.name, cfg.server, _show(before))
@@ -259,7 +253,7 @@ async def switch_name(cfg: DnsConfig, addresses: Sequence[str]) -> DnsSwitch:
         signed,
     )
     t_update = time.monotonic()
-    response = await ask.call("update", dns.asyncquery.tcp(update, where, timeout=cfg.timeout, port=port))
+    response = await ask.send("update", update)
     rcode = response.rcode()
     if rcode != dns.rcode.NOERROR:
         raise ask.error("update", f"answered {dns.rcode.to_text(rcode)}{_hint(rcode, cfg)}", rcode)
@@ -396,10 +390,28 @@ def _hint(rcode: dns.rcode.Rcode, cfg: DnsConfig) -> str:
 class _Asker:
     """Sends messages to one server and turns every failure into a DnsError naming server and name."""
 
-    def __init__(self, cfg: DnsConfig, where: str, port: int) -> None:
+    def __init__(self, cfg: DnsConfig, where: str, port: int, key: dns.tsig.Key | None = None) -> None:
         self.cfg = cfg
         self.where = where
         self.port = port
+        self.name = dns.name.from_text(cfg.name)
+        self.zone = dns.name.from_text(cfg.zone)
+        self.key = key
+
+    @classmethod
+    async def open(cls, cfg: DnsConfig) -> _Asker:
+        """The server cfg.server names, resolved once, with cfg's name, zone and TSIG key (a bad key
+        file is refused before the server is looked up)."""
+        host, port = parse_server(cfg.server)
+        key = cfg.tsig_key
+        if key is None and cfg.tsig_key_file is not None:
+            key = load_tsig_key(cfg.tsig_key_file)
+        return cls(cfg, await _resolve_server(cfg, host, port), port, key)
+
+    async def send(self, step: str, message: dns.message.Message) -> dns.message.Message:
+        return await self.call(
+            step, dns.asyncquery.tcp(message, self.where, timeout=self.cfg.timeout, port=self.port)
+        )
 
     def error(self, step: str, what: str, rcode: dns.rcode.Rcode | str | None) -> DnsError:
         code = dns.rcode.to_text(rcode) if isinstance(rcode, int) else rcode
@@ -444,9 +456,7 @@ class _Asker:
         rdtype = dns.rdatatype.from_text(rdtype_text)
         query = dns.message.make_query(name, rdtype)
         query.flags &= ~dns.flags.RD
-        response = await self.call(
-            step, dns.asyncquery.tcp(query, self.where, timeout=self.cfg.timeout, port=self.port)
-        )
+        response = await self.send(step, query)
         rcode = response.rcode()
         if rcode == dns.rcode.NXDOMAIN:
             return []
@@ -472,21 +482,14 @@ async def check_switch(cfg: DnsConfig) -> list[str]:
     not exist is in use"): a server that verified the key answers NXDOMAIN and applies nothing; a key
     it does not accept is BADKEY/BADSIG/NOTAUTH (DnsError). Whether the key may update the name is the
     server's policy, checked only after the prerequisites: it cannot be known without an update."""
-    host, port = parse_server(cfg.server)
-    name = dns.name.from_text(cfg.name)
-    zone = dns.name.from_text(cfg.zone)
-    key = cfg.tsig_key
-    if key is None and cfg.tsig_key_file is not None:
-        key = load_tsig_key(cfg.tsig_key_file)
-    where = await _resolve_server(cfg, host, port)
-    ask = _Asker(cfg, where, port)
-    now = await ask.addresses(name, "query")
-    probe = dns.name.from_text(f"etcd-dr-check-{os.urandom(8).hex()}", origin=zone)
-    update = dns.update.UpdateMessage(zone)
+    ask = await _Asker.open(cfg)
+    now = await ask.addresses(ask.name, "query")
+    probe = dns.name.from_text(f"etcd-dr-check-{os.urandom(8).hex()}", origin=ask.zone)
+    update = dns.update.UpdateMessage(ask.zone)
     update.present(probe)
-    if key is not None:
-        update.use_tsig(key)
-    response = await ask.call("key check", dns.asyncquery.tcp(update, where, timeout=cfg.timeout, port=port))
+    if ask.key is not None:
+        update.use_tsig(ask.key)
+    response = await ask.send("key check", update)
     rcode = response.rcode()
     if rcode != dns.rcode.NXDOMAIN:
         raise ask.error(
