@@ -52,6 +52,7 @@ from .types import (
     TxnBatch,
     TxnResult,
     WatchBatch,
+    chunked,
     prefix_range_end,
 )
 from .watch import Watch
@@ -109,6 +110,7 @@ __all__ = [
     "Watch",
     "WatchBatch",
     "WatchCanceled",
+    "chunked",
     "parse_endpoint",
     "parse_endpoints",
     "prefix_range_end",

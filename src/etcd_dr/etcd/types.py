@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ._pb import etcd_dr_v3_pb2 as pb
+
+_I = TypeVar("_I")
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -256,6 +258,24 @@ class Get:
 
 
 Op = Put | Delete | Get
+
+
+def chunked(items: Sequence[_I], max_items: int, max_bytes: int, size: Callable[[_I], int]) -> list[list[_I]]:
+    """Cut `items` into consecutive chunks of at most `max_items` items and `max_bytes` of `size`, one
+    txn's worth each (an item over the byte limit goes alone)."""
+    chunks: list[list[_I]] = []
+    cur: list[_I] = []
+    nbytes = 0
+    for item in items:
+        n = size(item)
+        if cur and (len(cur) >= max_items or nbytes + n > max_bytes):
+            chunks.append(cur)
+            cur, nbytes = [], 0
+        cur.append(item)
+        nbytes += n
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 class TxnBatch:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from itertools import groupby
 
-from ..etcd import EtcdClient, KeyValue, LeaseNotFound, TxnBatch, prefix_range_end
+from ..etcd import EtcdClient, KeyValue, LeaseNotFound, TxnBatch, chunked, prefix_range_end
 from ..state.layout import StateLayout
 from ..state.reader import decode
 from ..state.records import OrderJournal, OrderRecord, encode_key
@@ -115,20 +115,11 @@ async def _layers(client: EtcdClient, name: bytes, recs: Sequence[OrderRecord]) 
 
 def _slices(layers: Sequence[Sequence[KeyValue]]) -> list[list[KeyValue]]:
     """The layers cut to fit one txn each (a layer of many parents in several: they need no order)."""
-    out: list[list[KeyValue]] = []
-    for layer in layers:
-        cur: list[KeyValue] = []
-        size = 0
-        for kv in layer:
-            n = len(kv.key) + len(kv.value)
-            if cur and (len(cur) >= SLICE_KEYS or size + n > SLICE_BYTES):
-                out.append(cur)
-                cur, size = [], 0
-            cur.append(kv)
-            size += n
-        if cur:
-            out.append(cur)
-    return out
+    return [
+        chunk
+        for layer in layers
+        for chunk in chunked(layer, SLICE_KEYS, SLICE_BYTES, lambda kv: len(kv.key) + len(kv.value))
+    ]
 
 
 async def _live(client: EtcdClient, kvs: Sequence[KeyValue]) -> list[KeyValue]:

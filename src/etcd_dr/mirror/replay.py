@@ -36,6 +36,7 @@ from ..etcd import (
     TxnBatch,
     Unavailable,
     WatchBatch,
+    chunked,
 )
 from ..state.records import Checkpoint
 from .catchup import CatchUpConfig, catch_up
@@ -79,19 +80,7 @@ def _op_size(op: DestOp) -> int:
 def chunk_ops(ops: Sequence[DestOp], max_ops: int, max_bytes: int) -> list[list[DestOp]]:
     """Cut ops into consecutive chunks within the op and byte limits (an op over the byte limit goes
     alone: the source accepted it, so a destination with the same limits accepts it too)."""
-    chunks: list[list[DestOp]] = []
-    cur: list[DestOp] = []
-    size = 0
-    for op in ops:
-        n = _op_size(op)
-        if cur and (len(cur) >= max_ops or size + n > max_bytes):
-            chunks.append(cur)
-            cur, size = [], 0
-        cur.append(op)
-        size += n
-    if cur:
-        chunks.append(cur)
-    return chunks
+    return chunked(ops, max_ops, max_bytes, _op_size)
 
 
 def _parse_time(value: bytes) -> float:
