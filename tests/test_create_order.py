@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from itertools import groupby
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.mirroring import connect, dump, pair_config
+from harness.mirroring import connect, dump, pair_config, until
 
 from etcd_dr.etcd import Compare, CompareResult, EtcdClient, Get, Put, prefix_range_end
 from etcd_dr.failover.config import MoveConfig
@@ -165,18 +164,6 @@ def observed_leader(cluster: EtcdCluster) -> str:
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-async def until(cond: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return
-        assert time.monotonic() < deadline, f"not reached in {timeout} s: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def ranked(c: EtcdClient, prefix: bytes) -> list[list[bytes]]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from harness.mirroring import until
 
 from etcd_dr import MirrorConfig
 from etcd_dr.errors import CheckFailed, Refused
@@ -48,14 +48,6 @@ def pair(src: EtcdCluster, dst: EtcdCluster, *, once: bool = False) -> MirrorCon
 
 async def dump(c: EtcdClient, prefix: bytes = APP) -> dict[bytes, bytes]:
     return {kv.key: kv.value for kv in (await c.range(prefix, prefix_range_end(prefix))).kvs}
-
-
-async def until(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 async def test_failover_drill_rpo_fencing_and_failback_report(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from harness.clirun import etcd_dr
-from harness.mirroring import connect, pair_config, running
+from harness.mirroring import connect, pair_config, running, until
 from harness.mirrorproc import MirrorProcess
 from harness.proxy import FaultProxy
 
@@ -56,18 +56,6 @@ async def leased(c: EtcdClient, prefix: bytes = SVC) -> dict[bytes, int]:
         if kv.lease and (await c.lease_time_to_live(kv.lease)).ttl > 0:
             out[kv.key] = kv.lease
     return out
-
-
-async def until(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return
-        assert time.monotonic() < deadline, f"not reached in {timeout} s: {what}"
-        await asyncio.sleep(0.1)
 
 
 async def patroni_like(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from harness.clirun import ERROR_PREFIX, Run, assert_refused, etcd_dr
+from harness.mirroring import until
 from harness.mirrorproc import MirrorProcess
 
 from etcd_dr import MirrorConfig
@@ -63,14 +64,6 @@ async def role_of(cluster: EtcdCluster) -> str:
     async with EtcdClient(ClientConfig.create(cluster.endpoints)) as c:
         role = (await read_role(c, LAYOUT)).role
         return role.describe() if role else "none"
-
-
-async def until(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 def refused_once(run: Run, code: int, *needles: str) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from etcd_dr.config import DEFAULT_STATE_PREFIX, MirrorConfig
@@ -71,3 +72,17 @@ async def running(config: MirrorConfig) -> AsyncIterator[Mirror]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def until(cond: Callable[[], object], timeout: float, what: str) -> None:
+    """Wait until `cond()` (a value, or a coroutine to await) is true; fail naming `what` after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return
+        assert time.monotonic() < deadline, f"not reached in {timeout} s: {what}"
+        await asyncio.sleep(0.05)
