@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from harness.clirun import assert_refused, etcd_dr
 from harness.history import check_exactly_once
-from harness.mirroring import connect, dump, pair_config, running, wait_equal
+from harness.mirroring import connect, dump, pair_config, running, until, wait_equal
 
 from etcd_dr.config import MirrorConfig
 from etcd_dr.etcd import Delete, EtcdClient, Put
@@ -106,7 +106,8 @@ async def test_source_txn_over_the_destination_limit_is_split(
         await s.txn([], [Put(b"/app/copy/%d" % i, bytes([i]) * 1100 * KiB) for i in range(4)])
         async with running(config) as mirror:
             await wait_equal(s, d, b"/app/", timeout=60)
-            assert mirror.stats.phase == "replay"
+            # The copy's keys are on the destination before its closing checkpoint moves it to replay.
+            await until(lambda: mirror.stats.phase == "replay", 30, "the copy's end")
             await s.txn(
                 [],
                 [Put(b"/app/replay/%d" % i, bytes([i]) * 1100 * KiB) for i in range(4)]
