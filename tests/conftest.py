@@ -169,3 +169,37 @@ def etcd_cluster3(etcd_cluster_factory: EtcdClusterFactory) -> EtcdCluster:
 def tls_cluster(etcd_cluster_factory: EtcdClusterFactory) -> EtcdCluster:
     """A single-member cluster with mutual TLS; its client certificate is `tls_cluster.client_tls`."""
     return etcd_cluster_factory(1, tls=True)
+
+
+# ---- a hung test shows what each asyncio task waits on ---------------------------------------------
+
+_DUMP_BEFORE_TIMEOUT = 20.0  # seconds before pytest-timeout fails the test
+
+
+def _dump_tasks() -> None:
+    import asyncio
+    import gc
+
+    from etcd_dr.runner import dump_tasks
+
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.AbstractEventLoop) and obj.is_running():
+            obj.call_soon_threadsafe(dump_tasks)
+
+
+@pytest.fixture(autouse=True)
+def _tasks_dumped_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    import threading
+
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout"))
+    if timeout <= _DUMP_BEFORE_TIMEOUT:
+        yield
+        return
+    timer = threading.Timer(timeout - _DUMP_BEFORE_TIMEOUT, _dump_tasks)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.clirun import ERROR_PREFIX, GRPC_LOG_LINE, assert_refused, etcd_dr_sync, tls_flags
+from harness.mirrorproc import end_process
 
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.local.tls import make_cluster_tls
@@ -88,13 +89,7 @@ def _wait_for(proc: subprocess.Popen[bytes], log: Path, text: str, timeout: floa
 
 
 def _stop(proc: subprocess.Popen[bytes], signum: int) -> int:
-    proc.send_signal(signum)
-    try:
-        return proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return end_process(proc, signum, 60)
 
 
 def test_ctrl_c_stops_the_mirror_with_a_plain_line_and_130(

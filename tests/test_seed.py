@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from harness.mirrorproc import end_process
 from harness.seed import SeedCommand, cfssl_gencert, cfssl_path, seed_commands, write_seed_json
 
 from etcd_dr.local.cluster import EtcdCluster
@@ -120,9 +121,7 @@ def test_seed_procedure_with_etcd_dr(etcd_cluster_factory: Factory, tmp_path: Pa
             time.sleep(0.2)
         assert run_etcdctl(get_standby) == "1\n3\n", log_path.read_text()
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        code = proc.wait(timeout=30)
+        code = end_process(proc, signal.SIGTERM, 30)
     # Stopped by SIGTERM (systemd's stop) is a normal end.
     assert code == 0, log_path.read_text()
     assert "Traceback" not in log_path.read_text()

@@ -333,6 +333,7 @@ def mirror(
     from .readiness import run_for_mirror
 
     mirror.readiness_check = run_for_mirror
+    mirror.cleanup_begins = runner.cleanup_begins
     with contextlib.ExitStack() as stack:
         if config.metrics_addr:
             from .metrics import MetricsServer
@@ -340,7 +341,10 @@ def mirror(
             stack.enter_context(MetricsServer(config.metrics_addr, mirror.stats))
         try:
             # The daemon stops on SIGTERM (exit 0); a one-shot run stopped before its end did not do its job.
-            result = runner.run(with_copy_progress(mirror.stats, mirror.run()), stop_ok=not config.once)
+            # The stop is repeated until the mirror's cleanup begins: grpc can lose a cancel.
+            result = runner.run(
+                with_copy_progress(mirror.stats, mirror.run()), stop_ok=not config.once, repeat_cancel=True
+            )
         except Stopped:
             log.info("stopped at source revision %d applied", mirror.stats.applied_revision)
             raise

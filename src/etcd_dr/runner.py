@@ -4,6 +4,9 @@ SIGINT (Ctrl-C), SIGTERM (systemd stopping a service) and SIGHUP (a closed termi
 coroutine, so that its cleanup runs (the mirror releases its lock at once instead of making a successor
 wait out the lock's TTL; the demo ends every process it started), then `Stopped` is raised: the CLI
 prints "etcd-dr: stopped (SIGINT)" and exits 128 + the signal's number.
+
+SIGUSR1 prints what every task of the run is waiting on to stderr and goes on (like a Go program's
+SIGQUIT dump, without the exit): what to look at when a mirror seems stuck.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import asyncio
 import contextvars
 import logging
 import signal
+import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
 from .errors import Stopped
 
-__all__ = ["SIGNALS", "RunState", "cleanup_begins", "run"]
+__all__ = ["SIGNALS", "RunState", "cleanup_begins", "dump_tasks", "run"]
 
 log = logging.getLogger("etcd_dr")
 
@@ -59,9 +63,9 @@ def run(coro: Coroutine[Any, Any, T], *, stop_ok: bool = False, repeat_cancel: b
 
     `stop_ok` (the mirror daemon): SIGTERM and SIGHUP are its normal end and return None, since an exit
     code other than 0 would show a systemd unit as failed; SIGINT still raises Stopped.
-    `repeat_cancel` (the demo): a cancel can be lost (a library that swallows one as a call completes),
-    so it is repeated every RETRY seconds until the coroutine calls cleanup_begins(); a run that ends
-    anyway after a signal is still Stopped."""
+    `repeat_cancel` (the demo, the mirror): a cancel can be lost (grpc swallows one that arrives as a
+    call starts or completes, see etcd.connection.read_stream), so it is repeated every RETRY seconds
+    until the coroutine calls cleanup_begins(); a run that ends anyway after a signal is still Stopped."""
 
     async def main() -> T | None:
         state = RunState()
@@ -84,6 +88,7 @@ def run(coro: Coroutine[Any, Any, T], *, stop_ok: bool = False, repeat_cancel: b
 
         for sig in SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig.name)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         try:
             result = await task
         except asyncio.CancelledError:
@@ -93,7 +98,7 @@ def run(coro: Coroutine[Any, Any, T], *, stop_ok: bool = False, repeat_cancel: b
             return None
         finally:
             # Ctrl-C goes back to raising KeyboardInterrupt (asyncio.run's own handler was replaced).
-            for sig in SIGNALS:
+            for sig in (*SIGNALS, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
         if repeat_cancel and state.received:  # every cancel was lost, and the run went to its end
             _stopped(state.received[0], stop_ok)
@@ -101,6 +106,15 @@ def run(coro: Coroutine[Any, Any, T], *, stop_ok: bool = False, repeat_cancel: b
         return result
 
     return asyncio.run(main())
+
+
+def dump_tasks() -> None:
+    """Print each task of the running loop with the stack it waits in (SIGUSR1)."""
+    tasks = asyncio.all_tasks()
+    print(f"etcd-dr: {len(tasks)} tasks, each with the stack it waits in:", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(limit=20, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _stopped(name: str, stop_ok: bool) -> None:

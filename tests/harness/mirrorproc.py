@@ -18,6 +18,24 @@ from etcd_dr.local import resources
 from etcd_dr.state.records import REPLAY, Checkpoint
 
 
+def end_process(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Send `signum` and wait `timeout` for the exit code. One that does not end in time is asked with
+    SIGUSR1 to print what each of its tasks waits on (to its own stderr, the test's log of it), then
+    SIGKILLed: the test fails showing where it hung instead of only that it did."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class MirrorProcess:
     """`python -m etcd_dr mirror DEST --endpoints SOURCE *args`, run after `command_prefix` (e.g.
     a site's `ip netns exec NS`, which execs it: the PID is the mirror's)."""
@@ -78,16 +96,9 @@ class MirrorProcess:
         proc = self.process
         if proc is None:
             return 0
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
+        code = await asyncio.to_thread(end_process, proc, signal.SIGTERM, timeout)
         resources.untrack(self)
-        return proc.returncode
+        return code
 
     def kill(self) -> None:
         """SIGKILL and reap (for cleanup paths)."""

@@ -10,7 +10,7 @@ from typing import Any, TypedDict, Unpack
 import grpc
 
 from ._pb import etcd_dr_v3_pb2 as pb
-from .connection import ClientConfig, Connection, closed_under_us
+from .connection import ClientConfig, Connection, closed_under_us, read_stream
 from .endpoints import Endpoint
 from .errors import (
     AuthError,
@@ -615,7 +615,7 @@ class LeaseKeepAlive:
                 await call.write(pb.LeaseKeepAliveRequest(id=lease_id))
             async with asyncio.timeout(self._conn.config.request_timeout):  # not wait_for: see replay
                 for _ in lease_ids:
-                    resp = await call.read()
+                    resp = await read_stream(call)
                     if resp is grpc.aio.EOF:
                         raise EOFError
                     out[resp.id] = max(int(resp.ttl), 0)

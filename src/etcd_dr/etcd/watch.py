@@ -20,7 +20,7 @@ import grpc
 import grpc.aio
 
 from ._pb import etcd_dr_v3_pb2 as pb
-from .connection import Connection, closed_under_us
+from .connection import Connection, closed_under_us, read_stream
 from .endpoints import Endpoint
 from .errors import (
     CompactedError,
@@ -193,20 +193,28 @@ class Watch:
         call = self._call
         if call is None or call.cancelled():
             raise asyncio.InvalidStateError("the watch call was cancelled under us")
-        self._reader = asyncio.current_task()
+        task = asyncio.current_task()
+        assert task is not None
+        self._reader = task
         self._io_seq += 1
         try:
-            return await make()
+            result = await make()
         except asyncio.CancelledError:
             if not self._read_broken:
                 raise
             self._read_broken = False
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            task.uncancel()
+            if task.cancelling():
+                raise  # the task was also cancelled for real: that cancel wins
             raise asyncio.InvalidStateError("the watch call ended under a read or write") from None
         finally:
             self._reader = None
+        if self._read_broken:
+            # The break's cancel was lost inside grpc as the operation completed: take it back, or this
+            # task would count a cancel it never saw (and a later real one would be taken for a break).
+            self._read_broken = False
+            task.uncancel()
+        return result
 
     def _call_ended(self, call: Any) -> None:
         if call is not self._call or self._reader is None or self._closed:
@@ -230,7 +238,7 @@ class Watch:
             try:
                 if self._call is None:
                     await self._open()
-                resp = await self._io(self._call.read)
+                resp = await self._io(functools.partial(read_stream, self._call))
             except grpc.RpcError as e:
                 err = map_grpc_error(
                     e, str(self._conn.endpoint), self._conn.config.role, config=self._conn.config

@@ -79,6 +79,10 @@ class MirrorResult:
 class Mirror(StandbyDuties):
     """Continuous (or, with `once`, one-shot) replication SOURCE -> DEST as configured."""
 
+    # Called where the mirror's cleanup begins (the CLI: runner.cleanup_begins, so that the runner's
+    # repeated cancel, against one grpc lost, stops cutting into the cleanup).
+    cleanup_begins: Callable[[], None] | None = None
+
     def __init__(self, config: MirrorConfig) -> None:
         self.config = config
         self.stats = MirrorStats()
@@ -123,6 +127,8 @@ class Mirror(StandbyDuties):
             try:
                 return await self._loop(source, dest)
             finally:
+                if self.cleanup_begins is not None:
+                    self.cleanup_begins()
                 # Every helper cancelled before any is waited for: a second cancel of this task (the
                 # demo repeats one) ends the waiting early, and a helper not cancelled by then would
                 # run on against the closed clients.
