@@ -35,9 +35,12 @@ async def content(c: EtcdClient) -> dict[bytes, bytes]:
     return {kv.key: kv.value for kv in (await c.range(APP, prefix_range_end(APP))).kvs}
 
 
+@pytest.mark.parametrize("read", ["live", "trailing"])
 async def test_every_sample_of_the_destination_is_an_acknowledged_source_state(
-    etcd_cluster_factory: Callable[..., EtcdCluster], tmp_path: Path
+    etcd_cluster_factory: Callable[..., EtcdCluster], tmp_path: Path, read: str
 ) -> None:
+    """`trailing`: the replay reads the source in windows behind its head from the start (--trail 0/0,
+    mirror/feed.py), each window resumed from the last delivered revision, through the same faults."""
     src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
     rng = random.Random(8)
     with FaultProxy.to(src.endpoints[0]) as src_proxy, FaultProxy.to(dst.endpoints[0]) as dst_proxy:
@@ -57,6 +60,7 @@ async def test_every_sample_of_the_destination_is_an_acknowledged_source_state(
             cmd = [
                 sys.executable, "-m", "etcd_dr", "mirror", dst_proxy.url(), "--endpoints", src_proxy.url(),
                 "--prefix", APP.decode(), "--lock-ttl", "1", "--max-txn-ops", "8",
+                *(["--trail", "0/0"] if read == "trailing" else []),
             ]  # fmt: skip
             with log_path.open("wb") as log:
                 proc = await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=log)
@@ -96,6 +100,7 @@ async def test_every_sample_of_the_destination_is_an_acknowledged_source_state(
             report = await check_exactly_once(s, d, MAPPER, key)
             assert report.replay_txns > 0 and report.copies >= 1
             assert "Traceback" not in log_path.read_text()
+            assert ("reading the source in windows" in log_path.read_text()) == (read == "trailing")
 
 
 async def test_the_checkers_catch_a_wrong_destination(

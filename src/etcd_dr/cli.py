@@ -270,6 +270,7 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
 @click.option(
     "--catch-up", "catch_up", default=None, hidden=True, help="WATCHERS/SLICE/THRESHOLD (tests, bench)."
 )
+@click.option("--trail", default=None, hidden=True, help="ABOVE/BELOW revisions/s, or off (tests, bench).")
 def mirror(
     pair: PairOptions,
     max_txn_ops: int | None,
@@ -292,12 +293,15 @@ def mirror(
     fence_standby: bool,
     heartbeat_interval: str,
     catch_up: str | None,
+    trail: str | None,
 ) -> None:
     """Continuously mirror SOURCE (--endpoints) into DEST, exactly once, resumable."""
     from .mirror import Mirror
     from .mirror.catchup import CatchUpConfig
+    from .mirror.feed import TrailConfig
 
     catchup = CatchUpConfig.parse(catch_up) if catch_up else CatchUpConfig()
+    trailing = TrailConfig.parse(trail) if trail else TrailConfig()
 
     config = pair.config(
         max_txn_ops=max_txn_ops,
@@ -326,6 +330,8 @@ def mirror(
         catchup_watchers=catchup.watchers,
         catchup_slice=catchup.slice_revisions,
         catchup_threshold=catchup.threshold,
+        trail_above=trailing.above,
+        trail_below=trailing.below,
     )
     from .progress import with_copy_progress
 

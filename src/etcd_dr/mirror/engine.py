@@ -41,6 +41,7 @@ from ..state.roles import RoleState, claim_standby
 from .background import follow_compaction, heartbeats, status_lines
 from .catchup import CatchUpConfig
 from .checkpoint import SourceRate
+from .feed import TrailConfig
 from .keys import KeyMapper
 from .leases import LeaseMirror
 from .limits import TxnLimits, learn
@@ -416,6 +417,7 @@ class Mirror(StandbyDuties):
             catchup=CatchUpConfig(
                 self.config.catchup_watchers, self.config.catchup_slice, self.config.catchup_threshold
             ),
+            trail=TrailConfig(self.config.trail_above, self.config.trail_below),
         )
         return await replayer.run()
 

@@ -41,6 +41,7 @@ from ..etcd import (
 from ..state.records import Checkpoint
 from .catchup import CatchUpConfig, catch_up
 from .checkpoint import SourceRate
+from .feed import SourceFeed, TrailConfig
 from .keys import ALL_KEYS
 from .order import joins, parent
 from .writer import DestWriter
@@ -108,6 +109,7 @@ class Replayer:
         source_rate: SourceRate | None = None,
         source_endpoints: str = "",
         catchup: CatchUpConfig | None = None,
+        trail: TrailConfig | None = None,
     ) -> None:
         self._source = source
         self._writer = writer
@@ -132,6 +134,7 @@ class Replayer:
         self._interval = checkpoint_interval
         self._retry_for = retry_for
         self._catchup = catchup
+        self._trail = trail
         # Revisions read and not yet applied, in order; the reader appends, the applier takes.
         self._pending: deque[SourceRevision] = deque()
         self._pending_ops = 0  # ops (counting a revision with none as one) and bytes in _pending
@@ -142,6 +145,7 @@ class Replayer:
         self._room = asyncio.Event()  # set while the backlog is under its bounds
         self._room.set()
         self._read_error: BaseException | None = None
+        self.feed: SourceFeed | None = None  # the live read of the source, once the catch-up is done
         # The deletes of the source revision in the group being applied that deletes the most: the
         # mass-delete guard judges source requests (a prefix delete, a txn), not the destination's
         # txns, whose size follows how far behind the mirror is.
@@ -193,9 +197,9 @@ class Replayer:
             self._read_error = e
             self._arrived.set()
             return
-        watch = self._source.watch(*ALL_KEYS, start_revision=start, retry_for=self._retry_for)
+        self.feed = feed = SourceFeed(self._source, start, retry_for=self._retry_for, trail=self._trail)
         try:
-            async for batch in watch:
+            async for batch in feed:
                 self._last_batch = time.monotonic()
                 if batch.events:
                     self._stats.received(batch.events[-1].kv.mod_revision)
@@ -207,7 +211,7 @@ class Replayer:
             self._read_error = e
             self._arrived.set()
         finally:
-            await watch.close()
+            await feed.close()
 
     async def _catch_up(self, start: int) -> int:
         """While the source's head is far ahead of `start`, read up to it through several watches
