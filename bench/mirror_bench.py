@@ -46,6 +46,7 @@ import os
 import platform
 import random
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -384,6 +385,7 @@ class Tools:
     storage: Storage = field(default_factory=Storage)
     quiet_wait: bool = True
     runs: int = 0
+    mirror_args: tuple[str, ...] = ()  # --etcd-dr-args: more flags for every `etcd-dr mirror`
 
     def make_mirror(self, tag: str, src: str, dest: str) -> Proc:
         self.runs += 1
@@ -396,7 +398,7 @@ class Tools:
 
     def mirror(self, tag: str, src: str, dest: str, *, once: bool) -> Proc:
         self.runs += 1
-        argv = [*self.etcd_dr.argv, "mirror", dest, "--endpoints", src]
+        argv = [*self.etcd_dr.argv, "mirror", dest, "--endpoints", src, *self.mirror_args]
         if once:
             argv.append("--once")
         return Proc(f"{self.runs:02d}-{tag}-etcd-dr", argv, child_env(self.etcd_dr.env), self.log_dir)
@@ -1553,7 +1555,16 @@ async def run(args: argparse.Namespace, storage: Storage) -> int:
             say(f"  {k:<9} {v}")
         log_dir = Path(args.keep_logs) if args.keep_logs else Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
-        tools = Tools(bins, log_dir, etcd_dr, storage, quiet_wait=not args.no_quiet_wait)
+        tools = Tools(
+            bins,
+            log_dir,
+            etcd_dr,
+            storage,
+            quiet_wait=not args.no_quiet_wait,
+            mirror_args=tuple(shlex.split(args.etcd_dr_args)),
+        )
+        if tools.mirror_args:
+            say(f"  etcd-dr   mirror run with {shlex.join(tools.mirror_args)} (--etcd-dr-args)")
         for name in only:
             done: list[list[Row]] = []
             for i in range(args.repeat):
@@ -1645,6 +1656,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--etcd-dr-rev",
         metavar="REV",
         help="measure etcd-dr as of this git revision (exported from git) instead of the working tree",
+    )
+    p.add_argument(
+        "--etcd-dr-args",
+        metavar="ARGS",
+        default="",
+        help='more flags for every `etcd-dr mirror`, e.g. "--trail off" (the replay\'s live read only)',
     )
     p.add_argument(
         "--data-dir",
