@@ -18,6 +18,7 @@ own rule), so nothing is lost or read twice across a switch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -35,6 +36,9 @@ TRAIL_ABOVE = 1000.0
 TRAIL_BELOW = 250.0
 # Seconds over which the rate is measured.
 RATE_EVERY = 1.0
+# Seconds between a window closed at the head and the next one: a watch opened before the source's next
+# revision is in step with it, and would be fed live, one response per revision.
+TRAIL_PAUSE = 0.01
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class SourceFeed:
 
     async def __anext__(self) -> WatchBatch:
         if self._watch is None:
+            if self.trailing and TRAIL_PAUSE:
+                await asyncio.sleep(TRAIL_PAUSE)
             self._watch = self._source.watch(*ALL_KEYS, start_revision=self._next, retry_for=self._retry_for)
             self.windows += self.trailing
         batch = await anext(self._watch)
