@@ -15,6 +15,7 @@ from harness.mirroring import connect, pair_config
 from etcd_dr.local.cluster import EtcdCluster
 from etcd_dr.mirror import Mirror
 from etcd_dr.state import StateLayout
+from etcd_dr.state.roles import read_role
 
 Factory = Callable[..., EtcdCluster]
 LAYOUT = StateLayout(b"/etcd-dr/")
@@ -39,12 +40,12 @@ RECORDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     # the promotion that creates those keys again in order.
     "order": (
         "b",
-        ("status", "verify", "failover"),
+        ("status", "verify", "switchover", "failover"),
         "order record (the source's create order of keys written tied)",
     ),
     "order journal": (
         "b",
-        ("failover",),
+        ("switchover", "failover"),
         "order journal (keys a promotion deleted to create them again)",
     ),
     # The history of moves shown by status: a damaged entry is not skipped (it may be the move looked for).
@@ -118,6 +119,21 @@ async def test_failback_on_a_broken_fence_record(etcd_cluster_factory: Factory) 
     async with connect(a) as ca:
         await ca.put(LAYOUT.fence, garbage())
     await assert_names_the_record(argv("failback", a, b), "failback", LAYOUT.fence, "fence record", a)
+
+
+@pytest.mark.parametrize("record", ["order", "order journal"])
+async def test_a_damaged_order_record_stops_a_move_before_the_promotion(
+    etcd_cluster_factory: Factory, record: str
+) -> None:
+    """The promotion re-creates the keys the order records name: a record it cannot read must stop the
+    move while the standby is still a standby, not leave it promoted with half the move done."""
+    a, b = etcd_cluster_factory(name="a"), etcd_cluster_factory(name="b")
+    key = await mirrored_then_broken(a, b, record, "b")
+    for command in ("switchover", "failover"):
+        await assert_names_the_record(argv(command, a, b), command, key, RECORDS[record][2], b)
+        async with connect(b) as cb:
+            role = (await read_role(cb, LAYOUT)).role
+        assert role is not None and not role.is_primary, (command, role)
 
 
 def garbage() -> bytes:

@@ -26,7 +26,7 @@ from ..state.roles import PRIMARY, Role, write_role
 from .config import MoveConfig
 from .plan import MovePlan, Rpo, mirror_holders, old_mirror_lines, plan_move, run_move
 from .policy import guard_max_rpo, move_record, record_move
-from .reorder import recreate_in_order
+from .reorder import read_order_records, recreate_in_order
 from .revision import mark_compacted, raise_revision
 from .sites import (
     Site,
@@ -103,6 +103,7 @@ async def _failover(cfg: MoveConfig, plan: MovePlan | None) -> FailoverResult | 
     t0 = time.monotonic()
     async with EtcdClient(pair.dest) as s_client:
         standby = await open_site(s_client, pair.dest, layout)
+        await read_order_records(s_client, layout)  # a damaged one stops the move here, not after it
         role = standby.role.role
         if role is not None and role.is_primary:
             log.info(

@@ -33,16 +33,24 @@ SLICE_KEYS = 50  # keys deleted (and put back) per txn, under etcd's default --m
 SLICE_BYTES = 512 * 1024
 
 
+async def read_order_records(client: EtcdClient, layout: StateLayout) -> list[OrderRecord]:
+    """The order records and the order journal of a site, each decoded: a damaged one raises the reader's
+    error (exit 2 naming the key). The moves call it before they change anything, so that a record
+    they could not use stops them before the promotion, not after."""
+    kv = await client.get(layout.order_journal)
+    if kv is not None:
+        decode("order journal", kv.key, kv.value, client, OrderJournal.decode)
+    found = (await client.range(layout.order_records, prefix_range_end(layout.order_records))).kvs
+    return [decode("order", kv.key, kv.value, client, OrderRecord.decode) for kv in found]
+
+
 async def recreate_in_order(client: EtcdClient, layout: StateLayout, where: str) -> int:
     """Create the keys the order records name again in their source order; remove the records.
     Returns how many keys were created again (0: no records)."""
     await _put_back_journal(client, layout)
-    start = layout.order_records
-    end = prefix_range_end(start)
-    found = (await client.range(start, end)).kvs
-    if not found:
+    records = await read_order_records(client, layout)
+    if not records:
         return 0
-    records = [decode("order", kv.key, kv.value, client, OrderRecord.decode) for kv in found]
     by_parent: dict[bytes, list[OrderRecord]] = {}
     for r in records:
         by_parent.setdefault(r.parent, []).append(r)
@@ -69,7 +77,7 @@ async def recreate_in_order(client: EtcdClient, layout: StateLayout, where: str)
         except LeaseNotFound:  # a lease ended meanwhile: its keys are not put back (etcd deleted them)
             await client.txn_batch([], _step(layout, await _live(client, prev), piece))
         prev = piece
-    await client.delete_range(start, end)
+    await client.delete_range(layout.order_records, prefix_range_end(layout.order_records))
     return total
 
 

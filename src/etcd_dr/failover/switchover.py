@@ -30,7 +30,7 @@ from ..verify import verify
 from .config import MoveConfig
 from .plan import MovePlan, mirror_holders, old_mirror_lines, plan_move, run_move
 from .policy import guard_max_rpo, move_record, record_move
-from .reorder import recreate_in_order
+from .reorder import read_order_records, recreate_in_order
 from .revision import mark_compacted, raise_revision
 from .sites import (
     Site,
@@ -100,6 +100,7 @@ async def _switchover(cfg: MoveConfig, plan: MovePlan | None) -> SwitchoverResul
     t0 = time.monotonic()
     async with open_pair(pair) as (primary, standby):
         p_client, s_client = primary.client, standby.client
+        await read_order_records(s_client, layout)  # a damaged one stops the move here, not after it
         s_role, p_role = standby.role.role, primary.role.role
         if s_role is not None and s_role.is_primary and s_role.peer_cluster_id == primary.id:
             if p_role is not None and p_role.is_primary and p_role.epoch >= s_role.epoch:
