@@ -323,6 +323,10 @@ def test_mirror_flags_follow_the_topology() -> None:
         "--prefix", "/a/", "--dest-prefix", "/b/", "--exclude", "/a/x", "--state-prefix", "/etcd-dr/",
         *metrics, "--max-txn-ops", "64",
     ]  # fmt: skip
+    assert argv(ordered_prefix=["/election/", "/locks/"]) == [
+        "--ordered-prefix", "/election/", "--ordered-prefix", "/locks/",
+        "--state-prefix", "/etcd-dr/", *metrics,
+    ]  # fmt: skip
     # The topology's own --metrics-addr replaces the default (twice would be refused); null turns it off.
     assert argv(extra_args=["--metrics-addr=0.0.0.0:1"]) == [
         "--state-prefix",

@@ -357,6 +357,7 @@ def mirror_argv(topology: Topology, host: str | None = None) -> list[str]:
         prefix=prefix,
         dest_prefix=dest_prefix,
         excludes=tuple(e.encode("utf-8", "surrogateescape") for e in m.exclude),
+        ordered_prefixes=tuple(o.encode("utf-8", "surrogateescape") for o in m.ordered_prefix),
         state_prefix=m.state_prefix.encode("utf-8", "surrogateescape"),
         metrics_addr=addr,
     )
@@ -397,7 +398,16 @@ def _mirror_unit_text(topology: Topology, source: str, host: str) -> str:
     groups += [
         i
         for i, a in enumerate(argv)
-        if a in ("--cacert", "--dest-cacert", "--prefix", "--exclude", "--state-prefix", "--metrics-addr")
+        if a
+        in (
+            "--cacert",
+            "--dest-cacert",
+            "--prefix",
+            "--exclude",
+            "--ordered-prefix",
+            "--state-prefix",
+            "--metrics-addr",
+        )
     ]
     if topology.mirror.extra_args:
         groups.append(len(argv) - len(topology.mirror.extra_args))

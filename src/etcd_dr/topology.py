@@ -333,6 +333,9 @@ class MirrorSettings(_Model):
     dest_prefix: str | None = None
     state_prefix: Annotated[str, Field(min_length=1)] = "/etcd-dr/"
     exclude: list[Annotated[str, Field(min_length=1)]] = []
+    # Prefixes whose unleased keys keep the source's create order among siblings (--ordered-prefix:
+    # locks and elections of etcd's recipes without a lease); leased keys always do.
+    ordered_prefix: list[Annotated[str, Field(min_length=1)]] = []
     etcd_dr_binary: AbsPath = "/usr/local/bin/etcd-dr"
     # More `etcd-dr mirror` arguments, appended as given (e.g. ["--max-txn-ops", "256"]).
     extra_args: list[str] = []
