@@ -30,6 +30,7 @@ CONNECT = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0
     [
         (CONNECT + "tcp handshaker shutdown", True),
         (CONNECT + "Handshake read failed (Endpoint closing)", True),
+        (CONNECT + "Handshake write failed", True),
         (CONNECT + "Failed to connect to remote host: Connection refused", True),
         ("Socket closed", False),
     ],

@@ -151,8 +151,9 @@ def _unavailable(f: Failure) -> EtcdError:
     # host gone), before any TLS was spoken: a transient fault, not a TLS one.
     tcp_connect = "tcp handshaker" in f.low
     # "Handshake read failed (Endpoint closing)": the server closed the connection in the middle
-    # of the TLS handshake (it is stopping or restarting), not a certificate problem.
-    closing = "endpoint closing" in f.low
+    # of the TLS handshake (it is stopping or restarting), not a certificate problem; "Handshake write
+    # failed": the connection broke while we sent our part (seen under load in a demo's restart).
+    closing = "endpoint closing" in f.low or "handshake write failed" in f.low
     if any(h in f.low for h in _TLS_HINTS) and not tcp_connect and not closing:
         return TLSError(
             f"{f.where}: TLS handshake failed{_tls_hint(f.low, f.config)}: {_short(f.details)}",
@@ -281,8 +282,8 @@ def _short(details: str) -> str:
         return "cannot connect (connection refused)"
     if "tcp handshaker" in low:
         return "cannot connect (no answer)"
-    if "endpoint closing" in low:
-        return "the server closed the connection during the TLS handshake"
+    if "endpoint closing" in low or "handshake write failed" in low:
+        return "the connection was closed during the TLS handshake"
     if "socket closed" in low or "connection reset" in low:
         return "the connection was closed"
     if "hostname verification" in low:
