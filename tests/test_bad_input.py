@@ -269,6 +269,10 @@ CASES: dict[str, Case] = {
     ),
     "max-txn-ops-0": lambda x: (["mirror", *x.d, *x.s, "--max-txn-ops", "0"], ["--max-txn-ops 0"]),
     "inflight-0": lambda x: (["mirror", *x.d, *x.s, "--inflight", "0", "--once"], ["--inflight"]),
+    "reason-without-take-over": lambda x: (
+        ["mirror", *x.d, *x.s, "--reason", "why", "--once"],
+        ["--reason", "--take-over"],
+    ),
     "max-delete-ratio-2": lambda x: (
         ["mirror", *x.d, *x.s, "--max-delete-ratio", "2"],
         ["--max-delete-ratio"],

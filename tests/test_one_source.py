@@ -67,7 +67,9 @@ async def test_second_source_refused_then_taken_over_and_recorded(etcd_cluster_f
         assert code == 0, err
         assert (await cc.get(b"/other/x")) is not None
 
-        code, err = await mirror_cli(c, b, "--prefix", "/registry/", "--take-over")
+        code, err = await mirror_cli(
+            c, b, "--prefix", "/registry/", "--take-over", "--reason", "site A retired"
+        )
         assert code == 0, err
         assert "take-over" in err and a_id in err  # logged, naming what was replaced
         assert await dump(cc, b"/registry/") == await dump(cb, b"/registry/")
@@ -79,6 +81,7 @@ async def test_second_source_refused_then_taken_over_and_recorded(etcd_cluster_f
         move = events[0].move  # a move in `etcd-dr history`: who, from where, to where
         assert move is not None and move.result == "ok" and move.user and move.host
         assert move.source == f"cluster {a_id}" and move.rpo_revision == a_rev
+        assert move.reason == "site A retired"
         role = (await read_role(cc, LAYOUT)).role
         assert role is not None and f"{role.peer_cluster_id:x}" == b_id and role.via == "take-over"
         shown = await etcd_dr(

@@ -222,6 +222,7 @@ def cli(log_level: str, log_format: str, log_repeat_interval: float) -> None:
     is_flag=True,
     help="Replace the (stopped) mirror of another source cluster into this range; recorded.",
 )
+@click.option("--reason", default=None, help="With --take-over: why, kept in its record (etcd-dr history).")
 @click.option("--metrics-addr", default=None, help="Serve Prometheus /metrics and /healthz on HOST:PORT.")
 @click.option(
     "--verify-every",
@@ -284,6 +285,7 @@ def mirror(
     lock_ttl: int,
     allow_mass_delete: bool,
     take_over: bool,
+    reason: str | None,
     metrics_addr: str | None,
     verify_every: str,
     check_every: str,
@@ -314,6 +316,7 @@ def mirror(
         max_delete_ratio=max_delete_ratio,
         allow_mass_delete=allow_mass_delete,
         take_over=take_over,
+        take_over_reason=reason,
         lock_ttl=lock_ttl,
         metrics_addr=metrics_addr,
         verify_every=None

@@ -94,6 +94,7 @@ class MirrorConfig:
     # Replace the mirror of another source cluster into an overlapping destination range (stopped
     # first), instead of refusing: one standby range has one source.
     take_over: bool = False
+    take_over_reason: str | None = None  # --reason: kept in the take-over's record
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -109,6 +110,8 @@ class MirrorConfig:
             raise UsageError(f"--foreign-writes {self.foreign_writes!r}: expected restore, report or ignore")
         if self.ordered_copy_time < 0:
             raise UsageError(f"--ordered-copy-time {self.ordered_copy_time:g}: must not be negative")
+        if self.take_over_reason is not None and not self.take_over:
+            raise UsageError("--reason is only for --take-over (the one move a mirror makes)")
         if self.inflight < 1:
             raise UsageError("--inflight must be at least 1")
         if self.catchup_watchers < 1 or self.catchup_slice < 1 or self.catchup_threshold < 0:

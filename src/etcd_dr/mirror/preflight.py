@@ -39,6 +39,7 @@ async def preflight(
         dest_prefix=mapper.dest_prefix,
         dest_text=config.dest.endpoints_text,
         take_over=config.take_over,
+        reason=config.take_over_reason,
     )
     log.info(
         "source %s (cluster %x, etcd %s, revision %d) -> destination %s (cluster %x, etcd %s); "

@@ -85,9 +85,10 @@ async def guard_one_source(
     dest_prefix: bytes,
     dest_text: str,
     take_over: bool,
+    reason: str | None = None,
 ) -> None:
     """Refuse (Refused, exit 2) when the destination range has another source's checkpoint; with
-    `take_over`, remove that other mirror's state instead, record it and go on."""
+    `take_over`, remove that other mirror's state instead, record it (with `reason`) and go on."""
     others = await foreign_checkpoints(dest, layout, source_id, key_range(dest_prefix))
     if not others:
         return
@@ -145,6 +146,7 @@ async def guard_one_source(
             result="ok",
             user=user,
             host=host,
+            reason=reason or "",
             rpo_revision=other.record.revision,
         )
         await record_event(
