@@ -266,7 +266,9 @@ async def check_against_acks(
         for kv in (await dest.range(key, end, revision=dest_rev)).kvs
         if not mapper.dest_is_protected(kv.key)
     }
-    doubtful = [op for ops in workload.uncertain for op in ops]
+    # Read after the destination: an answer that arrived meanwhile is in `acked`; one still on its way is
+    # `in_flight`, and the sample may hold it or not (the mirror can apply it before we hear the answer).
+    doubtful = [op for ops in [*workload.uncertain, workload.in_flight] for op in ops]
 
     def certain(source_key: bytes) -> bool:
         return not any(

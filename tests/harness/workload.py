@@ -29,6 +29,9 @@ class Workload:
     # unknown (an error): the log a Jepsen-style checker holds the destination to.
     acked: list[Acked] = field(default_factory=list)
     uncertain: list[list[Put | Delete]] = field(default_factory=list)
+    # The request sent and not answered yet: a mirror can apply it before its answer reaches us, so a
+    # sample taken meanwhile may or may not hold it (the checkers leave its keys out, as uncertain ones).
+    in_flight: list[Put | Delete] = field(default_factory=list)
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -58,11 +61,14 @@ class Workload:
             ops = [Put(k, self._value()) if self.rng.random() < 0.7 else Delete(k) for k in sorted(keys)]
         else:
             ops = [Put(self.outside + b"k%03d" % self.rng.randrange(50), self._value())]
+        self.in_flight = ops
         try:
             revision = await self._send(ops)
         except EtcdError:
             self.uncertain.append(ops)  # maybe applied, maybe not: the checkers leave these keys out
             raise
+        finally:
+            self.in_flight = []
         self.acked.append(Acked(revision, tuple(ops)))
         self.ops += 1
 
