@@ -88,3 +88,31 @@ async def test_a_copy_connection_cut_mid_request_ends_in_an_exact_copy(
             assert await dump(d, PREFIX) == await dump(s, PREFIX)
             # The copy failed with the cut and was done again from its SYNC checkpoint.
             assert "an earlier copy did not finish" in caplog.text
+
+
+async def test_the_copys_connections_use_the_destinations_tls_and_auth_token(
+    etcd_cluster_factory: Factory,
+) -> None:
+    """Into a destination with mutual TLS and auth on: the copy's other connections dial with the same
+    TLS material and send the token of the mirror's own connection."""
+    src = etcd_cluster_factory(name="src")
+    dst = etcd_cluster_factory(name="dst", tls=True, auth=("root", "rootpw"))
+    files = dst.client_tls
+    assert files is not None
+    with FaultProxy.to(dst.endpoints[0]) as far:
+        dest = ClientConfig.create(
+            far.url("https"),
+            cacert=files.cacert,
+            cert=files.cert,
+            key=files.key,
+            user="root",
+            password="rootpw",
+            role="destination",
+            flag_prefix="dest-",
+        )
+        async with connect(src) as s:
+            await fill(s, KEYS)
+            await Mirror(replace(pair_config(src, src, prefix=PREFIX, once=True), dest=dest)).run()
+            async with EtcdClient(dest) as d:
+                assert await dump(d, PREFIX) == await dump(s, PREFIX)
+        assert len([n for n in far.sent_per_connection if n >= TXN_BYTES]) >= COPY_CONNECTIONS
