@@ -255,8 +255,8 @@ class Connection:
         material and auth token: a channel (TCP connection, HTTP/2 flow-control windows) of its own."""
         # Its connection attempt may take dial_timeout: grpc ends an attempt after
         # max(backoff, min_reconnect_backoff_ms), and the 100 ms we set for quick reconnects is less
-        # than a far link's handshakes take (measured at 100 ms: every first attempt timed out before
-        # the server's SETTINGS frame arrived).
+        # than a far link's handshakes can take (measured at 100 ms: first attempts ended "timed out
+        # before receiving SETTINGS frame", each costing a retry after a backoff).
         patient = (("grpc.min_reconnect_backoff_ms", int(self.config.dial_timeout * 1000)),)
         config = replace(self.config, extra_options=(*self.config.extra_options, *patient))
         other = Connection(config, self._credentials)

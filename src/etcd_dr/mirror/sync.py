@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..aio import cancel_and_wait
 from ..errors import Fenced
 from ..etcd import Compare, Delete, EtcdClient, KeyValueLike, Put, TxnBatch, prefix_range_end
 from ..state.records import OrderRecord, encode_key
@@ -438,6 +439,7 @@ async def _diff_sync(
     resync: bool,
     guard_deletes: Callable[[int, int, int], None] | None,
 ) -> SyncResult:
+    """diff_sync's work, through `pipeline` (whose connections diff_sync closes)."""
     dest, mapper, leases, guard = writer.dest, writer.mapper, writer.leases, pipeline.guard
     rule = writer.order
     ordered: list[OrderedKey] = []
@@ -448,10 +450,12 @@ async def _diff_sync(
     # The destination is read at one revision too, so the comparison is against a consistent view; the
     # pair's order records are counted in the same round trip (none, and none to write: no step at
     # the end). Only a copy of this pair writes them, and no other can while our SYNC checkpoint holds.
-    counted, records = await asyncio.gather(
-        dest.range(dst_key, dst_end, count_only=True), _count_order_records(writer)
-    )
-    dest_rev = counted.header.revision
+    records = asyncio.ensure_future(_count_order_records(writer))
+    try:
+        dest_rev = (await dest.range(dst_key, dst_end, count_only=True)).header.revision
+        had_records = await records
+    finally:
+        await cancel_and_wait(records)  # the count's failure raised above; this ends it on ours
     diffs = diff_ranges(
         source,
         dest,
@@ -560,7 +564,7 @@ async def _diff_sync(
                 pipeline, writer, guard, ordered
             )
         await pipeline.close()
-        if kept or records:
+        if kept or had_records:
             await _write_order_records(writer, guard, kept)
         result.kept_as_data = sum(len(g) for _, groups in kept for g in groups)
     except BaseException:
