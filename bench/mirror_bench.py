@@ -21,6 +21,9 @@ with our own client, and ends every process it started (by PID, in `finally`). S
             the writer's top rate (64 in flight): lag at load end and apply rate, etcd-dr against a
             destination configured as `render` configures it (max-txn-ops 4096, max-request-bytes
             10 MiB) and with etcd's default limits; make-mirror capped and extrapolated
+  farcopy   the far scenario's copy alone: etcd-dr's copy of 10,000 keys over 30 and 100 ms into a
+            destination configured as `render` configures it (no make-mirror, no replay): a quick
+            before/after of the copy (its make-mirror baseline is the far scenario's)
   alongside loopback, both mirrors running at once from one source into two destinations, 20,000
             writes (64 in flight): each tool's lag at load end and CPU per replayed revision
   catchup   `mirror --once` from a checkpoint 60,000 single-key revisions behind the head, through
@@ -85,7 +88,7 @@ STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 READY_TIMEOUT = 60.0  # a mirror must have copied the one-key source by then
 DELAY_ONE_WAY = 0.015  # the distance scenario's proxy delay (30 ms round trip)
 
-SCENARIOS = ("copy", "replay", "rss", "distance", "far", "alongside", "leased", "catchup")
+SCENARIOS = ("copy", "replay", "rss", "distance", "far", "farcopy", "alongside", "leased", "catchup")
 
 
 class BenchError(RuntimeError):
@@ -623,6 +626,9 @@ class CopyRun:
     peak_rss_mb: float
     cpu_seconds: float
     engine_seconds: float | None = None  # etcd-dr's own "copy: done ... in X s"
+    # etcd-dr's whole copy, its checkpoints included, from its log's time stamps (ms): from "copying
+    # the source at one revision" to "copy: done"
+    copy_span: float | None = None
     other_cores: float = 0.0  # CPU the rest of the machine used meanwhile (see OtherLoad)
     checked: str = ""
 
@@ -688,6 +694,7 @@ async def copy_with_etcd_dr(tools: Tools, tag: str, pair: Pair, dest: str, n: in
     finally:
         await proc.stop()
     run = CopyRun(elapsed, n, False, proc.peak_rss_mb, proc.cpu_seconds(), engine_copy_seconds(proc))
+    run.copy_span = log_span(proc, "copying the source at one revision", "copy: done at revision")
     run.other_cores = other_cores
     run.checked = await check_copy(pair.dst_client, DATA, n)
     return run
@@ -1277,6 +1284,48 @@ async def scenario_far(tools: Tools, sizes: Sizes, res: Results) -> None:
     res.details["far"] = details
 
 
+async def scenario_farcopy(tools: Tools, sizes: Sizes, res: Results) -> None:
+    """etcd-dr's copy of the far scenario alone (rendered destination), end to end and in the engine."""
+    n = sizes.distance_keys
+    details: dict[str, Any] = {}
+    for rtt in FAR_RTTS_MS:
+        one_way = rtt / 2000
+        say(f"\n== farcopy: {rtt} ms round trip to the destination ({one_way * 1000:.0f} ms each way)")
+        async with fresh_pair(tools, f"farcopy{rtt}", dst_args=RENDERED_DEST) as pair:
+            await load_keys(pair.src_client, DATA, n, batch=100, inflight=8)
+            with delay_proxy(pair.dst_addr, one_way) as proxy:
+                run = await copy_with_etcd_dr(
+                    tools, f"farcopy{rtt}", pair, proxy.address, n, sizes.dr_timeout
+                )
+        say(describe_copy("etcd-dr", run, n))
+        say(f"  the whole copy with its checkpoints (log time stamps): {run.copy_span or 0:.3f} s")
+        engine = n / run.engine_seconds if run.engine_seconds else None
+        res.rows.append(
+            Row(
+                "farcopy",
+                f"{rtt} ms: {n // 1000}k keys copy rate, end to end",
+                "keys/s",
+                None,
+                run.rate,
+                "higher",
+            )
+        )
+        res.rows.append(
+            Row("farcopy", f"{rtt} ms: {n // 1000}k keys copy rate, engine", "keys/s", None, engine, "higher")
+        )
+        res.rows.append(
+            Row(
+                "farcopy",
+                f"{rtt} ms: {n // 1000}k keys, whole copy with checkpoints",
+                "s",
+                None,
+                run.copy_span,
+            )
+        )
+        details[f"{rtt}ms"] = asdict(run)
+    res.details["farcopy"] = details
+
+
 async def scenario_alongside(tools: Tools, sizes: Sizes, res: Results) -> None:
     """Both mirrors at once from one source (each into its own destination), on the same cores: the
     replay's CPU per revision is what limits it then."""
@@ -1486,6 +1535,7 @@ RUNNERS = {
     "rss": scenario_rss,
     "distance": scenario_distance,
     "far": scenario_far,
+    "farcopy": scenario_farcopy,
     "alongside": scenario_alongside,
     "catchup": scenario_catchup,
 }

@@ -49,6 +49,7 @@ class _Connection:
     def __init__(self, client: asyncio.StreamWriter) -> None:
         self.client = client
         self.upstream: asyncio.StreamWriter | None = None
+        self.sent = 0  # bytes delivered from the client to the target
 
     def abort(self) -> None:
         _abort(self.client)
@@ -74,6 +75,9 @@ class FaultProxy:
         self._refuse = False
         self._bytes = 0
         self._conns: set[_Connection] = set()
+        self._accepted: list[_Connection] = []  # every connection so far, in the order accepted
+        self._cut_at: tuple[int, int] | None = None  # (connection index, bytes): see cut_when_sent
+        self.cut_done = threading.Event()
         self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="FaultProxy", daemon=True)
@@ -114,6 +118,23 @@ class FaultProxy:
     def connections(self) -> int:
         """Connections currently open through the proxy."""
         return len(self._conns)
+
+    @property
+    def sent_per_connection(self) -> list[int]:
+        """Bytes delivered from the client to the target on each connection accepted so far, in the
+        order they were accepted (closed ones included)."""
+        return [c.sent for c in self._accepted]
+
+    def cut_connection(self, index: int) -> bool:
+        """Reset the `index`-th connection accepted (see sent_per_connection) if it is still open."""
+        return self._call(self._cut_one(index))
+
+    def cut_when_sent(self, index: int, nbytes: int) -> None:
+        """Reset the `index`-th connection accepted when it is about to deliver its `nbytes`-th byte to
+        the target (the chunk that would reach it is dropped, as on a link that fails mid-request);
+        `cut_done` is set then. Once."""
+        self.cut_done.clear()
+        self._cut_at = (index, nbytes)
 
     @property
     def delay(self) -> float:
@@ -207,6 +228,22 @@ class FaultProxy:
             conn.abort()
         return len(conns)
 
+    async def _cut_one(self, index: int) -> bool:
+        conn = self._accepted[index]
+        if conn not in self._conns:
+            return False
+        conn.abort()
+        return True
+
+    def _cut_due(self, conn: _Connection, more: int) -> bool:
+        if self._cut_at is None:
+            return False
+        index, nbytes = self._cut_at
+        if index >= len(self._accepted) or self._accepted[index] is not conn or conn.sent + more < nbytes:
+            return False
+        self._cut_at = None
+        return True
+
     async def _shutdown(self) -> None:
         self._server.close()
         await self._cut()
@@ -223,6 +260,7 @@ class FaultProxy:
             return
         conn = _Connection(writer)
         self._conns.add(conn)
+        self._accepted.append(conn)
         try:
             try:
                 up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
@@ -232,7 +270,7 @@ class FaultProxy:
                 return
             conn.upstream = up_writer
             pipes = [
-                asyncio.create_task(self._pipe(reader, up_writer)),
+                asyncio.create_task(self._pipe(reader, up_writer, conn)),
                 asyncio.create_task(self._pipe(up_reader, writer)),
             ]
             try:
@@ -248,7 +286,9 @@ class FaultProxy:
         finally:
             self._conns.discard(conn)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, upward: _Connection | None = None
+    ) -> None:
         # Reader and writer run apart, joined by a queue of (due time, chunk): each chunk waits out
         # its own delay while later chunks are already being read, so latency adds up once, not per
         # chunk, and order is kept.
@@ -274,9 +314,15 @@ class FaultProxy:
                     if dst.can_write_eof():
                         dst.write_eof()  # pass a half-close on
                     return
+                if upward is not None and self._cut_due(upward, len(data)):
+                    upward.abort()
+                    self.cut_done.set()
+                    return
                 dst.write(data)
                 await dst.drain()
                 self._bytes += len(data)
+                if upward is not None:
+                    upward.sent += len(data)
 
         # A reset on the reading side raises out of gather at once; the caller then resets both.
         await asyncio.gather(read(), write())

@@ -94,6 +94,16 @@ class EtcdClient:
         self.config = config
         self._conn = Connection(config)
 
+    def sibling(self) -> EtcdClient:
+        """A client to the same cluster over a connection of its own (see Connection.sibling), already
+        connecting; the caller closes it. For requests that should not share one connection's HTTP/2
+        windows, like the copy's txns to a far destination (mirror/sync.py)."""
+        other = EtcdClient.__new__(EtcdClient)
+        other.config = self.config
+        other._conn = self._conn.sibling()
+        other._conn.connect()
+        return other
+
     async def __aenter__(self) -> EtcdClient:
         return self
 

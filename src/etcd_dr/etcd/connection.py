@@ -234,7 +234,7 @@ def _end(task: asyncio.Future[Any]) -> None:
 class Connection:
     """Holds the current channel, the auth token, and the rotation between endpoints."""
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.config = config
         self._index = 0
         self._channel: grpc.aio.Channel | None = None
@@ -248,7 +248,26 @@ class Connection:
         self._epoch = 0
         if config.tls is not None:
             # Read the files now, so that a bad file is reported before any network activity.
-            self._credentials = load_credentials(config)
+            self._credentials = credentials or load_credentials(config)
+
+    def sibling(self) -> Connection:
+        """Another connection to the same cluster, from the endpoint this one uses now, with its TLS
+        material and auth token: a channel (TCP connection, HTTP/2 flow-control windows) of its own."""
+        # Its connection attempt may take dial_timeout: grpc ends an attempt after
+        # max(backoff, min_reconnect_backoff_ms), and the 100 ms we set for quick reconnects is less
+        # than a far link's handshakes can take (measured at 100 ms: first attempts ended "timed out
+        # before receiving SETTINGS frame", each costing a retry after a backoff).
+        patient = (("grpc.min_reconnect_backoff_ms", int(self.config.dial_timeout * 1000)),)
+        config = replace(self.config, extra_options=(*self.config.extra_options, *patient))
+        other = Connection(config, self._credentials)
+        other._index = self._index
+        other._token = self._token
+        return other
+
+    def connect(self) -> None:
+        """Start connecting now, in the background, so that the first call does not wait for the TCP,
+        TLS and HTTP/2 handshakes (a round trip or more each to a far destination)."""
+        self.channel().get_state(try_to_connect=True)
 
     # channel management
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..aio import cancel_and_wait
 from ..errors import Fenced
 from ..etcd import Compare, Delete, EtcdClient, KeyValueLike, Put, TxnBatch, prefix_range_end
 from ..state.records import OrderRecord, encode_key
@@ -32,6 +33,16 @@ log = logging.getLogger("etcd_dr.mirror")
 # in flight as its round trip needs whatever the txn size; --inflight caps the number of txns. Both also
 # bound the memory the requests in flight hold.
 COPY_WINDOW_BYTES = 8 * 1024 * 1024
+# The copy's txns go over this many destination connections (the mirror's own and others opened for the
+# copy), and its first txns are small (RAMP_TXN_BYTES, doubling with each round of txns over the
+# connections, up to the destination's limit): etcd's grpc server opens every connection's HTTP/2
+# receive window at 64 KiB and grows it only as it measures the link, so over a far link one connection
+# carries little in its first round trips. Measured at 100 ms (docs/benchmarks.md): 10,000 keys of 256 B
+# as three 0.93 MB txns took 1.3 s over one fresh connection, 0.5 s as 12 txns over 12 connections; and
+# 0.35 s over one connection whose window had grown. Nothing on the client's side widens the server's
+# window (grpc's bdp_probe, lookahead_bytes and write_buffer_size options changed nothing).
+COPY_CONNECTIONS = 16
+RAMP_TXN_BYTES = 64 * 1024
 
 REPORT_FIRST = 10  # how many overwritten / removed keys are named in the log before a summary
 STALE_LIST = 20  # how many stale keys the one line before the copy's deletes names
@@ -68,8 +79,10 @@ class TxnPipeline:
     values in flight, and at most `inflight` txns.
 
     Order between txns does not matter here (each key is written once per copy), which is what lets
-    several be in flight. Ops go straight into the next txn's request (`TxnBatch`): `room` says whether
-    one more fits, else `flush` sends the batch first.
+    several be in flight, and over several connections: each txn goes over the one of `dest` and
+    `senders` (clients of the same destination) with the fewest bytes in flight. The txns' bytes ramp up
+    from RAMP_TXN_BYTES to `max_bytes` (see COPY_CONNECTIONS). Ops go straight into the next txn's
+    request (`TxnBatch`): `room` says whether one more fits, else `flush` sends the batch first.
     """
 
     def __init__(
@@ -81,12 +94,16 @@ class TxnPipeline:
         inflight: int,
         stats: MirrorStats | None = None,
         window_bytes: int = COPY_WINDOW_BYTES,
+        senders: Sequence[EtcdClient] = (),
     ) -> None:
         self._stats = stats
-        self._dest = dest
-        self._guard = list(guard)
+        self._senders = [dest, *senders]
+        self._sender_bytes = [0] * len(self._senders)  # bytes in flight on each
+        self._sender_txns = [0] * len(self._senders)  # txns sent on each
+        self.guard = list(guard)
         self._max_ops = max_ops
         self._max_bytes = max_bytes
+        self._cap = min(max_bytes, RAMP_TXN_BYTES)  # bytes of the batch being filled
         self._max_txns = inflight
         self._window = window_bytes
         self._txns_out = 0  # txns in flight, and their bytes of keys and values
@@ -100,7 +117,7 @@ class TxnPipeline:
     def _room(self, size: int) -> bool:
         """Whether one more op of `size` bytes (key and value) fits in the current batch (the first
         op always does: the source took it, so a destination with the same limits takes it too)."""
-        return not self._ops or (self._ops < self._max_ops and self.batch.nbytes + size <= self._max_bytes)
+        return not self._ops or (self._ops < self._max_ops and self.batch.nbytes + size <= self._cap)
 
     def try_put(self, key: bytes, value: bytes, lease: int = 0) -> bool:
         """Add a put to the current batch if it fits (no await: the per-key path); False when the
@@ -136,14 +153,20 @@ class TxnPipeline:
             self._raise_failures()
         self._txns_out += 1
         self._bytes_out += size
-        task = asyncio.create_task(self._send(batch, size))
+        n = len(self._senders)
+        i = min(range(n), key=lambda j: (self._sender_bytes[j], self._sender_txns[j]))
+        self._sender_bytes[i] += size
+        self._sender_txns[i] += 1
+        rounds = min(sum(self._sender_txns) // n, 32)
+        self._cap = min(self._max_bytes, RAMP_TXN_BYTES << rounds)
+        task = asyncio.create_task(self._send(i, batch, size))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: TxnBatch, size: int) -> None:
+    async def _send(self, sender: int, batch: TxnBatch, size: int) -> None:
         try:
             started = time.monotonic()
-            succeeded, _ = await self._dest.txn_batch(self._guard, batch)
+            succeeded, _ = await self._senders[sender].txn_batch(self.guard, batch)
             if self._stats is not None:
                 self._stats.observe_txn(time.monotonic() - started)
                 self._stats.applied_txns += 1
@@ -154,6 +177,7 @@ class TxnPipeline:
         finally:
             self._txns_out -= 1
             self._bytes_out -= size
+            self._sender_bytes[sender] -= size
             self._freed.set()
 
     def _raise_failures(self) -> None:
@@ -349,6 +373,15 @@ async def _write_order_records(writer: DestWriter, guard: Sequence[Compare], ord
         await _send_layer(writer, guard, batch)
 
 
+async def _count_order_records(writer: DestWriter) -> int:
+    """How many order records the pair has on the destination (0 where the copy keeps none)."""
+    layout = writer.order_layout
+    if layout is None:
+        return 0
+    start = layout.order_records_of_pair(writer.pair)
+    return (await writer.dest.range(start, prefix_range_end(start), count_only=True)).count
+
+
 async def _send_layer(writer: DestWriter, guard: Sequence[Compare], batch: TxnBatch) -> int:
     started = time.monotonic()
     succeeded, _ = await writer.dest.txn_batch(guard, batch)
@@ -379,18 +412,50 @@ async def diff_sync(
     first copy, where they are data the destination had of its own; at info level on a `resync`, where
     they are the source's own changes that the mirror could not replay.
     """
-    dest, mapper, stats, leases = writer.dest, writer.mapper, writer.stats, writer.leases
-    rule = writer.order
-    ordered: list[OrderedKey] = []
+    dest, stats = writer.dest, writer.stats
     guard = writer.guard(checkpoint_raw)
     max_txn_ops, max_txn_bytes = copy_txn_limits(writer)
+    # More connections for the copy's txns (COPY_CONNECTIONS), connecting while the destination is read,
+    # when the copy may take more than one txn (the engine counted the source's keys).
+    pool = [dest.sibling() for _ in range(COPY_CONNECTIONS - 1)] if stats.copy_total > max_txn_ops else []
+    pipeline = TxnPipeline(dest, guard, max_txn_ops, max_txn_bytes, inflight, stats, senders=pool)
+    try:
+        return await _diff_sync(
+            source, writer, pipeline, revision, page_size, on_progress, progress_every, resync, guard_deletes
+        )
+    finally:
+        for client in pool:
+            await client.close()
+
+
+async def _diff_sync(
+    source: EtcdClient,
+    writer: DestWriter,
+    pipeline: TxnPipeline,
+    revision: int,
+    page_size: int,
+    on_progress: ProgressFn | None,
+    progress_every: float,
+    resync: bool,
+    guard_deletes: Callable[[int, int, int], None] | None,
+) -> SyncResult:
+    """diff_sync's work, through `pipeline` (whose connections diff_sync closes)."""
+    dest, mapper, leases, guard = writer.dest, writer.mapper, writer.leases, pipeline.guard
+    rule = writer.order
+    ordered: list[OrderedKey] = []
     level = logging.INFO if resync else logging.WARNING
     started = time.monotonic()
     result = SyncResult(revision=revision)
-    pipeline = TxnPipeline(dest, guard, max_txn_ops, max_txn_bytes, inflight, stats)
     dst_key, dst_end = mapper.dest_range
-    # The destination is read at one revision too, so the comparison is against a consistent view.
-    dest_rev = (await dest.range(dst_key, dst_end, count_only=True)).header.revision
+    # The destination is read at one revision too, so the comparison is against a consistent view; the
+    # pair's order records are counted in the same round trip (none, and none to write: no step at
+    # the end). Only a copy of this pair writes them, and no other can while our SYNC checkpoint holds.
+    records = asyncio.ensure_future(_count_order_records(writer))
+    try:
+        dest_rev = (await dest.range(dst_key, dst_end, count_only=True)).header.revision
+        had_records = await records
+    finally:
+        await cancel_and_wait(records)  # the count's failure raised above; this ends it on ours
     diffs = diff_ranges(
         source,
         dest,
@@ -499,7 +564,8 @@ async def diff_sync(
                 pipeline, writer, guard, ordered
             )
         await pipeline.close()
-        await _write_order_records(writer, guard, kept)
+        if kept or had_records:
+            await _write_order_records(writer, guard, kept)
         result.kept_as_data = sum(len(g) for _, groups in kept for g in groups)
     except BaseException:
         await pipeline.abort()
