@@ -125,10 +125,6 @@ class FaultProxy:
         order they were accepted (closed ones included)."""
         return [c.sent for c in self._accepted]
 
-    def cut_connection(self, index: int) -> bool:
-        """Reset the `index`-th connection accepted (see sent_per_connection) if it is still open."""
-        return self._call(self._cut_one(index))
-
     def cut_when_sent(self, index: int, nbytes: int) -> None:
         """Reset the `index`-th connection accepted when it is about to deliver its `nbytes`-th byte to
         the target (the chunk that would reach it is dropped, as on a link that fails mid-request);
@@ -227,13 +223,6 @@ class FaultProxy:
         for conn in conns:
             conn.abort()
         return len(conns)
-
-    async def _cut_one(self, index: int) -> bool:
-        conn = self._accepted[index]
-        if conn not in self._conns:
-            return False
-        conn.abort()
-        return True
 
     def _cut_due(self, conn: _Connection, more: int) -> bool:
         if self._cut_at is None:
