@@ -79,6 +79,8 @@ async def test_lag_rises_while_destination_paused_and_falls_after(etcd_cluster_f
                 ):
                     metric(text, name)
                 assert 'etcd_dr_errors_total{kind="unavailable"}' in text
+                # 50 writes and the heartbeats: read live, not in windows (mirror/feed.py).
+                assert 'etcd_dr_source_read{mode="live"} 1.0' in text, text
 
                 dst.pause(0)
                 for i in range(100):
@@ -99,6 +101,25 @@ async def test_lag_rises_while_destination_paused_and_falls_after(etcd_cluster_f
                 assert report.lag_seconds is not None and report.lag_seconds < 3.0
                 assert report.checkpoint is not None and report.checkpoint.source_time > 0
                 assert report.source.healthy and report.dest.healthy
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_metrics_say_when_the_source_is_read_in_windows(etcd_cluster_factory: Factory) -> None:
+    src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
+    mirror = Mirror(cfg(src, dst, trail_above=0.0, trail_below=0.0))  # in windows from the start
+    async with EtcdClient(ClientConfig.create(src.endpoints)) as s:
+        with MetricsServer("127.0.0.1:0", mirror.stats) as server:
+            task = asyncio.create_task(mirror.run())
+            try:
+                await _until(lambda: mirror.stats.phase == "replay")
+                for i in range(20):
+                    await s.put(b"/k/%d" % i, b"v")
+                await _until(lambda: mirror.stats.lag_revisions == 0)
+                text = (await asyncio.to_thread(scrape, server.port))[1]
+                assert 'etcd_dr_source_read{mode="windows"} 1.0' in text, text
+                assert 'etcd_dr_source_read{mode="live"} 0.0' in text, text
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -135,6 +135,15 @@ class MirrorCollector(Collector):
         for p in ("starting", "copy", "replay"):
             phase.add_metric([p], 1.0 if s.phase == p else 0.0)
         yield phase
+        read = GaugeMetricFamily(
+            "etcd_dr_source_read",
+            "How the replay reads the source (1 for the current way): live, or in windows behind its head "
+            "while it writes fast (less CPU, up to ~0.1 s more lag).",
+            labels=["mode"],
+        )
+        for mode in ("live", "windows"):
+            read.add_metric([mode], 1.0 if s.source_read == mode else 0.0)
+        yield read
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

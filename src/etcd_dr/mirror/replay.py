@@ -201,6 +201,7 @@ class Replayer:
         try:
             async for batch in feed:
                 self._last_batch = time.monotonic()
+                self._stats.source_read = "windows" if feed.trailing else "live"
                 if batch.events:
                     self._stats.received(batch.events[-1].kv.mod_revision)
                     self._append(self._revisions(batch))

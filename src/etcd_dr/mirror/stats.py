@@ -15,6 +15,7 @@ TXN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 @dataclass
 class MirrorStats:
     phase: str = "starting"
+    source_read: str = "live"  # how the replay reads the source: "live", or "windows" while it is busy
     applied_revision: int = 0  # last source revision applied to the destination
     source_revision: int = 0  # newest source revision seen (watch headers, status)
     applied_events: int = 0
