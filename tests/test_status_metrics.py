@@ -4,11 +4,12 @@ the destination is paused and falls after; compaction headroom; heartbeat-based 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from etcd_dr import ClientConfig, MirrorConfig
 from etcd_dr.etcd import EtcdClient
@@ -26,6 +27,20 @@ def cfg(src: EtcdCluster, dst: EtcdCluster, **kw: object) -> MirrorConfig:
         dest=ClientConfig.create(dst.endpoints, role="destination", flag_prefix="dest-", request_timeout=5),
         **{"checkpoint_interval": 0.2, "heartbeat_interval": 0.2, **kw},  # type: ignore[arg-type]
     )
+
+
+@contextlib.asynccontextmanager
+async def replaying(config: MirrorConfig) -> AsyncIterator[tuple[Mirror, MetricsServer]]:
+    """The mirror running in this process with its metrics served, once it replays; stopped after."""
+    mirror = Mirror(config)
+    with MetricsServer("127.0.0.1:0", mirror.stats) as server:
+        task = asyncio.create_task(mirror.run())
+        try:
+            await _until(lambda: mirror.stats.phase == "replay")
+            yield mirror, server
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
@@ -56,73 +71,58 @@ async def test_compact_revision_is_found_exactly(etcd_cluster_factory: Factory) 
 async def test_lag_rises_while_destination_paused_and_falls_after(etcd_cluster_factory: Factory) -> None:
     src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
     config = cfg(src, dst)
-    mirror = Mirror(config)
-    async with EtcdClient(ClientConfig.create(src.endpoints)) as s:
-        with MetricsServer("127.0.0.1:0", mirror.stats) as server:
-            task = asyncio.create_task(mirror.run())
-            try:
-                await _until(lambda: mirror.stats.phase == "replay")
-                for i in range(50):
-                    await s.put(b"/k/%d" % i, b"v")
-                await _until(lambda: mirror.stats.lag_revisions == 0)
-                code, body = await asyncio.to_thread(scrape, server.port, "/healthz")
-                assert code == 200, body
-                text = (await asyncio.to_thread(scrape, server.port))[1]
-                # Caught up, but for heartbeats (5 a second) written since.
-                assert metric(text, "etcd_dr_lag_revisions") <= 5
-                assert metric(text, "etcd_dr_applied_events_total") >= 50
-                assert metric(text, "etcd_dr_txn_duration_seconds_count") > 0
-                for name in (
-                    "etcd_dr_lag_seconds",
-                    "etcd_dr_resyncs_total",
-                    "etcd_dr_compaction_headroom_revisions",
-                ):
-                    metric(text, name)
-                assert 'etcd_dr_errors_total{kind="unavailable"}' in text
-                # 50 writes and the heartbeats: read live, not in windows (mirror/feed.py).
-                assert 'etcd_dr_source_read{mode="live"} 1.0' in text, text
+    async with EtcdClient(ClientConfig.create(src.endpoints)) as s, replaying(config) as (mirror, server):
+        for i in range(50):
+            await s.put(b"/k/%d" % i, b"v")
+        await _until(lambda: mirror.stats.lag_revisions == 0)
+        code, body = await asyncio.to_thread(scrape, server.port, "/healthz")
+        assert code == 200, body
+        text = (await asyncio.to_thread(scrape, server.port))[1]
+        # Caught up, but for heartbeats (5 a second) written since.
+        assert metric(text, "etcd_dr_lag_revisions") <= 5
+        assert metric(text, "etcd_dr_applied_events_total") >= 50
+        assert metric(text, "etcd_dr_txn_duration_seconds_count") > 0
+        for name in (
+            "etcd_dr_lag_seconds",
+            "etcd_dr_resyncs_total",
+            "etcd_dr_compaction_headroom_revisions",
+        ):
+            metric(text, name)
+        assert 'etcd_dr_errors_total{kind="unavailable"}' in text
+        # 50 writes and the heartbeats: read live, not in windows (mirror/feed.py).
+        assert 'etcd_dr_source_read{mode="live"} 1.0' in text, text
 
-                dst.pause(0)
-                for i in range(100):
-                    await s.put(b"/k/p%d" % i, b"v")
-                await asyncio.sleep(1.5)
-                text = (await asyncio.to_thread(scrape, server.port))[1]
-                assert metric(text, "etcd_dr_lag_revisions") >= 100
-                assert metric(text, "etcd_dr_lag_seconds") >= 1.0
-                dst.resume(0)
-                await _until(lambda: mirror.stats.lag_revisions == 0, timeout=30)
-                text = (await asyncio.to_thread(scrape, server.port))[1]
-                assert metric(text, "etcd_dr_lag_revisions") <= 5
-                assert metric(text, "etcd_dr_lag_seconds") < 1.0
+        dst.pause(0)
+        for i in range(100):
+            await s.put(b"/k/p%d" % i, b"v")
+        await asyncio.sleep(1.5)
+        text = (await asyncio.to_thread(scrape, server.port))[1]
+        assert metric(text, "etcd_dr_lag_revisions") >= 100
+        assert metric(text, "etcd_dr_lag_seconds") >= 1.0
+        dst.resume(0)
+        await _until(lambda: mirror.stats.lag_revisions == 0, timeout=30)
+        text = (await asyncio.to_thread(scrape, server.port))[1]
+        assert metric(text, "etcd_dr_lag_revisions") <= 5
+        assert metric(text, "etcd_dr_lag_seconds") < 1.0
 
-                report = await status(config)
-                # Caught up but for the last heartbeats (5 a second) not yet checkpointed.
-                assert report.lag_revisions is not None and report.lag_revisions <= 20
-                assert report.lag_seconds is not None and report.lag_seconds < 3.0
-                assert report.checkpoint is not None and report.checkpoint.source_time > 0
-                assert report.source.healthy and report.dest.healthy
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        report = await status(config)
+        # Caught up but for the last heartbeats (5 a second) not yet checkpointed.
+        assert report.lag_revisions is not None and report.lag_revisions <= 20
+        assert report.lag_seconds is not None and report.lag_seconds < 3.0
+        assert report.checkpoint is not None and report.checkpoint.source_time > 0
+        assert report.source.healthy and report.dest.healthy
 
 
 async def test_the_metrics_say_when_the_source_is_read_in_windows(etcd_cluster_factory: Factory) -> None:
     src, dst = etcd_cluster_factory(name="src"), etcd_cluster_factory(name="dst")
-    mirror = Mirror(cfg(src, dst, trail_above=0.0, trail_below=0.0))  # in windows from the start
-    async with EtcdClient(ClientConfig.create(src.endpoints)) as s:
-        with MetricsServer("127.0.0.1:0", mirror.stats) as server:
-            task = asyncio.create_task(mirror.run())
-            try:
-                await _until(lambda: mirror.stats.phase == "replay")
-                for i in range(20):
-                    await s.put(b"/k/%d" % i, b"v")
-                await _until(lambda: mirror.stats.lag_revisions == 0)
-                text = (await asyncio.to_thread(scrape, server.port))[1]
-                assert 'etcd_dr_source_read{mode="windows"} 1.0' in text, text
-                assert 'etcd_dr_source_read{mode="live"} 0.0' in text, text
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+    config = cfg(src, dst, trail_above=0.0, trail_below=0.0)  # in windows from the start
+    async with EtcdClient(ClientConfig.create(src.endpoints)) as s, replaying(config) as (mirror, server):
+        for i in range(20):
+            await s.put(b"/k/%d" % i, b"v")
+        await _until(lambda: mirror.stats.lag_revisions == 0)
+        text = (await asyncio.to_thread(scrape, server.port))[1]
+        assert 'etcd_dr_source_read{mode="windows"} 1.0' in text, text
+        assert 'etcd_dr_source_read{mode="live"} 0.0' in text, text
 
 
 async def test_status_cli_and_compaction_headroom(etcd_cluster_factory: Factory) -> None:
