@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # default) and answers "request is too large"; responses are bounded by our paging, so a generous
 # receive limit only guards against a runaway response.
 MAX_RECEIVE_BYTES = 512 * 1024 * 1024
+# The least time a connection attempt is given (grpc.min_reconnect_backoff_ms): see Connection._options.
+CONNECT_ATTEMPT_MS = 1000
 MAX_SEND_BYTES = 512 * 1024 * 1024
 
 
@@ -253,13 +255,7 @@ class Connection:
     def sibling(self) -> Connection:
         """Another connection to the same cluster, from the endpoint this one uses now, with its TLS
         material and auth token: a channel (TCP connection, HTTP/2 flow-control windows) of its own."""
-        # Its connection attempt may take dial_timeout: grpc ends an attempt after
-        # max(backoff, min_reconnect_backoff_ms), and the 100 ms we set for quick reconnects is less
-        # than a far link's handshakes can take (measured at 100 ms: first attempts ended "timed out
-        # before receiving SETTINGS frame", each costing a retry after a backoff).
-        patient = (("grpc.min_reconnect_backoff_ms", int(self.config.dial_timeout * 1000)),)
-        config = replace(self.config, extra_options=(*self.config.extra_options, *patient))
-        other = Connection(config, self._credentials)
+        other = Connection(self.config, self._credentials)
         other._index = self._index
         other._token = self._token
         return other
@@ -292,8 +288,13 @@ class Connection:
             # Reconnect quickly: a replicator wants to be back within a second of the peer's return,
             # not after grpc's default backoff of up to two minutes.
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
+            # grpc gives a connection attempt max(backoff, this) to finish its TCP, TLS and HTTP/2
+            # handshakes. At 100 ms a far site never connected: over a 100 ms round trip with TLS (about
+            # 0.3 s of handshakes) every attempt was cut short, and each failed request's fresh channel
+            # started again from 100 ms (20 requests in 4 s, none answered); at 1 s the first request
+            # is answered after 0.31 s. A member that does not answer at all costs 1 s an attempt.
+            ("grpc.min_reconnect_backoff_ms", CONNECT_ATTEMPT_MS),
             ("grpc.enable_retries", 0),
             # A channel of its own connections: grpc otherwise shares subchannels between channels to
             # the same address, and a new channel to a member that just came back would inherit the
