@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from harness.mirroring import running
+from harness.mirroring import running, until
 
 from etcd_dr import ClientConfig, MirrorConfig
 from etcd_dr.etcd import EtcdClient
@@ -24,18 +24,6 @@ def cfg(src: EtcdCluster, dst: EtcdCluster, **kw: object) -> MirrorConfig:
         prefix=b"/svc/",
         **{"checkpoint_interval": 0.2, "lock_ttl": 2, **kw},  # type: ignore[arg-type]
     )
-
-
-async def until(cond: Callable[[], object], timeout: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        got = cond()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_leases_follow_the_source(etcd_cluster_factory: Factory) -> None:

@@ -74,7 +74,7 @@ async def running(config: MirrorConfig) -> AsyncIterator[Mirror]:
             await task
 
 
-async def until(cond: Callable[[], object], timeout: float, what: str) -> None:
+async def until(cond: Callable[[], object], timeout: float = 15, what: str = "the condition") -> None:
     """Wait until `cond()` (a value, or a coroutine to await) is true; fail naming `what` after
     `timeout` seconds."""
     deadline = time.monotonic() + timeout
