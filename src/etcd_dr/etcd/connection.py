@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 # default) and answers "request is too large"; responses are bounded by our paging, so a generous
 # receive limit only guards against a runaway response.
 MAX_RECEIVE_BYTES = 512 * 1024 * 1024
+MAX_SEND_BYTES = 512 * 1024 * 1024
 # The least time a connection attempt is given (grpc.min_reconnect_backoff_ms): see Connection._options.
 CONNECT_ATTEMPT_MS = 1000
-MAX_SEND_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
