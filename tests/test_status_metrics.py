@@ -119,7 +119,8 @@ async def test_the_metrics_say_when_the_source_is_read_in_windows(etcd_cluster_f
     async with EtcdClient(ClientConfig.create(src.endpoints)) as s, replaying(config) as (mirror, server):
         for i in range(20):
             await s.put(b"/k/%d" % i, b"v")
-        await _until(lambda: mirror.stats.lag_revisions == 0)
+        # Applied (lag 0 alone holds before the mirror has heard of the writes).
+        await _until(lambda: mirror.stats.applied_events >= 20 and mirror.stats.lag_revisions == 0)
         text = (await asyncio.to_thread(scrape, server.port))[1]
         assert 'etcd_dr_source_read{mode="windows"} 1.0' in text, text
         assert 'etcd_dr_source_read{mode="live"} 0.0' in text, text
