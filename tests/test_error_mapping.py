@@ -94,3 +94,12 @@ def test_messages_carry_no_grpc_internals(code: grpc.StatusCode, details: str, p
     addresses or OpenSSL error codes (they made `etcd-dr: error:` lines long and cryptic)."""
     err = map_grpc_error(_Failure(code, details), "127.0.0.1:2379", "source")
     assert str(err) == plain
+
+
+def test_our_grpc_cores_internal_error_is_a_broken_call_retried() -> None:
+    """grpc's own "Internal error from Core" (a call refused by our side as its channel went away; it
+    ended a mirror reading in windows with exit 2 once) is a broken stream, resumed, not a server error."""
+    err = map_grpc_error(
+        _Failure(grpc.StatusCode.INTERNAL, "Internal error from Core"), "127.0.0.1:2379", "source"
+    )
+    assert isinstance(err, Unavailable), err

@@ -166,6 +166,10 @@ def _unavailable(f: Failure) -> EtcdError:
     )
 
 
+def _broken_here(f: Failure) -> EtcdError:
+    return Unavailable(f"{f.where} unavailable: {_short(f.details)}", endpoint=f.endpoint)
+
+
 def _timed_out(f: Failure) -> EtcdError:
     after = f" after {f.timeout:g} s" if f.timeout else ""
     return Unavailable(f"{f.where}: request timed out{after}", endpoint=f.endpoint)
@@ -203,6 +207,9 @@ _GRPC_ERRORS: tuple[tuple[grpc.StatusCode | None, str | None, _Make], ...] = (
     (None, "key is not provided", InvalidRequest),
     (_S.RESOURCE_EXHAUSTED, "larger than max", RequestTooLargeError),
     (_S.UNAVAILABLE, None, _unavailable),
+    # Our own grpc core refusing an operation on a call whose channel is going away (seen when a watch
+    # was opened as another request moved the connection): the call broke here, not on the server.
+    (_S.INTERNAL, "internal error from core", _broken_here),
     (_S.DEADLINE_EXCEEDED, None, _timed_out),
     (_S.CANCELLED, None, _cancelled),
     (_S.UNAUTHENTICATED, None, AuthError),
